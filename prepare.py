@@ -47,8 +47,16 @@ import torch
 # ---------------------------------------------------------------------------
 
 REPO_DIR = Path(__file__).resolve().parent
-GROUND_PATH = Path(os.environ.get("AUTORESEARCH_GROUND", REPO_DIR / "ground.json"))
-MODEL_PATH = Path(os.environ.get("AUTORESEARCH_MODEL", REPO_DIR / "model.json"))
+
+
+def ground_path() -> Path:
+    """ground.json beside this file, unless AUTORESEARCH_GROUND names another (tests, shared setups)."""
+    return Path(os.environ.get("AUTORESEARCH_GROUND", REPO_DIR / "ground.json"))
+
+
+def model_path() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_MODEL", REPO_DIR / "model.json"))
+
 
 HARNESS_VERSION = 1
 DOWNLOAD_ATTEMPTS = 5               # per shard, exponential backoff between tries
@@ -256,7 +264,7 @@ def _read_json(path: Path) -> Any:
 
 
 def load_ground(path: Path | None = None) -> GroundConfig:
-    path = Path(path or GROUND_PATH)
+    path = Path(path or ground_path())
     cfg = _build(GroundConfig, _read_json(path), path.name)
     for name in ("train", "test"):
         for key, cap in getattr(cfg, name).model_caps.items():
@@ -273,7 +281,7 @@ def load_ground(path: Path | None = None) -> GroundConfig:
 
 
 def load_model(path: Path | None = None) -> ModelConfig:
-    path = Path(path or MODEL_PATH)
+    path = Path(path or model_path())
     cfg = _build(ModelConfig, _read_json(path), path.name)
     for key, value in cfg.extra.items():
         if not isinstance(value, (int, float, str, bool)) and value is not None:
@@ -340,6 +348,13 @@ def effective_model(model: ModelConfig, settings: Settings) -> tuple[ModelConfig
 _SETTINGS: Settings | None = None
 
 
+def reset_caches() -> None:
+    """Forget the cached settings/PLATFORM/eval rows (tests switch ground.json between cases)."""
+    global _SETTINGS, _PLATFORM
+    _SETTINGS, _PLATFORM = None, None
+    _EVAL_ROWS.clear()
+
+
 def settings() -> Settings:
     """The run's settings from ground.json (cached). Bad ground.json exits 2 here."""
     global _SETTINGS
@@ -348,7 +363,7 @@ def settings() -> Settings:
             ground = load_ground()
         except ConfigError as e:
             fail(str(e))
-        _SETTINGS = make_settings(ground, torch.cuda.is_available(), GROUND_PATH.resolve().parent)
+        _SETTINGS = make_settings(ground, torch.cuda.is_available(), ground_path().resolve().parent)
     return _SETTINGS
 
 
@@ -771,12 +786,25 @@ def prepare_data(s: Settings, source: str | None = None, num_shards: int | None 
         files = local_files(s)
     else:
         files = build_builtin(s)
+    base = data_dir(s).resolve()
+
+    def rel(p):    # paths inside the cache are stored relative to it, so the cache can move
+        p = Path(p).resolve()
+        return p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p)
+    files = dict(files, train=[rel(p) for p in files["train"]], val=rel(files["val"]))
     manifest = {"source": source, "reason": reason, "train": files["train"], "val": files["val"],
-                "val_sha256": _file_sha256(Path(files["val"])),
+                "val_sha256": _file_sha256(data_dir(s) / files["val"]),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     manifest.update({k: v for k, v in files.items() if k not in ("train", "val")})
     _atomic_write_text(manifest_path(s), json.dumps(manifest, indent=2))
-    return manifest
+    return _resolve_manifest(s, manifest)
+
+
+def _resolve_manifest(s: Settings, m: dict) -> dict:
+    m = dict(m)
+    m["train"] = [str(data_dir(s) / f) for f in m["train"]]     # absolute paths stay absolute
+    m["val"] = str(data_dir(s) / m["val"])
+    return m
 
 
 def load_manifest(s: Settings | None = None) -> dict:
@@ -784,7 +812,7 @@ def load_manifest(s: Settings | None = None) -> dict:
     p = manifest_path(s)
     if not p.exists():
         raise ConfigError(f"{p}: no prepared data (run prepare.py first)")
-    m = json.loads(p.read_text())
+    m = _resolve_manifest(s, json.loads(p.read_text()))
     want = s.ground.data.source
     if want != "auto" and m["source"] != want:
         raise ConfigError(f"ground.json: key 'data.source': is {want!r} but the cache holds {m['source']!r} data (run prepare.py again)")
@@ -902,7 +930,9 @@ def get_token_bytes(device="cpu") -> torch.Tensor:
 
 def token_cache_paths(s: Settings, tokenizer: Tokenizer, path: str) -> tuple[Path, Path]:
     d = s.cache_dir / "tokens" / tokenizer.fingerprint()
-    stem = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10] + "_" + Path(path).stem
+    p = Path(path)
+    ident = f"{p.parent.name}/{p.name}/{p.stat().st_size}"    # stable when the cache folder moves
+    stem = hashlib.sha1(ident.encode()).hexdigest()[:10] + "_" + p.stem
     return d / f"{stem}.tokens.npy", d / f"{stem}.offsets.npy"
 
 
@@ -1055,7 +1085,7 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
             else:
                 gpu = buf.to(device=device, dtype=torch.long, copy=True)
                 free.put((i, None))
-            yield gpu[:, :-1], gpu[:, 1:], epoch
+            yield gpu[:, :-1].contiguous(), gpu[:, 1:].contiguous(), epoch
     finally:
         stop.set()
 
@@ -1480,7 +1510,7 @@ def git_info() -> dict:
 
 def config_fingerprint(train_py: Path | None = None) -> str:
     h = hashlib.sha256()
-    for p in (MODEL_PATH, train_py or REPO_DIR / "train.py"):
+    for p in (model_path(), train_py or REPO_DIR / "train.py"):
         h.update(p.read_bytes() if p.exists() else b"")
     return h.hexdigest()[:12]
 
@@ -1661,8 +1691,8 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
         fail(str(e))
     p = get_platform()
     if verbose:
-        print(f"ground.json: ok ({GROUND_PATH})")
-        print(f"model.json:  ok ({MODEL_PATH})")
+        print(f"ground.json: ok ({ground_path()})")
+        print(f"model.json:  ok ({model_path()})")
         print(f"mode: {s.mode} ({s.mode_reason})")
         print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "
               f"excluded_steps {s.excluded_steps}")

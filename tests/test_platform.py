@@ -1,0 +1,110 @@
+"""PLATFORM decisions for every row of the table, from fake device properties (no GPU needed)."""
+
+import pytest
+
+import prepare
+
+AUTO = prepare.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
+
+
+def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False):
+    h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "world_size": 1}
+    if cc is not None:
+        h.update(name=name, capability=cc, sm_count=sms, clock_mhz=clock)
+    if fa3 is not None:
+        h["fa3"] = fa3
+    return h
+
+
+def proc(**kw):
+    return prepare.dataclasses.replace(AUTO, **kw)
+
+
+ROWS = [
+    # name, hw, expected (dtype, scaler, attention, compile, embedding_dtype, ortho_dtype)
+    ("H100 with FA3", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(True, "FA3 loaded")),
+     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16")),
+    ("H100 offline", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline")),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
+    ("B200", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x")), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
+    ("A100", hw((8, 0), "NVIDIA A100-SXM4-80GB", 108, 1410), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
+    ("RTX 4090", hw((8, 9), "NVIDIA GeForce RTX 4090", 128, 2520), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
+    ("V100", hw((7, 0), "Tesla V100-SXM2-16GB", 80, 1530), ("float16", True, "sdpa", False, "float32", "float32")),
+    ("T4", hw((7, 5), "Tesla T4", 40, 1590), ("float16", True, "sdpa", False, "float32", "float32")),
+    ("A100 no triton", hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16")),
+    ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16")),
+    ("MPS", hw(mps=True, os_name="Darwin"), ("float32", False, "sdpa", False, "float32", "float32")),
+    ("CPU", hw(), ("float32", False, "sdpa", False, "float32", "float32")),
+]
+
+
+@pytest.mark.parametrize("name,h,expected", ROWS, ids=[r[0] for r in ROWS])
+def test_platform_table(name, h, expected):
+    p = prepare.resolve_platform(h, AUTO)
+    got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"])
+    assert got == expected
+    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "compile", "peak_flops"}
+    assert all(isinstance(v, str) and v for v in p["reasons"].values())
+
+
+def test_device_names():
+    assert prepare.resolve_platform(ROWS[0][1], AUTO)["device"] == "cuda"
+    assert prepare.resolve_platform(hw(mps=True), AUTO)["device"] == "mps"
+    assert prepare.resolve_platform(hw(), AUTO)["device"] == "cpu"
+
+
+def test_offline_fa3_fallback_reason_is_printed():
+    p = prepare.resolve_platform(ROWS[1][1], AUTO)
+    assert p["reasons"]["attention"] == "CC 9.0 with triton (FA3 not loadable: not loadable offline)"
+    p = prepare.resolve_platform(ROWS[1][1], proc(attention="fa3"))
+    assert p["attention"] == "flex"
+    assert p["reasons"]["attention"] == "fa3 requested but not loadable (not loadable offline); falling back to flex"
+
+
+def test_peak_flops_from_table():
+    assert prepare.resolve_platform(ROWS[0][1], AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)  # 132 x 1830 MHz x 4096
+    assert prepare.resolve_platform(ROWS[3][1], AUTO)["peak_flops"] == pytest.approx(311.9e12, rel=1e-3)
+    assert prepare.resolve_platform(ROWS[5][1], AUTO)["peak_flops"] == pytest.approx(125.3e12, rel=1e-3)
+    assert prepare.resolve_platform(ROWS[6][1], AUTO)["peak_flops"] == pytest.approx(65.1e12, rel=1e-3)
+    # no spec clock for a 4090: the device's max clock is used
+    assert prepare.resolve_platform(ROWS[4][1], AUTO)["peak_flops"] == pytest.approx(512 * 128 * 2520e6)
+    h200 = hw((9, 0), "NVIDIA H200", 132, 1980, fa3=(False, "x"))
+    assert prepare.resolve_platform(h200, AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)
+    unknown = hw((6, 1), "GTX 1080", 20, 1700)
+    p = prepare.resolve_platform(unknown, AUTO)
+    assert p["peak_flops"] == 0.0 and "MFU reported as 0" in p["reasons"]["peak_flops"]
+    assert prepare.resolve_platform(hw(), AUTO)["peak_flops"] == 0.0
+
+
+def test_overrides_win():
+    h = ROWS[1][1]
+    p = prepare.resolve_platform(h, proc(dtype="float16", attention="sdpa", compile=False, peak_flops=5e14))
+    assert (p["dtype"], p["use_grad_scaler"], p["embedding_dtype"], p["attention"], p["compile"], p["peak_flops"]) == \
+        ("float16", True, "float32", "sdpa", False, 5e14)
+    assert p["reasons"]["dtype"] == "forced by ground.json processor.dtype"
+    p = prepare.resolve_platform(h, proc(device="cpu"))
+    assert (p["device"], p["dtype"], p["attention"]) == ("cpu", "float32", "sdpa")
+    # compile forced on but triton missing: falls back with a reason, never crashes
+    p = prepare.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), proc(compile=True, attention="flex"))
+    assert p["compile"] is False and p["reasons"]["compile"] == "requested but unavailable: triton missing"
+    assert p["attention"] == "sdpa" and "falling back to sdpa" in p["reasons"]["attention"]
+
+
+def test_missing_device_is_a_config_error():
+    with pytest.raises(prepare.ConfigError) as e:
+        prepare.resolve_platform(hw(), proc(device="cuda"))
+    assert str(e.value) == "ground.json: key 'processor.device': \"cuda\" requested but torch sees no CUDA device"
+
+
+def test_fa3_loader_never_raises_offline(monkeypatch):
+    monkeypatch.setattr(prepare, "_reachable", lambda url, t: False)
+    prepare._FA3.clear()
+    mod, why = prepare.load_fa3((9, 0), timeout_s=0.1)
+    assert mod is None and ("not loadable" in why or "not installed" in why)
+
+
+def test_platform_lines_show_reasons():
+    p = prepare.resolve_platform(ROWS[0][1], AUTO)
+    lines = prepare.platform_lines(p)
+    assert lines[0] == "platform: NVIDIA H100 80GB HBM3 (CC 9.0)"
+    assert any(line.strip().startswith("attention        fa3  (Hopper+: FA3 loaded)") for line in lines)
