@@ -686,22 +686,36 @@ _METHOD = re.compile(r"^ {4}(?:async def |def |@)")
 
 
 def split_source(text: str, target: int = BUILTIN_DOC_TARGET_CHARS, max_chars: int = BUILTIN_DOC_MAX_CHARS) -> list[str]:
-    """Split one Python source file into documents of a few KB at top-level definitions
-    (or method definitions once a block passes max_chars). Decorators stay with their def."""
+    """Split one Python source file into documents of a few KB at top-level definitions.
+    A block longer than max_chars is split further at method definitions; consecutive pieces
+    are merged while they stay under target. Decorators stay with their def; nothing is lost."""
     lines = text.splitlines(keepends=True)
-    docs, cur, size = [], [], 0
-    for i, line in enumerate(lines):
-        prev_decorator = i > 0 and lines[i - 1].lstrip().startswith("@")
-        top = _TOPLEVEL.match(line) and not prev_decorator
-        method = _METHOD.match(line) and not prev_decorator
-        if cur and ((top and size >= target) or (method and size >= max_chars)):
-            docs.append("".join(cur))
-            cur, size = [], 0
-        cur.append(line)
-        size += len(line)
+
+    def cut(ls, pattern):
+        pieces, cur = [], []
+        for i, line in enumerate(ls):
+            prev_decorator = i > 0 and ls[i - 1].lstrip().startswith("@")
+            if cur and pattern.match(line) and not prev_decorator:
+                pieces.append(cur)
+                cur = []
+            cur.append(line)
+        return pieces + ([cur] if cur else [])
+
+    pieces = []
+    for block in cut(lines, _TOPLEVEL):
+        if sum(map(len, block)) > max_chars:
+            pieces.extend("".join(p) for p in cut(block, _METHOD))
+        else:
+            pieces.append("".join(block))
+    docs, cur = [], ""
+    for piece in pieces:
+        if cur and len(cur) + len(piece) > target:
+            docs.append(cur)
+            cur = ""
+        cur += piece
     if cur:
-        docs.append("".join(cur))
-    return [d for d in docs if d.strip()]
+        docs.append(cur)
+    return [d for d in docs if d.strip()] if any(d.strip() for d in docs) else []
 
 
 def build_builtin(s: Settings) -> dict:
@@ -722,6 +736,10 @@ def build_builtin(s: Settings) -> dict:
         is_val = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 100 < BUILTIN_VAL_PERCENT
         docs = split_source(text)
         (val_docs if is_val else train_docs).extend(docs)
+    # exact duplicates (the stdlib repeats boilerplate across files) would leak val into train
+    val_docs = list(dict.fromkeys(val_docs))
+    seen = set(val_docs)
+    train_docs = [d for d in dict.fromkeys(train_docs) if d not in seen]
     random.Random(1337).shuffle(train_docs)
     out.mkdir(parents=True, exist_ok=True)
     train_paths = []

@@ -1,0 +1,159 @@
+"""train.py numerics: attention backends vs a reference, AdamW vs torch.optim.AdamW, Muon, fp16 safety."""
+
+import math
+
+import pytest
+import torch
+
+import train
+
+
+def _qkv(B=2, T=48, H=2, D=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, T, H, D, generator=g, dtype=torch.float32).to(dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("window", [47, 64, 24, 16, 7, 1])
+def test_backend_matches_reference(backend, window):
+    q, k, v = _qkv(seed=window)
+    ref = train.attention_reference(q, k, v, window)
+    out = train.ATTENTION[backend](q, k, v, window)
+    assert out.shape == ref.shape
+    rel = (out - ref).norm() / ref.norm()
+    assert rel < 1e-5, f"{backend} window={window}: rel err {rel:.2e}"
+
+
+def test_reference_respects_window():
+    """Changing a key outside the window must not change the output; inside it must."""
+    q, k, v = _qkv(B=1, T=32, H=1, D=8)
+    base = train.attention_reference(q, k, v, 4)
+    v2 = v.clone()
+    v2[0, 10] += 5.0
+    out = train.attention_reference(q, k, v2, 4)
+    changed = (out - base).abs().amax(dim=(0, 2, 3)) > 1e-6
+    assert changed.nonzero().flatten().tolist() == [10, 11, 12, 13, 14]
+
+
+def test_sdpa_window_has_no_dense_mask(monkeypatch):
+    """The windowed SDPA path must never build a T x T mask."""
+    shapes = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            shapes.append(tuple(attn_mask.shape))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    q, k, v = _qkv(B=1, T=256, H=1, D=8)
+    train.attention_sdpa(q, k, v, 32)
+    assert shapes and all(s[-2:] == (32, 64) for s in shapes)
+
+
+def _param(shape, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.Parameter(torch.randn(*shape, generator=g).to(dtype))
+
+
+def test_adamw_path_matches_torch_adamw():
+    p1, p2 = _param((7, 5)), _param((7, 5))
+    ours = train.MuonAdamW([dict(kind="adamw", params=[p1], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)])
+    ref = torch.optim.AdamW([p2], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        grad = torch.randn(7, 5, generator=g)
+        p1.grad, p2.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(p1, p2, rtol=1e-5, atol=1e-6), (p1 - p2).abs().max()
+
+
+def test_fp16_parameters_get_fp32_moments():
+    p = _param((4, 6), dtype=torch.float16)
+    m = _param((8, 8), dtype=torch.float16)
+    opt = train.MuonAdamW([dict(kind="adamw", params=[p], lr=1e-3, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0),
+                           dict(kind="muon", params=[m], lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.0)],
+                          ortho_dtype=torch.float32)
+    p.grad = torch.full_like(p, 1e-4)
+    m.grad = torch.randn(8, 8).half()
+    before = p.detach().clone()
+    opt.step()
+    assert opt.state[p]["exp_avg"].dtype == torch.float32 and opt.state[p]["exp_avg_sq"].dtype == torch.float32
+    assert opt.state[m]["momentum_buffer"].dtype == torch.float32
+    assert p.dtype == torch.float16 and not torch.equal(p, before)     # a 1e-3 step on fp16 weights still lands
+
+
+def test_muon_output_is_near_orthogonal():
+    g = torch.randn(3, 64, 32, generator=torch.Generator().manual_seed(0))
+    X = train.orthogonalize(g, 5, torch.float32)
+    sv = torch.linalg.svdvals(X)
+    # Polar Express maps singular values into a band around 1 (not exactly 1: 5 steps)
+    assert sv.min() > 0.6 and sv.max() < 1.25, (sv.min(), sv.max())
+    U, S, Vh = torch.linalg.svd(g, full_matrices=False)
+    cos = torch.nn.functional.cosine_similarity(X.flatten(1), (U @ Vh).flatten(1))
+    assert (cos > 0.95).all()
+
+
+def test_muon_step_moves_matrices_and_decays_cautiously():
+    w = _param((16, 16))
+    opt = train.MuonAdamW([dict(kind="muon", params=[w], lr=0.05, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.0)],
+                          ortho_dtype=torch.float32)
+    before = w.detach().clone()
+    w.grad = torch.randn(16, 16)
+    opt.step()
+    delta = (w - before).detach()
+    assert 0.01 < delta.norm() / before.norm() < 1.0
+    assert opt.state[w]["second_momentum_buffer"].shape == (1, 16, 1)
+
+
+def _tiny_model(attention="sdpa", T=32):
+    cfg = train.GPTConfig(sequence_len=T, vocab_size=64, n_layer=3, n_head=2, n_kv_head=2, n_embd=32,
+                          window_pattern="SL", attention=attention)
+    torch.manual_seed(0)
+    m = train.GPT(cfg)
+    m.init_weights()
+    return m
+
+
+def test_model_shapes_windows_and_value_embeddings():
+    m = _tiny_model()
+    assert m.window_sizes == [16, 32, 32]                   # S = half, last layer always full
+    assert sorted(m.value_embeds.keys()) == ["0", "2"]      # alternating, last included
+    idx = torch.randint(0, 64, (2, 32))
+    loss = m(idx, idx)
+    assert math.isfinite(loss.item()) and abs(loss.item() - math.log(64)) < 0.5   # near-uniform at init
+    per_tok = m(idx, idx, reduction="none")
+    assert per_tok.shape == (64,)
+    logits = m(idx)
+    assert logits.abs().max() <= 15.0                       # soft-capped
+
+
+def test_backends_agree_inside_the_model():
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    ref = _tiny_model("reference")
+    with torch.no_grad():
+        for b in ref.transformer.h:                         # non-zero projections so attention matters
+            b.attn.c_proj.weight.normal_(0, 0.1)
+        out_ref = ref(idx)
+    for backend in ("sdpa", "flex"):
+        m = _tiny_model(backend)
+        m.load_state_dict(ref.state_dict())
+        for blk in m.transformer.h:
+            blk.attn.attend = train.ATTENTION[backend]
+        with torch.no_grad():
+            assert torch.allclose(m(idx), out_ref, atol=1e-4), backend
+
+
+def test_flops_estimate_counts_windows():
+    m = _tiny_model()
+    nparams = sum(p.numel() for p in m.parameters())
+    excl = m.transformer.wte.weight.numel() + sum(v.weight.numel() for v in m.value_embeds.values()) + 6
+    assert m.estimate_flops() == 6 * (nparams - excl) + 12 * 2 * 16 * (16 + 32 + 32)
+
+
+def test_schedules():
+    cfg = type("M", (), dict(warmup_ratio=0.0, warmdown_ratio=0.5, final_lr_frac=0.0))
+    assert train.lr_multiplier(0.2, cfg) == 1.0
+    assert train.lr_multiplier(0.75, cfg) == pytest.approx(0.5)
+    assert train.lr_multiplier(1.0, cfg) == 0.0
+    assert train.muon_momentum(0) == pytest.approx(0.85) and train.muon_momentum(300) == pytest.approx(0.95)
