@@ -1,0 +1,109 @@
+"""train.py through its contract: subprocess runs in test mode, the summary block, the records."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import prepare
+from conftest import REPO, write_json, run_script
+
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
+                "num_steps", "num_params_M", "depth", "tokens_per_sec", "run_id", "status", "mode", "device", "dtype",
+                "attention"]
+
+
+def parse_summary(stdout):
+    block = stdout.split("\n---\n", 1)[1]
+    out = {}
+    for line in block.strip().splitlines():
+        k, v = line.split(":", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def test_smoke_run_prints_summary_and_records(run_dir):
+    r = run_script("train.py", run_dir, "--description", "smoke\tdesc")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = parse_summary(r.stdout)
+    assert list(summary) == SUMMARY_KEYS
+    for k in SUMMARY_KEYS[:10]:
+        assert math.isfinite(float(summary[k])), k
+    assert 0 < float(summary["val_bpb"]) < 20
+    assert float(summary["training_seconds"]) >= 2.0
+    assert int(summary["num_steps"]) >= 2 and summary["depth"] == "2"
+    assert (summary["status"], summary["mode"], summary["device"], summary["dtype"], summary["attention"]) == \
+        ("baseline", "test", "cpu", "float32", "sdpa")
+    assert float(summary["peak_vram_mb"]) == 0.0 and float(summary["mfu_percent"]) == 0.0
+    # records: ledger row, log, JSON, memory
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run_id"] == summary["run_id"] and row["status"] == "baseline"
+    assert row["val_bpb"] == float(summary["val_bpb"]) and row["description"] == "smoke desc"
+    assert row["num_steps"] == int(summary["num_steps"]) and row["mode"] == "test"
+    log = (run_dir / "sessions" / f"{row['run_id']}.log").read_text()
+    assert "val_bpb:" in log and "platform: " in log and "test mode caps model.json depth: 8 -> 2" in log
+    rec = json.loads((run_dir / "sessions" / f"{row['run_id']}.json").read_text())
+    assert rec["status"] == "baseline" and round(rec["metrics"]["val_bpb"], 6) == float(summary["val_bpb"])
+    assert rec["model"]["depth"] == 2 and rec["platform"]["device"] == "cpu" and rec["versions"]["torch"]
+    assert rec["model_changes_by_mode"]["depth"] == [8, 2] and len(rec["fingerprint"]) == 12
+    memory = (run_dir / "sessions" / "memory.md").read_text()
+    assert f"best: val_bpb {row['val_bpb']:.6f} — {row['run_id']}" in memory
+
+
+def test_divergence_fails_fast_with_a_reason(run_dir):
+    m = json.loads((run_dir / "model.json").read_text())
+    m.update(matrix_lr=1e30, embedding_lr=1e30, unembedding_lr=1e30, scalar_lr=1e30)
+    write_json(run_dir / "model.json", m)
+    r = run_script("train.py", run_dir, "--description", "huge lr")
+    assert r.returncode == 1
+    assert "CRASH: diverged: train loss nan at step" in r.stdout
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert [(x["status"], x["val_bpb"]) for x in rows] == [("crash", None)]
+    assert "\tcrash\t" in (run_dir / "results.tsv").read_text() and "0.000000" not in (run_dir / "results.tsv").read_text()
+    memory = (run_dir / "sessions" / "memory.md").read_text()
+    assert "diverged: train loss nan" in memory
+
+
+def test_exception_in_train_py_is_recorded_as_crash(run_dir):
+    src = (REPO / "train.py").read_text().replace(
+        "    model.init_weights()\n", "    model.init_weights()\n    raise ValueError('boom from an edit')\n", 1)
+    (run_dir / "train_broken.py").write_text(src)
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+               PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(run_dir / "train_broken.py")], capture_output=True, text=True, env=env,
+                       timeout=300, cwd=run_dir)
+    assert r.returncode == 1
+    assert "ValueError: boom from an edit" in r.stderr
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert [x["status"] for x in rows] == ["crash"]
+    idx = prepare.read_index(run_dir / "sessions")
+    assert idx[rows[0]["run_id"]]["error"] == "ValueError: boom from an edit"
+
+
+def test_sigint_records_interrupted(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["test"]["time_budget_s"] = 120
+    write_json(run_dir / "ground.json", g)
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+               PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env, cwd=run_dir)
+    seen = ""
+    deadline = time.time() + 120
+    while "step 0000" not in seen and time.time() < deadline:
+        seen += p.stdout.read(1)
+    assert "step 0000" in seen
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out[-2000:]
+    assert "SIGINT received: recording the run as interrupted" in out
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert [(x["status"], x["val_bpb"]) for x in rows] == [("interrupted", None)]
+    rec = json.loads((run_dir / "sessions" / f"{rows[0]['run_id']}.json").read_text())
+    assert rec["status"] == "interrupted" and rec["error"] == "SIGINT received"
