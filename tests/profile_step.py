@@ -1,0 +1,69 @@
+"""Profile the default training step on the GPU: top CUDA kernels by time (not a test).
+
+    AUTORESEARCH_GROUND=... python3 tests/profile_step.py [--steps 6] [--attention flex]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prepare  # noqa: E402
+import train  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--attention", default=None)
+    ap.add_argument("--rows", type=int, default=40)
+    args = ap.parse_args()
+    s = prepare.settings()
+    m, _ = prepare.effective_model(prepare.load_model(), s)
+    P = prepare.get_platform()
+    tok = prepare.Tokenizer.from_directory()
+    cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P, attention=args.attention)
+    with torch.device("meta"):
+        model = train.GPT(cfg)
+    model.to_empty(device="cuda")
+    model.init_weights()
+    opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
+    opt.compile_steps()
+    model = torch.compile(model, dynamic=False)
+    dl = prepare.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train")
+    accum = m.total_batch_size // (m.device_batch_size * s.max_seq_len)
+    ac = torch.amp.autocast("cuda", dtype=torch.bfloat16)
+
+    def step():
+        for _ in range(accum):
+            x, y, _ = next(dl)
+            with ac:
+                loss = model(x, y)
+            (loss / accum).backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+
+    t0 = time.time()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    print(f"warmup+compile: {time.time() - t0:.1f}s")
+    t0 = time.time()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.time() - t0) / args.steps
+    print(f"step: {dt * 1000:.1f} ms  tok/s: {m.total_batch_size / dt:,.0f}")
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
