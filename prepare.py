@@ -1115,21 +1115,20 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
 def val_rows_available(s: Settings, tokenizer: Tokenizer, manifest: dict) -> int:
     """How many packed val rows of MAX_SEQ_LEN + 1 tokens the val file fills before it would wrap."""
     tok_p, _ = token_cache_paths(s, tokenizer, manifest["val"])
-    memo = tok_p.with_name(tok_p.name.replace(".tokens.npy", f".rows_T{s.max_seq_len}.json"))
+    limit = s.eval_tokens // s.max_seq_len
+    memo = tok_p.with_name(tok_p.name.replace(".tokens.npy", f".rows_T{s.max_seq_len}_max{limit}.json"))
     if memo.exists():
         return json.loads(memo.read_text())["rows"]
     packer = BestFitPacker(_document_stream(s, tokenizer, [manifest["val"]], False), s.max_seq_len + 1)
     row = np.empty(s.max_seq_len + 1, dtype=np.int32)
     rows = 0
-    limit = s.eval_tokens // s.max_seq_len
     try:
         while rows < limit:
             packer.fill_row(row)
             rows += 1
     except EOFError:
         pass
-    if rows < limit:       # only the capped answer is worth remembering
-        _atomic_write_text(memo, json.dumps({"rows": rows}))
+    _atomic_write_text(memo, json.dumps({"rows": rows}))
     return rows
 
 
@@ -1592,7 +1591,8 @@ class Run:
             "model_changes_by_mode": {k: list(v) for k, v in model_changes.items()},
             "ground": dataclasses.asdict(s.ground), "platform": get_platform(), "versions": library_versions(),
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
-            "tokenizer": tokenizer.fingerprint(), "argv": sys.argv, **(extra or {}),
+            "tokenizer": tokenizer.fingerprint(), "eval_tokens": eval_rows(tokenizer, s)[0] * s.max_seq_len,
+            "argv": sys.argv, **(extra or {}),
         }
         self.recorded = None
         self.log_path = self.sessions / f"{self.run_id}.log"
