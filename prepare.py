@@ -1373,7 +1373,7 @@ def _bpb(v) -> str:
 
 def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     """Deterministic digest of the ledger (same inputs -> same bytes)."""
-    out = ["# memory.md — generated from results.tsv after every run; edit only ## Notes", ""]
+    out = ["# memory.md — generated from results.tsv after every run; edit only the Notes section at the end", ""]
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`.", ""]
         return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")

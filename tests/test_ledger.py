@@ -1,0 +1,198 @@
+"""Ledger and memory: concurrency, statuses, strict parser (ours, upstream's, the fork's),
+Notes preservation, determinism, size bound, --record-crash, --memory."""
+
+import json
+import multiprocessing as mp
+import os
+
+import pytest
+
+import prepare
+from conftest import run_script
+
+HEADER = "\t".join(prepare.LEDGER_COLUMNS)
+
+
+def _row(run_id, val_bpb, key="k1", **kw):
+    r = {c: None for c in prepare.LEDGER_COLUMNS}
+    r.update(run_id=run_id, commit=run_id[-7:].rjust(7, "0"), val_bpb=val_bpb, description=f"desc {run_id}",
+             mode="test", comparability_key=key, timestamp="2026-11-26T00:00:00+00:00", peak_vram_mb=1024.0,
+             num_steps=10)
+    r.update(kw)
+    return r
+
+
+def _entry(model=None, fp="fp0", error=None):
+    return {"model": model or {"depth": 8, "matrix_lr": 0.04}, "fingerprint": fp, "error": error,
+            "branch": "main", "worktree": "/w", "dirty": False}
+
+
+def _writer(args):
+    results, sessions, proc = args
+    for i in range(50):
+        prepare.append_record(results, sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
+                              _entry({"depth": proc, "matrix_lr": i / 100}, fp=f"fp{proc}-{i}"))
+    return proc
+
+
+def test_eight_processes_fifty_records_each(tmp_path):
+    results, sessions = tmp_path / "results.tsv", tmp_path / "sessions"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        assert sorted(pool.map(_writer, [(results, sessions, p) for p in range(8)])) == list(range(8))
+    lines = results.read_text().splitlines()
+    assert lines[0] == HEADER and len(lines) == 401
+    assert all(len(line.split("\t")) == len(prepare.LEDGER_COLUMNS) for line in lines)
+    rows = prepare.read_ledger(results)
+    assert len(rows) == 400 and len({r["run_id"] for r in rows}) == 400
+    assert sum(r["status"] == "baseline" for r in rows) == 1
+    assert len(prepare.read_index(sessions)) == 400
+    memory = (sessions / "memory.md").read_text()
+    assert "400 runs" in memory and len(memory.encode()) <= prepare.MEMORY_MAX_BYTES + 200
+    best = min(r["val_bpb"] for r in rows if r["status"] in ("baseline", "keep"))
+    assert best == pytest.approx(1.0)
+    assert f"best: val_bpb {best:.6f} — p0-r00" in memory
+
+
+def test_statuses_and_comparability_keys(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    statuses = [prepare.append_record(res, ses, _row(rid, v, key), _entry())["status"]
+                for rid, v, key in [("a", 1.0, "k1"), ("b", 0.9, "k1"), ("c", 0.95, "k1"), ("d", 0.9, "k1"),
+                                    ("e", 2.0, "k2"), ("f", None, "k1")]]
+    assert statuses == ["baseline", "keep", "discard", "discard", "baseline", "crash"]
+    crash_line = res.read_text().splitlines()[-1].split("\t")
+    assert crash_line[2] == "" and crash_line[4] == "crash"          # empty metric, never 0.0
+    memory = (ses / "memory.md").read_text()
+    assert "comparability key: `k1` — 5 runs: 1 baseline, 1 keep, 2 discard, 1 crash, 0 interrupted" in memory
+    assert "other keys (not compared): `k2` (1)" in memory
+
+
+def test_description_tabs_and_newlines_are_neutralized(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    prepare.append_record(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
+    assert prepare.read_ledger(res)[0]["description"] == "a b c d"
+
+
+def test_reads_upstream_five_column_ledger(tmp_path):
+    p = tmp_path / "results.tsv"
+    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                 "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+                 "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM)\n"
+                 "c3d4e5f\t0.993200\t44.2\tkeep\tincrease LR\n")
+    rows = prepare.read_ledger(p)
+    assert [(r["commit"], r["val_bpb"], r["status"]) for r in rows] == \
+        [("a1b2c3d", 0.9979, "keep"), ("b2c3d4e", None, "crash"), ("c3d4e5f", 0.9932, "keep")]
+    assert rows[0]["comparability_key"] == prepare.LEGACY_KEY and rows[0]["run_id"] == "line2-a1b2c3d"
+    text = prepare.render_memory(rows, {}, "")
+    assert "best: val_bpb 0.993200" in text                 # the crash's 0.000000 is not a best
+
+
+def test_reads_fork_nine_column_ledger(tmp_path):
+    p = tmp_path / "results.tsv"
+    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\tpeak_vram_mb\tmfu_percent\ttraining_seconds\tnum_params_M\n"
+                 "a1b2c3d\t1.010000\t44.0\tkeep\tbase\t45062.2\t39.6\t300.1\t50.3\n")
+    r = prepare.read_ledger(p)[0]
+    assert (r["val_bpb"], r["peak_vram_mb"], r["mfu_percent"], r["training_seconds"], r["num_params_M"]) == \
+        (1.01, 45062.2, 39.6, 300.1, 50.3)
+
+
+def test_corrupt_lines_warned_skipped_never_rewritten(tmp_path):
+    p = tmp_path / "results.tsv"
+    good = prepare.ledger_line(_row("g", 1.0, status="baseline"))
+    bad_number = good.replace("1.000000", "abc")
+    bad_status = prepare.ledger_line(_row("h", 1.0, status="maybe"))
+    text = HEADER + "\n" + good + "only\ttwo\n" + bad_number + bad_status
+    p.write_text(text)
+    warnings = []
+    rows = prepare.read_ledger(p, warn=warnings.append)
+    assert len(rows) == 1
+    assert warnings[0] == "results.tsv:3: skipped: 2 fields, expected 15"
+    assert warnings[1] == "results.tsv:4: skipped: val_bpb = 'abc' is not a number"
+    assert warnings[2] == "results.tsv:5: skipped: unknown status 'maybe'"
+    prepare.append_record(p, tmp_path / "s", _row("h", 0.5), _entry())
+    assert p.read_text().startswith(text)                   # appended after, nothing rewritten
+
+
+def test_bad_header_is_a_clear_error(tmp_path):
+    p = tmp_path / "results.tsv"
+    p.write_text("foo\tbar\n1\t2\n")
+    with pytest.raises(prepare.ConfigError) as e:
+        prepare.read_ledger(p)
+    assert str(e.value) == "results.tsv: header line: expected a ledger header with columns commit, val_bpb, status, description; missing commit, val_bpb, status, description"
+
+
+def test_notes_survive_and_memory_is_deterministic(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    prepare.append_record(res, ses, _row("a", 1.0), _entry())
+    mem = ses / "memory.md"
+    notes = "## Notes\n\n- hypothesis: deeper is better\n- lesson: lr 0.1 diverges | keep\n"
+    mem.write_text(mem.read_text().split("## Notes")[0] + notes)
+    prepare.append_record(res, ses, _row("b", 0.9), _entry({"depth": 10, "matrix_lr": 0.04}))
+    text = mem.read_text()
+    assert text.endswith(notes)
+    first = mem.read_bytes()
+    prepare.write_memory(res, ses)
+    assert mem.read_bytes() == first
+
+
+def test_memory_sections(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    base = {"depth": 8, "matrix_lr": 0.04, "extra": {"mlp": 4}}
+    prepare.append_record(res, ses, _row("r1", 1.00), _entry(base, "A"))
+    prepare.append_record(res, ses, _row("r2", 0.98), _entry(dict(base, matrix_lr=0.06), "B"))
+    prepare.append_record(res, ses, _row("r3", 0.99), _entry(dict(base, depth=10), "C"))
+    prepare.append_record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D", error="OutOfMemoryError: CUDA out of memory"))
+    prepare.append_record(res, ses, _row("r5", 0.985), _entry(dict(base, matrix_lr=0.06), "B"))
+    text = (ses / "memory.md").read_text()
+    assert "- best: val_bpb 0.980000 — r2" in text
+    assert "- runs since last improvement: 3" in text
+    assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
+    assert "- model.json vs best: identical (the change was in train.py)" in text   # r5 vs r2
+    assert "WARNING: this exact config (model.json + train.py fingerprint B) was already run 1 time(s): r2 (0.980000)" in text
+    assert "- B: 2 runs, val_bpb 0.980000..0.985000 (spread 0.005000)" in text
+    assert "| r4 | crash | — |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
+    assert "| depth | 8 -> 0.980000 (3); 10 -> 0.990000 (1); 12 -> — (1, 1 crash) |" in text
+    assert "| matrix_lr | 0.06 -> 0.980000 (2); 0.04 -> 0.990000 (3, 1 crash) |" in text
+
+
+def test_memory_bounded_for_a_huge_ledger(tmp_path):
+    rows = [dict(_row(f"run{i:05d}", 1.0 - i * 1e-6, description="x" * 150), line=i + 2, status="discard")
+            for i in range(10000)]
+    rows[0]["status"] = "baseline"
+    index = {r["run_id"]: {"model": {f"k{j}": i % 50 for j in range(30)}, "fingerprint": f"f{i % 97}"}
+             for i, r in enumerate(rows)}
+    text = prepare.render_memory(rows, index, "")
+    assert len(text.encode()) <= prepare.MEMORY_MAX_BYTES + 200
+
+
+def test_record_crash_from_a_killed_runs_log(run_dir):
+    ses = run_dir / "sessions"
+    ses.mkdir()
+    rid = "20261126T000000Z-abcdef0-1234"
+    (ses / f"{rid}.json").write_text(json.dumps({
+        "run_id": rid, "status": "running", "description": "wider model", "mode": "test",
+        "comparability_key": "local-test-abc", "timestamp": "2026-11-26T00:00:00+00:00", "fingerprint": "F1",
+        "model": {"depth": 12}, "git": {"commit": "abcdef0", "branch": "main", "worktree": "/w", "dirty": False}}))
+    (ses / f"{rid}.log").write_text("run_start: {}\nstep 00001 | loss 3.2\rstep 00002 | loss 3.1\n"
+                                    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    r = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
+    assert r.returncode == 0, r.stderr
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert [(x["run_id"], x["status"], x["val_bpb"], x["commit"], x["comparability_key"]) for x in rows] == \
+        [(rid, "crash", None, "abcdef0", "local-test-abc")]
+    assert prepare.read_index(ses)[rid]["error"] == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert json.loads((ses / f"{rid}.json").read_text())["status"] == "crash"
+    assert "CUDA out of memory" in (ses / "memory.md").read_text()
+    again = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"error: results.tsv: run {rid} is already recorded"
+    missing = run_script("prepare.py", run_dir, "--record-crash", str(ses / "nope.log"))
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: {ses / 'nope.log'}: no such log file"
+
+
+def test_memory_cli_regenerates(run_dir):
+    res, ses = run_dir / "results.tsv", run_dir / "sessions"
+    prepare.append_record(res, ses, _row("a", 1.0), _entry())
+    (ses / "memory.md").unlink()
+    r = run_script("prepare.py", run_dir, "--memory")
+    assert r.returncode == 0 and "best: val_bpb 1.000000 — a" in (ses / "memory.md").read_text()
