@@ -1,0 +1,74 @@
+"""analysis.ipynb executes headless (nbclient) on sample ledgers and writes progress.png."""
+
+import json
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import prepare
+from conftest import REPO
+
+
+def _sample_ledger(path):
+    rows = [("r1", 1.00, "baseline", "baseline"), ("r2", 0.98, "keep", "lr up"), ("r3", 0.99, "discard", "deeper"),
+            ("r4", None, "crash", "too wide"), ("r5", 0.97, "keep", "warmdown 0.6"), ("r6", None, "interrupted", "ctrl-c"),
+            ("r7", 2.0, "baseline", "other key")]
+    with open(path, "w") as f:
+        f.write("\t".join(prepare.LEDGER_COLUMNS) + "\n")
+        for i, (rid, v, st, d) in enumerate(rows):
+            row = {c: None for c in prepare.LEDGER_COLUMNS}
+            row.update(run_id=rid, commit=f"{i:07d}", val_bpb=v, status=st, description=d, mode="train",
+                       comparability_key="k2" if rid == "r7" else "k1", timestamp="2026-11-26T00:00:00+00:00",
+                       peak_vram_mb=45000.0, mfu_percent=39.6, training_seconds=300.0, total_tokens_M=497.0,
+                       num_params_M=50.3, num_steps=949)
+            f.write(prepare.ledger_line(row))
+    # keep the last row in k1 so the plot shows the main key
+    lines = open(path).read().splitlines()
+    open(path, "w").write("\n".join([lines[0], lines[7]] + lines[1:7]) + "\n")
+
+
+def _execute(tmp_path, results):
+    nb = nbformat.read(REPO / "analysis.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")     # committed stripped
+    old = dict(os.environ)
+    os.environ.update(AUTORESEARCH_RESULTS=str(results), AUTORESEARCH_REPO=str(REPO))
+    try:
+        NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    return nb
+
+
+def _text(nb):
+    out = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            out.append(o.get("text", "") + json.dumps(o.get("data", {})))
+    return "\n".join(out)
+
+
+@pytest.mark.slow
+def test_notebook_on_our_ledger(tmp_path):
+    results = tmp_path / "results.tsv"
+    _sample_ledger(results)
+    nb = _execute(tmp_path, results)
+    png = tmp_path / "progress.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    text = _text(nb)
+    assert "7 runs" in text and "keep rate: 66.7% of 3 decided experiments" in text
+    assert "wrote progress.png" in text and "warmdown 0.6" in text
+
+
+@pytest.mark.slow
+def test_notebook_on_upstream_ledger(tmp_path):
+    results = tmp_path / "results.tsv"
+    results.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                       "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+                       "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM)\n"
+                       "c3d4e5f\t0.993200\t44.2\tkeep\tincrease LR\n")
+    nb = _execute(tmp_path, results)
+    assert (tmp_path / "progress.png").exists()
+    assert "3 runs" in _text(nb)
