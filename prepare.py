@@ -1556,8 +1556,10 @@ class _Tee:
         self.stream, self.log = stream, log
 
     def write(self, data):
-        self.stream.write(data)
+        # log first, flushed: whatever the console showed is in the log, even after SIGKILL
         self.log.write(data)
+        self.log.flush()
+        self.stream.write(data)
         return len(data)
 
     def flush(self):
