@@ -136,6 +136,7 @@ class ProfileConfig:
     time_budget_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
     eval_tokens: int = _f("int", "a positive integer", check=lambda v: v > 0)
     excluded_steps: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
+    max_steps: int = _f("int", "an integer >= 0 (0 = no cap)", check=lambda v: v >= 0, default=0)
     model_caps: dict = _f("object", "an object of model.json integer keys -> caps", default={})
 
 
@@ -305,6 +306,7 @@ class Settings:
     ground: GroundConfig
     cache_dir: Path
     ground_dir: Path
+    max_steps: int = 0        # optimizer steps cap (0 = none): stop at the budget or the cap, whichever first
 
     def path(self, p: str) -> Path:
         """A ground.json path: ~ expanded, relative paths taken from ground.json's folder."""
@@ -326,22 +328,24 @@ def make_settings(ground: GroundConfig, cuda_available: bool, ground_dir: Path) 
     cache = Path(os.path.expanduser(ground.data.cache_dir))
     cache = cache if cache.is_absolute() else ground_dir / cache
     return Settings(mode, reason, prof.max_seq_len, prof.time_budget_s, prof.eval_tokens,
-                    prof.excluded_steps, dict(prof.model_caps), ground, cache, ground_dir)
+                    prof.excluded_steps, dict(prof.model_caps), ground, cache, ground_dir, prof.max_steps)
 
 
-def effective_model(model: ModelConfig, settings: Settings) -> tuple[ModelConfig, dict]:
-    """Apply the profile's model caps (value = min(model.json, cap)); return the changes made."""
+def effective_model(model: ModelConfig, settings: Settings, world_size: int = 1) -> tuple[ModelConfig, dict]:
+    """Apply the profile's model caps (value = min(model.json, cap)); return the changes made.
+    With several processes (torchrun) every one runs device_batch_size rows per micro-step."""
     changes = {}
     for key, cap in settings.model_caps.items():
         value = getattr(model, key)
         if value > cap:
             changes[key] = (value, cap)
     model = dataclasses.replace(model, **{k: v[1] for k, v in changes.items()})
-    tokens_per_pass = model.device_batch_size * settings.max_seq_len
+    tokens_per_pass = model.device_batch_size * settings.max_seq_len * world_size
     if model.total_batch_size % tokens_per_pass != 0:
+        ws = (" x world_size", f" x {world_size}") if world_size > 1 else ("", "")
         raise ConfigError(
-            f"model.json: key 'total_batch_size': expected a multiple of device_batch_size x max_seq_len = "
-            f"{model.device_batch_size} x {settings.max_seq_len} = {tokens_per_pass}, got {model.total_batch_size}")
+            f"model.json: key 'total_batch_size': expected a multiple of device_batch_size x max_seq_len{ws[0]} = "
+            f"{model.device_batch_size} x {settings.max_seq_len}{ws[1]} = {tokens_per_pass}, got {model.total_batch_size}")
     return model, changes
 
 
@@ -1020,16 +1024,13 @@ class BestFitPacker:
                 pos = cap
 
 
-def _document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool,
-                     rank: int = 0, world_size: int = 1) -> Iterator[tuple[np.ndarray, int]]:
-    epoch, k = 1, 0
+def _document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool) -> Iterator[tuple[np.ndarray, int]]:
+    epoch = 1
     while True:
         for path in files:
             tokens, offsets = tokenize_file(s, tokenizer, path)
             for j in range(len(offsets) - 1):
-                if k % world_size == rank:
-                    yield tokens[offsets[j]:offsets[j + 1]], epoch
-                k += 1
+                yield tokens[offsets[j]:offsets[j + 1]], epoch
         if not loop:
             return
         epoch += 1
@@ -1043,7 +1044,11 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
                     device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
                     prefetch: int = LOADER_PREFETCH_BATCHES):
     """Yield (inputs, targets, epoch) forever: int64 tensors of shape (B, T) on the run's device.
-    Rows are packed by a background thread into pinned buffers; the copy to the GPU is async."""
+    Rows are packed by a background thread into pinned buffers; the copy to the GPU is async.
+
+    With world_size > 1 (torchrun) every rank packs the same global batch of B x world_size
+    rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
+    single process with world_size x the gradient accumulation would see, in the same order."""
     assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
     s = settings()
     try:
@@ -1053,7 +1058,9 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     files = m["train"] if split == "train" else [m["val"]]
     device = torch.device(device or get_platform()["device"])
     # train loops over its files (epoch counts the passes); val is one pass, never repeated
-    packer = BestFitPacker(_document_stream(s, tokenizer, files, split == "train", rank, world_size), T + 1, buffer_size)
+    packer = BestFitPacker(_document_stream(s, tokenizer, files, split == "train"), T + 1, buffer_size)
+    lo = rank * B
+    scratch = np.empty(T + 1, dtype=np.int32)         # other ranks' rows: packed, then dropped
     bos = tokenizer.get_bos_token_id()
     nbuf = prefetch + 2
     pinned = [torch.empty((B, T + 1), dtype=torch.int32, pin_memory=_pin_ok(device)) for _ in range(nbuf)]
@@ -1069,14 +1076,18 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
             if ev is not None:
                 ev.synchronize()          # the async copy out of this buffer has finished
             rows = pinned[i].numpy()
-            r = 0
+            g, filled = 0, 0
             try:
-                for r in range(B):
-                    packer.fill_row(rows[r])
+                for g in range(B * world_size):
+                    if lo <= g < lo + B:
+                        packer.fill_row(rows[g - lo])
+                        filled = g - lo + 1
+                    else:
+                        packer.fill_row(scratch)
             except EOFError:            # val data ran out: BOS rows score 0 bytes, so they count for nothing
-                rows[r:] = bos
-                ready.put((i, packer.epoch) if r else (None, None))
-                if r:
+                rows[filled:] = bos
+                ready.put((i, packer.epoch) if g else (None, None))
+                if g:
                     ready.put((None, None))
                 return
             except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -1160,29 +1171,34 @@ def eval_rows(tokenizer: Tokenizer, s: Settings | None = None, verbose: bool = F
 def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte on the pinned val data: summed next-token loss (nats) over the first
     eval_tokens // MAX_SEQ_LEN packed val rows, divided by ln 2 x the UTF-8 bytes of the
-    targets. Special tokens (0 bytes) are excluded from both sums. Independent of batch_size:
-    the same rows are scored whatever the batch (the last batch is masked, not reshaped)."""
+    targets. Special tokens (0 bytes) are excluded from both sums. Independent of batch_size
+    and of the number of processes: the same rows are scored whatever the batch (the last
+    batch is masked, not reshaped); under torchrun each rank scores its share of every global
+    batch and the two sums are all-reduced."""
+    import torch.distributed as dist
     s = settings()
     T = s.max_seq_len
     rows, _ = eval_rows(tokenizer, s)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device(get_platform()["device"])
     token_bytes = get_token_bytes(device=device)
-    loader = make_dataloader(tokenizer, batch_size, T, "val", device=device)
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.float64, device=device)
-    done = 0
+    loader = make_dataloader(tokenizer, batch_size, T, "val", device=device, rank=rank, world_size=world)
+    total = torch.zeros(2, dtype=torch.float64, device=device)     # nats, bytes
+    row_ids = torch.arange(batch_size, device=device)[:, None]
+    done = 0                                                         # global rows before this batch
     while done < rows:
         x, y, _ = next(loader)
-        take = min(batch_size, rows - done)
         loss = model(x, y, reduction="none").view(batch_size, T).float()
         nbytes = token_bytes[y]
-        if take < batch_size:
-            nbytes[take:] = 0
-        total_nats += (loss * (nbytes > 0)).sum(dtype=torch.float64)
-        total_bytes += nbytes.sum(dtype=torch.float64)
-        done += take
+        nbytes = torch.where(done + rank * batch_size + row_ids < rows, nbytes, 0)
+        total[0] += (loss * (nbytes > 0)).sum(dtype=torch.float64)
+        total[1] += nbytes.sum(dtype=torch.float64)
+        done += batch_size * world
     loader.close()
-    return (total_nats / (math.log(2) * total_bytes)).item()
+    if distributed:
+        dist.all_reduce(total)
+    return (total[0] / (math.log(2) * total[1])).item()
 
 
 # ---------------------------------------------------------------------------
@@ -1399,6 +1415,15 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     if best:
         out.append(f"- best: val_bpb {best['val_bpb']:.6f} — {best['run_id']} ({best['commit']}) — {clean_text(best['description'], 80)}")
     out.append(f"- runs since last improvement: {since}")
+    places = {}
+    for r in cur:
+        e = index.get(r["run_id"], {})
+        if e.get("branch") or e.get("worktree"):
+            where = f"{e.get('branch') or '?'} @ {e.get('worktree') or '?'}"
+            places[where] = places.get(where, 0) + 1
+    several = len(places) > 1
+    if several:                                            # several agents share this ledger
+        out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
     out.append("")
 
     best_model = _flat(index.get(best["run_id"], {}).get("model")) if best else {}
@@ -1434,6 +1459,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     for r in cur[-MEMORY_RECENT:]:
         delta = f"{r['val_bpb'] - best['val_bpb']:+.4f}" if best and r["val_bpb"] is not None else ""
         text = clean_text(r["description"], 50)
+        if several:
+            text = f"[{index.get(r['run_id'], {}).get('branch') or '?'}] " + text
         err = index.get(r["run_id"], {}).get("error")
         if r["status"] in ("crash", "interrupted") and err:
             text += " — " + clean_text(err, 70)
@@ -1536,6 +1563,7 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict) -> str:
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
+                       "world": int(os.environ.get("WORLD_SIZE", "1")), "max_steps": s.max_steps,
                        "caps": s.model_caps if s.mode == "test" else {}}, sort_keys=True)
     return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

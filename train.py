@@ -506,6 +506,57 @@ def build_config(m, T, vocab_size, platform, attention=None):
                      embedding_dtype=platform["embedding_dtype"], rotary_dtype=rotary)
 
 
+# ---------------------------------------------------------------------------
+# Several processes (torchrun): data parallel, gradients all-reduced before the optimizer step
+# ---------------------------------------------------------------------------
+
+def setup_distributed(device_type):
+    """(rank, world_size, local_rank, control group). One process: (0, 1, 0, None).
+    NCCL carries gradients; a gloo group agrees on step time and loss on the host, so the
+    ranks share one clock and one LR schedule without a GPU sync."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0, None
+    import torch.distributed as dist
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    control = dist.new_group(backend="gloo") if device_type == "cuda" else None
+    return rank, world, local, control
+
+
+def broadcast_parameters(model):
+    import torch.distributed as dist
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def all_reduce_gradients(model, world):
+    """Average the gradients over ranks: one flat all-reduce per dtype."""
+    import torch.distributed as dist
+    groups = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            groups.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in groups.values():
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= world
+        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(f)
+
+
+def agree(values, world, group):
+    """Mean of a few host floats over ranks (identical on every rank afterwards)."""
+    if world == 1:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, group=group)
+    return [v / world for v in t.tolist()]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -520,23 +571,31 @@ def main():
     t_start = time.time()
 
     s = prepare.settings()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        m, changes = prepare.effective_model(prepare.load_model(), s)
+        m, changes = prepare.effective_model(prepare.load_model(), s, world)
     except prepare.ConfigError as e:
         prepare.fail(str(e))
     P = prepare.get_platform()
     T, budget = s.max_seq_len, s.time_budget_s
+    rank, world, local_rank, control = setup_distributed(P["device"])
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")     # rank 0 prints and records; the others only compute
     tokenizer = Tokenizer.from_directory()
-    run = prepare.start_run(tokenizer, m, changes, args.description)
+    run = prepare.start_run(tokenizer, m, changes, args.description, extra={"world_size": world}) if rank == 0 else None
 
     torch.manual_seed(42)                      # the only seed; data order is fixed by the loader
     torch.set_float32_matmul_precision("high")
-    device = torch.device(P["device"])
+    device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
     dtype = getattr(torch, P["dtype"])
     autocast = (torch.amp.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
-    print(f"run_id: {run.run_id}  commit: {run.git['commit']}{' (dirty)' if run.git['dirty'] else ''}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in run.record["versions"].items() if v))
+    if run:
+        print(f"run_id: {run.run_id}  commit: {run.git['commit']}{' (dirty)' if run.git['dirty'] else ''}")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in run.record["versions"].items() if v))
+    if world > 1:
+        print(f"distributed: {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+              f"each {m.device_batch_size} rows per micro-step")
     print(f"mode: {s.mode} ({s.mode_reason}); T={T}, budget={budget:g}s, eval_tokens={s.eval_tokens:,}")
     for k, (old, new) in changes.items():
         print(f"  {s.mode} mode caps model.json {k}: {old} -> {new}")
@@ -551,20 +610,23 @@ def main():
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()
+    if world > 1:
+        broadcast_parameters(model)
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.estimate_flops()
     print(f"parameters: {num_params:,}  FLOPs/token: {flops_per_token:.3e}")
 
-    tokens_per_fwdbwd = m.device_batch_size * T
+    tokens_per_fwdbwd = m.device_batch_size * T * world
     grad_accum = m.total_batch_size // tokens_per_fwdbwd
-    print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {T} x {grad_accum} accumulation steps")
+    print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {T} x {grad_accum} accumulation steps"
+          + (f" x {world} processes" if world > 1 else ""))
     optimizer = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
     scaler = torch.amp.GradScaler(device.type) if P["use_grad_scaler"] else None
     if P["compile"]:
         optimizer.compile_steps()
         model = torch.compile(model, dynamic=False)
 
-    train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device)
+    train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank, world_size=world)
     x, y, epoch = next(train_loader)
 
     # -- training loop: the clock starts after `excluded_steps` (compilation, warmup) --------
@@ -583,17 +645,18 @@ def main():
         now = time.time()
         dt = now - (state["t_last"] if state["t_last"] is not None else t_train_start)
         state["t_last"] = now
-        loss_f = train_loss.item()
+        dt, loss_f = agree([dt, train_loss.item()], world, control)     # one clock, one verdict
         if not math.isfinite(loss_f) or loss_f > 100:
-            run.crash(f"diverged: train loss {loss_f} at step {step_i}",
-                      {"num_steps": step_i, "training_seconds": state["total_time"]})
+            if run:
+                run.crash(f"diverged: train loss {loss_f} at step {step_i}",
+                          {"num_steps": step_i, "training_seconds": state["total_time"]})
             sys.exit(1)
         if step_i >= excluded:
             state["total_time"] += dt
         state["smooth"] = 0.9 * state["smooth"] + 0.1 * loss_f
         debiased = state["smooth"] / (1 - 0.9 ** (step_i + 1))
         tok_s = m.total_batch_size / dt
-        mfu = 100 * flops_per_token * tok_s / P["peak_flops"] if P["peak_flops"] else 0.0
+        mfu = 100 * flops_per_token * tok_s / (P["peak_flops"] * world) if P["peak_flops"] else 0.0
         print(f"\rstep {step_i:05d} ({100 * progress:.1f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | dt: {dt * 1000:.0f}ms | "
               f"tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | epoch: {epoch} | "
               f"remaining: {max(0, budget - state['total_time']):.0f}s    ", end="", flush=True)
@@ -614,6 +677,8 @@ def main():
             loss = loss / grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             x, y, epoch = next(train_loader)
+        if world > 1:
+            all_reduce_gradients(model, world)
         if scaler:
             scaler.unscale_(optimizer)
             scale_before = scaler.get_scale()
@@ -637,7 +702,7 @@ def main():
             gc.freeze()                       # ~500 ms GC pauses otherwise (upstream)
             gc.disable()
         step += 1
-        if step > excluded and state["total_time"] >= budget:
+        if (step > excluded and state["total_time"] >= budget) or step == s.max_steps:
             break
     if pending is not None:
         retire(*pending)
@@ -653,17 +718,24 @@ def main():
         val_bpb = evaluate_bpb(model, tokenizer, m.device_batch_size)
     eval_seconds = time.time() - t_eval
     if not math.isfinite(val_bpb):
-        run.crash(f"val_bpb is {val_bpb}", {"num_steps": step, "training_seconds": total_time})
+        if run:
+            run.crash(f"val_bpb is {val_bpb}", {"num_steps": step, "training_seconds": total_time})
         sys.exit(1)
 
     peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if device.type == "cuda" else 0.0
-    mfu = (100 * flops_per_token * m.total_batch_size * timed_steps / total_time / P["peak_flops"]
+    mfu = (100 * flops_per_token * m.total_batch_size * timed_steps / total_time / (P["peak_flops"] * world)
            if total_time > 0 and P["peak_flops"] else 0.0)
     metrics = {"val_bpb": val_bpb, "training_seconds": total_time, "total_seconds": time.time() - t_start,
                "startup_seconds": t_train_start - t_start, "eval_seconds": eval_seconds, "peak_vram_mb": peak_vram_mb,
                "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
                "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
-               "tokens_per_second": m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0}
+               "tokens_per_second": m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0,
+               "world_size": world}
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+        if rank != 0:
+            return
     row = run.finish(metrics)
 
     # -- summary: a public API (fixed keys, `key: value`) --------------------------------------
@@ -684,6 +756,7 @@ def main():
     print(f"device:           {P['device']}")
     print(f"dtype:            {P['dtype']}")
     print(f"attention:        {P['attention']}")
+    print(f"world_size:       {world}")
 
 
 if __name__ == "__main__":

@@ -196,3 +196,13 @@ def test_memory_cli_regenerates(run_dir):
     (ses / "memory.md").unlink()
     r = run_script("prepare.py", run_dir, "--memory")
     assert r.returncode == 0 and "best: val_bpb 1.000000 — a" in (ses / "memory.md").read_text()
+
+
+def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    for rid, v, branch, wt in [("a", 1.0, "autoresearch/gpu0", "/w0"), ("b", 0.9, "autoresearch/gpu1", "/w1"),
+                               ("c", 0.95, "autoresearch/gpu0", "/w0")]:
+        prepare.append_record(res, ses, _row(rid, v), dict(_entry(), branch=branch, worktree=wt))
+    text = (ses / "memory.md").read_text()
+    assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
+    assert "| b | keep | 0.900000 | +0.0000 | [autoresearch/gpu1] desc b |" in text

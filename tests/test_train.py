@@ -13,7 +13,7 @@ from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
                 "num_steps", "num_params_M", "depth", "tokens_per_sec", "run_id", "status", "mode", "device", "dtype",
-                "attention"]
+                "attention", "world_size"]
 
 
 def parse_summary(stdout):

@@ -1,0 +1,64 @@
+"""Data parallel with torchrun on the CPU (gloo): the same rows, the same val_bpb as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prepare
+from conftest import REPO, write_json
+
+
+def test_ranks_split_the_single_process_batch_exactly():
+    tok = prepare.Tokenizer.from_directory()
+    single = prepare.make_dataloader(tok, 8, 64, "train")
+    r0 = prepare.make_dataloader(tok, 4, 64, "train", rank=0, world_size=2)
+    r1 = prepare.make_dataloader(tok, 4, 64, "train", rank=1, world_size=2)
+    for _ in range(5):
+        x, y, _ = next(single)
+        x0, y0, _ = next(r0)
+        x1, y1, _ = next(r1)
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_world_size_must_divide_the_batch():
+    s = prepare.settings()
+    m = prepare.load_model()
+    with pytest.raises(prepare.ConfigError) as e:
+        prepare.effective_model(m, s, world_size=3)
+    assert str(e.value) == ("model.json: key 'total_batch_size': expected a multiple of device_batch_size x max_seq_len"
+                            " x world_size = 8 x 64 x 3 = 1536, got 1024")
+
+
+def _run(run_dir, nproc):
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(REPO / "train.py"), "--description", f"{nproc} proc"]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + cmd[1:]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=run_dir)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    summary = dict(line.split(":", 1) for line in r.stdout.split("\n---\n")[-1].strip().splitlines())
+    return {k.strip(): v.strip() for k, v in summary.items()}, r.stdout
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["test"].update(time_budget_s=600, max_steps=4, excluded_steps=1)
+    write_json(run_dir / "ground.json", g)
+    one, _ = _run(run_dir, 1)
+    two, out = _run(run_dir, 2)
+    assert "distributed: 2 processes (gloo), each 8 rows per micro-step" in out
+    assert "batch: 1,024 tokens/step = 8 x 64 x 1 accumulation steps x 2 processes" in out
+    assert (one["num_steps"], two["num_steps"]) == ("4", "4")
+    assert (one["world_size"], two["world_size"]) == ("1", "2")
+    assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)   # same rows, same math
+    rows = prepare.read_ledger(run_dir / "results.tsv")
+    assert len(rows) == 2                                   # only rank 0 records
+    assert rows[0]["comparability_key"] != rows[1]["comparability_key"]     # more GPUs is another key
+    rec = json.loads((run_dir / "sessions" / f"{rows[1]['run_id']}.json").read_text())
+    assert rec["world_size"] == 2 and rec["metrics"]["world_size"] == 2
