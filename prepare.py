@@ -340,6 +340,15 @@ def effective_model(model: ModelConfig, settings: Settings, world_size: int = 1)
         if value > cap:
             changes[key] = (value, cap)
     model = dataclasses.replace(model, **{k: v[1] for k, v in changes.items()})
+    if world_size > 1:
+        # Split the same total batch over more processes: fewer rows per micro-step, the same
+        # optimizer steps (micro-batching does not change what is trained). Printed as a change.
+        b = model.device_batch_size
+        while b > 1 and model.total_batch_size % (b * settings.max_seq_len * world_size) != 0:
+            b //= 2
+        if b != model.device_batch_size and model.total_batch_size % (b * settings.max_seq_len * world_size) == 0:
+            changes["device_batch_size"] = (changes.get("device_batch_size", (model.device_batch_size,))[0], b)
+            model = dataclasses.replace(model, device_batch_size=b)
     tokens_per_pass = model.device_batch_size * settings.max_seq_len * world_size
     if model.total_batch_size % tokens_per_pass != 0:
         ws = (" x world_size", f" x {world_size}") if world_size > 1 else ("", "")

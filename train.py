@@ -598,7 +598,8 @@ def main():
               f"each {m.device_batch_size} rows per micro-step")
     print(f"mode: {s.mode} ({s.mode_reason}); T={T}, budget={budget:g}s, eval_tokens={s.eval_tokens:,}")
     for k, (old, new) in changes.items():
-        print(f"  {s.mode} mode caps model.json {k}: {old} -> {new}")
+        why = f"{s.mode} mode caps" if k in s.model_caps else f"{world} processes split"
+        print(f"  {why} model.json {k}: {old} -> {new}")
     print("\n".join(prepare.platform_lines(P)))
     if P["attention"] in ("flex", "sdpa"):
         print(f"  {prefer_cudnn_sdpa(P)}")

@@ -33,6 +33,13 @@ def test_world_size_must_divide_the_batch():
                             " x world_size = 8 x 64 x 3 = 1536, got 1024")
 
 
+def test_more_processes_take_fewer_rows_each():
+    s = prepare.settings()
+    m, changes = prepare.effective_model(prepare.load_model(), s, world_size=4)
+    assert m.device_batch_size == 4 and changes["device_batch_size"] == (128, 4)     # 128 -cap-> 8 -split-> 4
+    assert m.total_batch_size == 1024
+
+
 def _run(run_dir, nproc):
     env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
