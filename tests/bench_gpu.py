@@ -3,7 +3,8 @@
     python3 tests/bench_gpu.py [--budget 40] [--variants flex,sdpa,fp16] [--out DIR]
 
 Runs train.py as a subprocess per variant (flex = the default platform choice, sdpa = forced
-SDPA, fp16 = forced float16 + GradScaler) on a workspace that reuses the prepared tokenizer
+SDPA, fp16 = forced float16 + GradScaler, turing = what a Volta/Turing card gets: float16 +
+GradScaler, SDPA, no compile) on a workspace that reuses the prepared tokenizer
 and train shards, with a val file large enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
 default variant runs twice, first with empty compile caches (cold), then again (warm).
@@ -119,7 +120,8 @@ def main():
     ground = bench_workspace(root, args.budget)
     cold = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
     plan = {"flex": ({}, cold), "flex_warm": ({}, cold), "sdpa": ({"attention": "sdpa"}, cold),
-            "fp16": ({"dtype": "float16"}, cold)}
+            "fp16": ({"dtype": "float16"}, cold),
+            "turing": ({"dtype": "float16", "attention": "sdpa", "compile": False}, cold)}
     results = []
     for name in args.variants.split(","):
         proc, env = plan[name]
