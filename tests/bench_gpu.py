@@ -65,6 +65,12 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
     gp = ground.with_name(f"ground_{name}.json")
     gp.write_text(json.dumps(g, indent=2))
     env = dict(os.environ, AUTORESEARCH_GROUND=str(gp), PYTHONUNBUFFERED="1", **env_extra)
+    if name == "turing":    # eager fp16 needs smaller micro-batches (a 16 GB card would anyway)
+        m = json.loads(prepare.model_path().read_text())
+        m["device_batch_size"] = 16
+        mp = ground.with_name("model_turing.json")
+        mp.write_text(json.dumps(m))
+        env["AUTORESEARCH_MODEL"] = str(mp)
     t0 = time.time()
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "--description", f"bench {name}"],
                        capture_output=True, text=True, env=env)
