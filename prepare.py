@@ -916,6 +916,7 @@ class Tokenizer:
     def __init__(self, enc, bos_token: str = "<|reserved_0|>"):
         self.enc = enc
         self.bos_token_id = enc.encode_single_token(bos_token)
+        self._fingerprint = None
 
     @classmethod
     def from_directory(cls, tokenizer_dir_: str | Path | None = None):
@@ -945,7 +946,10 @@ class Tokenizer:
         return self.enc.decode(ids)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(pickle.dumps(self.enc)).hexdigest()[:16]
+        """Hash of the encoding; names the token cache and enters the comparability key."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.sha256(pickle.dumps(self.enc)).hexdigest()[:16]
+        return self._fingerprint
 
 
 def get_token_bytes(device="cpu") -> torch.Tensor:
