@@ -1702,8 +1702,13 @@ class Run:
 
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,
               extra: dict | None = None) -> Run:
-    """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals."""
-    return Run(settings(), tokenizer, model, model_changes, description, extra).start()
+    """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals.
+    Bad input found here (data not prepared, source changed) exits 2 before anything is written."""
+    try:
+        run = Run(settings(), tokenizer, model, model_changes, description, extra)
+    except ConfigError as e:
+        fail(str(e))
+    return run.start()
 
 
 _ERROR_LINE = re.compile(r"(Error|Exception|Killed|killed|CRASH|FAIL|Traceback|out of memory|OOM)")

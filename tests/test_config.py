@@ -131,3 +131,24 @@ def test_cli_bad_flag_value(run_dir):
     r = run_script("prepare.py", run_dir, "--num-shards", "0")
     assert r.returncode == 2
     assert r.stderr.strip() == "error: --num-shards: expected an integer >= 1, got 0"
+
+
+def test_missing_data_or_tokenizer_says_run_prepare_first(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["data"]["cache_dir"] = str(run_dir / "empty_cache")
+    write_json(run_dir / "ground.json", g)
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {run_dir / 'empty_cache' / 'tokenizer' / 'tokenizer.pkl'}: no tokenizer (run prepare.py first)"
+    assert not (run_dir / "results.tsv").exists() and not (run_dir / "sessions").exists()
+
+
+def test_source_mismatch_with_the_cache_is_an_error(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["data"]["source"] = "builtin"
+    write_json(run_dir / "ground.json", g)
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: ground.json: key 'data.source': is 'builtin' but the cache holds 'local' data "
+                                "(run prepare.py again)")
+    assert not (run_dir / "results.tsv").exists()
