@@ -1688,7 +1688,11 @@ class Run:
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         index_entry = {"model": self.model, "fingerprint": self.record["fingerprint"], "error": error,
                        "branch": self.git["branch"], "worktree": self.git["worktree"], "dirty": self.git["dirty"]}
-        self.recorded = append_record(self.results, self.sessions, self._row(metrics), index_entry, status)
+        try:
+            self.recorded = append_record(self.results, self.sessions, self._row(metrics), index_entry, status)
+        except ConfigError as e:             # e.g. a ledger whose header was damaged by hand
+            self.recorded = {"status": "unrecorded"}
+            fail(f"{e} (this run was not recorded; its log is {self.log_path})")
         self.record.update(status=self.recorded["status"], metrics=metrics, error=error,
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self._write_json()

@@ -206,3 +206,12 @@ def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
     text = (ses / "memory.md").read_text()
     assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
     assert "| b | keep | 0.900000 | +0.0000 | [autoresearch/gpu1] desc b |" in text
+
+
+def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):
+    (run_dir / "results.tsv").write_text("foo\tbar\n")
+    r = run_script("prepare.py", run_dir, "--memory")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: results.tsv: header line: expected a ledger header with columns commit, val_bpb, "
+                                "status, description; missing commit, val_bpb, status, description")
+    assert not (run_dir / "sessions" / "memory.md").exists()
