@@ -399,8 +399,6 @@ def muon_step(stacked_grads, stacked_params, momentum_buffer, second_momentum_bu
 class MuonAdamW(torch.optim.Optimizer):
     """Param groups carry kind='adamw' or kind='muon'. fp16 parameters keep fp32 moments."""
 
-    compiled = False
-
     def __init__(self, param_groups, ortho_dtype=torch.bfloat16):
         super().__init__(param_groups, defaults={})
         self.ortho_dtype = ortho_dtype
@@ -411,7 +409,6 @@ class MuonAdamW(torch.optim.Optimizer):
     def compile_steps(self):
         self._adamw = torch.compile(adamw_step, dynamic=False, fullgraph=True)
         self._muon = torch.compile(muon_step, dynamic=False, fullgraph=True)
-        self.compiled = True
 
     @staticmethod
     def moment_dtype(p):
@@ -500,10 +497,9 @@ def build_config(m, T, vocab_size, platform, attention=None):
     model_dim = -(-base_dim // m.head_dim) * m.head_dim        # round up to a whole number of heads
     n_head = model_dim // m.head_dim
     assert model_dim % n_head == 0, f"model_dim {model_dim} must divide into {n_head} heads"
-    rotary = platform["dtype"] if platform["dtype"] != "float32" else "float32"
     return GPTConfig(sequence_len=T, vocab_size=vocab_size, n_layer=m.depth, n_head=n_head, n_kv_head=n_head,
                      n_embd=model_dim, window_pattern=m.window_pattern, attention=attention or platform["attention"],
-                     embedding_dtype=platform["embedding_dtype"], rotary_dtype=rotary)
+                     embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
 
 
 # ---------------------------------------------------------------------------
