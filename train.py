@@ -108,6 +108,7 @@ def attention_sdpa(q, k, v, window):
 
 _BLOCK_MASKS: dict = {}
 _FLEX = None
+FLEX_KERNEL_OPTIONS = None        # e.g. {"BLOCK_M": 128}; None = PyTorch's defaults (fastest measured, bench_attention.py)
 
 
 def _flex_fn():
@@ -136,7 +137,8 @@ def attention_flex(q, k, v, window):
     if window >= T - 1:            # full causal layer: SDPA (cuDNN on Hopper) beats flex, see prefer_cudnn_sdpa
         return attention_sdpa(q, k, v, window)
     bm = flex_block_mask(T, window, q.device)
-    y = _flex_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm)
+    y = _flex_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm,
+                   kernel_options=FLEX_KERNEL_OPTIONS)
     return y.transpose(1, 2)
 
 

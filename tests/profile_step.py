@@ -20,7 +20,16 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--attention", default=None)
     ap.add_argument("--rows", type=int, default=40)
+    ap.add_argument("--flex-options", default=None, help="JSON kernel_options for flex_attention")
+    ap.add_argument("--coordinate-descent", action="store_true", help="inductor coordinate_descent_tuning")
+    ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
+    if args.flex_options:
+        import json
+        train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
+    if args.coordinate_descent:
+        import torch._inductor.config as icfg
+        icfg.coordinate_descent_tuning = True
     s = prepare.settings()
     m, _ = prepare.effective_model(prepare.load_model(), s)
     P = prepare.get_platform()
@@ -56,7 +65,9 @@ def main():
         step()
     torch.cuda.synchronize()
     dt = (time.time() - t0) / args.steps
-    print(f"step: {dt * 1000:.1f} ms  tok/s: {m.total_batch_size / dt:,.0f}")
+    print(f"step: {dt * 1000:.1f} ms  tok/s: {m.total_batch_size / dt:,.0f}  ({vars(args)})", flush=True)
+    if args.no_profile:
+        return
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
