@@ -580,7 +580,7 @@ def _reachable(url: str, timeout_s: float) -> bool:
     import requests
     try:
         r = requests.head(url, timeout=timeout_s, allow_redirects=True)
-        return r.status_code < 500
+        return r.status_code < 400      # a 403/404 means the shard is not there: not a usable source
     except requests.RequestException:
         return False
 
