@@ -29,7 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 import prepare  # noqa: E402
+from bench_loader import loader_rate  # noqa: E402
 
 
 def bench_workspace(root: Path, budget: float) -> Path:
@@ -91,24 +93,6 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
             "to_first_timed_step_s": met["total_seconds"] - met["training_seconds"] - met["eval_seconds"],
             "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
             "wall_s": wall, "attention": summary["attention"], "dtype": summary["dtype"]}
-
-
-def loader_rate(seconds: float = 5.0) -> float:
-    """Packing rate of the dataloader's best-fit packer on one core (tokens/s)."""
-    s = prepare.settings()
-    tok = prepare.Tokenizer.from_directory()
-    m = prepare.load_manifest(s)
-    T = s.ground.train.max_seq_len
-    packer = prepare.BestFitPacker(prepare._document_stream(s, tok, m["train"], True), T + 1)
-    rows = np.empty((128, T + 1), dtype=np.int32)
-    for r in range(128):
-        packer.fill_row(rows[r])                     # warm: token cache loaded, buffer full
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        for r in range(128):
-            packer.fill_row(rows[r])
-        n += 128
-    return n * (T + 1) / (time.perf_counter() - t0)
 
 
 def main():
