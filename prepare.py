@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -593,11 +594,22 @@ def manifest_path(s: Settings) -> Path:
     return data_dir(s) / "manifest.json"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """Yield a temporary sibling of `path` to write; it replaces `path` only if the write finished.
+    The suffix is kept last so that writers that add one (np.save) write exactly there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -768,9 +780,8 @@ def build_builtin(s: Settings) -> dict:
 
 
 def _write_text_parquet(path: Path, docs: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table({"text": docs}), tmp, row_group_size=1024)
-    os.replace(tmp, path)
+    with _atomic_path(path) as tmp:
+        pq.write_table(pa.table({"text": docs}), tmp, row_group_size=1024)
 
 
 def read_documents(path: str | Path) -> list[str]:
@@ -899,11 +910,9 @@ def train_tokenizer(s: Settings, manifest: dict, force: bool = False) -> Path:
         raise RuntimeError("tokenizer round-trip check failed")
     token_bytes = torch.tensor([0 if i >= offset else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)],
                                dtype=torch.int32)
-    out.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(out / "tokenizer.pkl", pickle.dumps(enc))
-    tmp = out / "token_bytes.pt.tmp"
-    torch.save(token_bytes, tmp)
-    os.replace(tmp, out / "token_bytes.pt")
+    with _atomic_path(out / "token_bytes.pt") as tmp:
+        torch.save(token_bytes, tmp)
     _atomic_write_text(meta_path, json.dumps({"config_fingerprint": fp, "vocab_size": enc.n_vocab,
                                               "sha256": _file_sha256(out / "tokenizer.pkl")}, indent=2))
     print(f"tokenizer: trained vocab {enc.n_vocab} in {time.time() - t0:.1f}s -> {out}")
@@ -982,11 +991,9 @@ def tokenize_file(s: Settings, tokenizer: Tokenizer, path: str) -> tuple[np.ndar
         np.cumsum(lens, out=offsets[1:])
         dtype = np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.uint32
         tokens = np.fromiter((t for r in ids for t in r), dtype=dtype, count=int(offsets[-1]))
-        tok_p.parent.mkdir(parents=True, exist_ok=True)
         for p, arr in ((tok_p, tokens), (off_p, offsets)):
-            tmp = p.with_name(p.name + f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, p)
+            with _atomic_path(p) as tmp:
+                np.save(tmp, arr)
     return np.load(tok_p, mmap_mode="r"), np.load(off_p)
 
 
@@ -1576,7 +1583,7 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict) -> str:
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
-                       "world": int(os.environ.get("WORLD_SIZE", "1")), "max_steps": s.max_steps,
+                       "world": get_platform()["world_size"], "max_steps": s.max_steps,
                        "caps": s.model_caps if s.mode == "test" else {}}, sort_keys=True)
     return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
