@@ -34,6 +34,7 @@ def main():
     m, _ = prepare.effective_model(prepare.load_model(), s)
     P = prepare.get_platform()
     tok = prepare.Tokenizer.from_directory()
+    print(train.prefer_cudnn_sdpa(P))
     cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P, attention=args.attention)
     with torch.device("meta"):
         model = train.GPT(cfg)
@@ -74,6 +75,32 @@ def main():
             step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+    print_categories(prof, steps=2)
+
+
+CATEGORIES = (("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
+              ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "matmul")),
+              ("fused (triton)", ("triton",)))
+
+
+def print_categories(prof, steps):
+    """GPU kernel time per step by kind, and the 25 largest kernels."""
+    kernels = []
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            us = getattr(e, "self_device_time_total", None) or e.self_cuda_time_total
+            kernels.append((us / steps / 1000, e.count // steps, e.key))
+    total = sum(ms for ms, _, _ in kernels)
+    by = {}
+    for ms, _, name in kernels:
+        low = name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+        by[cat] = by.get(cat, 0.0) + ms
+    print(f"GPU kernel time per step: {total:.1f} ms")
+    for cat, ms in sorted(by.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:16s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+    for ms, n, name in sorted(kernels, reverse=True)[:25]:
+        print(f"  {ms:7.2f} ms  x{n:<4d} {name[:110]}")
 
 
 if __name__ == "__main__":
