@@ -329,7 +329,9 @@ class GPT(nn.Module):
         x = norm(x)
         logits = self.lm_head(x)
         softcap = 15
-        if targets is not None and reduction == "mean":
+        if targets is not None and reduction == "mean" and torch.compiler.is_compiling():
+            # compiled: one read of the logits each way; eager (CPU, MPS, Volta/Turing) keeps
+            # F.cross_entropy below, whose fused log_softmax makes fewer full-size temporaries
             return softcap_cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), softcap)
         logits = softcap * torch.tanh(logits.float() / softcap)
         if targets is None:
