@@ -172,8 +172,6 @@ def prefer_cudnn_sdpa(platform) -> str:
 ATTENTION = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex, "fa3": attention_fa3}
 
 
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()

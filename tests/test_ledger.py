@@ -3,7 +3,6 @@ Notes preservation, determinism, size bound, --record-crash, --memory."""
 
 import json
 import multiprocessing as mp
-import os
 
 import pytest
 
