@@ -359,6 +359,19 @@ def effective_model(model: ModelConfig, settings: Settings, world_size: int = 1)
     return model, changes
 
 
+def describe_changes(changes: dict, settings: Settings, world_size: int = 1) -> list[str]:
+    """One line per model.json value effective_model changed, saying why: the mode's caps, the split
+    over processes, or both (a capped device_batch_size can be halved again for torchrun)."""
+    lines = []
+    for k, (old, new) in changes.items():
+        capped = k in settings.model_caps and settings.model_caps[k] < old
+        split = k == "device_batch_size" and new < min(old, settings.model_caps.get(k, old))
+        why = " + ".join(w for w, on in ((f"{settings.mode} mode caps", capped),
+                                         (f"{world_size} processes split", split)) if on)
+        lines.append(f"{why} model.json {k}: {old} -> {new}")
+    return lines
+
+
 _SETTINGS: Settings | None = None
 
 
@@ -1773,8 +1786,8 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
         print(f"mode: {s.mode} ({s.mode_reason})")
         print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "
               f"excluded_steps {s.excluded_steps}")
-        for k, (old, new) in changes.items():
-            print(f"  test mode caps model.json {k}: {old} -> {new}")
+        for line in describe_changes(changes, s):
+            print(f"  {line}")
         print("\n".join(platform_lines(p)))
     return s, model, changes
 

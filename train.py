@@ -535,18 +535,6 @@ def build_config(m, T, vocab_size, platform, attention=None):
 # Several processes (torchrun): data parallel, gradients all-reduced before the optimizer step
 # ---------------------------------------------------------------------------
 
-def describe_changes(changes, s, world):
-    """One line per model.json value the run changed, saying why: the mode's caps, the split over
-    processes, or both (a capped device_batch_size can be halved again for torchrun)."""
-    lines = []
-    for k, (old, new) in changes.items():
-        capped = k in s.model_caps and s.model_caps[k] < old
-        split = k == "device_batch_size" and new < min(old, s.model_caps.get(k, old))
-        why = " + ".join(w for w, on in ((f"{s.mode} mode caps", capped), (f"{world} processes split", split)) if on)
-        lines.append(f"{why} model.json {k}: {old} -> {new}")
-    return lines
-
-
 def setup_distributed(device_type, world):
     """(rank, world_size, local_rank, control group). One process: (0, 1, 0, None).
     NCCL carries gradients; a gloo group agrees on step time and loss on the host, so the
@@ -633,7 +621,7 @@ def main():
         print(f"distributed: {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
               f"each {m.device_batch_size} rows per micro-step")
     print(f"mode: {s.mode} ({s.mode_reason}); T={T}, budget={budget:g}s, eval_tokens={s.eval_tokens:,}")
-    for line in describe_changes(changes, s, world):
+    for line in prepare.describe_changes(changes, s, world):
         print(f"  {line}")
     print("\n".join(prepare.platform_lines(P)))
     if P["attention"] in ("flex", "sdpa"):

@@ -70,12 +70,13 @@ def main():
     if args.no_profile:
         return
     from torch.profiler import ProfilerActivity, profile
+    profiled = 2
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(2):
+        for _ in range(profiled):
             step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
-    print_categories(prof, steps=2)
+    print_categories(prof, steps=profiled)
 
 
 CATEGORIES = (("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import prepare
-import train
 from conftest import REPO, write_json
 
 
@@ -39,12 +38,12 @@ def test_more_processes_take_fewer_rows_each():
     m, changes = prepare.effective_model(prepare.load_model(), s, world_size=4)
     assert m.device_batch_size == 4 and changes["device_batch_size"] == (128, 4)     # 128 -cap-> 8 -split-> 4
     assert m.total_batch_size == 1024
-    assert train.describe_changes(changes, s, 4) == [
+    assert prepare.describe_changes(changes, s, 4) == [
         "test mode caps model.json depth: 8 -> 2", "test mode caps model.json head_dim: 128 -> 32",
         "test mode caps model.json total_batch_size: 524288 -> 1024",
         "test mode caps + 4 processes split model.json device_batch_size: 128 -> 4"]
     _, alone = prepare.effective_model(prepare.load_model(), s, world_size=2)
-    assert train.describe_changes(alone, s, 2)[-1] == "test mode caps model.json device_batch_size: 128 -> 8"
+    assert prepare.describe_changes(alone, s, 2)[-1] == "test mode caps model.json device_batch_size: 128 -> 8"
 
 
 def _run(run_dir, nproc):
