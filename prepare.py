@@ -146,7 +146,7 @@ class ProcessorConfig:
     device: str = _f("choice", "one of auto, cuda, cpu, mps", choices=("auto", "cuda", "cpu", "mps"))
     dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16", "float32"))
     compile: Any = _f("auto_bool", "\"auto\", true or false")
-    attention: str = _f("choice", "one of auto, fa3, flex, sdpa", choices=("auto", "fa3", "flex", "sdpa"))
+    attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex", "sdpa"))
     peak_flops: Any = _f("auto_num", "\"auto\" or a positive number of FLOP/s")
 
 
@@ -426,7 +426,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     """Pure decision: hardware facts + ground.json processor overrides -> PLATFORM dict.
 
     hw keys: cuda (bool), mps (bool), os, triton (bool), name, capability (tuple|None),
-    sm_count, clock_mhz, fa3 ((ok, reason) or None when not probed), world_size.
+    sm_count, clock_mhz, fa3 and cudnn ((ok, reason) or None when not probed), world_size.
     """
     reasons = {}
     if proc.device != "auto":
@@ -474,12 +474,17 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
               f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else f"{device} (eager is faster for small runs)"
         reasons["compile"] = ("requested but unavailable: " if proc.compile is True else "off: ") + why
 
-    # attention: FA3 (kernels) > FlexAttention (compiled, needs triton) > SDPA
+    # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
+    cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
+    cudnn_ok = cudnn_ok and device == "cuda" and dtype in ("bfloat16", "float16")
     flex_ok = device == "cuda" and triton_ok and cc >= (8, 0)
     if proc.attention == "auto":
         if device == "cuda" and cc >= (9, 0) and fa3_ok:
             attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
+        elif cc and cc >= (9, 0) and cudnn_ok:
+            attention = "cudnn"
+            reasons["attention"] = f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel (FA3 not loadable: {fa3_why})"
         elif flex_ok:
             attention = "flex"
             reasons["attention"] = f"CC {cc[0]}.{cc[1]} with triton" + (f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else "")
@@ -489,12 +494,17 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     elif proc.attention == "fa3" and not (device == "cuda" and fa3_ok):
         attention = "flex" if flex_ok else "sdpa"
         reasons["attention"] = f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
+    elif proc.attention == "cudnn" and not cudnn_ok:
+        attention = "flex" if flex_ok else "sdpa"
+        why = cudnn_why if device == "cuda" and dtype in ("bfloat16", "float16") else f"needs CUDA and bf16/fp16, have {device} {dtype}"
+        reasons["attention"] = f"cudnn requested but not usable ({why}); falling back to {attention}"
     elif proc.attention == "flex" and device == "cuda" and not flex_ok:
         attention = "sdpa"
         reasons["attention"] = "flex requested but needs triton and CC >= 8.0 on CUDA; falling back to sdpa"
     else:
         attention = proc.attention
-        reasons["attention"] = f"forced by ground.json ({fa3_why})" if attention == "fa3" else "forced by ground.json processor.attention"
+        reasons["attention"] = f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
+            f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else "forced by ground.json processor.attention"
 
     if proc.peak_flops != "auto":
         peak, reasons["peak_flops"] = float(proc.peak_flops), "forced by ground.json processor.peak_flops"
@@ -548,6 +558,136 @@ def load_fa3(capability, timeout_s: float = 3.0):
     return _FA3[key]
 
 
+# ---------------------------------------------------------------------------
+# cuDNN attention through NVIDIA's cudnn-frontend: sliding windows at cuDNN speed
+# ---------------------------------------------------------------------------
+# PyTorch's SDPA reaches cuDNN's fused attention only for full-causal masks; the
+# frontend's graph API also takes a diagonal band, so the windowed ('S') layers run on
+# the same kernel (H200, B128 H4 T2048 D128: see tests/bench_attention.py).
+
+_CUDNN: dict = {}          # "module" -> (module|None, reason); (kind, shapes, window, device) -> built graph
+
+
+def load_cudnn_frontend():
+    """Import cudnn-frontend and check it can talk to the cuDNN torch loaded. (module|None, reason)."""
+    if "module" not in _CUDNN:
+        try:
+            import cudnn
+            torch.backends.cudnn.version()          # loads torch's libcudnn first, so the frontend finds it
+            backend = cudnn.backend_version()
+            _CUDNN["module"] = (cudnn, f"cudnn-frontend {cudnn.__version__} on cuDNN {backend}")
+            if backend < 90500:
+                _CUDNN["module"] = (None, f"cuDNN {backend} < 9.5 (sliding-window backward needs 9.5+)")
+        except Exception as e:  # noqa: BLE001 - missing package or library means "not loadable"
+            _CUDNN["module"] = (None, f"cudnn-frontend not loadable ({type(e).__name__}: {str(e)[:80]})")
+    return _CUDNN["module"]
+
+
+def _cudnn_graph(kind: str, q: torch.Tensor, window: int):
+    """Build (once per shape) the cuDNN graph for attention 'fwd' or 'bwd' on (B, T, H, D) tensors."""
+    B, T, H, D = q.shape
+    key = (kind, B, T, H, D, window, q.dtype, q.device.index)
+    if key in _CUDNN:
+        return _CUDNN[key]
+    cudnn = load_cudnn_frontend()[0]
+    io = {torch.bfloat16: cudnn.data_type.BFLOAT16, torch.float16: cudnn.data_type.HALF}[q.dtype]
+    graph = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                          compute_data_type=cudnn.data_type.FLOAT, handle=_cudnn_handle(q.device))
+    dims, strides = [B, H, T, D], [T * H * D, D, H * D, 1]        # (B, T, H, D) memory seen as (B, H, T, D)
+    stat_dims, stat_strides = [B, H, T, 1], [H * T, T, 1, 1]
+    inputs = {n: graph.tensor(name=n, dim=dims, stride=strides, data_type=io) for n in ("q", "k", "v")}
+    # keys j <= i and, for a window w, i - j <= w (FlexAttention / FA3 window_size=(w, 0) semantics)
+    band = {"diagonal_alignment": cudnn.diagonal_alignment.TOP_LEFT, "diagonal_band_right_bound": 0}
+    if window < T - 1:
+        band["diagonal_band_left_bound"] = window + 1
+    if kind == "fwd":
+        o, stats = graph.sdpa(name="attn", **inputs, generate_stats=True, attn_scale=D ** -0.5, **band)
+        o.set_output(True).set_dim(dims).set_stride(strides)
+        stats.set_output(True).set_dim(stat_dims).set_stride(stat_strides).set_data_type(cudnn.data_type.FLOAT)
+        outputs = {"o": o, "stats": stats}
+    else:
+        inputs["o"] = graph.tensor(name="o", dim=dims, stride=strides, data_type=io)
+        inputs["dO"] = graph.tensor(name="dO", dim=dims, stride=strides, data_type=io)
+        inputs["stats"] = graph.tensor(name="stats", dim=stat_dims, stride=stat_strides, data_type=cudnn.data_type.FLOAT)
+        dq, dk, dv = graph.sdpa_backward(name="attn_bwd", **inputs, attn_scale=D ** -0.5, **band)
+        for t in (dq, dk, dv):
+            t.set_output(True).set_dim(dims).set_stride(strides)
+        outputs = {"dq": dq, "dk": dk, "dv": dv}
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    _CUDNN[key] = (graph, {**inputs, **outputs})
+    return _CUDNN[key]
+
+
+def _cudnn_handle(device: torch.device):
+    key = ("handle", device.index)
+    if key not in _CUDNN:
+        with torch.cuda.device(device):
+            _CUDNN[key] = load_cudnn_frontend()[0].create_handle()
+    return _CUDNN[key]
+
+
+def _cudnn_execute(kind: str, window: int, **tensors: torch.Tensor) -> None:
+    graph, names = _cudnn_graph(kind, tensors["q"], window)
+    device = tensors["q"].device
+    cudnn = load_cudnn_frontend()[0]
+    handle = _cudnn_handle(device)
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+    workspace = torch.empty(max(graph.get_workspace_size(), 1), dtype=torch.uint8, device=device)
+    graph.execute({names[n]: t for n, t in tensors.items()}, workspace, handle=handle)
+
+
+@torch.library.custom_op("autoresearch::cudnn_attention", mutates_args=())
+def _cudnn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, T, H, _ = q.shape
+    o, stats = torch.empty_like(q), torch.empty(B, H, T, 1, dtype=torch.float32, device=q.device)
+    _cudnn_execute("fwd", window, q=q, k=k, v=v, o=o, stats=stats)
+    return o, stats
+
+
+@_cudnn_attention_op.register_fake
+def _(q, k, v, window):
+    B, T, H, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, T, 1, dtype=torch.float32)
+
+
+@torch.library.custom_op("autoresearch::cudnn_attention_backward", mutates_args=())
+def _cudnn_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                                 stats: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, o, dout = (t.contiguous() for t in (q, k, v, o, dout))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _cudnn_execute("bwd", window, q=q, k=k, v=v, o=o, dO=dout, stats=stats.contiguous(), dq=dq, dk=dk, dv=dv)
+    return dq, dk, dv
+
+
+@_cudnn_attention_backward_op.register_fake
+def _(dout, q, k, v, o, stats, window):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _cudnn_attention_setup(ctx, inputs, output):
+    q, k, v, window = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.window = window
+
+
+def _cudnn_attention_grad(ctx, dout, _dstats):
+    q, k, v, o, stats = ctx.saved_tensors
+    return (*_cudnn_attention_backward_op(dout, q, k, v, o, stats, ctx.window), None)
+
+
+_cudnn_attention_op.register_autograd(_cudnn_attention_grad, setup_context=_cudnn_attention_setup)
+
+
+def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on CUDA."""
+    return _cudnn_attention_op(q, k, v, window)[0]
+
+
 def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True) -> dict:
     """Collect the facts resolve_platform decides from (impure: touches torch, nvidia-smi, network)."""
     hw = {"cuda": torch.cuda.is_available(), "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
@@ -559,6 +699,9 @@ def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True) -> dict:
         if probe_fa3 and proc.attention in ("auto", "fa3") and (p.major >= 9 or proc.attention == "fa3"):
             mod, why = load_fa3((p.major, p.minor), settings().ground.data.probe_timeout_s if _SETTINGS else 3.0)
             hw["fa3"] = (mod is not None, why)
+        if proc.attention in ("auto", "cudnn") and (p.major >= 9 or proc.attention == "cudnn"):
+            mod, why = load_cudnn_frontend()
+            hw["cudnn"] = (mod is not None, why)
     return hw
 
 

@@ -7,10 +7,14 @@ Prints one line per variant: window, variant, ms per fwd+bwd, TFLOP/s (causal/wi
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prepare  # noqa: E402
 
 B, H, T, D = 128, 4, 2048, 128
 VARIANTS = {
@@ -66,6 +70,14 @@ def main():
                 continue
             print(f"w={window:5d} {name:22s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  (compile {time.time() - t0:.0f}s)",
                   flush=True)
+        if not only or "cudnn" in only:
+            cudnn, why = prepare.load_cudnn_frontend()
+            if cudnn is None:
+                print(f"w={window:5d} cudnn-frontend          not loadable: {why}")
+            else:
+                fn = lambda: prepare.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
+                print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s"
+                      f"  ({why})", flush=True)
         if window >= T - 1:
             for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
                 from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -1,5 +1,6 @@
-"""GPU checks (skipped without CUDA): attention backends against the reference in bf16,
-the compiled optimizer steps against eager ones, a windowed flex layer without a dense mask.
+"""GPU checks (skipped without CUDA): attention backends against the reference in bf16 (cuDNN
+through cudnn-frontend where it loads: outputs, gradients, compiled), the compiled optimizer steps
+against eager ones.
 
     uv run pytest tests/test_gpu.py          # on a CUDA machine
     python3 tests/test_gpu.py                # same checks without pytest
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import prepare  # noqa: E402
 import train  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -22,9 +24,15 @@ def _qkv(B=4, T=512, H=4, D=128, dtype=torch.bfloat16, seed=0):
     return [torch.randn(B, T, H, D, device="cuda", generator=g).to(dtype) for _ in range(3)]
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
-@pytest.mark.parametrize("window", [511, 256, 100])
+def _need(backend):
+    if backend == "cudnn" and prepare.load_cudnn_frontend()[0] is None:
+        pytest.skip(prepare.load_cudnn_frontend()[1])
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "cudnn"])
+@pytest.mark.parametrize("window", [511, 256, 100, 7])
 def test_backends_match_reference_bf16(backend, window):
+    _need(backend)
     q, k, v = _qkv(seed=window)
     ref = train.attention_reference(q.double(), k.double(), v.double(), window)
     out = train.ATTENTION[backend](q, k, v, window)
@@ -42,6 +50,27 @@ def test_flex_gradients_match_reference():
     train.attention_reference(q, k, v, 64).square().sum().backward()
     for g, t in zip(grads, (q, k, v)):
         assert ((g - t.grad).norm() / t.grad.norm()).item() < 1e-2
+
+
+def _grads(fn, q, k, v, g):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(g)
+    return out.double(), [t.grad.double() for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("window", [255, 100, 7])
+def test_cudnn_gradients_match_reference(window):
+    """bf16 cuDNN forward and backward (eager, then compiled) against the float64 reference; a band
+    one key too wide or too narrow would move window 7's output by ~10%."""
+    _need("cudnn")
+    q, k, v = _qkv(B=2, T=256, seed=window + 1)
+    g = torch.randn_like(q)
+    ref, ref_grads = _grads(lambda *t: train.attention_reference(*t, window), q.double(), k.double(), v.double(), g.double())
+    for name, fn in (("eager", train.attention_cudnn), ("compiled", torch.compile(train.attention_cudnn, fullgraph=True))):
+        out, grads = _grads(lambda *t: fn(*t, window), q, k, v, g)
+        errs = [((a - b).norm() / b.norm()).item() for a, b in zip([out, *grads], [ref, *ref_grads])]
+        assert max(errs) < 2e-2, f"{name} window {window}: out/dq/dk/dv rel errors {errs}"
 
 
 def test_compiled_muon_matches_eager():
@@ -63,9 +92,18 @@ def test_compiled_muon_matches_eager():
 
 
 if __name__ == "__main__":
-    for backend in ("sdpa", "flex"):
-        for window in (511, 256, 100):
+    n = 0
+    for backend in ("sdpa", "flex", "cudnn"):
+        if backend == "cudnn" and prepare.load_cudnn_frontend()[0] is None:
+            print(f"cudnn checks skipped: {prepare.load_cudnn_frontend()[1]}")
+            continue
+        for window in (511, 256, 100, 7):
             test_backends_match_reference_bf16(backend, window)
+            n += 1
+        if backend == "cudnn":
+            for window in (255, 100, 7):
+                test_cudnn_gradients_match_reference(window)
+                n += 1
     test_flex_gradients_match_reference()
     test_compiled_muon_matches_eager()
-    print("GPU checks: 8 passed, 0 failed")
+    print(f"GPU checks: {n + 2} passed, 0 failed")

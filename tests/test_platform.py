@@ -7,13 +7,18 @@ import prepare
 AUTO = prepare.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
 
 
-def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False):
+def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None):
     h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "world_size": 1}
     if cc is not None:
         h.update(name=name, capability=cc, sm_count=sms, clock_mhz=clock)
     if fa3 is not None:
         h["fa3"] = fa3
+    if cudnn is not None:
+        h["cudnn"] = cudnn
     return h
+
+
+CUDNN_OK = (True, "cudnn-frontend 1.28.0 on cuDNN 91900")
 
 
 def proc(**kw):
@@ -35,6 +40,12 @@ ROWS = [
     ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16")),
     ("MPS", hw(mps=True, os_name="Darwin"), ("float32", False, "sdpa", False, "float32", "float32")),
     ("CPU", hw(), ("float32", False, "sdpa", False, "float32", "float32")),
+    ("H100 offline, cudnn-frontend", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK),
+     ("bfloat16", False, "cudnn", True, "bfloat16", "bfloat16")),
+    ("H100 with FA3 and cudnn-frontend", hw((9, 0), "NVIDIA H100", 132, 1980, fa3=(True, "FA3 loaded"), cudnn=CUDNN_OK),
+     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16")),
+    ("A100 with cudnn-frontend", hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
 ]
 
 
@@ -59,6 +70,29 @@ def test_offline_fa3_fallback_reason_is_printed():
     p = prepare.resolve_platform(ROWS[1][1], proc(attention="fa3"))
     assert p["attention"] == "flex"
     assert p["reasons"]["attention"] == "fa3 requested but not loadable (not loadable offline); falling back to flex"
+
+
+def test_cudnn_choice_and_fallbacks():
+    """cuDNN is chosen on Hopper+ when cudnn-frontend loads (and FA3 does not); forcing it where it cannot
+    run falls back with the reason; forcing it on an Ampere card where it loads is honoured."""
+    h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline"), cudnn=CUDNN_OK)
+    p = prepare.resolve_platform(h100, AUTO)
+    assert p["reasons"]["attention"] == ("Hopper+: cudnn-frontend 1.28.0 on cuDNN 91900, windows on cuDNN's fused kernel "
+                                         "(FA3 not loadable: not loadable offline)")
+    missing = dict(h100, cudnn=(False, "cudnn-frontend not loadable (ModuleNotFoundError: No module named 'cudnn')"))
+    assert prepare.resolve_platform(missing, AUTO)["attention"] == "flex"
+    p = prepare.resolve_platform(missing, proc(attention="cudnn"))
+    assert (p["attention"], p["reasons"]["attention"]) == ("flex", "cudnn requested but not usable (cudnn-frontend not "
+                                                           "loadable (ModuleNotFoundError: No module named 'cudnn')); falling back to flex")
+    p = prepare.resolve_platform(h100, proc(attention="cudnn", dtype="float32"))
+    assert (p["attention"], p["reasons"]["attention"]) == \
+        ("flex", "cudnn requested but not usable (needs CUDA and bf16/fp16, have cuda float32); falling back to flex")
+    p = prepare.resolve_platform(h100, proc(attention="cudnn", device="cpu"))
+    assert p["attention"] == "sdpa" and p["reasons"]["attention"].endswith("have cpu float32); falling back to sdpa")
+    p = prepare.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK), proc(attention="cudnn"))
+    assert (p["attention"], p["reasons"]["attention"]) == ("cudnn", "forced by ground.json (cudnn-frontend 1.28.0 on cuDNN 91900)")
+    p = prepare.resolve_platform(dict(h100, cudnn=CUDNN_OK), proc(dtype="float16"))
+    assert (p["attention"], p["use_grad_scaler"]) == ("cudnn", True)
 
 
 def test_peak_flops_from_table():
