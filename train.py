@@ -339,7 +339,10 @@ class GPT(nn.Module):
         if targets is not None and reduction == "mean" and torch.compiler.is_compiling():
             # compiled: one read of the logits each way; eager (CPU, MPS, Volta/Turing) keeps
             # F.cross_entropy below, whose fused log_softmax makes fewer full-size temporaries
-            return softcap_cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), softcap)
+            flat, flat_targets = logits.view(-1, logits.size(-1)), targets.view(-1)
+            if flat.is_cuda and prepare.triton is not None:       # Triton row kernels, hardware tanh
+                return prepare.softcap_cross_entropy_rows(flat, flat_targets, softcap).sum() / (flat_targets != -1).sum()
+            return softcap_cross_entropy(flat, flat_targets, softcap)
         logits = softcap * torch.tanh(logits.float() / softcap)
         if targets is None:
             return logits
@@ -355,7 +358,8 @@ def softcap_cross_entropy(logits, targets, softcap):
     is a masked sum — the forward is one read of the 16-bit logits, and every gradient is pointwise,
     so the backward is one pass that recomputes z from them instead of keeping a float32 copy;
     tanh(u) = 2 sigmoid(2u) - 1 is one exp, where libdevice's tanh made the kernels compute-bound.
-    F.cross_entropy on float32 logits: ~9 ms per micro-step on an H200; this: ~7.5 (profile_step.py)."""
+    F.cross_entropy on float32 logits: ~9 ms per micro-step on an H200; this: ~7.5 (profile_step.py);
+    on CUDA with triton, prepare.softcap_cross_entropy_rows (same math, hardware tanh) is used instead."""
     assert softcap <= 60, "exp(softcap) must not overflow float32 in the max-free log-sum-exp"
     z = softcap * (2 * torch.sigmoid(logits.float() * (2 / softcap)) - 1)
     onehot = targets[:, None] == torch.arange(logits.size(1), device=logits.device)

@@ -1,10 +1,10 @@
 """GPU benchmark for the default model.json in train mode (not a test; prints one table).
 
-    python3 tests/bench_gpu.py [--budget 40] [--variants flex,sdpa,fp16] [--out DIR]
+    python3 tests/bench_gpu.py [--budget 40] [--variants auto,auto_warm,flex,sdpa,fp16] [--out DIR]
 
-Runs train.py as a subprocess per variant (flex = the default platform choice, sdpa = forced
-SDPA, fp16 = forced float16 + GradScaler, turing = what a Volta/Turing card gets: float16 +
-GradScaler, SDPA, no compile) on a workspace that reuses the prepared tokenizer
+Runs train.py as a subprocess per variant (auto = the default platform choice: cuDNN where
+cudnn-frontend loads on Hopper+, else flex; flex, sdpa = forced attention backends; fp16 = forced
+float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScaler, SDPA, no compile) on a workspace that reuses the prepared tokenizer
 and train shards, with a val file large enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
 default variant runs twice, first with empty compile caches (cold), then again (warm).
@@ -98,7 +98,7 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=40)
-    ap.add_argument("--variants", default="flex,flex_warm,sdpa,fp16")
+    ap.add_argument("--variants", default="auto,auto_warm,flex,sdpa,fp16")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     out = Path(args.out)
@@ -109,7 +109,8 @@ def main():
     root = Path(tempfile.mkdtemp(prefix="bench_"))
     ground = bench_workspace(root, args.budget)
     cold = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
-    plan = {"flex": ({}, cold), "flex_warm": ({}, cold), "sdpa": ({"attention": "sdpa"}, cold),
+    plan = {"auto": ({}, cold), "auto_warm": ({}, cold), "flex": ({"attention": "flex"}, cold),
+            "sdpa": ({"attention": "sdpa"}, cold),
             "fp16": ({"dtype": "float16"}, cold),
             "turing": ({"dtype": "float16", "attention": "sdpa", "compile": False}, cold)}
     results = []

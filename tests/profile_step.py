@@ -23,10 +23,13 @@ def main():
     ap.add_argument("--flex-options", default=None, help="JSON kernel_options for flex_attention")
     ap.add_argument("--coordinate-descent", action="store_true", help="inductor coordinate_descent_tuning")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
     args = ap.parse_args()
     if args.flex_options:
         import json
         train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
+    if args.plain_ce:
+        prepare.triton = None           # train.GPT.forward then takes softcap_cross_entropy (plain ops)
     if args.coordinate_descent:
         import torch._inductor.config as icfg
         icfg.coordinate_descent_tuning = True
