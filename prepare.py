@@ -622,6 +622,28 @@ def _cudnn_graph(kind: str, q: torch.Tensor, window: int):
     return _CUDNN[key]
 
 
+def confirm_cudnn_attention(platform: dict, shape: tuple, windows: list, device: torch.device) -> str | None:
+    """Before compiling: build the cuDNN graphs the model needs ((B, T, H, D) per micro-step, each
+    sliding window). If cuDNN cannot take this shape (head_dim, dtype, GPU), the run falls back to
+    FlexAttention (or SDPA without compile) — PLATFORM and its reason are updated, and the line to
+    print is returned. None when the platform did not choose cuDNN or the graphs built."""
+    if platform["attention"] != "cudnn":
+        return None
+    B, T, H, D = shape
+    probe = torch.empty(1, dtype=getattr(torch, platform["dtype"]), device=device).expand(B, T, H, D)
+    try:
+        for window in sorted({w for w in windows if w < T - 1}):
+            for kind in ("fwd", "bwd"):
+                _cudnn_graph(kind, probe, window)
+    except Exception as e:  # noqa: BLE001 - any cuDNN refusal means "use the next backend"
+        fallback = "flex" if platform["compile"] else "sdpa"
+        why = f"cuDNN cannot build attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
+        platform["attention"] = fallback
+        platform["reasons"]["attention"] = f"{why}; falling back to {fallback}"
+        return f"attention: cudnn -> {fallback}: {why}"
+    return None
+
+
 def _cudnn_handle(device: torch.device):
     key = ("handle", device.index)
     if key not in _CUDNN:

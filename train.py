@@ -619,11 +619,14 @@ def main():
     if rank != 0:
         sys.stdout = open(os.devnull, "w")     # rank 0 prints and records; the others only compute
     tokenizer = Tokenizer.from_directory()
+    device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
+    probe = build_config(m, T, tokenizer.get_vocab_size(), P)
+    fallback = prepare.confirm_cudnn_attention(P, (m.device_batch_size, T, probe.n_head, probe.n_embd // probe.n_head),
+                                               GPT._compute_window_sizes(probe), device)
     run = prepare.start_run(tokenizer, m, changes, args.description, extra={"world_size": world}) if rank == 0 else None
 
     torch.manual_seed(42)                      # the only seed; data order is fixed by the loader
     torch.set_float32_matmul_precision("high")
-    device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
     dtype = getattr(torch, P["dtype"])
     autocast = (torch.amp.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
@@ -637,6 +640,8 @@ def main():
     for line in prepare.describe_changes(changes, s, world):
         print(f"  {line}")
     print("\n".join(prepare.platform_lines(P)))
+    if fallback:
+        print(f"!! {fallback}")
     if P["attention"] in ("cudnn", "flex", "sdpa"):
         print(f"  {prefer_cudnn_sdpa(P)}")
     prepare.eval_rows(tokenizer, s, verbose=True)

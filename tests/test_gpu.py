@@ -73,6 +73,18 @@ def test_cudnn_gradients_match_reference(window):
         assert max(errs) < 2e-2, f"{name} window {window}: out/dq/dk/dv rel errors {errs}"
 
 
+def test_cudnn_refusal_falls_back():
+    """The start-up check builds real cuDNN graphs: the default shape passes, a head_dim cuDNN cannot
+    take (1024) moves the platform to flex with the reason."""
+    _need("cudnn")
+    ok = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
+    assert prepare.confirm_cudnn_attention(ok, (8, 2048, 4, 128), [1024, 2048], torch.device("cuda")) is None
+    bad = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
+    line = prepare.confirm_cudnn_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
+    assert line.startswith("attention: cudnn -> flex: cuDNN cannot build attention for B=2 T=256 H=1 D=1024 (")
+    assert bad["attention"] == "flex"
+
+
 def test_triton_cross_entropy_matches_torch():
     """The CUDA loss kernels (hardware tanh.approx) against F.cross_entropy on float32 softcapped logits,
     at the model's vocabulary, bf16 logits, ignored targets included."""
@@ -123,6 +135,8 @@ if __name__ == "__main__":
             for window in (255, 100, 7):
                 test_cudnn_gradients_match_reference(window)
                 n += 1
+            test_cudnn_refusal_falls_back()
+            n += 1
     test_flex_gradients_match_reference()
     test_triton_cross_entropy_matches_torch()
     test_compiled_muon_matches_eager()

@@ -142,3 +142,27 @@ def test_platform_lines_show_reasons():
     lines = prepare.platform_lines(p)
     assert lines[0] == "platform: NVIDIA H100 80GB HBM3 (CC 9.0)"
     assert any(line.strip().startswith("attention        fa3  (Hopper+: FA3 loaded)") for line in lines)
+
+
+def test_cudnn_shape_refusal_falls_back_with_reason(monkeypatch):
+    """train.py builds the cuDNN graphs before compiling; a shape cuDNN refuses moves the run to flex
+    (or sdpa without compile) and says why, instead of crashing the experiment mid-step."""
+    h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK)
+    built = []
+    monkeypatch.setattr(prepare, "_cudnn_graph", lambda kind, q, w: built.append((kind, tuple(q.shape), w)))
+    p = prepare.resolve_platform(h100, AUTO)
+    p["dtype"] = "float32"                        # the probe tensor is made on this CPU
+    cpu = prepare.torch.device("cpu")
+    assert prepare.confirm_cudnn_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu) is None
+    assert built == [("fwd", (4, 2048, 4, 128), 1024), ("bwd", (4, 2048, 4, 128), 1024)] and p["attention"] == "cudnn"
+
+    def refuse(kind, q, w):
+        raise RuntimeError("No valid execution plans built.")
+    monkeypatch.setattr(prepare, "_cudnn_graph", refuse)
+    line = prepare.confirm_cudnn_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu)
+    why = "cuDNN cannot build attention for B=4 T=2048 H=4 D=320 (RuntimeError: No valid execution plans built.)"
+    assert line == f"attention: cudnn -> flex: {why}"
+    assert (p["attention"], p["reasons"]["attention"]) == ("flex", f"{why}; falling back to flex")
+    p2 = dict(prepare.resolve_platform(h100, proc(compile=False)), dtype="float32")
+    assert prepare.confirm_cudnn_attention(p2, (4, 2048, 4, 320), [1024], cpu).startswith("attention: cudnn -> sdpa: ")
+    assert prepare.confirm_cudnn_attention(prepare.resolve_platform(ROWS[1][1], AUTO), (4, 2048, 4, 320), [1024], cpu) is None
