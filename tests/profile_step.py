@@ -82,7 +82,8 @@ def main():
     print_categories(prof, steps=profiled)
 
 
-CATEGORIES = (("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
+CATEGORIES = (("loss (triton)", ("_ce_fwd_kernel", "_ce_bwd_kernel")),
+              ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
               ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "matmul")),
               ("fused (triton)", ("triton",)))
 
