@@ -620,9 +620,10 @@ def main():
         sys.stdout = open(os.devnull, "w")     # rank 0 prints and records; the others only compute
     tokenizer = Tokenizer.from_directory()
     device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
-    probe = build_config(m, T, tokenizer.get_vocab_size(), P)
-    fallback = prepare.confirm_cudnn_attention(P, (m.device_batch_size, T, probe.n_head, probe.n_embd // probe.n_head),
-                                               GPT._compute_window_sizes(probe), device)
+    config = build_config(m, T, tokenizer.get_vocab_size(), P)
+    fallback = prepare.confirm_cudnn_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
+                                               GPT._compute_window_sizes(config), device)
+    config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
     run = prepare.start_run(tokenizer, m, changes, args.description, extra={"world_size": world}) if rank == 0 else None
 
     torch.manual_seed(42)                      # the only seed; data order is fixed by the loader
@@ -646,7 +647,6 @@ def main():
         print(f"  {prefer_cudnn_sdpa(P)}")
     prepare.eval_rows(tokenizer, s, verbose=True)
 
-    config = build_config(m, T, tokenizer.get_vocab_size(), P)
     print(f"model config: {config}")
     with torch.device("meta"):
         model = GPT(config)

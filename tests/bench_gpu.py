@@ -4,8 +4,8 @@
 
 Runs train.py as a subprocess per variant (auto = the default platform choice: cuDNN where
 cudnn-frontend loads on Hopper+, else flex; flex, sdpa = forced attention backends; fp16 = forced
-float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScaler, SDPA, no compile) on a workspace that reuses the prepared tokenizer
-and train shards, with a val file large enough for the full eval size (the builtin val file
+float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScaler, SDPA, no
+compile) on a workspace that reuses the prepared tokenizer and train shards, with a val file large enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
 default variant runs twice, first with empty compile caches (cold), then again (warm).
 Prints steady-state tokens/s and MFU, step-time spread, peak VRAM, startup+compile seconds,
