@@ -41,6 +41,7 @@ class GPTConfig:
     n_embd: int = 512
     window_pattern: str = "SSSL"
     attention: str = "sdpa"          # fa3 | cudnn | flex | sdpa | reference (PLATFORM decides)
+    mlp: str = "plain"               # triton (ReLU^2 fused into the matmuls, prepare.relu2_mlp) | plain (PLATFORM decides)
     embedding_dtype: str = "float32"
     rotary_dtype: str = "float32"
 
@@ -215,8 +216,13 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.fused = config.mlp == "triton" and config.n_embd % 8 == 0       # TMA: rows of whole 16-byte units
 
     def forward(self, x):
+        if self.fused and torch.is_autocast_enabled(x.device.type):
+            # the same math with the activation inside the matmuls: the (tokens, 4d) pre-activation is never stored
+            dt = torch.get_autocast_dtype(x.device.type)
+            return prepare.relu2_mlp(x.to(dt), self.c_fc.weight.to(dt), self.c_proj.weight.to(dt))
         return self.c_proj(F.relu(self.c_fc(x)).square())        # ReLU^2
 
 
@@ -534,14 +540,14 @@ def weight_decay_at(progress, m):
 # Setup: configs, platform, model, optimizer — each decision printed with its reason
 # ---------------------------------------------------------------------------
 
-def build_config(m, T, vocab_size, platform, attention=None):
+def build_config(m, T, vocab_size, platform, attention=None, mlp=None):
     base_dim = m.depth * m.aspect_ratio
     model_dim = -(-base_dim // m.head_dim) * m.head_dim        # round up to a whole number of heads
     n_head = model_dim // m.head_dim
     assert model_dim % n_head == 0, f"model_dim {model_dim} must divide into {n_head} heads"
     return GPTConfig(sequence_len=T, vocab_size=vocab_size, n_layer=m.depth, n_head=n_head, n_kv_head=n_head,
                      n_embd=model_dim, window_pattern=m.window_pattern, attention=attention or platform["attention"],
-                     embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
+                     mlp=mlp or platform["mlp"], embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
 
 
 # ---------------------------------------------------------------------------

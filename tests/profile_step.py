@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--coordinate-descent", action="store_true", help="inductor coordinate_descent_tuning")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
+    ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
     args = ap.parse_args()
     if args.flex_options:
         import json
@@ -38,7 +39,7 @@ def main():
     P = prepare.get_platform()
     tok = prepare.Tokenizer.from_directory()
     print(train.prefer_cudnn_sdpa(P))
-    cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P, attention=args.attention)
+    cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P, attention=args.attention, mlp=args.mlp)
     with torch.device("meta"):
         model = train.GPT(cfg)
     model.to_empty(device="cuda")
@@ -83,6 +84,7 @@ def main():
 
 
 CATEGORIES = (("loss (triton)", ("_ce_fwd_kernel", "_ce_bwd_kernel")),
+              ("mlp (triton)", ("_relu2_mm_kernel",)),
               ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
               ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "matmul")),
               ("fused (triton)", ("triton",)))

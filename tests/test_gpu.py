@@ -104,6 +104,58 @@ def test_triton_cross_entropy_matches_torch():
     assert ((got - logits.grad.float()).norm() / logits.grad.float().norm()).item() < 2e-2
 
 
+def _need_fused_mlp():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the fused MLP needs CC >= 9.0 (TMA)")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,d", [(3000, 512), (1000, 384)])
+def test_fused_mlp_matches_reference(dtype, rows, d):
+    """relu2_mlp (Triton matmuls, activation in the epilogues) against float64 plain ops: output and the
+    three gradients; rows and the inner width (4d = 1536) not multiples of the tiles."""
+    _need_fused_mlp()
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = torch.randn(rows, d, device="cuda", generator=g).to(dtype).requires_grad_()
+    w_fc = (torch.randn(4 * d, d, device="cuda", generator=g) / d ** 0.5).to(dtype).requires_grad_()
+    w_proj = (torch.randn(d, 4 * d, device="cuda", generator=g) / (4 * d) ** 0.5).to(dtype).requires_grad_()
+    dy = torch.randn(rows, d, device="cuda", generator=g).to(dtype)
+    got = [prepare.relu2_mlp(x, w_fc, w_proj), *torch.autograd.grad(prepare.relu2_mlp(x, w_fc, w_proj), (x, w_fc, w_proj), dy)]
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w_fc, w_proj)]
+    ref_y = torch.relu(ref_in[0] @ ref_in[1].t()).square() @ ref_in[2].t()
+    ref = [ref_y, *torch.autograd.grad(ref_y, ref_in, dy.double())]
+    for name, a, b in zip(("y", "dx", "dw_fc", "dw_proj"), got, ref):
+        assert a.dtype == dtype and a.shape == b.shape
+        rel = ((a.double() - b).norm() / b.norm()).item()
+        assert rel < 1e-2, f"{name} {dtype} rows {rows} d {d}: {rel:.2e}"
+
+
+def test_fused_mlp_in_compiled_model():
+    """A compiled model with the fused MLP gives the plain model's loss and gradients under bf16 autocast."""
+    _need_fused_mlp()
+    torch.manual_seed(0)
+    losses, grads = [], []
+    for mlp in ("plain", "triton"):
+        torch.manual_seed(0)
+        cfg = train.GPTConfig(sequence_len=256, vocab_size=512, n_layer=2, n_head=2, n_kv_head=2, n_embd=256,
+                              window_pattern="SL", attention="sdpa", mlp=mlp)
+        model = train.GPT(cfg).cuda()
+        model.init_weights()
+        for mod in model.modules():                      # init_weights zeroes c_proj; give the MLP a gradient path
+            if isinstance(mod, train.MLP):
+                torch.nn.init.normal_(mod.c_proj.weight, std=0.02)
+        assert all(b.mlp.fused == (mlp == "triton") for b in model.transformer.h)
+        compiled = torch.compile(model, dynamic=False)
+        idx = torch.randint(0, 512, (4, 256), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = compiled(idx, idx.roll(-1, 1))
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([b.mlp.c_fc.weight.grad.flatten() for b in model.transformer.h]))
+    assert abs(losses[0] - losses[1]) < 2e-3 * losses[0], losses
+    assert ((grads[0] - grads[1]).norm() / grads[0].norm()).item() < 3e-2
+
+
 def test_compiled_muon_matches_eager():
     torch.manual_seed(0)
     ws = [torch.nn.Parameter(torch.randn(256, 128, device="cuda")) for _ in range(2)]
@@ -140,4 +192,12 @@ if __name__ == "__main__":
     test_flex_gradients_match_reference()
     test_triton_cross_entropy_matches_torch()
     test_compiled_muon_matches_eager()
-    print(f"GPU checks: {n + 3} passed, 0 failed")
+    n += 3
+    if torch.cuda.get_device_capability() >= (9, 0):
+        for dtype in (torch.bfloat16, torch.float16):
+            for rows, d in ((3000, 512), (1000, 384)):
+                test_fused_mlp_matches_reference(dtype, rows, d)
+                n += 1
+        test_fused_mlp_in_compiled_model()
+        n += 1
+    print(f"GPU checks: {n} passed, 0 failed")

@@ -68,11 +68,8 @@ print(json.dumps(out))
 """
 
 
-def test_triton_softcap_cross_entropy_matches_torch():
-    """prepare.softcap_cross_entropy_rows (the CUDA loss kernels) run in Triton's CPU interpreter: per-row
-    losses and the logits gradient equal F.cross_entropy on float32 softcapped logits, for float32 and
-    bf16, a vocabulary that is no power of two and one longer than a block (5000 > 4096); ignored rows
-    give 0 loss and 0 gradient."""
+def _interpreted(script: str) -> dict:
+    """Run a script under Triton's CPU interpreter in a fresh process; its last stdout line is JSON."""
     import json
     import os
     import subprocess
@@ -80,15 +77,56 @@ def test_triton_softcap_cross_entropy_matches_torch():
     from pathlib import Path
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", CE_TRITON_SCRIPT], capture_output=True, text=True, env=env,
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                        cwd=Path(train.__file__).parent, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_triton_softcap_cross_entropy_matches_torch():
+    """prepare.softcap_cross_entropy_rows (the CUDA loss kernels) run in Triton's CPU interpreter: per-row
+    losses and the logits gradient equal F.cross_entropy on float32 softcapped logits, for float32 and
+    bf16, a vocabulary that is no power of two and one longer than a block (5000 > 4096); ignored rows
+    give 0 loss and 0 gradient."""
+    res = _interpreted(CE_TRITON_SCRIPT)
     assert set(res) == {"torch.float32 V=50", "torch.bfloat16 V=50", "torch.bfloat16 V=5000"}
     for name, e in res.items():
         tol = 1e-5 if "float32" in name else 1e-2
         assert e["loss"] < 1e-5 and e["grad"] < tol, (name, e)
         assert e["ignored"] == [0.0, 0.0] and e["dtype"] == name.split()[0], (name, e)
+
+
+MLP_TRITON_SCRIPT = r"""
+import json, torch, prepare
+out = {}
+for dtype in (torch.float32, torch.float16):       # the interpreter mis-reads bf16 through TMA descriptors
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 45, 40, generator=g).to(dtype).requires_grad_()      # 90 rows, d 40: partial M and K tiles
+    w_fc = (torch.randn(160, 40, generator=g) / 40 ** 0.5).to(dtype).requires_grad_()
+    w_proj = (torch.randn(40, 160, generator=g) / 160 ** 0.5).to(dtype).requires_grad_()
+    dy = torch.randn(2, 45, 40, generator=g).to(dtype)
+    y = prepare.relu2_mlp(x, w_fc, w_proj)
+    got = [y, *torch.autograd.grad(y, (x, w_fc, w_proj), dy)]
+    ins = [t.detach().double().requires_grad_() for t in (x, w_fc, w_proj)]
+    ry = torch.relu(ins[0] @ ins[1].t()).square() @ ins[2].t()
+    ref = [ry, *torch.autograd.grad(ry, ins, dy.double())]
+    out[str(dtype)] = {n: [((a.double() - b).norm() / b.norm()).item(), list(a.shape), str(a.dtype)]
+                       for n, a, b in zip(("y", "dx", "dw_fc", "dw_proj"), got, ref)}
+print(json.dumps(out))
+"""
+
+
+def test_triton_fused_mlp_matches_plain_ops():
+    """prepare.relu2_mlp (ReLU^2 in the epilogues of two Triton matmuls; the backward's derivative from the
+    stored activation, 2 sqrt(a)) run in Triton's CPU interpreter: output and the three gradients equal
+    float64 plain ops, with rows and the reduction width not multiples of the tiles."""
+    res = _interpreted(MLP_TRITON_SCRIPT)
+    assert set(res) == {"torch.float32", "torch.float16"}
+    shapes = {"y": [2, 45, 40], "dx": [2, 45, 40], "dw_fc": [160, 40], "dw_proj": [40, 160]}
+    for dtype, errs in res.items():
+        for name, (rel, shape, got_dtype) in errs.items():
+            assert shape == shapes[name] and got_dtype == dtype, (dtype, name, shape, got_dtype)
+            assert rel < (1e-5 if dtype == "torch.float32" else 5e-3), (dtype, name, rel)
 
 
 def test_rotary_matches_upstream_form():

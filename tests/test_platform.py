@@ -26,35 +26,35 @@ def proc(**kw):
 
 
 ROWS = [
-    # name, hw, expected (dtype, scaler, attention, compile, embedding_dtype, ortho_dtype)
+    # name, hw, expected (dtype, scaler, attention, compile, embedding_dtype, ortho_dtype, mlp)
     ("H100 with FA3", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(True, "FA3 loaded")),
-     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16")),
+     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16", "triton")),
     ("H100 offline", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline")),
-     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
-    ("B200", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x")), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
-    ("A100", hw((8, 0), "NVIDIA A100-SXM4-80GB", 108, 1410), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
-    ("RTX 4090", hw((8, 9), "NVIDIA GeForce RTX 4090", 128, 2520), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
-    ("V100", hw((7, 0), "Tesla V100-SXM2-16GB", 80, 1530), ("float16", True, "sdpa", False, "float32", "float32")),
-    ("T4", hw((7, 5), "Tesla T4", 40, 1590), ("float16", True, "sdpa", False, "float32", "float32")),
-    ("A100 no triton", hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16")),
-    ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16")),
-    ("MPS", hw(mps=True, os_name="Darwin"), ("float32", False, "sdpa", False, "float32", "float32")),
-    ("CPU", hw(), ("float32", False, "sdpa", False, "float32", "float32")),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
+    ("B200", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x")), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
+    ("A100", hw((8, 0), "NVIDIA A100-SXM4-80GB", 108, 1410), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
+    ("RTX 4090", hw((8, 9), "NVIDIA GeForce RTX 4090", 128, 2520), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
+    ("V100", hw((7, 0), "Tesla V100-SXM2-16GB", 80, 1530), ("float16", True, "sdpa", False, "float32", "float32", "plain")),
+    ("T4", hw((7, 5), "Tesla T4", 40, 1590), ("float16", True, "sdpa", False, "float32", "float32", "plain")),
+    ("A100 no triton", hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16", "plain")),
+    ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16", "plain")),
+    ("MPS", hw(mps=True, os_name="Darwin"), ("float32", False, "sdpa", False, "float32", "float32", "plain")),
+    ("CPU", hw(), ("float32", False, "sdpa", False, "float32", "float32", "plain")),
     ("H100 offline, cudnn-frontend", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK),
-     ("bfloat16", False, "cudnn", True, "bfloat16", "bfloat16")),
+     ("bfloat16", False, "cudnn", True, "bfloat16", "bfloat16", "triton")),
     ("H100 with FA3 and cudnn-frontend", hw((9, 0), "NVIDIA H100", 132, 1980, fa3=(True, "FA3 loaded"), cudnn=CUDNN_OK),
-     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16")),
+     ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16", "triton")),
     ("A100 with cudnn-frontend", hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK),
-     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16")),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
 ]
 
 
 @pytest.mark.parametrize("name,h,expected", ROWS, ids=[r[0] for r in ROWS])
 def test_platform_table(name, h, expected):
     p = prepare.resolve_platform(h, AUTO)
-    got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"])
+    got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"], p["mlp"])
     assert got == expected
-    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "compile", "peak_flops"}
+    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "mlp", "compile", "peak_flops"}
     assert all(isinstance(v, str) and v for v in p["reasons"].values())
 
 
