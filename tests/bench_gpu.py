@@ -102,6 +102,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     import torch
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {dt.date.today()}  budget {args.budget:g}s")
     rate = loader_rate()
