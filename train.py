@@ -220,7 +220,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.fused and torch.is_autocast_enabled(x.device.type):
-            # the same math with the activation inside the matmuls: the (tokens, 4d) pre-activation is never stored
+            # ReLU^2 only (another activation: change the line below and drop this branch); the same math with
+            # the activation inside the matmuls, so the (tokens, 4d) pre-activation is never stored
             dt = torch.get_autocast_dtype(x.device.type)
             return prepare.relu2_mlp(x.to(dt), self.c_fc.weight.to(dt), self.c_proj.weight.to(dt))
         return self.c_proj(F.relu(self.c_fc(x)).square())        # ReLU^2
