@@ -82,23 +82,24 @@ def attention_reference(q, k, v, window):
 
 def _sdpa_local(q, k, v, window):
     """Sliding window via SDPA on blocks of `window` queries against 2 x window keys:
-    memory O(T x window), no dense T x T mask. q, k, v are (B, H, T, D)."""
+    memory O(T x window), no dense T x T mask. q, k, v are (B, H, T, D). The blocks are folded
+    into the head dimension: SDPA's fused kernels take 4-D inputs only (5-D runs the math path)."""
     B, H, T, D = q.shape
     C = window
     nb = -(-T // C)
     pad_end = nb * C - T
-    qb = F.pad(q, (0, 0, 0, pad_end)).view(B, H, nb, C, D)
+    qb = F.pad(q, (0, 0, 0, pad_end)).reshape(B, H * nb, C, D)
     kp = F.pad(k, (0, 0, C, pad_end))
     vp = F.pad(v, (0, 0, C, pad_end))
-    kb = kp.unfold(2, 2 * C, C).transpose(-1, -2)      # (B, H, nb, 2C, D)
-    vb = vp.unfold(2, 2 * C, C).transpose(-1, -2)
+    kb = kp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)     # overlapping blocks: one copy
+    vb = vp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)
     a = torch.arange(C, device=q.device)[:, None]
     j = torch.arange(2 * C, device=q.device)[None, :]
     band = (j >= a) & (j <= a + C)                     # 0 <= q - k <= window inside the block pair
     first = band & (j >= C)                            # block 0: the front padding is not a key
     mask = torch.stack([first] + [band] * (nb - 1)) if nb > 1 else first[None]
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[None, None])
-    return out.reshape(B, H, nb * C, D)[:, :, :T]
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.repeat(H, 1, 1)[None])
+    return out.view(B, H, nb * C, D)[:, :, :T]
 
 
 def attention_sdpa(q, k, v, window):

@@ -150,18 +150,19 @@ def test_reference_respects_window():
 
 
 def test_sdpa_window_has_no_dense_mask(monkeypatch):
-    """The windowed SDPA path must never build a T x T mask."""
+    """The windowed SDPA path must never build a T x T mask, and must call SDPA with 4-D inputs
+    (its fused GPU kernels take nothing else; 5-D inputs run the math path, ~8 GB of scores per layer)."""
     shapes = []
     real = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, attn_mask=None, **kw):
         if attn_mask is not None:
-            shapes.append(tuple(attn_mask.shape))
+            shapes.append((q.shape, k.shape, tuple(attn_mask.shape)))
         return real(q, k, v, attn_mask=attn_mask, **kw)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    q, k, v = _qkv(B=1, T=256, H=1, D=8)
+    q, k, v = _qkv(B=1, T=256, H=2, D=8)
     train.attention_sdpa(q, k, v, 32)
-    assert shapes and all(s[-2:] == (32, 64) for s in shapes)
+    assert shapes == [((1, 16, 32, 8), (1, 16, 64, 8), (1, 16, 32, 64))]      # 2 heads x 8 blocks
 
 
 def _param(shape, dtype=torch.float32, seed=1):
