@@ -1,6 +1,7 @@
 """GPU checks (skipped without CUDA): attention backends against the reference in bf16 (cuDNN
-through cudnn-frontend where it loads: outputs, gradients, compiled), the compiled optimizer steps
-against eager ones.
+through cudnn-frontend where it loads: outputs, gradients, compiled), the loss kernels, the fused
+ReLU^2 MLP (CC >= 9.0: bf16/fp16 against float64, and inside a compiled model), the compiled
+optimizer steps against eager ones.
 
     uv run pytest tests/test_gpu.py          # on a CUDA machine
     python3 tests/test_gpu.py                # same checks without pytest
