@@ -230,6 +230,18 @@ def _tiny_model(attention="sdpa", T=32):
     return m
 
 
+def test_fused_mlp_choice_only_acts_under_16bit_autocast():
+    """mlp="triton" marks the MLPs fused, but without 16-bit autocast (fp32 runs, CPU) they run the plain
+    ops: same loss as the plain model, bit for bit; a width that is no multiple of 8 is never fused."""
+    plain, fused = _tiny_model(), _tiny_model()
+    for b in fused.transformer.h:
+        b.mlp.fused = True
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    assert fused(idx, idx).item() == plain(idx, idx).item()
+    cfg = train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=36, mlp="triton")
+    assert not train.MLP(cfg).fused and train.MLP(train.GPTConfig(n_embd=32, mlp="triton")).fused
+
+
 def test_model_shapes_windows_and_value_embeddings():
     m = _tiny_model()
     assert m.window_sizes == [16, 32, 32]                   # S = half, last layer always full

@@ -124,6 +124,19 @@ def test_overrides_win():
     assert p["attention"] == "sdpa" and "falling back to sdpa" in p["reasons"]["attention"]
 
 
+def test_fused_mlp_follows_dtype_and_triton():
+    """The fused MLP runs where its Triton matmuls do: CUDA CC >= 9.0, triton, a 16-bit dtype; fp16 forced keeps it."""
+    h100 = ROWS[1][1]
+    p = prepare.resolve_platform(h100, proc(dtype="float16"))
+    assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
+    p = prepare.resolve_platform(h100, proc(dtype="float32"))
+    assert p["mlp"] == "plain"
+    assert p["reasons"]["mlp"] == "plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here cuda CC 9.0, float32)"
+    p = prepare.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, triton=False), AUTO)
+    assert p["mlp"] == "plain" and p["reasons"]["mlp"].endswith("(here cuda CC 9.0, bfloat16)")
+    assert prepare.resolve_platform(hw(), AUTO)["reasons"]["mlp"].endswith("(here cpu, float32)")
+
+
 def test_missing_device_is_a_config_error():
     with pytest.raises(prepare.ConfigError) as e:
         prepare.resolve_platform(hw(), proc(device="cuda"))
