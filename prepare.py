@@ -477,8 +477,8 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
     cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
-    cudnn_runs_here = device == "cuda" and dtype in ("bfloat16", "float16")
-    cudnn_ok = cudnn_ok and cudnn_runs_here
+    cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")      # what cuDNN attention and the fused MLP take
+    cudnn_ok = cudnn_ok and cuda_16bit
     flex_ok = device == "cuda" and triton_ok and cc >= (8, 0)
     if proc.attention == "auto":
         if device == "cuda" and cc >= (9, 0) and fa3_ok:
@@ -497,7 +497,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         reasons["attention"] = f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
     elif proc.attention == "cudnn" and not cudnn_ok:
         attention = "flex" if flex_ok else "sdpa"
-        why = cudnn_why if cudnn_runs_here else f"needs CUDA and bf16/fp16, have {device} {dtype}"
+        why = cudnn_why if cuda_16bit else f"needs CUDA and bf16/fp16, have {device} {dtype}"
         reasons["attention"] = f"cudnn requested but not usable ({why}); falling back to {attention}"
     elif proc.attention == "flex" and device == "cuda" and not flex_ok:
         attention = "sdpa"
@@ -508,7 +508,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
             f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else "forced by ground.json processor.attention"
 
     # mlp: ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere
-    if device == "cuda" and cc >= (9, 0) and triton_ok and dtype in ("bfloat16", "float16"):
+    if cuda_16bit and cc >= (9, 0) and triton_ok:
         mlp, reasons["mlp"] = "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA)"
     else:
         here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device

@@ -8,6 +8,7 @@ error against a float32 reference.
 """
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -15,22 +16,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prepare  # noqa: E402
+import bench_attention  # noqa: E402
 
+timed = functools.partial(bench_attention.timed, iters=20)
 ROWS, D = 128 * 2048, 512            # device_batch_size x sequence_len tokens, n_embd
-
-
-def timed(fn, iters=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def plain(x, w_fc, w_proj):

@@ -134,7 +134,6 @@ def test_fused_mlp_matches_reference(dtype, rows, d):
 def test_fused_mlp_in_compiled_model():
     """A compiled model with the fused MLP gives the plain model's loss and gradients under bf16 autocast."""
     _need_fused_mlp()
-    torch.manual_seed(0)
     losses, grads = [], []
     for mlp in ("plain", "triton"):
         torch.manual_seed(0)
