@@ -685,7 +685,12 @@ def main():
     # the full-context layers this took the H200 step from 333 to 320 ms; not measured apart.)
     excluded = s.excluded_steps
     t_train_start = time.time()
-    state = {"smooth": 0.0, "total_time": 0.0, "t_last": None, "skipped": 0}
+    # On CUDA a step's time is read on the GPU's clock, between the end events of consecutive
+    # steps: the host reads step n only after queueing step n+1, and when that queueing runs
+    # late its reading lands late too (one step reads long, the next short, the pair sums to
+    # two steps). Idle gaps on the GPU (a loader stall, a slow host) still count in full.
+    state = {"smooth": 0.0, "total_time": 0.0, "t_last": None, "last_event": None, "skipped": 0,
+             "loader_wait": 0.0}
 
     def retire(step_i, end_event, train_loss, lrm, progress, epoch):
         """Wait for step `step_i` to finish on the device, then account, check and print it."""
@@ -694,8 +699,11 @@ def main():
         else:
             sync(device)
         now = time.time()
-        dt = now - (state["t_last"] if state["t_last"] is not None else t_train_start)
-        state["t_last"] = now
+        if end_event is not None and state["last_event"] is not None:
+            dt = state["last_event"].elapsed_time(end_event) / 1000
+        else:
+            dt = now - (state["t_last"] if state["t_last"] is not None else t_train_start)
+        state["t_last"], state["last_event"] = now, end_event
         dt, loss_f = agree([dt, train_loss.item()], world, control)     # one clock, one verdict
         if not math.isfinite(loss_f) or loss_f > 100:
             if run:
@@ -727,7 +735,10 @@ def main():
             train_loss = loss.detach()
             loss = loss / grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
+            t_wait = time.perf_counter()
             x, y, epoch = next(train_loader)
+            if step >= excluded:              # host time blocked on the loader (0 when prefetch keeps up)
+                state["loader_wait"] += time.perf_counter() - t_wait
         if world > 1:
             all_reduce_gradients(model, world)
         if scaler:
@@ -741,7 +752,7 @@ def main():
         model.zero_grad(set_to_none=True)
         end_event = None
         if device.type == "cuda":
-            end_event = torch.cuda.Event()
+            end_event = torch.cuda.Event(enable_timing=True)
             end_event.record()
         if pending is not None:
             retire(*pending)
@@ -759,7 +770,7 @@ def main():
         retire(*pending)
     print()
     gc.enable()
-    total_time, skipped = state["total_time"], state["skipped"]
+    total_time, skipped, loader_wait = state["total_time"], state["skipped"], state["loader_wait"]
     timed_steps = step - excluded
 
     # -- final evaluation (prepare.evaluate_bpb: the fixed metric) ------------------------------
@@ -781,7 +792,7 @@ def main():
                "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
                "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
                "tokens_per_second": m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0,
-               "world_size": world}
+               "world_size": world, "loader_wait_seconds": loader_wait}
     if world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()

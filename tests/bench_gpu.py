@@ -8,7 +8,8 @@ float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScal
 compile) on a workspace that reuses the prepared tokenizer and train shards, with a val file large enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
 default variant runs twice, first with empty compile caches (cold), then again (warm).
-Prints steady-state tokens/s and MFU, step-time spread, peak VRAM, startup+compile seconds,
+Prints steady-state tokens/s and MFU, step-time spread (steps timed on the GPU's clock), peak
+VRAM, the host's seconds blocked on the loader over the timed steps, startup+compile seconds,
 evaluate_bpb seconds, and the dataloader's packing rate on one core.
 """
 
@@ -91,7 +92,7 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
             "timed_steps": len(timed), "peak_vram_mb": float(summary["peak_vram_mb"]),
             "first_step_s": steps[0] / 1000, "startup_s": met["startup_seconds"],
             "to_first_timed_step_s": met["total_seconds"] - met["training_seconds"] - met["eval_seconds"],
-            "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
+            "loader_wait_s": met.get("loader_wait_seconds"), "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
             "wall_s": wall, "attention": summary["attention"], "dtype": summary["dtype"]}
 
 
@@ -124,14 +125,15 @@ def main():
                                                 "loader_tok_s": rate, "results": results}, indent=2))
     print()
     print("| variant | attention | dtype | tok/s | MFU % | median step ms | steps >10% slow | peak VRAM MB | "
-          "startup+compile s | eval s (tokens) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "loader wait s | startup+compile s | eval s (tokens) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['name']} | error: {r['error']} |")
             continue
         print(f"| {r['name']} | {r['attention']} | {r['dtype']} | {r['tok_s'] / 1e6:.3f}M | {r['mfu']:.1f} | "
               f"{r['median_step_ms']:.0f} | {r['slow_steps']}/{r['timed_steps']} | {r['peak_vram_mb']:.0f} | "
+              f"{r['loader_wait_s'] or 0:.2f} | "
               f"{r['to_first_timed_step_s']:.1f} | {r['eval_s']:.1f} ({r['eval_tokens'] or 0:,}) |")
 
 

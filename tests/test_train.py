@@ -51,6 +51,8 @@ def test_smoke_run_prints_summary_and_records(run_dir):
     assert rec["status"] == "baseline" and round(rec["metrics"]["val_bpb"], 6) == float(summary["val_bpb"])
     assert rec["model"]["depth"] == 2 and rec["platform"]["device"] == "cpu" and rec["versions"]["torch"]
     assert rec["model_changes_by_mode"]["depth"] == [8, 2] and len(rec["fingerprint"]) == 12
+    # host time blocked on the loader: measured over the timed steps, a part of their time
+    assert 0.0 <= rec["metrics"]["loader_wait_seconds"] < rec["metrics"]["training_seconds"]
     memory = (run_dir / "sessions" / "memory.md").read_text()
     assert f"best: val_bpb {row['val_bpb']:.6f} — {row['run_id']}" in memory
 
