@@ -25,10 +25,13 @@ def main():
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
     ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
+    ap.add_argument("--separate-qkv", action="store_true", help="three q, k, v matmuls instead of one")
     args = ap.parse_args()
     if args.flex_options:
         import json
         train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
+    if args.separate_qkv:
+        train.CausalSelfAttention.fuse_qkv = False
     if args.plain_ce:
         prepare.triton = None           # train.GPT.forward then takes softcap_cross_entropy (plain ops)
     if args.coordinate_descent:
@@ -82,6 +85,7 @@ def main():
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
     print_categories(prof, steps=profiled)
+    print_gaps(prof, steps=profiled)
 
 
 CATEGORIES = (("loss (triton)", ("_ce_fwd_kernel", "_ce_bwd_kernel")),
@@ -109,6 +113,27 @@ def print_categories(prof, steps):
         print(f"  {cat:16s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
     for ms, n, name in sorted(kernels, reverse=True)[:25]:
         print(f"  {ms:7.2f} ms  x{n:<4d} {name[:110]}")
+
+
+def print_gaps(prof, steps, top=15):
+    """Idle time on the GPU between device events (kernels, copies, memsets) and the largest gaps,
+    named by the events on either side: where the GPU waits for the host or for a sync."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    gaps, end, prev = [], spans[0][1], spans[0][2]
+    for start, stop, name in spans[1:]:
+        if start > end:
+            gaps.append((start - end, prev, name))
+        if stop > end:
+            end, prev = stop, name
+    idle = sum(g for g, _, _ in gaps)
+    busy = end - spans[0][0]
+    print(f"GPU idle between device events: {idle / steps / 1000:.2f} ms per step over {len(gaps) / steps:.0f} gaps "
+          f"({100 * idle / busy:.1f}% of {busy / steps / 1000:.1f} ms per step from first to last event)")
+    small = sum(g for g, _, _ in gaps if g < 10)
+    print(f"  gaps under 10 us: {small / steps / 1000:.2f} ms per step")
+    for g, a, b in sorted(gaps, reverse=True)[:top]:
+        print(f"  {g / 1000:7.3f} ms  after {a[:60]}  before {b[:60]}")
 
 
 if __name__ == "__main__":
