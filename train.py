@@ -184,8 +184,6 @@ ATTENTION = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": a
 
 
 class CausalSelfAttention(nn.Module):
-    fuse_qkv = True
-
     def __init__(self, config, layer_idx):
         super().__init__()
         self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
@@ -200,17 +198,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, ve, cos_sin, window):
         B, T, C = x.size()
-        if self.fuse_qkv:
-            # q, k and v from one matmul: x is read once, and the backward's dx is one matmul instead of
-            # three plus two sums (~2% of the H100 step). The weights stay three parameters, so Muon
-            # still orthogonalizes each on its own.
-            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
-            q, k, v = F.linear(x, w).split([self.c_q.out_features, self.c_k.out_features, self.c_v.out_features], -1)
-        else:
-            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        q = q.view(B, T, self.n_head, self.head_dim)
-        k = k.view(B, T, self.n_kv_head, self.head_dim)
-        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             ve = ve.view(B, T, self.n_kv_head, self.head_dim)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))   # input-dependent, per head

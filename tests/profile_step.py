@@ -25,13 +25,10 @@ def main():
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
     ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
-    ap.add_argument("--separate-qkv", action="store_true", help="three q, k, v matmuls instead of one")
     args = ap.parse_args()
     if args.flex_options:
         import json
         train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
-    if args.separate_qkv:
-        train.CausalSelfAttention.fuse_qkv = False
     if args.plain_ce:
         prepare.triton = None           # train.GPT.forward then takes softcap_cross_entropy (plain ops)
     if args.coordinate_descent:
