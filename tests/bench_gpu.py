@@ -7,7 +7,8 @@ cudnn-frontend loads on Hopper+, else flex; flex, sdpa = forced attention backen
 float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScaler, SDPA, no
 compile) on a workspace that reuses the prepared tokenizer and train shards, with a val file large enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
-default variant runs twice, first with empty compile caches (cold), then again (warm).
+default variant runs twice, first with empty compile caches (cold), then again (warm); every
+other variant starts with empty caches of its own.
 Prints steady-state tokens/s and MFU, step-time spread (steps timed on the GPU's clock), peak
 VRAM, the host's seconds blocked on the loader over the timed steps, startup+compile seconds,
 evaluate_bpb seconds, and the dataloader's packing rate on one core.
@@ -110,11 +111,12 @@ def main():
     print(f"dataloader packing: {rate / 1e6:.2f}M tokens/s on one core", flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench_"))
     ground = bench_workspace(root, args.budget)
-    cold = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
-    plan = {"auto": ({}, cold), "auto_warm": ({}, cold), "flex": ({"attention": "flex"}, cold),
-            "sdpa": ({"attention": "sdpa"}, cold),
-            "fp16": ({"dtype": "float16"}, cold),
-            "turing": ({"dtype": "float16", "attention": "sdpa", "compile": False}, cold)}
+    def caches(name):                   # empty compile caches of its own: every variant starts cold
+        return {"TORCHINDUCTOR_CACHE_DIR": str(root / name / "inductor"), "TRITON_CACHE_DIR": str(root / name / "triton")}
+    plan = {"auto": ({}, caches("auto")), "auto_warm": ({}, caches("auto")),     # warm: auto's caches again
+            "flex": ({"attention": "flex"}, caches("flex")), "sdpa": ({"attention": "sdpa"}, caches("sdpa")),
+            "fp16": ({"dtype": "float16"}, caches("fp16")),
+            "turing": ({"dtype": "float16", "attention": "sdpa", "compile": False}, caches("turing"))}
     results = []
     for name in args.variants.split(","):
         proc, env = plan[name]
