@@ -691,8 +691,8 @@ def main():
     # steps: the host reads step n only after queueing step n+1, and when that queueing runs
     # late its reading lands late too (one step reads long, the next short, the pair sums to
     # two steps). Idle gaps on the GPU (a loader stall, a slow host) still count in full.
-    state = {"smooth": 0.0, "total_time": 0.0, "t_last": None, "last_event": None, "skipped": 0,
-             "loader_wait": 0.0}
+    state = {"smooth": 0.0, "total_time": 0.0, "t_last": None, "last_event": None, "skipped": 0}
+    loader_wait = 0.0                          # host seconds blocked on the loader (0 when prefetch keeps up)
 
     def retire(step_i, end_event, train_loss, lrm, progress, epoch):
         """Wait for step `step_i` to finish on the device, then account, check and print it."""
@@ -739,8 +739,8 @@ def main():
             (scaler.scale(loss) if scaler else loss).backward()
             t_wait = time.perf_counter()
             x, y, epoch = next(train_loader)
-            if step >= excluded:              # host time blocked on the loader (0 when prefetch keeps up)
-                state["loader_wait"] += time.perf_counter() - t_wait
+            if step >= excluded:
+                loader_wait += time.perf_counter() - t_wait
         if world > 1:
             all_reduce_gradients(model, world)
         if scaler:
@@ -772,7 +772,7 @@ def main():
         retire(*pending)
     print()
     gc.enable()
-    total_time, skipped, loader_wait = state["total_time"], state["skipped"], state["loader_wait"]
+    total_time, skipped = state["total_time"], state["skipped"]
     timed_steps = step - excluded
 
     # -- final evaluation (prepare.evaluate_bpb: the fixed metric) ------------------------------

@@ -93,7 +93,7 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
             "timed_steps": len(timed), "peak_vram_mb": float(summary["peak_vram_mb"]),
             "first_step_s": steps[0] / 1000, "startup_s": met["startup_seconds"],
             "to_first_timed_step_s": met["total_seconds"] - met["training_seconds"] - met["eval_seconds"],
-            "loader_wait_s": met.get("loader_wait_seconds"), "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
+            "loader_wait_s": met["loader_wait_seconds"], "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
             "wall_s": wall, "attention": summary["attention"], "dtype": summary["dtype"]}
 
 
@@ -135,7 +135,7 @@ def main():
             continue
         print(f"| {r['name']} | {r['attention']} | {r['dtype']} | {r['tok_s'] / 1e6:.3f}M | {r['mfu']:.1f} | "
               f"{r['median_step_ms']:.0f} | {r['slow_steps']}/{r['timed_steps']} | {r['peak_vram_mb']:.0f} | "
-              f"{r['loader_wait_s'] or 0:.2f} | "
+              f"{r['loader_wait_s']:.2f} | "
               f"{r['to_first_timed_step_s']:.1f} | {r['eval_s']:.1f} ({r['eval_tokens'] or 0:,}) |")
 
 

@@ -221,9 +221,9 @@ def test_muon_step_moves_matrices_and_decays_cautiously():
     assert opt.state[w]["second_momentum_buffer"].shape == (1, 16, 1)
 
 
-def _tiny_model(attention="sdpa", T=32):
-    cfg = train.GPTConfig(sequence_len=T, vocab_size=64, n_layer=3, n_head=2, n_kv_head=2, n_embd=32,
-                          window_pattern="SL", attention=attention)
+def _tiny_model(attention="sdpa", T=32, **shape):
+    cfg = train.GPTConfig(**{"sequence_len": T, "vocab_size": 64, "n_layer": 3, "n_head": 2, "n_kv_head": 2, "n_embd": 32,
+                             "window_pattern": "SL", "attention": attention, **shape})
     torch.manual_seed(0)
     m = train.GPT(cfg)
     m.init_weights()
@@ -245,11 +245,7 @@ def test_fused_mlp_choice_only_acts_under_16bit_autocast():
 def test_gqa_runs_on_every_cpu_backend():
     """Fewer k, v heads than q heads (GQA): k and v are expanded to the query heads, so the windowed SDPA
     blocks and flex take them; both agree with the reference, and k, v get gradients of their own shape."""
-    cfg = train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
-                          window_pattern="SL", attention="reference")
-    torch.manual_seed(0)
-    ref = train.GPT(cfg)
-    ref.init_weights()
+    ref = _tiny_model("reference", n_layer=2, n_head=4, n_kv_head=2, n_embd=64)
     with torch.no_grad():
         for b in ref.transformer.h:                         # non-zero projections so attention matters
             b.attn.c_proj.weight.normal_(0, 0.1)
