@@ -900,10 +900,148 @@ def _relu2_mm(a: torch.Tensor, b: torch.Tensor, aux: torch.Tensor | None = None)
     return c
 
 
+# On Hopper the backward's matmul runs as a Gluon kernel (Triton's explicit-layout dialect). The Triton
+# kernel loads the stored activation only once the tile's products are done, and nothing overlaps that
+# wait. Here the bulk-copy engine fetches the activation tile into shared memory at the start of each
+# tile, while the tensor cores work, and the next tile's first operand loads overlap this tile's last
+# products and its epilogue. H100, default shape: 1.20 ms against 1.32 ms for the Triton kernel (the
+# bare matmul takes 0.82 ms, but this one also moves 2.1 GB of activations in and out), about 2 ms a
+# step (tests/bench_mlp.py, tests/profile_step.py --gluon). The same kernel as the forward (no
+# activation in, relu^2 out) was slower than the Triton one (0.91 vs 0.86 ms), so the forward keeps it.
+# wgmma is Hopper's instruction: Blackwell and later keep the Triton kernels.
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+except ImportError:                    # triton without Gluon (older, or none): the Triton kernel serves
+    gluon = None
+
+RELU2_GLUON = True        # False: the Triton kernel on Hopper too (tests/bench_mlp.py compares them)
+RELU2_GLUON_FORWARD = False    # the forward too: slower than the Triton kernel on the H100 (0.91 vs 0.86 ms, tests/bench_mlp.py)
+RELU2_GLUON_CONFIG = (128, 256, 32, 6)     # BLOCK_M, BLOCK_N, BLOCK_K, operand buffers: 208 KB of shared memory
+
+if gluon is not None:
+    @gluon.constexpr_function
+    def _wgmma_layout(BM, BN, num_warps):
+        """Warps stacked along M, 16 rows each (a warpgroup of 4 takes 64), each a full-width N instruction."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BN, 16])
+
+    @gluon.jit
+    def _g_tile(tile, tiles_m, per_group, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr):
+        first_m = (tile // per_group) * GROUP_M
+        group_m = min(tiles_m - first_m, GROUP_M)
+        return (first_m + tile % group_m) * BM, ((tile % per_group) // group_m) * BN
+
+    @gluon.jit
+    def _g_load(p, a_desc, b_desc, om, on, k, bars, a_bufs, b_bufs, NUM_BUF: gl.constexpr, pred=True):
+        """Operand load number p into buffer p % NUM_BUF (skipped, but counted, where pred is false)."""
+        s = p % NUM_BUF
+        mbarrier.expect(bars.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(a_desc, [om, k], bars.index(s), a_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(b_desc, [k, on], bars.index(s), b_bufs.index(s), pred)
+        return p + 1
+
+    @gluon.jit
+    def _g_mma(c, acc, use_acc, bars, a_bufs, b_bufs, NUM_BUF: gl.constexpr):
+        """Product number c: once its operands are in and the previous product is done (which frees the
+        buffer the next load writes), issue it asynchronously."""
+        s = c % NUM_BUF
+        mbarrier.wait(bars.index(s), (c // NUM_BUF) & 1)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        acc = warpgroup_mma(a_bufs.index(s), b_bufs.index(s), acc, use_acc=use_acc, is_async=True)
+        return c + 1, acc
+
+    @gluon.jit
+    def _relu2_mm_gluon_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, GROUP_M: gl.constexpr,
+                               NUM_BUF: gl.constexpr, BACKWARD: gl.constexpr, num_warps: gl.constexpr):
+        BM: gl.constexpr = c_desc.block_type.shape[0]
+        BN: gl.constexpr = c_desc.block_type.shape[1]
+        BK: gl.constexpr = a_desc.block_type.shape[1]
+        dtype: gl.constexpr = a_desc.dtype
+        layout: gl.constexpr = _wgmma_layout(BM, BN, num_warps)
+        a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BM, BK], a_desc.layout)
+        b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF, BK, BN], b_desc.layout)
+        cbuf = gl.allocate_shared_memory(dtype, [BM, BN], c_desc.layout)     # the aux tile in, the result out
+        bars = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        aux_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_BUF):
+            mbarrier.init(bars.index(i), count=1)
+        mbarrier.init(aux_bar.index(0), count=1)
+
+        tiles_m = gl.cdiv(M, BM)
+        per_group = GROUP_M * gl.cdiv(N, BN)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        num_tiles = gl.cdiv(tiles_m * gl.cdiv(N, BN) - pid, nprog)
+
+        p = 0
+        c = 0
+        acc = gl.zeros((BM, BN), gl.float32, layout)
+        tile = pid
+        om, on = _g_tile(tile, tiles_m, per_group, GROUP_M, BM, BN)
+        for ki in gl.static_range(NUM_BUF - 1):
+            p = _g_load(p, a_desc, b_desc, om, on, ki * BK, bars, a_bufs, b_bufs, NUM_BUF)
+        for t in range(num_tiles):
+            c, acc = _g_mma(c, acc, False, bars, a_bufs, b_bufs, NUM_BUF)
+            tma.store_wait(pendings=0)             # the previous result has left cbuf
+            if BACKWARD:                           # this tile's activation, arriving during the products
+                mbarrier.expect(aux_bar.index(0), aux_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(aux_desc, [om, on], aux_bar.index(0), cbuf)
+            for k in range((NUM_BUF - 1) * BK, K, BK):
+                p = _g_load(p, a_desc, b_desc, om, on, k, bars, a_bufs, b_bufs, NUM_BUF)
+                c, acc = _g_mma(c, acc, True, bars, a_bufs, b_bufs, NUM_BUF)
+            eom = om
+            eon = on
+            tile += nprog
+            om, on = _g_tile(tile, tiles_m, per_group, GROUP_M, BM, BN)
+            more = t + 1 < num_tiles
+            for ki in gl.static_range(NUM_BUF - 2):  # the next tile's first loads overlap this tile's last products
+                p = _g_load(p, a_desc, b_desc, om, on, ki * BK, bars, a_bufs, b_bufs, NUM_BUF, more)
+                c, acc = _g_mma(c, acc, True, bars, a_bufs, b_bufs, NUM_BUF)
+            p = _g_load(p, a_desc, b_desc, om, on, (NUM_BUF - 2) * BK, bars, a_bufs, b_bufs, NUM_BUF, more)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            if BACKWARD:                           # dh = da * 2 relu(h), relu(h) = sqrt(a)
+                mbarrier.wait(aux_bar.index(0), t & 1)
+                out = (2 * acc * gl.sqrt(cbuf.load(layout).to(gl.float32))).to(dtype)
+                gl.thread_barrier()                # every thread has read its activations before cbuf is overwritten
+            else:                                  # a = relu(h)^2
+                out = gl.maximum(acc, 0.0)
+                out = (out * out).to(dtype)
+            cbuf.store(out)
+            fence_async_shared()
+            tma.async_copy_shared_to_global(c_desc, [eom, eon], cbuf)
+        tma.store_wait(pendings=0)
+
+
+def _relu2_gluon_ok(device: torch.device) -> bool:
+    return (RELU2_GLUON and gluon is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] == 9)
+
+
+def _relu2_mm_gluon(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(a b)^2, or (a b) * 2 sqrt(aux) when aux is given; a (M, K), b_kn (K, N), row-major, 16-bit."""
+    (M, K), N = a.shape, b_kn.size(1)
+    bm, bn, bk, buffers = RELU2_GLUON_CONFIG
+    c = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    gdt = gl.bfloat16 if a.dtype == torch.bfloat16 else gl.float16
+
+    def desc(t, block):
+        return GluonDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
+    programs = min(torch.cuda.get_device_properties(a.device).multi_processor_count, triton.cdiv(M, bm) * triton.cdiv(N, bn))
+    _relu2_mm_gluon_kernel[(programs,)](desc(a, [bm, bk]), desc(b_kn, [bk, bn]), desc(c, [bm, bn]),
+                                       desc(c if aux is None else aux, [bm, bn]), M, N, K, GROUP_M=8,
+                                       NUM_BUF=buffers, BACKWARD=aux is not None, num_warps=8)
+    return c
+
+
 @torch.library.custom_op("autoresearch::relu2_mlp", mutates_args=())
 def _relu2_mlp_op(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.size(-1)).contiguous()
-    a = _relu2_mm(x2, w_fc.contiguous())
+    a = _relu2_mm_gluon(x2, w_fc.t().contiguous()) if RELU2_GLUON_FORWARD and _relu2_gluon_ok(x.device) \
+        else _relu2_mm(x2, w_fc.contiguous())
     return (a @ w_proj.t()).view(*x.shape[:-1], w_proj.size(0)), a
 
 
@@ -917,7 +1055,8 @@ def _(x, w_fc, w_proj):
 def _relu2_mlp_backward_op(dy: torch.Tensor, x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor,
                            a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2, dy2 = x.reshape(-1, x.size(-1)), dy.reshape(-1, dy.size(-1)).contiguous()
-    dh = _relu2_mm(dy2, w_proj.t().contiguous(), aux=a)
+    dh = _relu2_mm_gluon(dy2, w_proj.contiguous(), aux=a) if _relu2_gluon_ok(dy.device) \
+        else _relu2_mm(dy2, w_proj.t().contiguous(), aux=a)
     return (dh @ w_fc).view(x.shape), dh.t() @ x2, dy2.t() @ a
 
 

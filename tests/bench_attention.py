@@ -1,6 +1,6 @@
 """Attention backends at the default shapes on the GPU: fwd+bwd time per layer (not a test).
 
-    python3 tests/bench_attention.py
+    python3 tests/bench_attention.py [variant ...]       # e.g. cudnn, "cudnn plans", "flex default"
 
 Prints one line per variant: window, variant, ms per fwd+bwd, TFLOP/s (causal/windowed FLOPs).
 """
@@ -78,6 +78,8 @@ def main():
                 fn = lambda: prepare.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
                 print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s"
                       f"  ({why})", flush=True)
+        if "cudnn plans" in only:
+            cudnn_plans(leaves, g.transpose(1, 2).contiguous(), window)
         if window >= T - 1:
             for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
                 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -87,6 +89,49 @@ def main():
                     print(f"w={window:5d} sdpa {backend:17s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
                 except RuntimeError as e:
                     print(f"w={window:5d} sdpa {backend:17s} failed: {str(e)[:100]}")
+
+
+def cudnn_plans(leaves, dout, window):
+    """Every execution plan cuDNN offers for the forward and the backward graph (prepare uses the heuristic's
+    first): time per plan, and the largest difference of its outputs from the heuristic plan's."""
+    cudnn = prepare.load_cudnn_frontend()[0]
+    q, k, v = (t.detach() for t in leaves)
+    o = torch.empty_like(q)
+    stats = torch.empty(B, H, T, 1, dtype=torch.float32, device="cuda")
+    grads = [torch.empty_like(q) for _ in range(3)]
+    tensors = {"fwd": dict(q=q, k=k, v=v, o=o, stats=stats),
+               "bwd": dict(q=q, k=k, v=v, o=o, dO=dout, stats=stats, dq=grads[0], dk=grads[1], dv=grads[2])}
+    outs = {"fwd": [o, stats], "bwd": grads}
+    handle = prepare._cudnn_handle(q.device)
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
+    for kind in ("fwd", "bwd"):
+        graph, names = prepare._cudnn_graph(kind, q, window)
+        pack = {names[n]: t for n, t in tensors[kind].items()}
+        try:
+            graph.build_plans(cudnn.build_plan_policy.ALL)
+        except Exception as e:  # noqa: BLE001
+            print(f"w={window:5d} cudnn {kind} plans: build_plans(ALL) failed: {type(e).__name__}: {str(e)[:100]}")
+        count = graph.get_execution_plan_count()
+        ref = None
+        for i in range(count):
+            try:
+                ws = torch.empty(max(graph.get_workspace_size_plan_at_index(i), 1), dtype=torch.uint8, device="cuda")
+                run = lambda: graph.execute_plan_at_index(pack, ws, index=i, handle=handle)
+                run()
+                got = [t.float().clone() for t in outs[kind]]
+                ms = timed(run, iters=20)
+            except Exception as e:  # noqa: BLE001 - a plan that does not build or run is reported
+                print(f"w={window:5d} cudnn {kind} plan {i}: failed: {type(e).__name__}: {str(e)[:100]}")
+                continue
+            ref = ref or got
+            diff = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(got, ref))
+            name = ""
+            try:
+                name = graph.get_plan_name_at_index(i)
+            except Exception:  # noqa: BLE001 - older frontends have no plan names
+                pass
+            print(f"w={window:5d} cudnn {kind} plan {i}: {ms:6.3f} ms  ws {ws.numel() >> 20} MB  max rel diff {diff:.1e}  {name}",
+                  flush=True)
 
 
 if __name__ == "__main__":

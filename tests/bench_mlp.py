@@ -1,10 +1,10 @@
-"""The ReLU^2 MLP at the default shape on the GPU: plain compiled ops vs the fused Triton matmuls (not a test).
+"""The ReLU^2 MLP at the default shape on the GPU: plain compiled ops vs the fused Triton and Gluon matmuls (not a test).
 
-    python3 tests/bench_mlp.py [--configs "128,256,64,4,3,8;128,128,64,4,4,8"]
+    python3 tests/bench_mlp.py [--configs "128,256,64,4,3,8;128,128,64,4,4,8"] [--gluon "128,256,64,3;128,256,32,6"]
 
-Prints the GPU, the time of each matmul alone (cuBLAS without epilogue vs the Triton kernel with it),
-one MLP layer forward+backward per variant (ms, TFLOP/s over the 6 matmuls) and the fused output's
-error against a float32 reference.
+Prints the GPU, the time of each matmul alone (cuBLAS without epilogue vs the Triton and Gluon kernels with
+it, each kernel's error against a float32 reference on outputs poisoned with NaN beforehand), and one MLP
+layer forward+backward per variant (ms, TFLOP/s over the 6 matmuls).
 """
 
 import argparse
@@ -31,6 +31,7 @@ def plain(x, w_fc, w_proj):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="auto", help="';'-separated BLOCK_M,BLOCK_N,BLOCK_K,stages_fwd,stages_bwd,warps")
+    ap.add_argument("--gluon", default="128,256,32,6;128,256,64,3", help="';'-separated Gluon BLOCK_M,BLOCK_N,BLOCK_K,buffers ('' skips)")
     args = ap.parse_args()
     configs = [None if c == "auto" else tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
     torch.manual_seed(0)
@@ -52,6 +53,8 @@ def main():
     ms = timed(lambda: step(x, w_fc, w_proj))
     print(f"  MLP fwd+bwd, plain compiled          {ms:7.3f} ms  {6 * mm_flops / ms / 1e9:6.1f} TFLOP/s")
     ref = plain(*(t.detach()[:4096].float() if t is x else t.detach().float() for t in (x, w_fc, w_proj)))
+    gluon_ok = prepare._relu2_gluon_ok(x.device)
+    prepare.RELU2_GLUON = False                  # the Triton kernels first
     for cfg in configs:
         prepare.RELU2_MM_CONFIG = cfg
         name = "auto " + str(prepare._relu2_mm_config(x.device)) if cfg is None else str(cfg)
@@ -66,6 +69,48 @@ def main():
             continue
         print(f"  triton {name}: fwd {ms_f:6.3f} ms ({mm_flops / ms_f / 1e9:5.1f} TFLOP/s)  bwd {ms_b:6.3f} ms "
               f"({mm_flops / ms_b / 1e9:5.1f})  MLP fwd+bwd {ms:7.3f} ms ({6 * mm_flops / ms / 1e9:5.1f})  rel err {err:.2e}")
+    prepare.RELU2_MM_CONFIG = None
+    prepare.RELU2_GLUON = True
+    if args.gluon and gluon_ok:
+        gluon_variants(args, x.detach(), w_fc.detach(), w_proj.detach(), dy, a, mm_flops)
+
+
+def rel_err(run, ref):
+    """Error of run() against ref, with the caching allocator's next block of that size poisoned with NaN first
+    (an element the kernel never writes shows as NaN)."""
+    poison = torch.full_like(ref, float("nan"), dtype=torch.bfloat16)
+    del poison
+    out = run()
+    return ((out.float() - ref).norm() / ref.norm()).item()
+
+
+def gluon_variants(args, x, w_fc, w_proj, dy, a, mm_flops):
+    """The Gluon kernels (prepare._relu2_mm_gluon) per config: each matmul alone with its error, and the
+    MLP layer with the Gluon backward, then with the Gluon forward too."""
+    ref_f = torch.relu(x.float() @ w_fc.float().t()).square()
+    ref_b = (dy.float() @ w_proj.float()) * 2 * a.float().sqrt()
+    w_fc_t = w_fc.t().contiguous()
+    for cfg in args.gluon.split(";"):
+        prepare.RELU2_GLUON_CONFIG = tuple(int(v) for v in cfg.split(","))
+        try:
+            err_f = rel_err(lambda: prepare._relu2_mm_gluon(x, w_fc_t), ref_f)
+            err_b = rel_err(lambda: prepare._relu2_mm_gluon(dy, w_proj, aux=a), ref_b)
+            ms_f = timed(lambda: prepare._relu2_mm_gluon(x, w_fc_t))
+            ms_b = timed(lambda: prepare._relu2_mm_gluon(dy, w_proj, aux=a))
+        except Exception as e:
+            print(f"  gluon {cfg}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            continue
+        print(f"  gluon {cfg}: fwd {ms_f:6.3f} ms ({mm_flops / ms_f / 1e9:5.1f} TFLOP/s, err {err_f:.1e})  "
+              f"bwd {ms_b:6.3f} ms ({mm_flops / ms_b / 1e9:5.1f}, err {err_b:.1e})")
+        xg, wf, wp = (t.clone().requires_grad_() for t in (x, w_fc, w_proj))
+        for forward in (False, True):
+            prepare.RELU2_GLUON_FORWARD = forward
+            torch._dynamo.reset()
+            fused = torch.compile(lambda *t: torch.autograd.grad(prepare.relu2_mlp(*t), t, dy), dynamic=False)
+            ms = timed(lambda: fused(xg, wf, wp))
+            print(f"    MLP fwd+bwd, Gluon backward{' and forward' if forward else ''}: {ms:7.3f} ms "
+                  f"({6 * mm_flops / ms / 1e9:5.1f} TFLOP/s)")
+        prepare.RELU2_GLUON_FORWARD = False
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ def main():
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
     ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
+    ap.add_argument("--gluon", default=None, choices=("none", "bwd", "both"),
+                    help="fused MLP on Hopper: Gluon kernels for none, the backward, or both matmuls (default: prepare's)")
+    ap.add_argument("--gluon-config", default=None, help="BLOCK_M,BLOCK_N,BLOCK_K,buffers of the Gluon kernels")
     args = ap.parse_args()
+    if args.gluon_config:
+        prepare.RELU2_GLUON_CONFIG = tuple(int(v) for v in args.gluon_config.split(","))
+    if args.gluon:
+        prepare.RELU2_GLUON, prepare.RELU2_GLUON_FORWARD = args.gluon != "none", args.gluon == "both"
     if args.flex_options:
         import json
         train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
@@ -81,7 +88,7 @@ def main():
             step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
-    print_categories(prof, steps=profiled)
+    print_categories(prof, steps=profiled, top=args.rows)
     print_gaps(prof, steps=profiled)
 
 
@@ -92,8 +99,8 @@ CATEGORIES = (("loss (triton)", ("_ce_fwd_kernel", "_ce_bwd_kernel")),
               ("fused (triton)", ("triton",)))
 
 
-def print_categories(prof, steps):
-    """GPU kernel time per step by kind, and the 25 largest kernels."""
+def print_categories(prof, steps, top=25):
+    """GPU kernel time per step by kind, and the `top` largest kernels."""
     kernels = []
     for e in prof.key_averages():
         if e.device_type == torch.autograd.DeviceType.CUDA:
@@ -108,8 +115,8 @@ def print_categories(prof, steps):
     print(f"GPU kernel time per step: {total:.1f} ms")
     for cat, ms in sorted(by.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:16s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
-    for ms, n, name in sorted(kernels, reverse=True)[:25]:
-        print(f"  {ms:7.2f} ms  x{n:<4d} {name[:110]}")
+    for ms, n, name in sorted(kernels, reverse=True)[:top]:
+        print(f"  {ms:7.2f} ms  x{n:<4d} {name[:150]}")
 
 
 def print_gaps(prof, steps, top=15):

@@ -110,12 +110,20 @@ def _need_fused_mlp():
         pytest.skip("the fused MLP needs CC >= 9.0 (TMA)")
 
 
+@pytest.mark.parametrize("kernel", ["triton", "gluon"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows,d", [(3000, 512), (1000, 384)])
-def test_fused_mlp_matches_reference(dtype, rows, d):
-    """relu2_mlp (Triton matmuls, activation in the epilogues) against float64 plain ops: output and the
-    three gradients; rows and the inner width (4d = 1536) not multiples of the tiles."""
+@pytest.mark.parametrize("rows,d", [(3000, 512), (1000, 384), (700, 40)])
+def test_fused_mlp_matches_reference(kernel, dtype, rows, d, monkeypatch):
+    """relu2_mlp (Triton or, on Hopper, Gluon matmuls, activation in the epilogues) against float64 plain ops:
+    output and the three gradients; rows, the reduction width and the inner width (4d = 1536, 160) not
+    multiples of the tiles, d = 40 narrower than the prefetch depth of the Gluon kernel."""
     _need_fused_mlp()
+    if kernel == "gluon":
+        monkeypatch.setattr(prepare, "RELU2_GLUON_FORWARD", True)
+        if not prepare._relu2_gluon_ok(torch.device("cuda")):
+            pytest.skip("the Gluon kernels need Hopper (wgmma) and triton with Gluon")
+    else:
+        monkeypatch.setattr(prepare, "RELU2_GLUON", False)
     g = torch.Generator(device="cuda").manual_seed(rows)
     x = torch.randn(rows, d, device="cuda", generator=g).to(dtype).requires_grad_()
     w_fc = (torch.randn(4 * d, d, device="cuda", generator=g) / d ** 0.5).to(dtype).requires_grad_()
@@ -194,10 +202,16 @@ if __name__ == "__main__":
     test_compiled_muon_matches_eager()
     n += 3
     if torch.cuda.get_device_capability() >= (9, 0):
-        for dtype in (torch.bfloat16, torch.float16):
-            for rows, d in ((3000, 512), (1000, 384)):
-                test_fused_mlp_matches_reference(dtype, rows, d)
-                n += 1
+        for kernel in ("triton", "gluon"):
+            for dtype in (torch.bfloat16, torch.float16):
+                for rows, d in ((3000, 512), (1000, 384), (700, 40)):
+                    with pytest.MonkeyPatch.context() as mp:
+                        try:
+                            test_fused_mlp_matches_reference(kernel, dtype, rows, d, mp)
+                        except pytest.skip.Exception as e:
+                            print(f"fused MLP {kernel} skipped: {e}")
+                            continue
+                    n += 1
         test_fused_mlp_in_compiled_model()
         n += 1
     print(f"GPU checks: {n} passed, 0 failed")
