@@ -195,6 +195,7 @@ class CausalSelfAttention(nn.Module):
         self.ve_gate_channels = 32
         self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
         self.attend = ATTENTION[config.attention]
+        self.fused_rope = self.head_dim & (self.head_dim - 1) == 0          # prepare.rope_norm: power-of-two heads
 
     def forward(self, x, ve, cos_sin, window):
         B, T, C = x.size()
@@ -206,8 +207,13 @@ class CausalSelfAttention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))   # input-dependent, per head
             v = v + gate.unsqueeze(-1) * ve.to(v.dtype)
         cos, sin = cos_sin
-        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
-        q, k = norm(q).to(v.dtype), norm(k).to(v.dtype)                  # QK-norm
+        if self.fused_rope and q.is_cuda and torch.compiler.is_compiling() and prepare.triton is not None:
+            # the same math as two Triton row kernels whose backward starts from the normed q, k (kept for
+            # attention anyway) instead of a saved copy of the rotated ones (prepare.rope_norm)
+            q, k = prepare.rope_norm(q, cos, sin).to(v.dtype), prepare.rope_norm(k, cos, sin).to(v.dtype)
+        else:
+            q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+            q, k = norm(q).to(v.dtype), norm(k).to(v.dtype)                  # QK-norm
         if self.n_kv_head < self.n_head:       # GQA: the backends here take as many k, v heads as q heads
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=2) for t in (k, v))
         y = self.attend(q, k, v, window)

@@ -27,6 +27,8 @@ def main():
     ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
     ap.add_argument("--gluon", default=None, choices=("none", "bwd", "both"),
                     help="fused MLP on Hopper: Gluon kernels for none, the backward, or both matmuls (default: prepare's)")
+    ap.add_argument("--rope", default="triton", choices=("triton", "plain"),
+                    help="rotary + QK-norm: prepare.rope_norm kernels, or plain ops compiled by inductor")
     ap.add_argument("--gluon-config", default=None, help="BLOCK_M,BLOCK_N,BLOCK_K,buffers of the Gluon kernels")
     args = ap.parse_args()
     if args.gluon_config:
@@ -51,6 +53,9 @@ def main():
         model = train.GPT(cfg)
     model.to_empty(device="cuda")
     model.init_weights()
+    for mod in model.modules():
+        if isinstance(mod, train.CausalSelfAttention):
+            mod.fused_rope = mod.fused_rope and args.rope == "triton"
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
     opt.compile_steps()
     model = torch.compile(model, dynamic=False)

@@ -129,6 +129,36 @@ def test_triton_fused_mlp_matches_plain_ops():
             assert rel < (1e-5 if dtype == "torch.float32" else 5e-3), (dtype, name, rel)
 
 
+ROPE_TRITON_SCRIPT = r"""
+import json, torch, prepare, train
+out = {}
+for dtype in (torch.float32, torch.float16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 37, 2, 16, generator=g).to(dtype).requires_grad_()     # 222 rows: a partial block
+    cos, sin = (torch.randn(1, 50, 1, 8, generator=g)[:, :37].to(dtype) for _ in range(2))   # a prefix, like the model's
+    dy = torch.randn(3, 37, 2, 16, generator=g).to(dtype)
+    y = prepare.rope_norm(x, cos, sin)
+    dx, = torch.autograd.grad(y, x, dy)
+    xd = x.detach().double().requires_grad_()
+    ry = train.norm(train.apply_rotary_emb(xd, cos.double(), sin.double()))
+    rdx, = torch.autograd.grad(ry, xd, dy.double())
+    out[str(dtype)] = {"y": ((y.double() - ry).norm() / ry.norm()).item(), "dx": ((dx.double() - rdx).norm() / rdx.norm()).item(),
+                       "dtypes": [str(y.dtype), str(dx.dtype)], "shape": list(dx.shape)}
+print(json.dumps(out))
+"""
+
+
+def test_triton_rope_norm_matches_plain_ops():
+    """prepare.rope_norm (rotary + QK-norm as Triton row kernels, the backward from the normed output) run in
+    Triton's CPU interpreter: output and input gradient equal train.apply_rotary_emb + train.norm in float64."""
+    res = _interpreted(ROPE_TRITON_SCRIPT)
+    assert set(res) == {"torch.float32", "torch.float16"}
+    for dtype, e in res.items():
+        assert e["dtypes"] == [dtype, dtype] and e["shape"] == [3, 37, 2, 16], (dtype, e)
+        tol = 1e-6 if dtype == "torch.float32" else 2e-3
+        assert e["y"] < tol and e["dx"] < tol, (dtype, e)
+
+
 def test_rotary_matches_upstream_form():
     """The swap form of the rotary embedding is upstream's slice-and-cat arithmetic, bit for bit."""
     g = torch.Generator().manual_seed(5)
