@@ -509,7 +509,8 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
 
     # mlp: ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere
     if cuda_16bit and cc >= (9, 0) and triton_ok:
-        mlp, reasons["mlp"] = "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA)"
+        gluon_bwd = "; backward matmul in Gluon (wgmma)" if cc[0] == 9 and hw.get("gluon") else ""
+        mlp, reasons["mlp"] = "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
     else:
         here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device
         mlp, reasons["mlp"] = "plain", f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
@@ -1032,6 +1033,9 @@ try:
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor as GluonDescriptor
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared      # names differ across
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global    # triton releases
+    _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 except ImportError:                    # triton without Gluon (older, or none): the Triton kernel serves
     gluon = None
 
@@ -1056,8 +1060,8 @@ if gluon is not None:
         """Operand load number p into buffer p % NUM_BUF (skipped, but counted, where pred is false)."""
         s = p % NUM_BUF
         mbarrier.expect(bars.index(s), a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        tma.async_copy_global_to_shared(a_desc, [om, k], bars.index(s), a_bufs.index(s), pred)
-        tma.async_copy_global_to_shared(b_desc, [k, on], bars.index(s), b_bufs.index(s), pred)
+        _tma_load(a_desc, [om, k], bars.index(s), a_bufs.index(s), pred)
+        _tma_load(b_desc, [k, on], bars.index(s), b_bufs.index(s), pred)
         return p + 1
 
     @gluon.jit
@@ -1105,7 +1109,7 @@ if gluon is not None:
             tma.store_wait(pendings=0)             # the previous result has left cbuf
             if BACKWARD:                           # this tile's activation, arriving during the products
                 mbarrier.expect(aux_bar.index(0), aux_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(aux_desc, [om, on], aux_bar.index(0), cbuf)
+                _tma_load(aux_desc, [om, on], aux_bar.index(0), cbuf)
             for k in range((NUM_BUF - 1) * BK, K, BK):
                 p = _g_load(p, a_desc, b_desc, om, on, k, bars, a_bufs, b_bufs, NUM_BUF)
                 c, acc = _g_mma(c, acc, True, bars, a_bufs, b_bufs, NUM_BUF)
@@ -1122,19 +1126,45 @@ if gluon is not None:
             if BACKWARD:                           # dh = da * 2 relu(h), relu(h) = sqrt(a)
                 mbarrier.wait(aux_bar.index(0), t & 1)
                 out = (2 * acc * gl.sqrt(cbuf.load(layout).to(gl.float32))).to(dtype)
-                gl.thread_barrier()                # every thread has read its activations before cbuf is overwritten
+                _cta_barrier()                     # every thread has read its activations before cbuf is overwritten
             else:                                  # a = relu(h)^2
                 out = gl.maximum(acc, 0.0)
                 out = (out * out).to(dtype)
             cbuf.store(out)
             fence_async_shared()
-            tma.async_copy_shared_to_global(c_desc, [eom, eon], cbuf)
+            _tma_store(c_desc, [eom, eon], cbuf)
         tma.store_wait(pendings=0)
+
+
+_GLUON_CHECKED: set = set()     # (forward?, dtype) pairs whose first call matched torch on this triton
 
 
 def _relu2_gluon_ok(device: torch.device) -> bool:
     return (RELU2_GLUON and gluon is not None and device.type == "cuda"
             and torch.cuda.get_device_capability(device)[0] == 9)
+
+
+def _relu2_mm_hopper(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor | None:
+    """_relu2_mm_gluon, checked on its first call per kind against torch on the first 128 rows: Gluon's API moves
+    between triton releases, so a version whose kernel fails or disagrees turns the Gluon kernels off for the
+    process (printed once) and the caller falls back to the Triton kernel (returns None)."""
+    global RELU2_GLUON
+    kind = (aux is None, a.dtype)
+    try:
+        c = _relu2_mm_gluon(a, b_kn, aux)
+        if kind not in _GLUON_CHECKED:
+            h = a[:128].float() @ b_kn.float()
+            ref = torch.relu(h).square() if aux is None else h * 2 * aux[:128].float().sqrt()
+            err = ((c[:128].float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            if not err < 2e-2:                      # NaN fails too
+                raise RuntimeError(f"relative error {err:.2e} against torch on the first rows")
+            _GLUON_CHECKED.add(kind)
+        return c
+    except Exception as e:  # noqa: BLE001 - any failure of the experimental dialect means "use the Triton kernel"
+        RELU2_GLUON = False
+        print(f"fused MLP: the Gluon kernel failed on triton {getattr(triton, '__version__', '?')} ({type(e).__name__}: "
+              f"{str(e).splitlines()[0][:100] if str(e) else ''}); using the Triton kernels", flush=True)
+        return None
 
 
 def _relu2_mm_gluon(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
@@ -1156,8 +1186,8 @@ def _relu2_mm_gluon(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | Non
 @torch.library.custom_op("autoresearch::relu2_mlp", mutates_args=())
 def _relu2_mlp_op(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.size(-1)).contiguous()
-    a = _relu2_mm_gluon(x2, w_fc.t().contiguous()) if RELU2_GLUON_FORWARD and _relu2_gluon_ok(x.device) \
-        else _relu2_mm(x2, w_fc.contiguous())
+    a = _relu2_mm_hopper(x2, w_fc.t().contiguous()) if RELU2_GLUON_FORWARD and _relu2_gluon_ok(x.device) else None
+    a = _relu2_mm(x2, w_fc.contiguous()) if a is None else a
     return (a @ w_proj.t()).view(*x.shape[:-1], w_proj.size(0)), a
 
 
@@ -1171,8 +1201,8 @@ def _(x, w_fc, w_proj):
 def _relu2_mlp_backward_op(dy: torch.Tensor, x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor,
                            a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2, dy2 = x.reshape(-1, x.size(-1)), dy.reshape(-1, dy.size(-1)).contiguous()
-    dh = _relu2_mm_gluon(dy2, w_proj.contiguous(), aux=a) if _relu2_gluon_ok(dy.device) \
-        else _relu2_mm(dy2, w_proj.t().contiguous(), aux=a)
+    dh = _relu2_mm_hopper(dy2, w_proj.contiguous(), aux=a) if _relu2_gluon_ok(dy.device) else None
+    dh = _relu2_mm(dy2, w_proj.t().contiguous(), aux=a) if dh is None else dh
     return (dh @ w_fc).view(x.shape), dh.t() @ x2, dy2.t() @ a
 
 
@@ -1202,7 +1232,8 @@ def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torc
 def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True) -> dict:
     """Collect the facts resolve_platform decides from (impure: touches torch, nvidia-smi, network)."""
     hw = {"cuda": torch.cuda.is_available(), "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-          "os": _platform.system(), "triton": _importable("triton"), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+          "os": _platform.system(), "triton": _importable("triton"),
+          "gluon": _importable("triton") and _importable("triton.experimental.gluon"), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if hw["cuda"] and proc.device in ("auto", "cuda"):
         p = torch.cuda.get_device_properties(0)
         hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import prepare
 import train
 
 
@@ -127,6 +128,36 @@ def test_triton_fused_mlp_matches_plain_ops():
         for name, (rel, shape, got_dtype) in errs.items():
             assert shape == shapes[name] and got_dtype == dtype, (dtype, name, shape, got_dtype)
             assert rel < (1e-5 if dtype == "torch.float32" else 5e-3), (dtype, name, rel)
+
+
+def test_gluon_kernel_checked_on_first_use(monkeypatch, capsys):
+    """The Gluon matmul (Hopper only) is checked against torch on its first call per kind; a triton whose Gluon
+    kernel raises or disagrees turns it off for the process, with one printed line, and the caller falls back
+    (None) to the Triton kernel."""
+    g = torch.Generator().manual_seed(3)
+    a, b, aux = torch.randn(300, 40, generator=g), torch.randn(40, 96, generator=g), torch.rand(300, 96, generator=g)
+    right = lambda a, b, aux=None: (a @ b) * 2 * aux.sqrt() if aux is not None else torch.relu(a @ b).square()
+    monkeypatch.setattr(prepare, "RELU2_GLUON", True)
+    monkeypatch.setattr(prepare, "_GLUON_CHECKED", set())
+    monkeypatch.setattr(prepare, "_relu2_mm_gluon", right)
+    assert torch.equal(prepare._relu2_mm_hopper(a, b, aux), right(a, b, aux))
+    assert torch.equal(prepare._relu2_mm_hopper(a, b), right(a, b))
+    assert prepare._GLUON_CHECKED == {(False, torch.float32), (True, torch.float32)} and prepare.RELU2_GLUON
+    assert capsys.readouterr().out == ""
+    wrong = lambda a, b, aux=None: right(a, b, aux) * 1.1
+    monkeypatch.setattr(prepare, "_GLUON_CHECKED", set())
+    monkeypatch.setattr(prepare, "_relu2_mm_gluon", wrong)
+    assert prepare._relu2_mm_hopper(a, b, aux) is None and prepare.RELU2_GLUON is False
+    out = capsys.readouterr().out
+    assert out.startswith("fused MLP: the Gluon kernel failed on triton") and "RuntimeError: relative error 1.00e-01" in out
+    assert out.strip().endswith("using the Triton kernels") and out.count("\n") == 1
+
+    def broken(a, b, aux=None):
+        raise AttributeError("module has no attribute 'async_copy_global_to_shared'")
+    monkeypatch.setattr(prepare, "RELU2_GLUON", True)
+    monkeypatch.setattr(prepare, "_relu2_mm_gluon", broken)
+    assert prepare._relu2_mm_hopper(a, b, aux) is None and prepare.RELU2_GLUON is False
+    assert "(AttributeError: module has no attribute 'async_copy_global_to_shared')" in capsys.readouterr().out
 
 
 ROPE_TRITON_SCRIPT = r"""

@@ -7,8 +7,8 @@ import prepare
 AUTO = prepare.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
 
 
-def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None):
-    h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "world_size": 1}
+def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None, gluon=False):
+    h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "gluon": gluon, "world_size": 1}
     if cc is not None:
         h.update(name=name, capability=cc, sm_count=sms, clock_mhz=clock)
     if fa3 is not None:
@@ -129,6 +129,10 @@ def test_fused_mlp_follows_dtype_and_triton():
     h100 = ROWS[1][1]
     p = prepare.resolve_platform(h100, proc(dtype="float16"))
     assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
+    p = prepare.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, gluon=True), AUTO)
+    assert p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA; backward matmul in Gluon (wgmma))"
+    p = prepare.resolve_platform(hw((10, 0), "NVIDIA B200", 148, 1965, gluon=True), AUTO)     # wgmma is Hopper's alone
+    assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 10.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
     p = prepare.resolve_platform(h100, proc(dtype="float32"))
     assert p["mlp"] == "plain"
     assert p["reasons"]["mlp"] == "plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here cuda CC 9.0, float32)"
