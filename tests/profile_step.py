@@ -98,7 +98,8 @@ def main():
 
 
 CATEGORIES = (("loss (triton)", ("_ce_fwd_kernel", "_ce_bwd_kernel")),
-              ("mlp (triton)", ("_relu2_mm_kernel",)),
+              ("mlp (triton/gluon)", ("_relu2_mm_kernel", "_relu2_mm_gluon_kernel")),
+              ("rotary+norm (triton)", ("_rope_norm_",)),
               ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa")),
               ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "matmul")),
               ("fused (triton)", ("triton",)))
@@ -119,7 +120,7 @@ def print_categories(prof, steps, top=25):
         by[cat] = by.get(cat, 0.0) + ms
     print(f"GPU kernel time per step: {total:.1f} ms")
     for cat, ms in sorted(by.items(), key=lambda kv: -kv[1]):
-        print(f"  {cat:16s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+        print(f"  {cat:20s} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
     for ms, n, name in sorted(kernels, reverse=True)[:top]:
         print(f"  {ms:7.2f} ms  x{n:<4d} {name[:150]}")
 
