@@ -1155,10 +1155,11 @@ def _relu2_mm_hopper(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | No
         if kind not in _GLUON_CHECKED:
             h = a[:128].float() @ b_kn.float()
             ref = torch.relu(h).square() if aux is None else h * 2 * aux[:128].float().sqrt()
-            err = ((c[:128].float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            err = ((c[:128].float() - ref).norm() / ref.norm()).item() if ref.any() else c[:128].float().norm().item()
             if not err < 2e-2:                      # NaN fails too
                 raise RuntimeError(f"relative error {err:.2e} against torch on the first rows")
-            _GLUON_CHECKED.add(kind)
+            if ref.any():                           # an all-zero product (c_proj starts at zero) proves little: check again
+                _GLUON_CHECKED.add(kind)
         return c
     except Exception as e:  # noqa: BLE001 - any failure of the experimental dialect means "use the Triton kernel"
         RELU2_GLUON = False

@@ -140,6 +140,9 @@ def test_gluon_kernel_checked_on_first_use(monkeypatch, capsys):
     monkeypatch.setattr(prepare, "RELU2_GLUON", True)
     monkeypatch.setattr(prepare, "_GLUON_CHECKED", set())
     monkeypatch.setattr(prepare, "_relu2_mm_gluon", right)
+    zero = torch.zeros_like(b)                          # the MLP's c_proj starts at zero: nothing to compare yet
+    assert torch.equal(prepare._relu2_mm_hopper(a, zero, aux), torch.zeros(300, 96))
+    assert prepare._GLUON_CHECKED == set() and prepare.RELU2_GLUON
     assert torch.equal(prepare._relu2_mm_hopper(a, b, aux), right(a, b, aux))
     assert torch.equal(prepare._relu2_mm_hopper(a, b), right(a, b))
     assert prepare._GLUON_CHECKED == {(False, torch.float32), (True, torch.float32)} and prepare.RELU2_GLUON
