@@ -208,8 +208,9 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * ve.to(v.dtype)
         cos, sin = cos_sin
         if self.fused_rope and q.is_cuda and torch.compiler.is_compiling() and prepare.triton is not None:
-            # the same math as two Triton row kernels whose backward starts from the normed q, k (kept for
-            # attention anyway) instead of a saved copy of the rotated ones (prepare.rope_norm)
+            # apply_rotary_emb then norm, as the two lines below, in two Triton row kernels whose backward starts
+            # from the normed q, k (kept for attention anyway) instead of a saved copy of the rotated ones
+            # (prepare.rope_norm). Another rotary or QK-norm: change the lines below and drop this branch.
             q, k = prepare.rope_norm(q, cos, sin).to(v.dtype), prepare.rope_norm(k, cos, sin).to(v.dtype)
         else:
             q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
