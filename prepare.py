@@ -887,7 +887,7 @@ def _rope_launch(x: torch.Tensor):
     B, T, H, D = x.shape
     assert D % 2 == 0 and (D & (D - 1)) == 0, "head_dim a power of two"
     rows = B * T * H
-    block = max(1, 4096 // D)                       # rows per program: 4096 elements
+    block = max(1, 4096 // D)                       # rows per program: 4096 elements (not tuned)
     return rows, (triton.cdiv(rows, block),), dict(D=D, ROWS=block, num_warps=4)
 
 
@@ -1156,7 +1156,7 @@ def _relu2_mm_hopper(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | No
             h = a[:128].float() @ b_kn.float()
             ref = torch.relu(h).square() if aux is None else h * 2 * aux[:128].float().sqrt()
             err = ((c[:128].float() - ref).norm() / ref.norm()).item() if ref.any() else c[:128].float().norm().item()
-            if not err < 2e-2:                      # NaN fails too
+            if not err < 2e-2:                      # bf16 outputs measure ~2e-3 (tests/bench_mlp.py); NaN fails too
                 raise RuntimeError(f"relative error {err:.2e} against torch on the first rows")
             if ref.any():                           # an all-zero product (c_proj starts at zero) proves little: check again
                 _GLUON_CHECKED.add(kind)
