@@ -1,11 +1,11 @@
-"""The experiment: a GPT trained for a fixed time budget, then scored by prepare.evaluate_bpb.
+"""The experiment: a GPT trained for a fixed time budget, then scored by the harness's evaluate_bpb.
 
     uv run train.py [--description "what this run changes"]
 
 Owned by the agent: edit freely (architecture, optimizer, loop). Hyperparameters live in
-model.json; the data, sequence length, budget and metric are fixed by ground.json and
-prepare.py. Every outcome (success, crash, interrupt) is recorded by the harness into
-results.tsv and sessions/ — this file only calls it.
+model.json; the data, sequence length, budget and metric are fixed by ground.json and the
+harness (harness/evaluate.py is the metric). Every outcome (success, crash, interrupt) is
+recorded by the harness into results.tsv and sessions/: this file only calls it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import prepare
-from prepare import Tokenizer, evaluate_bpb, make_dataloader
+from harness import settings
+from harness.attention import attention, prefer_cudnn_sdpa
+from harness.clock import StepClock
+from harness.config import ConfigError, fail, load_model
+from harness.distributed import all_reduce_gradients, broadcast_parameters, setup_distributed, shutdown
+from harness.evaluate import eval_rows, evaluate_bpb
+from harness.fused.relu2_mlp import relu2_mlp
+from harness.fused.rope_norm import rope_norm
+from harness.fused.softcap_loss import softcap_cross_entropy
+from harness.hardware import confirm_attention, get_platform, platform_lines
+from harness.record import start_run
+from harness.settings import describe_changes, effective_model
+from harness.dataloader import make_dataloader
+from harness.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------
 # Model
@@ -40,8 +52,10 @@ class GPTConfig:
     n_kv_head: int = 4
     n_embd: int = 512
     window_pattern: str = "SSSL"
-    attention: str = "sdpa"          # fa3 | cudnn | flex | sdpa | reference (PLATFORM decides)
-    mlp: str = "plain"               # triton (ReLU^2 fused into the matmuls, prepare.relu2_mlp) | plain (PLATFORM decides)
+    attention: str = "sdpa"          # fa3 | cudnn | flex | sdpa | reference (harness.attention; PLATFORM decides)
+    fused_mlp: bool = False          # ReLU^2 inside two Triton matmuls (harness.fused.relu2_mlp)
+    fused_rope: bool = False         # rotary + QK-norm as Triton kernels (harness.fused.rope_norm)
+    fused_loss: bool = False         # softcapped cross-entropy as Triton kernels (harness.fused.softcap_loss)
     embedding_dtype: str = "float32"
     rotary_dtype: str = "float32"
 
@@ -57,130 +71,11 @@ def has_ve(layer_idx, n_layer):
 
 def apply_rotary_emb(x, cos, sin):
     """Halves (x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin), written as x * cos + swap(x) * (sin, -sin)
-    on a (..., 2, D/2) view: upstream's arithmetic bit for bit, but without slices and cat the compiled
-    backward needs no zero-filled slice_scatter — 9 ms less per default step on an H200 (314.8 -> 305.6 ms,
-    tests/profile_step.py)."""
+    on a (..., 2, D/2) view: upstream's arithmetic bit for bit, but without slices and cat, so the
+    compiled backward needs no zero-filled slice_scatter (docs/PERFORMANCE.md, rotary row)."""
     halves = x.unflatten(-1, (2, -1))
     signed_sin = torch.stack([sin, -sin], -2)
     return (halves * cos.unsqueeze(-2) + halves.flip(-2) * signed_sin).flatten(-2)
-
-
-# ---------------------------------------------------------------------------
-# Attention backends: q, k, v are (B, T, H, D); key k is visible to query q iff 0 <= q - k <= window
-# ---------------------------------------------------------------------------
-
-def attention_reference(q, k, v, window):
-    """Plain softmax attention with an explicit mask (tests only: O(T^2) memory)."""
-    T = q.size(1)
-    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
-    scores = qf @ kf.transpose(-1, -2) / math.sqrt(q.size(-1))
-    pos = torch.arange(T, device=q.device)
-    diff = pos[:, None] - pos[None, :]
-    scores = scores.masked_fill(~((diff >= 0) & (diff <= window)), float("-inf"))
-    return (scores.softmax(-1) @ vf).transpose(1, 2).to(q.dtype)
-
-
-def _sdpa_local(q, k, v, window):
-    """Sliding window via SDPA on blocks of `window` queries against 2 x window keys:
-    memory O(T x window), no dense T x T mask. q, k, v are (B, H, T, D). The blocks are folded
-    into the head dimension: SDPA's fused kernels take 4-D inputs only (5-D runs the math path)."""
-    B, H, T, D = q.shape
-    C = window
-    nb = -(-T // C)
-    pad_end = nb * C - T
-    qb = F.pad(q, (0, 0, 0, pad_end)).reshape(B, H * nb, C, D)
-    kp = F.pad(k, (0, 0, C, pad_end))
-    vp = F.pad(v, (0, 0, C, pad_end))
-    kb = kp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)     # overlapping blocks: one copy
-    vb = vp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)
-    a = torch.arange(C, device=q.device)[:, None]
-    j = torch.arange(2 * C, device=q.device)[None, :]
-    band = (j >= a) & (j <= a + C)                     # 0 <= q - k <= window inside the block pair
-    first = band & (j >= C)                            # block 0: the front padding is not a key
-    mask = torch.stack([first] + [band] * (nb - 1)) if nb > 1 else first[None]
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.repeat(H, 1, 1)[None])
-    return out.view(B, H, nb * C, D)[:, :, :T]
-
-
-def attention_sdpa(q, k, v, window):
-    T = q.size(1)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    if window >= T - 1:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        y = _sdpa_local(q, k, v, window)
-    return y.transpose(1, 2)
-
-
-_BLOCK_MASKS: dict = {}
-_FLEX = None
-FLEX_KERNEL_OPTIONS = None        # e.g. {"BLOCK_M": 128}; None = PyTorch's defaults (fastest measured, bench_attention.py)
-
-
-def _flex_fn():
-    global _FLEX
-    if _FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-        _FLEX = torch.compile(flex_attention, dynamic=False) if prepare.get_platform()["compile"] or \
-            prepare.get_platform()["device"] == "cuda" else flex_attention
-    return _FLEX
-
-
-def flex_block_mask(T, window, device):
-    """Block masks are built once per (sequence length, window, device) and reused."""
-    key = (T, window, str(device))
-    if key not in _BLOCK_MASKS:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
-        _BLOCK_MASKS[key] = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
-    return _BLOCK_MASKS[key]
-
-
-def attention_flex(q, k, v, window):
-    T = q.size(1)
-    if window >= T - 1:            # full causal layer: SDPA (cuDNN on Hopper) beats flex, see prefer_cudnn_sdpa
-        return attention_sdpa(q, k, v, window)
-    bm = flex_block_mask(T, window, q.device)
-    y = _flex_fn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm,
-                   kernel_options=FLEX_KERNEL_OPTIONS)
-    return y.transpose(1, 2)
-
-
-def attention_fa3(q, k, v, window):
-    fa3, why = prepare.load_fa3(prepare.get_platform()["capability"])
-    assert fa3 is not None, f"fa3 selected but not loadable: {why}"
-    out = fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
-    return out[0] if isinstance(out, tuple) else out
-
-
-def attention_cudnn(q, k, v, window):
-    """Windowed layers on cuDNN's fused kernel through cudnn-frontend (prepare.cudnn_attention); full-causal
-    layers through SDPA, which reaches the same kernel."""
-    if window >= q.size(1) - 1:
-        return attention_sdpa(q, k, v, window)
-    return prepare.cudnn_attention(q, k, v, window)
-
-
-def prefer_cudnn_sdpa(platform) -> str:
-    """Full-causal layers go through SDPA; on Hopper+ cuDNN's kernel is the fastest one there
-    (H200, B128 H4 T2048 D128 bf16 fwd+bwd: cuDNN 4.8 ms, flash 7.6 ms, flex 6.9 ms —
-    tests/bench_attention.py). Set once, globally, before compilation."""
-    cc = platform["capability"]
-    if platform["device"] != "cuda" or not cc or cc[0] < 9 or not torch.backends.cudnn.is_available():
-        return "SDPA backend: PyTorch default order"
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    try:
-        sdpa_kernel(order, set_priority=True).__enter__()     # held for the whole run
-    except TypeError:                                          # torch without set_priority
-        return "SDPA backend: PyTorch default order (no priority API in this torch)"
-    return "SDPA backend: cuDNN first for full-context layers (Hopper+: fastest measured)"
-
-
-ATTENTION = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex, "fa3": attention_fa3,
-             "cudnn": attention_cudnn}
 
 
 class CausalSelfAttention(nn.Module):
@@ -194,8 +89,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.ve_gate_channels = 32
         self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
-        self.attend = ATTENTION[config.attention]
-        self.fused_rope = self.head_dim & (self.head_dim - 1) == 0          # prepare.rope_norm: power-of-two heads
+        self.backend = config.attention
+        self.fused_rope = config.fused_rope
 
     def forward(self, x, ve, cos_sin, window):
         B, T, C = x.size()
@@ -207,17 +102,16 @@ class CausalSelfAttention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.ve_gate_channels]))   # input-dependent, per head
             v = v + gate.unsqueeze(-1) * ve.to(v.dtype)
         cos, sin = cos_sin
-        if self.fused_rope and q.is_cuda and torch.compiler.is_compiling() and prepare.triton is not None:
-            # apply_rotary_emb then norm, as the two lines below, in two Triton row kernels whose backward starts
-            # from the normed q, k (kept for attention anyway) instead of a saved copy of the rotated ones
-            # (prepare.rope_norm). Another rotary or QK-norm: change the lines below and drop this branch.
-            q, k = prepare.rope_norm(q, cos, sin).to(v.dtype), prepare.rope_norm(k, cos, sin).to(v.dtype)
+        if self.fused_rope:
+            # the two lines below as two Triton kernels (harness.fused.rope_norm); another rotary or QK-norm:
+            # change those lines and drop this branch
+            q, k = rope_norm(q, cos, sin), rope_norm(k, cos, sin)
         else:
-            q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
-            q, k = norm(q).to(v.dtype), norm(k).to(v.dtype)                  # QK-norm
-        if self.n_kv_head < self.n_head:       # GQA: the backends here take as many k, v heads as q heads
+            q, k = norm(apply_rotary_emb(q, cos, sin)), norm(apply_rotary_emb(k, cos, sin))   # rotary, then QK-norm
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        if self.n_kv_head < self.n_head:       # GQA: the backends take as many k, v heads as q heads
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=2) for t in (k, v))
-        y = self.attend(q, k, v, window)
+        y = attention(q, k, v, window, self.backend)
         return self.c_proj(y.contiguous().view(B, T, -1))
 
 
@@ -226,14 +120,13 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
-        self.fused = config.mlp == "triton" and config.n_embd % 8 == 0       # TMA: rows of whole 16-byte units
+        self.fused = config.fused_mlp
 
     def forward(self, x):
-        if self.fused and torch.is_autocast_enabled(x.device.type):
-            # ReLU^2 only (another activation: change the line below and drop this branch); the same math with
-            # the activation inside the matmuls, so the (tokens, 4d) pre-activation is never stored
-            dt = torch.get_autocast_dtype(x.device.type)
-            return prepare.relu2_mlp(x.to(dt), self.c_fc.weight.to(dt), self.c_proj.weight.to(dt))
+        if self.fused:
+            # the line below with ReLU^2 inside the matmuls (harness.fused.relu2_mlp), so the (tokens, 4d)
+            # pre-activation is never stored; another activation: change that line and drop this branch
+            return relu2_mlp(x, self.c_fc.weight, self.c_proj.weight)
         return self.c_proj(F.relu(self.c_fc(x)).square())        # ReLU^2
 
 
@@ -353,37 +246,13 @@ class GPT(nn.Module):
         x = norm(x)
         logits = self.lm_head(x)
         softcap = 15
-        if targets is not None and reduction == "mean" and torch.compiler.is_compiling():
-            # compiled: one read of the logits each way; eager (CPU, MPS, Volta/Turing) keeps
-            # F.cross_entropy below, whose fused log_softmax makes fewer full-size temporaries
-            flat, flat_targets = logits.view(-1, logits.size(-1)), targets.view(-1)
-            if flat.is_cuda and prepare.triton is not None:       # Triton row kernels, hardware tanh
-                return prepare.softcap_cross_entropy_rows(flat, flat_targets, softcap).sum() / (flat_targets != -1).sum()
-            return softcap_cross_entropy(flat, flat_targets, softcap)
+        if self.config.fused_loss and targets is not None and reduction == "mean":
+            # the three lines below as two Triton kernels, one read of the logits each way (harness.fused.softcap_loss)
+            return softcap_cross_entropy(logits, targets, softcap)
         logits = softcap * torch.tanh(logits.float() / softcap)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1, reduction=reduction)
-
-
-def softcap_cross_entropy(logits, targets, softcap):
-    """Mean cross-entropy of z = softcap * tanh(logits / softcap) (float32 math) over targets != -1.
-
-    Written for speed at the default shapes (262k rows x 8192 logits per micro-step), in plain ops so
-    the compiled graph stays cacheable across runs (an autograd.Function here cost 13 s more start-up
-    on every repeated run): |z| <= softcap, so log-sum-exp needs no running max and the target logit
-    is a masked sum — the forward is one read of the 16-bit logits, and every gradient is pointwise,
-    so the backward is one pass that recomputes z from them instead of keeping a float32 copy;
-    tanh(u) = 2 sigmoid(2u) - 1 is one exp, where libdevice's tanh made the kernels compute-bound.
-    F.cross_entropy on float32 logits: ~9 ms per micro-step on an H200; this: ~7.5 (profile_step.py);
-    on CUDA with triton, prepare.softcap_cross_entropy_rows (same math, hardware tanh) is used instead."""
-    assert softcap <= 60, "exp(softcap) must not overflow float32 in the max-free log-sum-exp"
-    z = softcap * (2 * torch.sigmoid(logits.float() * (2 / softcap)) - 1)
-    onehot = targets[:, None] == torch.arange(logits.size(1), device=logits.device)
-    lse = z.exp().sum(-1).log()
-    z_target = torch.where(onehot, z, 0.0).sum(-1)
-    valid = targets != -1
-    return torch.where(valid, lse - z_target, 0.0).sum() / valid.sum()
 
 
 # ---------------------------------------------------------------------------
@@ -548,75 +417,34 @@ def weight_decay_at(progress, m):
 
 
 # ---------------------------------------------------------------------------
-# Setup: configs, platform, model, optimizer — each decision printed with its reason
+# Setup: the model's config from model.json and PLATFORM, decided once
 # ---------------------------------------------------------------------------
 
-def build_config(m, T, vocab_size, platform, attention=None, mlp=None):
+def build_config(m, T, vocab_size, platform):
+    """One dial (depth) -> width -> heads; attention backend and fused kernels from PLATFORM."""
     base_dim = m.depth * m.aspect_ratio
     model_dim = -(-base_dim // m.head_dim) * m.head_dim        # round up to a whole number of heads
     n_head = model_dim // m.head_dim
     assert model_dim % n_head == 0, f"model_dim {model_dim} must divide into {n_head} heads"
     return GPTConfig(sequence_len=T, vocab_size=vocab_size, n_layer=m.depth, n_head=n_head, n_kv_head=n_head,
-                     n_embd=model_dim, window_pattern=m.window_pattern, attention=attention or platform["attention"],
-                     mlp=mlp or platform["mlp"], embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
+                     n_embd=model_dim, window_pattern=m.window_pattern, attention=platform["attention"],
+                     fused_mlp=platform["mlp"] == "triton" and model_dim % 8 == 0,          # TMA: 16-byte rows
+                     fused_rope=platform["rope"] == "triton" and m.head_dim & (m.head_dim - 1) == 0,
+                     fused_loss=platform["loss"] == "triton",
+                     embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
+
+
+def print_step(lap, m, budget_left, flops_per_token, peak_flops):
+    tok_s = m.total_batch_size / lap.seconds
+    mfu = 100 * flops_per_token * tok_s / peak_flops if peak_flops else 0.0
+    print(f"\rstep {lap.step:05d} ({100 * lap.info['progress']:.1f}%) | loss: {lap.smooth_loss:.6f} | "
+          f"lrm: {lap.info['lrm']:.2f} | dt: {lap.seconds * 1000:.0f}ms | tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | "
+          f"epoch: {lap.info['epoch']} | remaining: {max(0, budget_left):.0f}s    ", end="", flush=True)
 
 
 # ---------------------------------------------------------------------------
-# Several processes (torchrun): data parallel, gradients all-reduced before the optimizer step
+# Main: set up, train for the budget, evaluate, record
 # ---------------------------------------------------------------------------
-
-def setup_distributed(device_type, world):
-    """(rank, world_size, local_rank, control group). One process: (0, 1, 0, None).
-    NCCL carries gradients; a gloo group agrees on step time and loss on the host, so the
-    ranks share one clock and one LR schedule without a GPU sync."""
-    if world == 1:
-        return 0, 1, 0, None
-    import torch.distributed as dist
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_type == "cuda":
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    control = dist.new_group(backend="gloo") if device_type == "cuda" else None
-    return rank, world, local, control
-
-
-def broadcast_parameters(model):
-    import torch.distributed as dist
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
-def all_reduce_gradients(model, world):
-    """Average the gradients over ranks: one flat all-reduce per dtype."""
-    import torch.distributed as dist
-    groups = {}
-    for p in model.parameters():
-        if p.grad is not None:
-            groups.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in groups.values():
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= world
-        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(f)
-
-
-def agree(values, world, group):
-    """Mean of a few host floats over ranks (identical on every rank afterwards)."""
-    if world == 1:
-        return values
-    import torch.distributed as dist
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, group=group)
-    return [v / world for v in t.tolist()]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
 
 def main():
     ap = argparse.ArgumentParser(description="Train the GPT for the time budget and record the run.")
@@ -624,13 +452,14 @@ def main():
     args = ap.parse_args()
     t_start = time.time()
 
-    s = prepare.settings()
+    # -- setup: settings, PLATFORM, processes, model, optimizer; every decision printed ----------
+    s = settings.current()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        m, changes = prepare.effective_model(prepare.load_model(), s, world)
-    except prepare.ConfigError as e:
-        prepare.fail(str(e))
-    P = prepare.get_platform()
+        m, changes = effective_model(load_model(), s, world)
+    except ConfigError as e:
+        fail(str(e))
+    P = get_platform()
     T, budget = s.max_seq_len, s.time_budget_s
     rank, world, local_rank, control = setup_distributed(P["device"], world)
     if rank != 0:
@@ -638,31 +467,25 @@ def main():
     tokenizer = Tokenizer.from_directory()
     device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
     config = build_config(m, T, tokenizer.get_vocab_size(), P)
-    fallback = prepare.confirm_cudnn_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
-                                               GPT._compute_window_sizes(config), device)
+    P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
+                                    GPT._compute_window_sizes(config), device)
     config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
-    run = prepare.start_run(tokenizer, m, changes, args.description, extra={"world_size": world}) if rank == 0 else None
+    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P) if rank == 0 else None
 
     torch.manual_seed(42)                      # the only seed; data order is fixed by the loader
     torch.set_float32_matmul_precision("high")
     dtype = getattr(torch, P["dtype"])
-    autocast = (torch.amp.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
-    if run:
-        print(f"run_id: {run.run_id}  commit: {run.git['commit']}{' (dirty)' if run.git['dirty'] else ''}")
-        print("versions: " + ", ".join(f"{k} {v}" for k, v in run.record["versions"].items() if v))
+    autocast = torch.amp.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     if world > 1:
         print(f"distributed: {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
               f"each {m.device_batch_size} rows per micro-step")
     print(f"mode: {s.mode} ({s.mode_reason}); T={T}, budget={budget:g}s, eval_tokens={s.eval_tokens:,}")
-    for line in prepare.describe_changes(changes, s, world):
+    for line in describe_changes(changes, s, world):
         print(f"  {line}")
-    print("\n".join(prepare.platform_lines(P)))
-    if fallback:
-        print(f"!! {fallback}")
+    print("\n".join(platform_lines(P) + [f"!! {fallback}"] * bool(fallback)))
     if P["attention"] in ("cudnn", "flex", "sdpa"):
         print(f"  {prefer_cudnn_sdpa(P)}")
-    prepare.eval_rows(tokenizer, s, verbose=True)
+    eval_rows(tokenizer, s, verbose=True)
 
     print(f"model config: {config}")
     with torch.device("meta"):
@@ -674,9 +497,7 @@ def main():
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.estimate_flops()
     print(f"parameters: {num_params:,}  FLOPs/token: {flops_per_token:.3e}")
-
-    tokens_per_fwdbwd = m.device_batch_size * T * world
-    grad_accum = m.total_batch_size // tokens_per_fwdbwd
+    grad_accum = m.total_batch_size // (m.device_batch_size * T * world)
     print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {T} x {grad_accum} accumulation steps"
           + (f" x {world} processes" if world > 1 else ""))
     optimizer = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
@@ -684,54 +505,15 @@ def main():
     if P["compile"]:
         optimizer.compile_steps()
         model = torch.compile(model, dynamic=False)
-
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank, world_size=world)
     x, y, epoch = next(train_loader)
 
-    # -- training loop: the clock starts after `excluded_steps` (compilation, warmup) --------
-    # No host sync inside a step: step n's loss and end time are read while step n+1 is
-    # already queued on the GPU, so the GPU never idles waiting for Python. (With cuDNN for
-    # the full-context layers this took the H200 step from 333 to 320 ms; not measured apart.)
-    excluded = s.excluded_steps
-    t_train_start = time.time()
-    # On CUDA a step's time is read on the GPU's clock, between the end events of consecutive
-    # steps: the host reads step n only after queueing step n+1, and when that queueing runs
-    # late its reading lands late too (one step reads long, the next short, the pair sums to
-    # two steps). Idle gaps on the GPU (a loader stall, a slow host) still count in full.
-    state = {"smooth": 0.0, "total_time": 0.0, "t_last": None, "last_event": None, "skipped": 0}
-    loader_wait = 0.0                          # host seconds blocked on the loader (0 when prefetch keeps up)
-
-    def retire(step_i, end_event, train_loss, lrm, progress, epoch):
-        """Wait for step `step_i` to finish on the device, then account, check and print it."""
-        if end_event is not None:
-            end_event.synchronize()
-        else:
-            sync(device)
-        now = time.time()
-        if end_event is not None and state["last_event"] is not None:
-            dt = state["last_event"].elapsed_time(end_event) / 1000
-        else:
-            dt = now - (state["t_last"] if state["t_last"] is not None else t_train_start)
-        state["t_last"], state["last_event"] = now, end_event
-        dt, loss_f = agree([dt, train_loss.item()], world, control)     # one clock, one verdict
-        if not math.isfinite(loss_f) or loss_f > 100:
-            if run:
-                run.crash(f"diverged: train loss {loss_f} at step {step_i}",
-                          {"num_steps": step_i, "training_seconds": state["total_time"]})
-            sys.exit(1)
-        if step_i >= excluded:
-            state["total_time"] += dt
-        state["smooth"] = 0.9 * state["smooth"] + 0.1 * loss_f
-        debiased = state["smooth"] / (1 - 0.9 ** (step_i + 1))
-        tok_s = m.total_batch_size / dt
-        mfu = 100 * flops_per_token * tok_s / (P["peak_flops"] * world) if P["peak_flops"] else 0.0
-        print(f"\rstep {step_i:05d} ({100 * progress:.1f}%) | loss: {debiased:.6f} | lrm: {lrm:.2f} | dt: {dt * 1000:.0f}ms | "
-              f"tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | epoch: {epoch} | "
-              f"remaining: {max(0, budget - state['total_time']):.0f}s    ", end="", flush=True)
-
-    step, pending = 0, None
+    # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---
+    clock = StepClock(device, budget, s.excluded_steps, world, control)
+    step, skipped, loader_wait = 0, 0, 0.0     # loader_wait: host seconds blocked on the loader
+    clock.start()
     while True:
-        progress = min(state["total_time"] / budget, 1.0)
+        progress = clock.progress
         lrm = lr_multiplier(progress, m)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lrm
@@ -746,43 +528,39 @@ def main():
             (scaler.scale(loss) if scaler else loss).backward()
             t_wait = time.perf_counter()
             x, y, epoch = next(train_loader)
-            if step >= excluded:
+            if step >= s.excluded_steps:
                 loader_wait += time.perf_counter() - t_wait
-        if world > 1:
-            all_reduce_gradients(model, world)
+        all_reduce_gradients(model, world)
         if scaler:
             scaler.unscale_(optimizer)
             scale_before = scaler.get_scale()
             scaler.step(optimizer)             # skipped when the unscaled grads hold inf/nan
             scaler.update()
-            state["skipped"] += scaler.get_scale() < scale_before
+            skipped += scaler.get_scale() < scale_before
         else:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        end_event = None
-        if device.type == "cuda":
-            end_event = torch.cuda.Event(enable_timing=True)
-            end_event.record()
-        if pending is not None:
-            retire(*pending)
-        pending = (step, end_event, train_loss, lrm, progress, epoch)
+        for lap in clock.lap(step, train_loss, lrm=lrm, progress=progress, epoch=epoch):
+            if not math.isfinite(lap.loss) or lap.loss > 100:           # fail fast, with the reason
+                if run:
+                    run.crash(f"diverged: train loss {lap.loss} at step {lap.step}",
+                              {"num_steps": lap.step, "training_seconds": clock.training_seconds})
+                sys.exit(1)
+            print_step(lap, m, budget - clock.training_seconds, flops_per_token, P["peak_flops"] * world)
         if step == 0:
-            retire(*pending)                   # the compile step: time it alone
-            pending = None
             gc.collect()
-            gc.freeze()                       # ~500 ms GC pauses otherwise (upstream)
+            gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
             gc.disable()
         step += 1
-        if (step > excluded and state["total_time"] >= budget) or step == s.max_steps:
+        if clock.spent(step) or step == s.max_steps:
             break
-    if pending is not None:
-        retire(*pending)
+    for lap in clock.drain():
+        print_step(lap, m, budget - clock.training_seconds, flops_per_token, P["peak_flops"] * world)
     print()
     gc.enable()
-    total_time, skipped = state["total_time"], state["skipped"]
-    timed_steps = step - excluded
+    total_time, timed_steps = clock.training_seconds, step - s.excluded_steps
 
-    # -- final evaluation (prepare.evaluate_bpb: the fixed metric) ------------------------------
+    # -- final evaluation (harness/evaluate.py: the fixed metric) -------------------------------
     model.eval()
     t_eval = time.time()
     with autocast:
@@ -794,40 +572,28 @@ def main():
         sys.exit(1)
 
     peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if device.type == "cuda" else 0.0
-    mfu = (100 * flops_per_token * m.total_batch_size * timed_steps / total_time / (P["peak_flops"] * world)
-           if total_time > 0 and P["peak_flops"] else 0.0)
+    tok_s = m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0
+    mfu = 100 * flops_per_token * tok_s / (P["peak_flops"] * world) if P["peak_flops"] else 0.0
     metrics = {"val_bpb": val_bpb, "training_seconds": total_time, "total_seconds": time.time() - t_start,
-               "startup_seconds": t_train_start - t_start, "eval_seconds": eval_seconds, "peak_vram_mb": peak_vram_mb,
+               "startup_seconds": clock.started - t_start, "eval_seconds": eval_seconds, "peak_vram_mb": peak_vram_mb,
                "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
                "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
-               "tokens_per_second": m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0,
-               "world_size": world, "loader_wait_seconds": loader_wait}
-    if world > 1:
-        import torch.distributed as dist
-        dist.destroy_process_group()
-        if rank != 0:
-            return
+               "tokens_per_second": tok_s, "world_size": world, "loader_wait_seconds": loader_wait}
+    shutdown(world)
+    if rank != 0:
+        return
     row = run.finish(metrics)
 
-    # -- summary: a public API (fixed keys, `key: value`) --------------------------------------
+    # -- summary: a public API (fixed keys, `key: value`) ---------------------------------------
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"training_seconds: {total_time:.1f}")
-    print(f"total_seconds:    {time.time() - t_start:.1f}")
-    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
-    print(f"mfu_percent:      {mfu:.2f}")
-    print(f"total_tokens_M:   {step * m.total_batch_size / 1e6:.1f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
-    print(f"depth:            {m.depth}")
-    print(f"tokens_per_sec:   {metrics['tokens_per_second']:.0f}")
-    print(f"run_id:           {run.run_id}")
-    print(f"status:           {row['status']}")
-    print(f"mode:             {s.mode}")
-    print(f"device:           {P['device']}")
-    print(f"dtype:            {P['dtype']}")
-    print(f"attention:        {P['attention']}")
-    print(f"world_size:       {world}")
+    for key, value in (("val_bpb", f"{val_bpb:.6f}"), ("training_seconds", f"{total_time:.1f}"),
+                       ("total_seconds", f"{time.time() - t_start:.1f}"), ("peak_vram_mb", f"{peak_vram_mb:.1f}"),
+                       ("mfu_percent", f"{mfu:.2f}"), ("total_tokens_M", f"{step * m.total_batch_size / 1e6:.1f}"),
+                       ("num_steps", step), ("num_params_M", f"{num_params / 1e6:.1f}"), ("depth", m.depth),
+                       ("tokens_per_sec", f"{tok_s:.0f}"), ("run_id", run.run_id), ("status", row["status"]),
+                       ("mode", s.mode), ("device", P["device"]), ("dtype", P["dtype"]),
+                       ("attention", P["attention"]), ("world_size", world)):
+        print(f"{key + ':':<18}{value}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""Attention: one call over several backends (cuDNN, FA3, FlexAttention, SDPA, a reference), chosen by PLATFORM.
+
+    uv run pytest tests/test_model.py -k backend      # every backend against the reference, windows included
+
+q, k, v are (B, T, H, D) with as many k, v heads as q heads; key j is visible to query i iff
+0 <= i - j <= window. A window of T - 1 or more is full causal attention. Sliding windows never
+build a dense T x T mask: cuDNN and FA3 take a band, flex a block mask, SDPA blocks of the window.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from harness.fused.cudnn_attention import cudnn_attention
+from harness.hardware import load_fa3
+
+FLEX_KERNEL_OPTIONS = None        # e.g. {"BLOCK_M": 128}; None = PyTorch's defaults (fastest, tests/bench/bench_attention.py)
+
+
+def attention(q, k, v, window: int, backend: str):
+    """Causal attention over keys i - window <= j <= i with the named backend (PLATFORM's `attention`)."""
+    return BACKENDS[backend](q, k, v, window)
+
+
+# ---------------------------------------------------------------------------
+# The reference and SDPA (every device)
+# ---------------------------------------------------------------------------
+
+def attention_reference(q, k, v, window):
+    """Plain softmax attention with an explicit mask (tests only: O(T^2) memory)."""
+    T = q.size(1)
+    qf, kf, vf = (t.transpose(1, 2).float() for t in (q, k, v))
+    scores = qf @ kf.transpose(-1, -2) / math.sqrt(q.size(-1))
+    pos = torch.arange(T, device=q.device)
+    diff = pos[:, None] - pos[None, :]
+    scores = scores.masked_fill(~((diff >= 0) & (diff <= window)), float("-inf"))
+    return (scores.softmax(-1) @ vf).transpose(1, 2).to(q.dtype)
+
+
+def _sdpa_local(q, k, v, window):
+    """Sliding window via SDPA on blocks of `window` queries against 2 x window keys:
+    memory O(T x window), no dense T x T mask. q, k, v are (B, H, T, D). The blocks are folded
+    into the head dimension: SDPA's fused kernels take 4-D inputs only (5-D runs the math path)."""
+    B, H, T, D = q.shape
+    C = window
+    nb = -(-T // C)
+    pad_end = nb * C - T
+    qb = F.pad(q, (0, 0, 0, pad_end)).reshape(B, H * nb, C, D)
+    kp = F.pad(k, (0, 0, C, pad_end))
+    vp = F.pad(v, (0, 0, C, pad_end))
+    kb = kp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)     # overlapping blocks: one copy
+    vb = vp.unfold(2, 2 * C, C).transpose(-1, -2).reshape(B, H * nb, 2 * C, D)
+    a = torch.arange(C, device=q.device)[:, None]
+    j = torch.arange(2 * C, device=q.device)[None, :]
+    band = (j >= a) & (j <= a + C)                     # 0 <= q - k <= window inside the block pair
+    first = band & (j >= C)                            # block 0: the front padding is not a key
+    mask = torch.stack([first] + [band] * (nb - 1)) if nb > 1 else first[None]
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.repeat(H, 1, 1)[None])
+    return out.view(B, H, nb * C, D)[:, :, :T]
+
+
+def attention_sdpa(q, k, v, window):
+    T = q.size(1)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if window >= T - 1:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        y = _sdpa_local(q, k, v, window)
+    return y.transpose(1, 2)
+
+
+def prefer_cudnn_sdpa(platform: dict) -> str:
+    """Full-causal layers go through SDPA; on Hopper+ cuDNN's kernel is the fastest one there
+    (docs/PERFORMANCE.md, attention rows). Set once, for the whole process, before compilation;
+    returns the line to print."""
+    cc = platform["capability"]
+    if platform["device"] != "cuda" or not cc or cc[0] < 9 or not torch.backends.cudnn.is_available():
+        return "SDPA backend: PyTorch default order"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        sdpa_kernel(order, set_priority=True).__enter__()     # held for the whole run
+    except TypeError:                                          # torch without set_priority
+        return "SDPA backend: PyTorch default order (no priority API in this torch)"
+    return "SDPA backend: cuDNN first for full-context layers (Hopper+: fastest measured)"
+
+
+# ---------------------------------------------------------------------------
+# FlexAttention (CUDA with triton; eager on the CPU for tests)
+# ---------------------------------------------------------------------------
+
+@functools.cache
+def _flex_fn(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+@functools.cache
+def flex_block_mask(T: int, window: int, device: str):
+    """Block masks are built once per (sequence length, window, device) and reused."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+def attention_flex(q, k, v, window):
+    T = q.size(1)
+    if window >= T - 1:            # full causal layer: SDPA (cuDNN on Hopper) beats flex, see prefer_cudnn_sdpa
+        return attention_sdpa(q, k, v, window)
+    bm = flex_block_mask(T, window, str(q.device))
+    y = _flex_fn(q.is_cuda)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm,
+                            kernel_options=FLEX_KERNEL_OPTIONS)
+    return y.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------
+# FA3 (Hopper, through `kernels` when loadable) and cuDNN (through cudnn-frontend)
+# ---------------------------------------------------------------------------
+
+def attention_fa3(q, k, v, window):
+    fa3, why = load_fa3(torch.cuda.get_device_capability(q.device))
+    assert fa3 is not None, f"fa3 selected but not loadable: {why}"
+    out = fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def attention_cudnn(q, k, v, window):
+    """Windowed layers on cuDNN's fused kernel (harness.fused.cudnn_attention); full-causal layers through SDPA,
+    which reaches the same kernel."""
+    if window >= q.size(1) - 1:
+        return attention_sdpa(q, k, v, window)
+    return cudnn_attention(q, k, v, window)
+
+
+BACKENDS = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex, "fa3": attention_fa3,
+            "cudnn": attention_cudnn}

@@ -1,0 +1,90 @@
+"""The command line behind `uv run prepare.py`: prepare data + tokenizer, check configs, maintain the ledger.
+
+    uv run prepare.py [--source auto|climbmix|local|builtin] [--num-shards N] [--download-workers N]
+    uv run prepare.py --check | --memory | --record-crash sessions/<run_id>.log
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from harness import settings
+from harness.config import ConfigError, ModelConfig, fail, ground_path, load_model, model_path
+from harness.evaluate import eval_rows
+from harness.hardware import get_platform, platform_lines
+from harness.ledger import ledger_paths
+from harness.memory import regenerate_memory
+from harness.record import record_crash_from_log
+from harness.settings import Settings, describe_changes, effective_model
+from harness.sources import prepare_data
+from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
+
+def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
+    s = settings.current()
+    try:
+        model, changes = effective_model(load_model(), s)
+    except ConfigError as e:
+        fail(str(e))
+    p = get_platform()
+    if verbose:
+        print(f"ground.json: ok ({ground_path()})")
+        print(f"model.json:  ok ({model_path()})")
+        print(f"mode: {s.mode} ({s.mode_reason})")
+        print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "
+              f"excluded_steps {s.excluded_steps}")
+        for line in describe_changes(changes, s):
+            print(f"  {line}")
+        print("\n".join(platform_lines(p)))
+    return s, model, changes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Prepare data and tokenizer; validate configs; maintain the ledger.")
+    ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin"), help="override ground.json data.source")
+    ap.add_argument("--num-shards", type=int, help="ClimbMix train shards to download (ground.json data.num_train_shards)")
+    ap.add_argument("--download-workers", type=int, help="parallel downloads (ground.json data.download_workers)")
+    ap.add_argument("--check", action="store_true", help="validate ground.json and model.json, print mode and PLATFORM")
+    ap.add_argument("--memory", action="store_true", help="regenerate sessions/memory.md from the ledger")
+    ap.add_argument("--record-crash", metavar="LOG", help="record a killed run (sessions/<run_id>.log) as a crash")
+    args = ap.parse_args(argv)
+    for name in ("num_shards", "download_workers"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            fail(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
+    s = settings.current()
+    try:
+        if args.check:
+            check()
+            return 0
+        if args.memory:
+            print(f"memory: {regenerate_memory(s)}")
+            return 0
+        if args.record_crash:
+            row = record_crash_from_log(Path(args.record_crash), s)
+            print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
+            return 0
+        t0 = time.time()
+        print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")
+        manifest = prepare_data(s, args.source, args.num_shards, args.download_workers)
+        train_tokenizer(s, manifest)
+        tok = Tokenizer.from_directory()
+        ntok = 0
+        for path in manifest["train"] + [manifest["val"]]:
+            tokens, _ = tokenize_file(s, tok, path)
+            ntok += len(tokens)
+        print(f"tokens: {ntok:,} cached under {s.cache_dir / 'tokens' / tok.fingerprint()}")
+        eval_rows(tok, s, verbose=True)
+        print(f"done in {time.time() - t0:.1f}s. Next: uv run train.py")
+        return 0
+    except ConfigError as e:
+        fail(str(e))
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

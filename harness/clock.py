@@ -1,0 +1,95 @@
+"""The training clock: step times for the budget, read without a host sync inside a step.
+
+    uv run pytest tests/test_train.py -k clock
+
+The budget counts training steps only: the first `excluded_steps` (compilation, warm-up) are
+timed and printed but not counted. On CUDA a step's time is read on the GPU's clock, between the
+end events of consecutive steps, one step late: the host reads step n after queueing step n+1, so
+the GPU never idles waiting for Python, and a host that runs late does not shift time from one
+step to the next. Idle gaps on the GPU (a loader stall, a slow host) still count in full. Other
+devices run a step to its end before the host goes on (MPS is synchronized), so each step is read
+at once, on the host's clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.distributed import agree
+
+LOSS_SMOOTHING = 0.9           # EMA of the printed train loss (debiased), as upstream
+
+
+@dataclass
+class Lap:
+    """One finished step: its time, its loss (mean over ranks), the smoothed loss, and what the loop attached."""
+    step: int
+    seconds: float
+    loss: float
+    smooth_loss: float
+    info: dict = field(default_factory=dict)
+
+
+class StepClock:
+    def __init__(self, device: torch.device, budget_s: float, excluded_steps: int, world: int = 1, group=None):
+        self.device, self.budget_s, self.excluded_steps = device, budget_s, excluded_steps
+        self.world, self.group = world, group
+        self.training_seconds = 0.0            # counted steps only: what the budget bounds
+        self._pending = None                   # (step, end event, loss, info) of a step not read yet
+        self._last_event = None
+        self._t_last = self.started = time.time()
+        self._ema = 0.0
+
+    def start(self) -> None:
+        """The clock starts now (call just before step 0)."""
+        self._t_last = self.started = time.time()
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the budget spent, in [0, 1]: what the LR schedule reads."""
+        return min(self.training_seconds / self.budget_s, 1.0)
+
+    def spent(self, steps_done: int) -> bool:
+        """True once the warm-up is over and the counted steps have used the budget."""
+        return steps_done > self.excluded_steps and self.training_seconds >= self.budget_s
+
+    def lap(self, step: int, loss: torch.Tensor, **info) -> list[Lap]:
+        """Step `step` is queued (its loss a device tensor): returns the steps finished now, in order.
+        Step 0 (compilation) is read at once, so its time is its own."""
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        laps = [self._read(*self._pending)] if self._pending is not None else []
+        self._pending = None
+        if event is None or step == 0:
+            laps.append(self._read(step, event, loss, info))
+        else:
+            self._pending = (step, event, loss, info)
+        return laps
+
+    def drain(self) -> list[Lap]:
+        """The last step, still unread (call after the loop)."""
+        laps = [self._read(*self._pending)] if self._pending is not None else []
+        self._pending = None
+        return laps
+
+    def _read(self, step, event, loss, info) -> Lap:
+        if event is not None:
+            event.synchronize()
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+        now = time.time()
+        if event is not None and self._last_event is not None:
+            dt = self._last_event.elapsed_time(event) / 1000
+        else:
+            dt = now - self._t_last
+        self._t_last, self._last_event = now, event
+        dt, loss_f = agree([dt, loss.item()], self.world, self.group)     # one clock, one verdict
+        if step >= self.excluded_steps:
+            self.training_seconds += dt
+        self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * loss_f
+        return Lap(step, dt, loss_f, self._ema / (1 - LOSS_SMOOTHING ** (step + 1)), info)

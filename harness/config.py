@@ -1,0 +1,254 @@
+"""Config: ground.json and model.json loaded into frozen, typed objects; one error type.
+
+    uv run prepare.py --check        # validates both files (exit 2 with one line on bad input)
+
+Every field carries its check; an unknown key, a wrong type or an out-of-range value raises
+ConfigError with one line naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------
+# Where the configs live
+# ---------------------------------------------------------------------------
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+def ground_path() -> Path:
+    """ground.json beside prepare.py, unless AUTORESEARCH_GROUND names another (tests, shared setups)."""
+    return Path(os.environ.get("AUTORESEARCH_GROUND", REPO_DIR / "ground.json"))
+
+
+def model_path() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_MODEL", REPO_DIR / "model.json"))
+
+
+# ---------------------------------------------------------------------------
+# Errors: one type, one line, exit code 2
+# ---------------------------------------------------------------------------
+
+class ConfigError(Exception):
+    """Bad input (config, data, ledger). The message is one line naming the file and key."""
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit 2. Used at the CLI/import boundary only."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------
+# Config schema: frozen dataclasses, every field carries its check
+# ---------------------------------------------------------------------------
+
+_REQUIRED = object()      # marks a config key without a default
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: str                      # int | num | str | bool | choice | pair | object | auto_*
+    expect: str                    # what a good value looks like, for the error line
+    check: Any = None              # extra predicate on the typed value
+    choices: tuple = ()
+    default: Any = _REQUIRED
+
+
+def _f(kind, expect, check=None, choices=(), default=_REQUIRED):
+    return field(metadata={"spec": Spec(kind, expect, check, tuple(choices), default)})
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and (v & (v - 1)) == 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _f("choice", "one of auto, climbmix, local, builtin", choices=("auto", "climbmix", "local", "builtin"))
+    cache_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
+    climbmix_url: str = _f("str", "an http(s) URL", check=lambda v: v.startswith(("http://", "https://")))
+    num_train_shards: int = _f("int", "an integer >= 1", check=lambda v: v >= 1)
+    val_shard: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
+    download_workers: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
+    probe_timeout_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
+    local_dir: str = _f("str", "a folder path (or \"\" when not using source local)")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = _f("int", "an integer between 256 and 65536", check=lambda v: 256 <= v <= 65536)
+    split_pattern: str = _f("str", "a non-empty regex", check=lambda v: v != "")
+    num_reserved_tokens: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
+    bos_token: str = _f("str", "one of the reserved tokens <|reserved_N|>", check=lambda v: re.fullmatch(r"<\|reserved_\d+\|>", v) is not None)
+    max_train_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
+    doc_cap_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    max_seq_len: int = _f("int", "a power of two between 16 and 65536", check=lambda v: _is_pow2(v) and 16 <= v <= 65536)
+    time_budget_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
+    eval_tokens: int = _f("int", "a positive integer", check=lambda v: v > 0)
+    excluded_steps: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
+    max_steps: int = _f("int", "an integer >= 0 (0 = no cap)", check=lambda v: v >= 0, default=0)
+    model_caps: dict = _f("object", "an object of model.json integer keys -> caps", default={})
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    device: str = _f("choice", "one of auto, cuda, cpu, mps", choices=("auto", "cuda", "cpu", "mps"))
+    dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16", "float32"))
+    compile: Any = _f("auto_bool", "\"auto\", true or false")
+    attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex", "sdpa"))
+    peak_flops: Any = _f("auto_num", "\"auto\" or a positive number of FLOP/s")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    results: str = _f("str", "a file path", check=lambda v: v.strip() != "")
+    sessions_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
+
+
+@dataclass(frozen=True)
+class GroundConfig:
+    mode: str = _f("choice", "one of auto, train, test", choices=("auto", "train", "test"))
+    data: DataConfig = None
+    tokenizer: TokenizerConfig = None
+    train: ProfileConfig = None
+    test: ProfileConfig = None
+    processor: ProcessorConfig = None
+    ledger: LedgerConfig = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = _f("int", "an integer between 1 and 256", check=lambda v: 1 <= v <= 256)
+    aspect_ratio: int = _f("int", "a positive integer", check=lambda v: v >= 1)
+    head_dim: int = _f("int", "an even integer between 8 and 512", check=lambda v: 8 <= v <= 512 and v % 2 == 0)
+    window_pattern: str = _f("str", "a non-empty string of S and L", check=lambda v: re.fullmatch(r"[SL]+", v) is not None)
+    total_batch_size: int = _f("int", "a power of two (tokens per optimizer step)", check=_is_pow2)
+    device_batch_size: int = _f("int", "a power of two (rows per forward pass)", check=_is_pow2)
+    embedding_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
+    unembedding_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
+    matrix_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
+    scalar_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
+    weight_decay: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
+    adam_betas: tuple = _f("pair", "a list of two numbers in [0, 1)", check=lambda v: all(0 <= b < 1 for b in v))
+    warmup_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
+    warmdown_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
+    final_lr_frac: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
+    extra: dict = _f("object", "an object of agent-defined scalars (read by train.py)", default={})
+
+
+MODEL_INT_KEYS = ("depth", "aspect_ratio", "head_dim", "total_batch_size", "device_batch_size")
+
+
+def _typed(spec: Spec, value: Any):
+    """Return the value converted to the spec's type, or None when the type is wrong."""
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec.kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if spec.kind == "num":
+        return float(value) if is_num and math.isfinite(value) else None
+    if spec.kind in ("str", "choice"):
+        return value if isinstance(value, str) else None
+    if spec.kind == "auto_bool":
+        return value if value == "auto" or isinstance(value, bool) else None
+    if spec.kind == "auto_num":
+        return value if value == "auto" or (is_num and value > 0) else None
+    if spec.kind == "pair":
+        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
+        return tuple(float(b) for b in value) if ok else None
+    if spec.kind == "object":
+        return dict(value) if isinstance(value, dict) else None
+    raise AssertionError(f"unknown spec kind {spec.kind}")
+
+
+def _build(cls, raw: Any, fname: str, prefix: str = ""):
+    """Validate `raw` against dataclass `cls` and build the frozen object (raises ConfigError)."""
+    where = prefix.rstrip(".") or "(top level)"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{fname}: key '{where}': expected an object, got {json.dumps(raw)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{fname}: unknown key '{prefix}{key}' (expected one of: {', '.join(names)})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name in _NESTED.get(cls.__name__, {}):
+            sub = _NESTED[cls.__name__][f.name]
+            if f.name not in raw:
+                raise ConfigError(f"{fname}: missing key '{key}' (an object)")
+            values[f.name] = _build(sub, raw[f.name], fname, key + ".")
+            continue
+        spec: Spec = f.metadata["spec"]
+        if f.name not in raw:
+            if spec.default is not _REQUIRED:
+                values[f.name] = spec.default
+                continue
+            raise ConfigError(f"{fname}: missing key '{key}' ({spec.expect})")
+        value = _typed(spec, raw[f.name])
+        bad = value is None
+        if not bad and spec.kind == "choice":
+            bad = value not in spec.choices
+        if not bad and spec.check is not None:
+            bad = not spec.check(value)
+        if bad:
+            raise ConfigError(f"{fname}: key '{key}': expected {spec.expect}, got {json.dumps(raw[f.name])}")
+        values[f.name] = value
+    return cls(**values)
+
+
+_NESTED = {
+    "GroundConfig": {"data": DataConfig, "tokenizer": TokenizerConfig, "train": ProfileConfig,
+                     "test": ProfileConfig, "processor": ProcessorConfig, "ledger": LedgerConfig},
+}
+
+
+def _read_json(path: Path) -> Any:
+    fname = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{fname}: file not found at {path}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{fname}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def load_ground(path: Path | None = None) -> GroundConfig:
+    path = Path(path or ground_path())
+    cfg = _build(GroundConfig, _read_json(path), path.name)
+    for name in ("train", "test"):
+        for key, cap in getattr(cfg, name).model_caps.items():
+            if key not in MODEL_INT_KEYS:
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected one of {', '.join(MODEL_INT_KEYS)}")
+            if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got {json.dumps(cap)}")
+    bos_index = int(re.fullmatch(r"<\|reserved_(\d+)\|>", cfg.tokenizer.bos_token).group(1))
+    if bos_index >= cfg.tokenizer.num_reserved_tokens:
+        raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of <|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got {json.dumps(cfg.tokenizer.bos_token)}")
+    if cfg.data.source == "local" and not cfg.data.local_dir:
+        raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got \"\"")
+    return cfg
+
+
+def load_model(path: Path | None = None) -> ModelConfig:
+    path = Path(path or model_path())
+    cfg = _build(ModelConfig, _read_json(path), path.name)
+    for key, value in cfg.extra.items():
+        if not isinstance(value, (int, float, str, bool)) and value is not None:
+            raise ConfigError(f"{path.name}: key 'extra.{key}': expected a number, string, bool or null, got {json.dumps(value)}")
+    return cfg

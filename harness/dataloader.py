@@ -1,0 +1,173 @@
+"""Dataloader: BOS-aligned best-fit packing into rows of T + 1 tokens, prefetched off the critical path.
+
+    uv run python tests/bench/bench_loader.py       # packing rate on one CPU core
+
+Every row starts at a document start (BOS); the largest buffered document that fits goes next,
+and when none fits the shortest is cropped to fill the row (upstream's rule: 100% of each row is
+tokens, never padding). A background thread packs into pinned buffers; the copy to the GPU is async.
+"""
+
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from harness import settings
+from harness.config import ConfigError, fail
+from harness.hardware import get_platform
+from harness.settings import Settings
+from harness.sources import load_manifest
+from harness.tokenizer import Tokenizer, tokenize_file
+
+LOADER_BUFFER_DOCS = 1000           # best-fit candidates (upstream's buffer_size)
+LOADER_PREFETCH_BATCHES = 3         # packed batches kept ready by the background thread
+
+# ---------------------------------------------------------------------------
+# Best-fit packing
+# ---------------------------------------------------------------------------
+
+class BestFitPacker:
+    """Fills rows of `capacity` tokens from a document stream. Each row starts at a document
+    start (BOS); the largest buffered document that fits goes next; when none fits, the
+    shortest is cropped to fill the row (its remainder is dropped, as upstream). A finite
+    stream raises EOFError once the buffer cannot fill a row."""
+
+    def __init__(self, docs: Iterator[tuple[np.ndarray, int]], capacity: int, buffer_size: int = LOADER_BUFFER_DOCS):
+        self.docs, self.capacity, self.buffer_size = docs, capacity, buffer_size
+        self.lens: list[int] = []     # ascending
+        self.buf: list[np.ndarray] = []
+        self.epoch = 1
+        self.exhausted = False
+
+    def _fill(self):
+        while not self.exhausted and len(self.lens) < self.buffer_size:
+            try:
+                doc, self.epoch = next(self.docs)
+            except StopIteration:
+                self.exhausted = True
+                break
+            i = bisect.bisect_right(self.lens, len(doc))
+            self.lens.insert(i, len(doc))
+            self.buf.insert(i, doc)
+
+    def fill_row(self, row: np.ndarray) -> None:
+        pos, cap = 0, self.capacity
+        lens, buf = self.lens, self.buf
+        while pos < cap:
+            self._fill()
+            if not lens:
+                raise EOFError("document stream exhausted")
+            remaining = cap - pos
+            i = bisect.bisect_right(lens, remaining) - 1
+            if i >= 0:
+                n = lens.pop(i)
+                row[pos:pos + n] = buf.pop(i)
+                pos += n
+            else:
+                lens.pop(0)
+                row[pos:cap] = buf.pop(0)[:remaining]
+                pos = cap
+
+
+def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool) -> Iterator[tuple[np.ndarray, int]]:
+    epoch = 1
+    while True:
+        for path in files:
+            tokens, offsets = tokenize_file(s, tokenizer, path)
+            for j in range(len(offsets) - 1):
+                yield tokens[offsets[j]:offsets[j + 1]], epoch
+        if not loop:
+            return
+        epoch += 1
+
+
+def _pin_ok(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+# ---------------------------------------------------------------------------
+# make_dataloader: (inputs, targets, epoch) batches on the run's device
+# ---------------------------------------------------------------------------
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = LOADER_BUFFER_DOCS,
+                    device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
+                    prefetch: int = LOADER_PREFETCH_BATCHES):
+    """Yield (inputs, targets, epoch) forever: int64 tensors of shape (B, T) on the run's device.
+    Rows are packed by a background thread into pinned buffers; the copy to the GPU is async.
+
+    With world_size > 1 (torchrun) every rank packs the same global batch of B x world_size
+    rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
+    single process with world_size x the gradient accumulation would see, in the same order."""
+    assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
+    s = settings.current()
+    try:
+        m = load_manifest(s)
+    except ConfigError as e:
+        fail(str(e))
+    files = m["train"] if split == "train" else [m["val"]]
+    device = torch.device(device or get_platform()["device"])
+    # train loops over its files (epoch counts the passes); val is one pass, never repeated
+    packer = BestFitPacker(document_stream(s, tokenizer, files, split == "train"), T + 1, buffer_size)
+    lo = rank * B
+    scratch = np.empty(T + 1, dtype=np.int32)         # other ranks' rows: packed, then dropped
+    bos = tokenizer.get_bos_token_id()
+    nbuf = prefetch + 2
+    pinned = [torch.empty((B, T + 1), dtype=torch.int32, pin_memory=_pin_ok(device)) for _ in range(nbuf)]
+    free: queue.Queue = queue.Queue()
+    ready: queue.Queue = queue.Queue(maxsize=prefetch)
+    for i in range(nbuf):
+        free.put((i, None))
+    stop = threading.Event()
+
+    def produce():
+        while not stop.is_set():
+            i, ev = free.get()
+            if ev is not None:
+                ev.synchronize()          # the async copy out of this buffer has finished
+            rows = pinned[i].numpy()
+            g, filled = 0, 0
+            try:
+                for g in range(B * world_size):
+                    if lo <= g < lo + B:
+                        packer.fill_row(rows[g - lo])
+                        filled = g - lo + 1
+                    else:
+                        packer.fill_row(scratch)
+            except EOFError:            # val data ran out: BOS rows score 0 bytes, so they count for nothing
+                rows[filled:] = bos
+                ready.put((i, packer.epoch) if g else (None, None))
+                if g:
+                    ready.put((None, None))
+                return
+            except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+                ready.put((None, e))
+                return
+            ready.put((i, packer.epoch))
+
+    worker = threading.Thread(target=produce, name=f"loader-{split}", daemon=True)
+    worker.start()
+    try:
+        while True:
+            i, epoch = ready.get()
+            if i is None:
+                if epoch is None:
+                    return
+                raise epoch
+            buf = pinned[i]
+            if device.type == "cuda":
+                gpu = buf.to(device, non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record()
+                free.put((i, ev))
+                gpu = gpu.long()
+            else:
+                gpu = buf.to(device=device, dtype=torch.long, copy=True)
+                free.put((i, None))
+            yield gpu[:, :-1].contiguous(), gpu[:, 1:].contiguous(), epoch
+    finally:
+        stop.set()

@@ -1,0 +1,270 @@
+"""PLATFORM: device, dtype, attention backend, fused kernels, compile and peak FLOPs, decided once with reasons.
+
+    uv run prepare.py --check        # prints every choice and why
+
+resolve_platform is a pure function of the hardware facts and ground.json's `processor` overrides,
+so the whole table (Volta to Blackwell, MPS, CPU) is tested without a GPU; probe_hardware gathers
+the facts; get_platform() is this machine's PLATFORM, probed once.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import subprocess
+
+import torch
+
+from harness import settings
+from harness.config import ConfigError, ProcessorConfig, fail
+from harness.fused import cudnn_attention
+from harness.fused.cudnn_attention import load_cudnn_frontend
+from harness.util import reachable
+
+# ---------------------------------------------------------------------------
+# The decision: hardware facts + overrides -> PLATFORM (pure)
+# ---------------------------------------------------------------------------
+
+# Dense 16-bit tensor-core FLOPs per SM per clock (FMA counted as 2), by compute capability.
+# Derived from vendor peak figures: H100 SXM 989.4 TFLOP/s = 132 SMs x 1830 MHz x 4096;
+# A100 312 = 108 x 1410 x 2048; V100 125 = 80 x 1530 x 1024; T4 65 = 40 x 1590 x 1024;
+# RTX 3090 71 = 82 x 1695 x 512 (fp32 accumulate); B200 ~2250 = 148 x ~1860 x 8192.
+FLOPS_PER_SM_CLOCK = {(7, 0): 1024, (7, 2): 1024, (7, 5): 1024, (8, 0): 2048, (8, 6): 512, (8, 7): 512,
+                      (8, 9): 512, (9, 0): 4096, (10, 0): 8192, (10, 3): 8192, (12, 0): 512, (12, 1): 512}
+# The clocks vendors quote their peak figures at (boost clocks read off a device are higher).
+SPEC_CLOCK_MHZ = {"H100 PCIe": 1620, "H100 NVL": 1785, "H100": 1830, "H200": 1830, "GH200": 1830,
+                  "A100": 1410, "A800": 1410, "V100": 1530, "T4": 1590, "B200": 1860, "B100": 1860}
+FA3_REPO = {9: "varunneal/flash-attention-3"}      # Hopper build; others use the community one
+FA3_COMMUNITY_REPO = "kernels-community/flash-attn3"
+
+
+def peak_flops_for(capability, sm_count: int, clock_mhz: float | None, name: str) -> tuple[float, str]:
+    per_sm = FLOPS_PER_SM_CLOCK.get(tuple(capability)) if capability else None
+    spec_clock = next((c for key, c in SPEC_CLOCK_MHZ.items() if key in name), None)
+    clock = spec_clock or clock_mhz
+    if per_sm is None or not clock or not sm_count:
+        return 0.0, f"unknown for CC {capability} / {name!r} (MFU reported as 0; set processor.peak_flops)"
+    src = "spec clock" if spec_clock else "max SM clock"
+    flops = per_sm * sm_count * clock * 1e6
+    return flops, f"{per_sm} FLOP/SM/clk x {sm_count} SMs x {clock:.0f} MHz ({src}) = {flops / 1e12:.1f} TFLOP/s"
+
+
+def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
+    """Pure decision: hardware facts + ground.json processor overrides -> PLATFORM dict.
+
+    hw keys: cuda (bool), mps (bool), os, triton (bool), name, capability (tuple|None),
+    sm_count, clock_mhz, fa3 and cudnn ((ok, reason) or None when not probed), gluon, world_size.
+    """
+    reasons = {}
+    if proc.device != "auto":
+        device = proc.device
+        if device == "cuda" and not hw["cuda"]:
+            raise ConfigError("ground.json: key 'processor.device': \"cuda\" requested but torch sees no CUDA device")
+        if device == "mps" and not hw["mps"]:
+            raise ConfigError("ground.json: key 'processor.device': \"mps\" requested but MPS is not available")
+        reasons["device"] = "forced by ground.json processor.device"
+    else:
+        device = "cuda" if hw["cuda"] else "mps" if hw["mps"] else "cpu"
+        reasons["device"] = {"cuda": "CUDA GPU found", "mps": "Apple MPS found", "cpu": "no CUDA or MPS device"}[device]
+    cc = tuple(hw["capability"]) if device == "cuda" and hw.get("capability") else None
+    name = hw.get("name", "cpu") if device == "cuda" else ("Apple MPS" if device == "mps" else _platform.processor() or "cpu")
+
+    # dtype: bf16 where the tensor cores have it (CC >= 8), fp16 + GradScaler on Volta/Turing
+    if proc.dtype != "auto":
+        dtype = proc.dtype
+        reasons["dtype"] = "forced by ground.json processor.dtype"
+    elif device == "cuda":
+        dtype = "bfloat16" if cc >= (8, 0) else "float16"
+        reasons["dtype"] = f"CC {cc[0]}.{cc[1]}: " + ("native bf16" if cc >= (8, 0) else "no bf16 tensor cores, fp16 with GradScaler")
+    else:
+        dtype = "float32"
+        reasons["dtype"] = f"{device}: fp32 (low-precision autocast is slow or incomplete there)"
+    use_scaler = dtype == "float16"
+    reasons["use_grad_scaler"] = "fp16 gradients underflow without loss scaling" if use_scaler else f"not needed for {dtype}"
+    embedding_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
+    reasons["embedding_dtype"] = ("bf16 embeddings halve their memory traffic (upstream)" if embedding_dtype == "bfloat16"
+                                  else "fp32 master weights (GradScaler cannot unscale fp16 grads)" if use_scaler else "fp32 run")
+    ortho_dtype = "bfloat16" if device == "cuda" and cc >= (8, 0) and dtype != "float32" else "float32"
+    reasons["ortho_dtype"] = "Muon orthogonalization in " + ("bf16 (native)" if ortho_dtype == "bfloat16" else "fp32 (bf16 not native here)")
+
+    triton_ok = hw["triton"] and hw["os"] != "Windows"
+    # compile: needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing, CPU or MPS by default
+    if proc.compile is False:
+        compile_ = False
+        reasons["compile"] = "disabled by ground.json processor.compile"
+    elif device == "cuda" and triton_ok and (proc.compile is True or cc >= (8, 0)):
+        compile_ = True
+        reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
+    else:
+        compile_ = False
+        why = "Windows" if hw["os"] == "Windows" else "triton missing" if device == "cuda" and not hw["triton"] else \
+              f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else f"{device} (eager is faster for small runs)"
+        reasons["compile"] = ("requested but unavailable: " if proc.compile is True else "off: ") + why
+
+    # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
+    fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
+    cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
+    cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")      # what cuDNN attention and the fused MLP take
+    cudnn_ok = cudnn_ok and cuda_16bit
+    flex_ok = device == "cuda" and triton_ok and cc >= (8, 0)
+    if proc.attention == "auto":
+        if device == "cuda" and cc >= (9, 0) and fa3_ok:
+            attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
+        elif cc and cc >= (9, 0) and cudnn_ok:
+            attention = "cudnn"
+            reasons["attention"] = f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel (FA3 not loadable: {fa3_why})"
+        elif flex_ok:
+            attention = "flex"
+            reasons["attention"] = f"CC {cc[0]}.{cc[1]} with triton" + (f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else "")
+        else:
+            attention = "sdpa"
+            reasons["attention"] = f"{device}" + (f" CC {cc[0]}.{cc[1]}" if cc else "") + ": SDPA (no flex/FA3 here)"
+    elif proc.attention == "fa3" and not (device == "cuda" and fa3_ok):
+        attention = "flex" if flex_ok else "sdpa"
+        reasons["attention"] = f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
+    elif proc.attention == "cudnn" and not cudnn_ok:
+        attention = "flex" if flex_ok else "sdpa"
+        why = cudnn_why if cuda_16bit else f"needs CUDA and bf16/fp16, have {device} {dtype}"
+        reasons["attention"] = f"cudnn requested but not usable ({why}); falling back to {attention}"
+    elif proc.attention == "flex" and device == "cuda" and not flex_ok:
+        attention = "sdpa"
+        reasons["attention"] = "flex requested but needs triton and CC >= 8.0 on CUDA; falling back to sdpa"
+    else:
+        attention = proc.attention
+        reasons["attention"] = f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
+            f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else "forced by ground.json processor.attention"
+
+    # mlp: ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere
+    if cuda_16bit and cc >= (9, 0) and triton_ok:
+        gluon_bwd = "; backward matmul in Gluon (wgmma)" if cc[0] == 9 and hw.get("gluon") else ""
+        mlp, reasons["mlp"] = "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
+    else:
+        here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device
+        mlp, reasons["mlp"] = "plain", f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
+
+    # rotary + QK-norm and the softcapped loss as Triton row kernels: wherever the model is compiled
+    # (which needs CUDA and triton); eager runs keep plain ops, whose fused log_softmax is lighter there
+    row_kernels = "triton" if compile_ else "plain"
+    for key, what in (("rope", "rotary + QK-norm"), ("loss", "softcapped cross-entropy")):
+        reasons[key] = (f"{what} as Triton row kernels (compiled CUDA run)" if compile_
+                        else f"plain ops: the {what} kernels run in compiled CUDA runs only")
+
+    if proc.peak_flops != "auto":
+        peak, reasons["peak_flops"] = float(proc.peak_flops), "forced by ground.json processor.peak_flops"
+    elif device == "cuda":
+        peak, reasons["peak_flops"] = peak_flops_for(cc, hw.get("sm_count", 0), hw.get("clock_mhz"), name)
+    else:
+        peak, reasons["peak_flops"] = 0.0, f"{device}: no reference peak (MFU reported as 0)"
+
+    return {
+        "device": device, "device_name": name, "capability": list(cc) if cc else None,
+        "dtype": dtype, "use_grad_scaler": use_scaler, "embedding_dtype": embedding_dtype,
+        "ortho_dtype": ortho_dtype, "attention": attention, "mlp": mlp, "rope": row_kernels, "loss": row_kernels,
+        "compile": compile_, "peak_flops": peak,
+        "os": hw["os"], "world_size": hw.get("world_size", 1), "reasons": reasons,
+    }
+
+# ---------------------------------------------------------------------------
+# The facts: this machine's device, packages and loadable attention kernels
+# ---------------------------------------------------------------------------
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _nvidia_smi_max_clock() -> float | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=5)
+        return float(out.stdout.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+_FA3 = settings.cached()
+
+
+def load_fa3(capability, timeout_s: float = 3.0):
+    """Try to load FA3 through `kernels`. Returns (module|None, reason); loaded once. Never raises."""
+    key = tuple(capability)
+    if key in _FA3:
+        return _FA3[key]
+    if not _importable("kernels"):
+        _FA3[key] = (None, "package kernels not installed")
+        return _FA3[key]
+    repo = FA3_REPO.get(key[0], FA3_COMMUNITY_REPO)
+    if not reachable("https://huggingface.co", timeout_s):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")     # only a cached kernel can load now
+    try:
+        from kernels import get_kernel
+        mod = get_kernel(repo).flash_attn_interface
+        _FA3[key] = (mod, f"FA3 loaded from {repo}")
+    except Exception as e:  # noqa: BLE001 - any failure to fetch/load a hub kernel means "not loadable"
+        _FA3[key] = (None, f"{repo} not loadable offline/uncached ({type(e).__name__})")
+    return _FA3[key]
+
+
+def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_s: float = 3.0) -> dict:
+    """Collect the facts resolve_platform decides from (impure: touches torch, nvidia-smi, network)."""
+    hw = {"cuda": torch.cuda.is_available(), "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+          "os": _platform.system(), "triton": _importable("triton"),
+          "gluon": _importable("triton") and _importable("triton.experimental.gluon"), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    if hw["cuda"] and proc.device in ("auto", "cuda"):
+        p = torch.cuda.get_device_properties(0)
+        hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,
+                  clock_mhz=(getattr(p, "clock_rate", 0) / 1000) or _nvidia_smi_max_clock())
+        if probe_fa3 and proc.attention in ("auto", "fa3") and (p.major >= 9 or proc.attention == "fa3"):
+            mod, why = load_fa3((p.major, p.minor), probe_timeout_s)
+            hw["fa3"] = (mod is not None, why)
+        if proc.attention in ("auto", "cudnn") and (p.major >= 9 or proc.attention == "cudnn"):
+            mod, why = load_cudnn_frontend()
+            hw["cudnn"] = (mod is not None, why)
+    return hw
+
+
+_PLATFORM = settings.cached()
+
+
+def get_platform() -> dict:
+    """PLATFORM for this machine and ground.json (probed once). A processor override that cannot work exits 2."""
+    if "platform" not in _PLATFORM:
+        s = settings.current()
+        proc = s.ground.processor
+        try:
+            _PLATFORM["platform"] = resolve_platform(probe_hardware(proc, probe_timeout_s=s.ground.data.probe_timeout_s), proc)
+        except ConfigError as e:
+            fail(str(e))
+    return _PLATFORM["platform"]
+
+
+def platform_lines(p: dict) -> list[str]:
+    keys = ("device", "dtype", "use_grad_scaler", "embedding_dtype", "ortho_dtype", "attention", "mlp", "rope", "loss",
+            "compile", "peak_flops")
+    lines = [f"platform: {p['device_name']} (CC {'.'.join(map(str, p['capability']))})" if p["capability"] else f"platform: {p['device_name']}"]
+    for k in keys:
+        v = f"{p[k] / 1e12:.1f} TFLOP/s" if k == "peak_flops" else p[k]
+        lines.append(f"  {k:16s} {v}  ({p['reasons'][k]})")
+    return lines
+
+
+def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
+                      build=cudnn_attention.build_graph) -> tuple[dict, str | None]:
+    """Before compiling: build the cuDNN graphs the model needs ((B, T, H, D) per micro-step, each sliding
+    window). Returns (platform, line): when cuDNN cannot take this shape (head_dim, dtype, GPU), a copy of
+    PLATFORM that falls back to flex (sdpa without compile) with the reason, and the line to print; else
+    PLATFORM unchanged and None. `build` is the seam tests use to play a refusing cuDNN."""
+    if platform["attention"] != "cudnn":
+        return platform, None
+    B, T, H, D = shape
+    probe = torch.empty(1, dtype=getattr(torch, platform["dtype"]), device=device).expand(B, T, H, D)
+    try:
+        for window in sorted({w for w in windows if w < T - 1}):
+            for kind in ("fwd", "bwd"):
+                build(kind, probe, window)
+    except Exception as e:  # noqa: BLE001 - any cuDNN refusal means "use the next backend"
+        fallback = "flex" if platform["compile"] else "sdpa"
+        why = f"cuDNN cannot build attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
+        changed = dict(platform, attention=fallback, reasons=dict(platform["reasons"], attention=f"{why}; falling back to {fallback}"))
+        return changed, f"attention: cudnn -> {fallback}: {why}"
+    return platform, None

@@ -1,0 +1,248 @@
+"""Run records: train.py calls start_run() once; every outcome (result, crash, interrupt) is recorded.
+
+    uv run prepare.py --record-crash sessions/<run_id>.log     # a run killed outright (OOM killer, SIGKILL)
+
+A Run tees the console to sessions/<run_id>.log, writes sessions/<run_id>.json (configs, PLATFORM,
+versions, commit, metrics), and records exactly once: finish() with the metrics, crash() with a
+reason, or on its own for an uncaught exception or SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform as _platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from harness import settings
+from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
+from harness.evaluate import eval_rows
+from harness.hardware import get_platform
+from harness.ledger import LEGACY_KEY, clean_text, ledger_paths, read_ledger
+from harness.memory import record
+from harness.settings import Settings
+from harness.sources import load_manifest
+from harness.tokenizer import Tokenizer
+from harness.util import atomic_write_text
+
+# ---------------------------------------------------------------------------
+# What identifies a run: commit, configuration fingerprint, comparability key, versions
+# ---------------------------------------------------------------------------
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_info() -> dict:
+    return {"commit": _git("rev-parse", "--short=7", "HEAD") or "nocommit",
+            "subject": _git("log", "-1", "--format=%s"),
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+            "worktree": str(REPO_DIR)}
+
+
+def config_fingerprint(train_py: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for p in (model_path(), train_py or REPO_DIR / "train.py"):
+        h.update(p.read_bytes() if p.exists() else b"")
+    return h.hexdigest()[:12]
+
+
+def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_size: int = 1) -> str:
+    rows, _ = eval_rows(tokenizer, s)
+    blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
+                       "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
+                       "world": world_size, "max_steps": s.max_steps,
+                       "caps": s.model_caps if s.mode == "test" else {}}, sort_keys=True)
+    return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": _platform.python_version(), "torch": torch.__version__}
+    for name in ("numpy", "tiktoken", "rustbpe", "pyarrow", "kernels", "triton"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The run: console log, JSON record, exactly one ledger row
+# ---------------------------------------------------------------------------
+
+class _Tee:
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, data):
+        # log first, flushed: whatever the console showed is in the log, even after SIGKILL
+        self.log.write(data)
+        self.log.flush()
+        self.stream.write(data)
+        return len(data)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class Run:
+    """One experiment's record. Created by start_run(); finish() or crash() records it once."""
+
+    def __init__(self, s: Settings, tokenizer: Tokenizer, model: ModelConfig, model_changes: dict,
+                 description: str | None, platform: dict, extra: dict | None = None):
+        self.s = s
+        self.git = git_info()
+        stamp = _dt.datetime.now(_dt.timezone.utc)
+        self.run_id = f"{stamp:%Y%m%dT%H%M%SZ}-{self.git['commit']}-{os.urandom(2).hex()}"
+        self.timestamp = stamp.isoformat(timespec="seconds")
+        self.description = clean_text(description or self.git["subject"] or "(no description)", 200)
+        self.manifest = load_manifest(s)
+        self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
+        self.results, self.sessions = ledger_paths(s)
+        self.model = dataclasses.asdict(model)
+        self.model["adam_betas"] = list(self.model["adam_betas"])
+        self.record = {
+            "run_id": self.run_id, "status": "running", "timestamp": self.timestamp, "description": self.description,
+            "git": self.git, "comparability_key": self.key, "mode": s.mode, "mode_reason": s.mode_reason,
+            "fingerprint": config_fingerprint(), "model": self.model,
+            "model_changes_by_mode": {k: list(v) for k, v in model_changes.items()},
+            "ground": dataclasses.asdict(s.ground), "platform": platform, "versions": library_versions(),
+            "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
+            "tokenizer": tokenizer.fingerprint(), "eval_tokens": eval_rows(tokenizer, s)[0] * s.max_seq_len,
+            "argv": sys.argv, **(extra or {}),
+        }
+        self.recorded = None
+        self.log_path = self.sessions / f"{self.run_id}.log"
+        self.json_path = self.sessions / f"{self.run_id}.json"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "Run":
+        import signal
+        self.sessions.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+        self._orig = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self._log), _Tee(sys.stderr, self._log)
+        print(f"run_start: {json.dumps({'run_id': self.run_id, 'comparability_key': self.key, 'commit': self.git['commit']})}")
+        print(f"run_id: {self.run_id}  commit: {self.git['commit']}{' (dirty)' if self.git['dirty'] else ''}")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
+        self._write_json()
+        self._prev_hook = sys.excepthook
+        sys.excepthook = self._excepthook
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def _write_json(self):
+        atomic_write_text(self.json_path, json.dumps(self.record, indent=2, default=str))
+
+    def _excepthook(self, etype, value, tb):
+        if self.recorded is None and not issubclass(etype, (SystemExit,)):
+            lines = str(value).strip().splitlines()
+            self.crash(f"{etype.__name__}: {lines[-1] if lines else ''}".strip().rstrip(":"))
+        self._prev_hook(etype, value, tb)
+
+    def _on_signal(self, signum, frame):
+        import signal
+        name = signal.Signals(signum).name
+        print(f"\n{name} received: recording the run as interrupted")
+        self.finish({}, status="interrupted", error=f"{name} received")
+        raise SystemExit(128 + signum)
+
+    def _row(self, metrics: dict) -> dict:
+        vram = metrics.get("peak_vram_mb")
+        return {"run_id": self.run_id, "commit": self.git["commit"], "val_bpb": metrics.get("val_bpb"),
+                "memory_gb": None if vram is None else vram / 1024, "description": self.description,
+                "peak_vram_mb": vram, "mfu_percent": metrics.get("mfu_percent"),
+                "training_seconds": metrics.get("training_seconds"), "total_tokens_M": metrics.get("total_tokens_M"),
+                "num_params_M": metrics.get("num_params_M"), "num_steps": metrics.get("num_steps"), "mode": self.s.mode,
+                "comparability_key": self.key, "timestamp": self.timestamp}
+
+    def finish(self, metrics: dict, status: str | None = None, error: str | None = None) -> dict:
+        """Record the outcome once: status decided against the ledger unless given. Returns the row."""
+        if self.recorded is not None:
+            return self.recorded
+        metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
+        index_entry = {"model": self.model, "fingerprint": self.record["fingerprint"], "error": error,
+                       "branch": self.git["branch"], "worktree": self.git["worktree"], "dirty": self.git["dirty"]}
+        try:
+            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status)
+        except ConfigError as e:             # e.g. a ledger whose header was damaged by hand
+            self.recorded = {"status": "unrecorded"}
+            fail(f"{e} (this run was not recorded; its log is {self.log_path})")
+        self.record.update(status=self.recorded["status"], metrics=metrics, error=error,
+                           finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self._write_json()
+        print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
+        return self.recorded
+
+    def crash(self, reason: str, metrics: dict | None = None) -> dict:
+        print(f"CRASH: {reason}")
+        return self.finish(metrics or {}, status="crash", error=reason)
+
+
+def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,
+              extra: dict | None = None, platform: dict | None = None) -> Run:
+    """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals. `platform` is
+    PLATFORM as the run uses it (after confirm_attention); default get_platform().
+    Bad input found here (data not prepared, source changed) exits 2 before anything is written."""
+    try:
+        run = Run(settings.current(), tokenizer, model, model_changes, description, platform or get_platform(), extra)
+    except ConfigError as e:
+        fail(str(e))
+    return run.start()
+
+
+# ---------------------------------------------------------------------------
+# A run killed outright, recorded afterwards from its log
+# ---------------------------------------------------------------------------
+
+_ERROR_LINE = re.compile(r"(Error|Exception|Killed|killed|CRASH|FAIL|Traceback|out of memory|OOM)")
+
+
+def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
+    """For a run killed outright (OOM killer, timeout): write its crash row from the saved log."""
+    s = s or settings.current()
+    if not log.exists():
+        raise ConfigError(f"{log}: no such log file")
+    run_id = log.name[:-4] if log.name.endswith(".log") else log.name
+    results, sessions = ledger_paths(s)
+    rec_path = log.with_suffix(".json")
+    if not rec_path.exists():
+        raise ConfigError(f"{rec_path}: no run record beside the log (not a train.py run log?)")
+    rec = json.loads(rec_path.read_text())
+    if any(r["run_id"] == run_id for r in read_ledger(results, warn=lambda m: None)):
+        raise ConfigError(f"{results.name}: run {run_id} is already recorded")
+    lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]
+    errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
+    reason = errs[-1] if errs else (f"killed without an error message; last output: {lines[-1][:120]}" if lines
+                                    else "killed before any output")
+    git = rec.get("git", {})
+    row = {"run_id": run_id, "commit": git.get("commit", ""), "val_bpb": None, "memory_gb": None,
+           "description": rec.get("description", ""), "peak_vram_mb": None, "mfu_percent": None,
+           "training_seconds": None, "total_tokens_M": None, "num_params_M": None, "num_steps": None,
+           "mode": rec.get("mode", ""), "comparability_key": rec.get("comparability_key", LEGACY_KEY),
+           "timestamp": rec.get("timestamp", "")}
+    entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": f"killed: {reason}",
+             "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty")}
+    row = record(results, sessions, row, entry, status="crash")
+    rec.update(status="crash", error=entry["error"])
+    atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))
+    return row

@@ -1,0 +1,54 @@
+"""Small shared helpers: atomic file writes, file hashes, a short network probe.
+
+    uv run pytest tests/test_data.py        # exercised through the data sources and the token cache
+
+Files that other processes read (manifests, shards, the tokenizer, memory.md) are written to a
+temporary sibling and renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary sibling of `path` to write; it replaces `path` only if the write finished.
+    The suffix is kept last so that writers that add one (np.save) write exactly there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reachable(url: str, timeout_s: float) -> bool:
+    """Short probe so that a flaky network cannot hang a choice (data source, FA3 download)."""
+    import requests
+    try:
+        r = requests.head(url, timeout=timeout_s, allow_redirects=True)
+        return r.status_code < 400      # a 403/404 means the file is not there: not a usable source
+    except requests.RequestException:
+        return False
