@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import prepare  # noqa: E402
+from harness import settings, sources, tokenizer
 
 # ---------------------------------------------------------------------------
 # Network: loopback only
@@ -71,12 +71,12 @@ def corpus(tmp_path_factory):
     files = sorted(root.glob("*.py"))[:60]
     docs = []
     for f in files:
-        docs.extend(prepare.split_source(f.read_text(encoding="utf-8", errors="replace")))
+        docs.extend(sources.split_source(f.read_text(encoding="utf-8", errors="replace")))
     d = tmp_path_factory.mktemp("corpus")
     n = len(docs)
-    prepare._write_text_parquet(d / "a_train.parquet", docs[: n // 2])
-    prepare._write_text_parquet(d / "b_train.parquet", docs[n // 2: n - n // 6])
-    prepare._write_text_parquet(d / "c_val.parquet", docs[n - n // 6:])
+    sources.write_text_parquet(d / "a_train.parquet", docs[: n // 2])
+    sources.write_text_parquet(d / "b_train.parquet", docs[n // 2: n - n // 6])
+    sources.write_text_parquet(d / "c_val.parquet", docs[n - n // 6:])
     return d
 
 
@@ -89,10 +89,10 @@ def workspace(tmp_path_factory, corpus):
     env = {"AUTORESEARCH_GROUND": str(ground), "AUTORESEARCH_MODEL": str(model)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    prepare.reset_caches()
-    s = prepare.settings()
-    m = prepare.prepare_data(s)
-    prepare.train_tokenizer(s, m)
+    settings.reset()
+    s = settings.current()
+    m = sources.prepare_data(s)
+    tokenizer.train_tokenizer(s, m)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -105,9 +105,9 @@ def workspace(tmp_path_factory, corpus):
 def use_workspace(workspace, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_GROUND", str(workspace / "ground.json"))
     monkeypatch.setenv("AUTORESEARCH_MODEL", str(workspace / "model.json"))
-    prepare.reset_caches()
+    settings.reset()
     yield
-    prepare.reset_caches()
+    settings.reset()
 
 
 @pytest.fixture

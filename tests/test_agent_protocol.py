@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import prepare
+from harness import ledger
 from conftest import REPO, write_json
 
 
@@ -44,8 +44,8 @@ def train(clone, tmp_path, *args, budget=None):
                           env=env, timeout=300)
 
 
-def ledger(clone):
-    return prepare.read_ledger(clone / "results.tsv")
+def ledger_rows(clone):
+    return ledger.read_ledger(clone / "results.tsv")
 
 
 def memory(clone):
@@ -58,7 +58,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     base_commit = git(clone, "rev-parse", "--short=7", "HEAD")
     r = train(clone, tmp_path, "--description", "baseline")
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = ledger(clone)
+    rows = ledger_rows(clone)
     assert [(x["status"], x["commit"], x["description"]) for x in rows] == [("baseline", base_commit, "baseline")]
     base = rows[0]
     assert (clone / "sessions" / f"{base['run_id']}.log").exists()
@@ -74,7 +74,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     exp_commit = git(clone, "rev-parse", "--short=7", "HEAD")
     r = train(clone, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    exp = ledger(clone)[-1]
+    exp = ledger_rows(clone)[-1]
     assert exp["description"] == "raise matrix_lr to 0.08" and exp["commit"] == exp_commit
     assert exp["status"] in ("keep", "discard")
     assert exp["status"] == ("keep" if exp["val_bpb"] < base["val_bpb"] else "discard")
@@ -93,7 +93,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     git(clone, "commit", "-qam", "try a new block")
     r = train(clone, tmp_path)
     assert r.returncode == 1 and "RuntimeError: shape mismatch in my new block" in r.stderr
-    crash = ledger(clone)[-1]
+    crash = ledger_rows(clone)[-1]
     assert (crash["status"], crash["val_bpb"], crash["description"]) == ("crash", None, "try a new block")
     assert "try a new block — RuntimeError: shape mismatch in my new block" in memory(clone)
     git(clone, "reset", "-q", "--hard", "HEAD~1")
@@ -111,11 +111,11 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     run_id = seen.split('"run_id": "', 1)[1].split('"', 1)[0]
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
-    assert len(ledger(clone)) == 3
+    assert len(ledger_rows(clone)) == 3
     r = subprocess.run([sys.executable, "prepare.py", "--record-crash", f"sessions/{run_id}.log"], cwd=clone, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    killed = ledger(clone)[-1]
+    killed = ledger_rows(clone)[-1]
     assert (killed["run_id"], killed["status"], killed["description"]) == (run_id, "crash", "killed run")
     mem = memory(clone)
     assert "killed run — killed: killed without an error message; last output: " in mem
@@ -124,4 +124,4 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     # final state: history is baseline (+ kept experiment), tree clean, ledger intact (4 rows)
     assert git(clone, "rev-parse", "--short=7", "HEAD") == kept_commit
     assert git(clone, "status", "--porcelain") == ""
-    assert [x["status"] for x in ledger(clone)][:1] == ["baseline"] and len(ledger(clone)) == 4
+    assert [x["status"] for x in ledger_rows(clone)][:1] == ["baseline"] and len(ledger_rows(clone)) == 4

@@ -1,11 +1,12 @@
 """Config loading and validation: data-driven cases with exact error lines; CLI exit 2, nothing written."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-import prepare
+from harness import config, settings
 from conftest import REPO, default_json, run_script, write_json
 
 CASES = Path(__file__).parent / "configs"
@@ -35,12 +36,12 @@ def _load(case, tmp_path):
     path = tmp_path / case["file"]
     path.write_text(_apply(case))
     if case["file"] == "ground.json":
-        return prepare.load_ground(path)
-    model = prepare.load_model(path)
-    ground = prepare.load_ground(REPO / "ground.json")
+        return config.load_ground(path)
+    model = config.load_model(path)
+    ground = config.load_ground(REPO / "ground.json")
     if case.get("mode"):
-        ground = prepare.dataclasses.replace(ground, mode=case["mode"])
-    prepare.effective_model(model, prepare.make_settings(ground, False, tmp_path))
+        ground = dataclasses.replace(ground, mode=case["mode"])
+    settings.effective_model(model, settings.make_settings(ground, False, tmp_path))
     return model
 
 
@@ -55,7 +56,7 @@ def test_enough_cases():
 @pytest.mark.parametrize("case_path", INVALID, ids=lambda p: p.stem)
 def test_invalid_config_exact_message(case_path, tmp_path):
     case = json.loads(case_path.read_text())
-    with pytest.raises(prepare.ConfigError) as e:
+    with pytest.raises(config.ConfigError) as e:
         _load(case, tmp_path)
     assert str(e.value) == case["error"]
     assert "\n" not in str(e.value)
@@ -68,8 +69,8 @@ def test_valid_config_loads(case_path, tmp_path):
 
 
 def test_defaults_are_upstream_values():
-    g = prepare.load_ground(REPO / "ground.json")
-    m = prepare.load_model(REPO / "model.json")
+    g = config.load_ground(REPO / "ground.json")
+    m = config.load_model(REPO / "model.json")
     assert (g.train.time_budget_s, g.train.max_seq_len, g.train.eval_tokens) == (300, 2048, 40 * 524288)
     assert (g.tokenizer.vocab_size, g.tokenizer.num_reserved_tokens, g.tokenizer.bos_token) == (8192, 4, "<|reserved_0|>")
     assert r"\p{N}{1,2}" in g.tokenizer.split_pattern
@@ -81,23 +82,23 @@ def test_defaults_are_upstream_values():
 
 
 def test_configs_are_frozen():
-    m = prepare.load_model(REPO / "model.json")
-    with pytest.raises(prepare.dataclasses.FrozenInstanceError):
+    m = config.load_model(REPO / "model.json")
+    with pytest.raises(dataclasses.FrozenInstanceError):
         m.depth = 3
 
 
 def test_modes():
-    assert prepare.resolve_mode("auto", True)[0] == "train"
-    assert prepare.resolve_mode("auto", False)[0] == "test"
-    assert prepare.resolve_mode("train", False) == ("train", "ground.json mode = train")
-    g = prepare.load_ground(REPO / "ground.json")
-    s = prepare.make_settings(g, False, REPO)
+    assert settings.resolve_mode("auto", True)[0] == "train"
+    assert settings.resolve_mode("auto", False)[0] == "test"
+    assert settings.resolve_mode("train", False) == ("train", "ground.json mode = train")
+    g = config.load_ground(REPO / "ground.json")
+    s = settings.make_settings(g, False, REPO)
     assert (s.mode, s.max_seq_len, s.time_budget_s) == ("test", 256, 30)
-    m, changes = prepare.effective_model(prepare.load_model(REPO / "model.json"), s)
+    m, changes = settings.effective_model(config.load_model(REPO / "model.json"), s)
     assert (m.depth, m.head_dim, m.total_batch_size, m.device_batch_size) == (2, 64, 8192, 16)
     assert changes == {"depth": (8, 2), "head_dim": (128, 64), "total_batch_size": (524288, 8192), "device_batch_size": (128, 16)}
-    s = prepare.make_settings(g, True, REPO)
-    m2, changes = prepare.effective_model(prepare.load_model(REPO / "model.json"), s)
+    s = settings.make_settings(g, True, REPO)
+    m2, changes = settings.effective_model(config.load_model(REPO / "model.json"), s)
     assert changes == {} and m2.depth == 8 and s.max_seq_len == 2048
 
 

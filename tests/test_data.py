@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import prepare
+from harness import config, dataloader, evaluate, settings, sources, tokenizer, util
 from conftest import write_json
 
 # ---------------------------------------------------------------------------
@@ -77,36 +77,36 @@ def _make_shards(root: Path, indices):
     root.mkdir(parents=True, exist_ok=True)
     for i in indices:
         docs = [f"document {i}-{j}: " + "lorem ipsum " * (5 + j % 7) for j in range(200)]
-        pq.write_table(pa.table({"text": docs}), root / prepare.shard_name(i))
+        pq.write_table(pa.table({"text": docs}), root / sources.shard_name(i))
 
 
 def _settings_with(run_dir, **data):
     g = json.loads((run_dir / "ground.json").read_text())
     g["data"].update(data)
     write_json(run_dir / "ground.json", g)
-    prepare.reset_caches()
-    return prepare.load_ground(run_dir / "ground.json")
+    settings.reset()
+    return config.load_ground(run_dir / "ground.json")
 
 
 def test_climbmix_download_retries_truncation_and_resume(tmp_path, run_dir, monkeypatch):
     served = tmp_path / "served"
     _make_shards(served, [0, 1, 2, 9])
-    with ShardServer(served, fail_first={prepare.shard_name(1): 2}, truncate_first={prepare.shard_name(2): 1}) as srv:
+    with ShardServer(served, fail_first={sources.shard_name(1): 2}, truncate_first={sources.shard_name(2): 1}) as srv:
         g = _settings_with(run_dir, source="climbmix", climbmix_url=srv.url, val_shard=9, num_train_shards=3,
                            cache_dir=str(tmp_path / "cache"))
-        s = prepare.make_settings(g, False, run_dir)
-        files = prepare.download_climbmix(s, 3, workers=4, backoff_s=0.01)
+        s = settings.make_settings(g, False, run_dir)
+        files = sources.download_climbmix(s, 3, workers=4, backoff_s=0.01)
         out = tmp_path / "cache" / "data" / "climbmix"
-        assert sorted(p.name for p in out.iterdir()) == [prepare.shard_name(i) for i in (0, 1, 2, 9)]   # no .tmp left
+        assert sorted(p.name for p in out.iterdir()) == [sources.shard_name(i) for i in (0, 1, 2, 9)]   # no .tmp left
         for i in (0, 1, 2, 9):
-            assert (out / prepare.shard_name(i)).read_bytes() == (served / prepare.shard_name(i)).read_bytes()
-        assert files["val"].endswith(prepare.shard_name(9)) and len(files["train"]) == 3
+            assert (out / sources.shard_name(i)).read_bytes() == (served / sources.shard_name(i)).read_bytes()
+        assert files["val"].endswith(sources.shard_name(9)) and len(files["train"]) == 3
         gets = [n for c, n in srv.requests if c == "GET"]
-        assert gets.count(prepare.shard_name(1)) == 3          # two 503s, then success
-        assert gets.count(prepare.shard_name(2)) == 2          # truncated once, then success
+        assert gets.count(sources.shard_name(1)) == 3          # two 503s, then success
+        assert gets.count(sources.shard_name(2)) == 2          # truncated once, then success
         # resume: nothing is fetched again
         srv.requests.clear()
-        prepare.download_climbmix(s, 3, workers=4, backoff_s=0.01)
+        sources.download_climbmix(s, 3, workers=4, backoff_s=0.01)
         assert [r for r in srv.requests if r[0] == "GET"] == []
 
 
@@ -115,9 +115,9 @@ def test_climbmix_permanent_failure_is_reported(tmp_path):
     _make_shards(served, [0])
     with ShardServer(served, {}, {}) as srv:
         with pytest.raises(RuntimeError) as e:
-            prepare.download_shard(srv.url, 5, tmp_path / "out", attempts=3, backoff_s=0.01)
+            sources.download_shard(srv.url, 5, tmp_path / "out", attempts=3, backoff_s=0.01)
         assert "failed after 3 attempts" in str(e.value) and "404" in str(e.value)
-        assert not (tmp_path / "out" / prepare.shard_name(5)).exists()
+        assert not (tmp_path / "out" / sources.shard_name(5)).exists()
         assert list((tmp_path / "out").glob("*.tmp")) == []
 
 
@@ -127,15 +127,15 @@ def test_auto_source_uses_climbmix_when_reachable_and_builtin_otherwise(tmp_path
     with ShardServer(served, {}, {}) as srv:
         g = _settings_with(run_dir, source="auto", climbmix_url=srv.url, val_shard=7, num_train_shards=1,
                            cache_dir=str(tmp_path / "cache"), probe_timeout_s=2.0)
-        s = prepare.make_settings(g, False, run_dir)
-        m = prepare.prepare_data(s)
+        s = settings.make_settings(g, False, run_dir)
+        m = sources.prepare_data(s)
         assert m["source"] == "climbmix" and m["reason"] == "auto: ClimbMix reachable"
         manifest = json.loads((tmp_path / "cache" / "data" / "manifest.json").read_text())
         assert manifest["train"] == ["climbmix/shard_00000.parquet"] and manifest["val"] == "climbmix/shard_00007.parquet"
     # server gone: auto falls back to builtin, loudly (builtin build is stubbed to keep the test fast)
-    monkeypatch.setattr(prepare, "build_builtin", lambda s: {"train": [str(served / "shard_00000.parquet")],
+    monkeypatch.setattr(sources, "build_builtin", lambda s: {"train": [str(served / "shard_00000.parquet")],
                                                              "val": str(served / "shard_00007.parquet")})
-    m = prepare.prepare_data(s)
+    m = sources.prepare_data(s)
     out = capsys.readouterr().out
     assert m["source"] == "builtin" and "NOTICE: ClimbMix is not reachable" in out
     assert "data: source = builtin (auto: ClimbMix not reachable within 2s)" in out
@@ -146,26 +146,26 @@ def test_local_source_needs_two_files(tmp_path, run_dir):
     d.mkdir()
     (d / "one.txt").write_text("hello")
     g = _settings_with(run_dir, source="local", local_dir=str(d))
-    s = prepare.make_settings(g, False, run_dir)
-    with pytest.raises(prepare.ConfigError) as e:
-        prepare.local_files(s)
+    s = settings.make_settings(g, False, run_dir)
+    with pytest.raises(config.ConfigError) as e:
+        sources.local_files(s)
     assert str(e.value) == (f"ground.json: key 'data.local_dir': expected at least 2 .parquet/.txt/.jsonl files "
                             f"(the last by name is the pinned val file), found 1 in {d}")
     (d / "two.jsonl").write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": "b"}) + "\n")
-    files = prepare.local_files(s)
+    files = sources.local_files(s)
     assert files["val"].endswith("two.jsonl") and files["train"][0].endswith("one.txt")
-    assert prepare.read_documents(files["val"]) == ["a", "b"]
-    assert prepare.read_documents(files["train"][0]) == ["hello"]
+    assert sources.read_documents(files["val"]) == ["a", "b"]
+    assert sources.read_documents(files["train"][0]) == ["hello"]
     (d / "two.jsonl").write_text('{"txt": 1}\n')
-    with pytest.raises(prepare.ConfigError) as e:
-        prepare.read_documents(d / "two.jsonl")
+    with pytest.raises(config.ConfigError) as e:
+        sources.read_documents(d / "two.jsonl")
     assert str(e.value) == f"{d / 'two.jsonl'}: line 1: expected a JSON object with a 'text' key"
 
 
 def test_split_source_at_top_level_definitions():
     blocks = [f"@decorator\ndef f{i}(x):\n" + "    y = x + 1\n" * 60 + "    return y\n" for i in range(6)]
     text = "import os\n\n" + "\n".join(blocks) + "\nclass C:\n    pass\n"
-    docs = prepare.split_source(text, target=1500, max_chars=4000)
+    docs = sources.split_source(text, target=1500, max_chars=4000)
     assert "".join(docs) == text                                  # nothing lost
     assert len(docs) > 2
     for d in docs[1:]:
@@ -175,18 +175,18 @@ def test_split_source_at_top_level_definitions():
 
 def test_builtin_corpus_is_deterministic_with_pinned_val(tmp_path, run_dir):
     g = _settings_with(run_dir, source="builtin", cache_dir=str(tmp_path / "c1"))
-    s = prepare.make_settings(g, False, run_dir)
-    a = prepare.build_builtin(s)
-    val_a = prepare.read_documents(a["val"])
-    train_a = prepare.read_documents(a["train"][0])
-    assert len(a["train"]) == prepare.BUILTIN_TRAIN_SHARDS
+    s = settings.make_settings(g, False, run_dir)
+    a = sources.build_builtin(s)
+    val_a = sources.read_documents(a["val"])
+    train_a = sources.read_documents(a["train"][0])
+    assert len(a["train"]) == sources.BUILTIN_TRAIN_SHARDS
     assert len(val_a) > 100 and len(train_a) > 500
     sizes = [len(d) for d in train_a]
     assert np.median(sizes) < 4000                     # documents of a few KB, not whole files
     assert set(val_a).isdisjoint(train_a)
     g2 = _settings_with(run_dir, source="builtin", cache_dir=str(tmp_path / "c2"))
-    b = prepare.build_builtin(prepare.make_settings(g2, False, run_dir))
-    assert prepare._file_sha256(Path(a["val"])) == prepare._file_sha256(Path(b["val"]))
+    b = sources.build_builtin(settings.make_settings(g2, False, run_dir))
+    assert util.file_sha256(Path(a["val"])) == util.file_sha256(Path(b["val"]))
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_builtin_corpus_is_deterministic_with_pinned_val(tmp_path, run_dir):
 # ---------------------------------------------------------------------------
 
 def test_tokenizer_roundtrip_specials_and_token_bytes():
-    tok = prepare.Tokenizer.from_directory()
+    tok = tokenizer.Tokenizer.from_directory()
     assert tok.get_vocab_size() == 512
     assert tok.get_bos_token_id() == 508                 # specials come after the 508 mergeable ranks
     text = "def f(x):\n    return x  # ünïcode ✓\n"
@@ -202,22 +202,22 @@ def test_tokenizer_roundtrip_specials_and_token_bytes():
     assert tok.decode(ids) == text
     assert tok.encode(text, prepend=tok.get_bos_token_id())[0] == 508
     assert tok.encode([text, "ab"])[1] == tok.encode("ab")
-    tb = prepare.get_token_bytes()
+    tb = tokenizer.get_token_bytes()
     assert tb.shape == (512,) and tb[:256].min() == 1 and tb[508:].sum() == 0
     assert int(tb[ids].sum()) == len(text.encode("utf-8"))
 
 
 def test_tokenizer_reused_then_retrained_on_config_change(run_dir, capsys):
-    s = prepare.settings()
-    m = prepare.load_manifest(s)
-    prepare.train_tokenizer(s, m)
+    s = settings.current()
+    m = sources.load_manifest(s)
+    tokenizer.train_tokenizer(s, m)
     assert "tokenizer: reusing" in capsys.readouterr().out
     g = json.loads((run_dir / "ground.json").read_text())
     g["tokenizer"]["vocab_size"] = 300
     g["data"]["cache_dir"] = str(run_dir / "cache2")
     write_json(run_dir / "ground.json", g)
-    s2 = prepare.make_settings(prepare.load_ground(run_dir / "ground.json"), False, run_dir)
-    out = prepare.train_tokenizer(s2, m)
+    s2 = settings.make_settings(config.load_ground(run_dir / "ground.json"), False, run_dir)
+    out = tokenizer.train_tokenizer(s2, m)
     assert "trained vocab 300" in capsys.readouterr().out
     assert json.loads((out / "meta.json").read_text())["vocab_size"] == 300
 
@@ -233,7 +233,7 @@ def _docs(lengths, bos=999):
 def test_best_fit_packing_full_rows_bos_aligned():
     rng = np.random.default_rng(0)
     lengths = list(rng.integers(2, 300, size=3000))
-    packer = prepare.BestFitPacker(_docs(lengths), capacity=257, buffer_size=100)
+    packer = dataloader.BestFitPacker(_docs(lengths), capacity=257, buffer_size=100)
     row = np.empty(257, dtype=np.int32)
     used = 0
     for _ in range(200):
@@ -246,7 +246,7 @@ def test_best_fit_packing_full_rows_bos_aligned():
 
 
 def test_best_fit_picks_largest_that_fits_and_crops_shortest():
-    packer = prepare.BestFitPacker(_docs([5, 3, 8, 2, 2]), capacity=10, buffer_size=5)
+    packer = dataloader.BestFitPacker(_docs([5, 3, 8, 2, 2]), capacity=10, buffer_size=5)
     row = np.empty(10, dtype=np.int32)
     packer.fill_row(row)
     # 8 fits first (largest <= 10), then a 2 fills the rest
@@ -256,7 +256,7 @@ def test_best_fit_picks_largest_that_fits_and_crops_shortest():
     assert row.tolist() == [999, 1, 2, 3, 4, 999, 1, 2, 999, 1]
     with pytest.raises(EOFError):
         packer.fill_row(row)
-    packer = prepare.BestFitPacker(_docs([30, 40]), capacity=10, buffer_size=4)
+    packer = dataloader.BestFitPacker(_docs([30, 40]), capacity=10, buffer_size=4)
     packer.fill_row(row)
     assert row.tolist() == [999] + list(range(1, 10))          # shortest (30) cropped to the row
     packer.fill_row(row)
@@ -266,14 +266,14 @@ def test_best_fit_picks_largest_that_fits_and_crops_shortest():
 
 
 def test_dataloader_shapes_targets_and_determinism():
-    tok = prepare.Tokenizer.from_directory()
+    tok = tokenizer.Tokenizer.from_directory()
     bos = tok.get_bos_token_id()
-    dl = prepare.make_dataloader(tok, 4, 64, "train")
+    dl = dataloader.make_dataloader(tok, 4, 64, "train")
     x, y, epoch = next(dl)
     assert x.shape == (4, 64) and y.shape == (4, 64) and x.dtype == torch.long
     assert (x[:, 0] == bos).all()
     assert torch.equal(x[:, 1:], y[:, :-1])                  # targets are inputs shifted by one
-    dl2 = prepare.make_dataloader(tok, 4, 64, "train")
+    dl2 = dataloader.make_dataloader(tok, 4, 64, "train")
     x2, _, _ = next(dl2)
     assert torch.equal(x, x2)
     epochs = [next(dl)[2] for _ in range(400)]
@@ -281,10 +281,10 @@ def test_dataloader_shapes_targets_and_determinism():
 
 
 def test_val_loader_is_one_pass():
-    tok = prepare.Tokenizer.from_directory()
-    s = prepare.settings()
-    have = prepare.val_rows_available(s, tok, prepare.load_manifest(s))
-    rows = sum(int((x[:, 0] == tok.get_bos_token_id()).sum()) for x, _, _ in prepare.make_dataloader(tok, 8, 64, "val"))
+    tok = tokenizer.Tokenizer.from_directory()
+    s = settings.current()
+    have = evaluate.val_rows_available(s, tok, sources.load_manifest(s))
+    rows = sum(int((x[:, 0] == tok.get_bos_token_id()).sum()) for x, _, _ in dataloader.make_dataloader(tok, 8, 64, "val"))
     assert have > 8 and rows >= have                         # the loader stops, it never repeats
 
 
@@ -305,9 +305,9 @@ class UniformModel(torch.nn.Module):
 
 
 def _val_rows(tok, rows):
-    s = prepare.settings()
-    m = prepare.load_manifest(s)
-    packer = prepare.BestFitPacker(prepare._document_stream(s, tok, [m["val"]], False), s.max_seq_len + 1)
+    s = settings.current()
+    m = sources.load_manifest(s)
+    packer = dataloader.BestFitPacker(dataloader.document_stream(s, tok, [m["val"]], False), s.max_seq_len + 1)
     out = np.empty((rows, s.max_seq_len + 1), dtype=np.int64)
     for r in range(rows):
         packer.fill_row(out[r])
@@ -316,14 +316,14 @@ def _val_rows(tok, rows):
 
 @pytest.mark.parametrize("batch_size", [8, 16, 3])
 def test_evaluate_bpb_matches_analytic_value(batch_size):
-    tok = prepare.Tokenizer.from_directory()
-    rows, _ = prepare.eval_rows(tok)
+    tok = tokenizer.Tokenizer.from_directory()
+    rows, _ = evaluate.eval_rows(tok)
     assert rows == 4096 // 64
     targets = _val_rows(tok, rows)[:, 1:]
-    tb = prepare.get_token_bytes().numpy()
+    tb = tokenizer.get_token_bytes().numpy()
     nbytes = tb[targets]
     expected = math.log(512) * (nbytes > 0).sum() / (math.log(2) * nbytes.sum())
-    got = prepare.evaluate_bpb(UniformModel(512), tok, batch_size)
+    got = evaluate.evaluate_bpb(UniformModel(512), tok, batch_size)
     assert got == pytest.approx(expected, rel=1e-6)          # fp32 losses; independent of batch size
 
 
@@ -331,10 +331,10 @@ def test_eval_is_capped_loudly_when_val_is_small(run_dir, capsys, monkeypatch):
     g = json.loads((run_dir / "ground.json").read_text())
     g["test"]["eval_tokens"] = 10_000_000
     write_json(run_dir / "ground.json", g)
-    prepare.reset_caches()
+    settings.reset()
     monkeypatch.setenv("AUTORESEARCH_GROUND", str(run_dir / "ground.json"))
-    tok = prepare.Tokenizer.from_directory()
-    rows, note = prepare.eval_rows(tok, verbose=True)
-    have = prepare.val_rows_available(prepare.settings(), tok, prepare.load_manifest())
+    tok = tokenizer.Tokenizer.from_directory()
+    rows, note = evaluate.eval_rows(tok, verbose=True)
+    have = evaluate.val_rows_available(settings.current(), tok, sources.load_manifest())
     assert rows == have < 10_000_000 // 64
     assert capsys.readouterr().out.startswith(f"!! eval: the val file holds only {have} rows of 64 tokens")

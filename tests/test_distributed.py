@@ -8,15 +8,15 @@ import sys
 import pytest
 import torch
 
-import prepare
+from harness import config, dataloader, ledger, settings, tokenizer
 from conftest import REPO, write_json
 
 
 def test_ranks_split_the_single_process_batch_exactly():
-    tok = prepare.Tokenizer.from_directory()
-    single = prepare.make_dataloader(tok, 8, 64, "train")
-    r0 = prepare.make_dataloader(tok, 4, 64, "train", rank=0, world_size=2)
-    r1 = prepare.make_dataloader(tok, 4, 64, "train", rank=1, world_size=2)
+    tok = tokenizer.Tokenizer.from_directory()
+    single = dataloader.make_dataloader(tok, 8, 64, "train")
+    r0 = dataloader.make_dataloader(tok, 4, 64, "train", rank=0, world_size=2)
+    r1 = dataloader.make_dataloader(tok, 4, 64, "train", rank=1, world_size=2)
     for _ in range(5):
         x, y, _ = next(single)
         x0, y0, _ = next(r0)
@@ -25,25 +25,25 @@ def test_ranks_split_the_single_process_batch_exactly():
 
 
 def test_world_size_must_divide_the_batch():
-    s = prepare.settings()
-    m = prepare.load_model()
-    with pytest.raises(prepare.ConfigError) as e:
-        prepare.effective_model(m, s, world_size=3)
+    s = settings.current()
+    m = config.load_model()
+    with pytest.raises(config.ConfigError) as e:
+        settings.effective_model(m, s, world_size=3)
     assert str(e.value) == ("model.json: key 'total_batch_size': expected a multiple of device_batch_size x max_seq_len"
                             " x world_size = 8 x 64 x 3 = 1536, got 1024")
 
 
 def test_more_processes_take_fewer_rows_each():
-    s = prepare.settings()
-    m, changes = prepare.effective_model(prepare.load_model(), s, world_size=4)
+    s = settings.current()
+    m, changes = settings.effective_model(config.load_model(), s, world_size=4)
     assert m.device_batch_size == 4 and changes["device_batch_size"] == (128, 4)     # 128 -cap-> 8 -split-> 4
     assert m.total_batch_size == 1024
-    assert prepare.describe_changes(changes, s, 4) == [
+    assert settings.describe_changes(changes, s, 4) == [
         "test mode caps model.json depth: 8 -> 2", "test mode caps model.json head_dim: 128 -> 32",
         "test mode caps model.json total_batch_size: 524288 -> 1024",
         "test mode caps + 4 processes split model.json device_batch_size: 128 -> 4"]
-    _, alone = prepare.effective_model(prepare.load_model(), s, world_size=2)
-    assert prepare.describe_changes(alone, s, 2)[-1] == "test mode caps model.json device_batch_size: 128 -> 8"
+    _, alone = settings.effective_model(config.load_model(), s, world_size=2)
+    assert settings.describe_changes(alone, s, 2)[-1] == "test mode caps model.json device_batch_size: 128 -> 8"
 
 
 def _run(run_dir, nproc):
@@ -70,7 +70,7 @@ def test_two_gloo_processes_match_one_process(run_dir):
     assert (one["num_steps"], two["num_steps"]) == ("4", "4")
     assert (one["world_size"], two["world_size"]) == ("1", "2")
     assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)   # same rows, same math
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert len(rows) == 2                                   # only rank 0 records
     assert rows[0]["comparability_key"] != rows[1]["comparability_key"]     # more GPUs is another key
     rec = json.loads((run_dir / "sessions" / f"{rows[1]['run_id']}.json").read_text())

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import prepare  # noqa: E402
 import train  # noqa: E402
+from harness import attention, hardware  # noqa: E402
+from harness.fused import cudnn_attention, relu2_gluon, relu2_mlp, rope_norm, softcap_loss  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -26,8 +27,8 @@ def _qkv(B=4, T=512, H=4, D=128, dtype=torch.bfloat16, seed=0):
 
 
 def _need(backend):
-    if backend == "cudnn" and prepare.load_cudnn_frontend()[0] is None:
-        pytest.skip(prepare.load_cudnn_frontend()[1])
+    if backend == "cudnn" and cudnn_attention.load_cudnn_frontend()[0] is None:
+        pytest.skip(cudnn_attention.load_cudnn_frontend()[1])
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "cudnn"])
@@ -35,20 +36,20 @@ def _need(backend):
 def test_backends_match_reference_bf16(backend, window):
     _need(backend)
     q, k, v = _qkv(seed=window)
-    ref = train.attention_reference(q.double(), k.double(), v.double(), window)
-    out = train.ATTENTION[backend](q, k, v, window)
+    ref = attention.attention_reference(q.double(), k.double(), v.double(), window)
+    out = attention.BACKENDS[backend](q, k, v, window)
     rel = ((out.double() - ref).norm() / ref.norm()).item()
     assert rel < 1e-2, f"{backend} window {window}: {rel:.2e}"
 
 
 def test_flex_gradients_match_reference():
     q, k, v = (t.float().requires_grad_() for t in _qkv(B=2, T=256, dtype=torch.float32))
-    out = train.attention_flex(q, k, v, 64)
+    out = attention.attention_flex(q, k, v, 64)
     out.square().sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    train.attention_reference(q, k, v, 64).square().sum().backward()
+    attention.attention_reference(q, k, v, 64).square().sum().backward()
     for g, t in zip(grads, (q, k, v)):
         assert ((g - t.grad).norm() / t.grad.norm()).item() < 1e-2
 
@@ -67,8 +68,8 @@ def test_cudnn_gradients_match_reference(window):
     _need("cudnn")
     q, k, v = _qkv(B=2, T=256, seed=window + 1)
     g = torch.randn_like(q)
-    ref, ref_grads = _grads(lambda *t: train.attention_reference(*t, window), q.double(), k.double(), v.double(), g.double())
-    for name, fn in (("eager", train.attention_cudnn), ("compiled", torch.compile(train.attention_cudnn, fullgraph=True))):
+    ref, ref_grads = _grads(lambda *t: attention.attention_reference(*t, window), q.double(), k.double(), v.double(), g.double())
+    for name, fn in (("eager", attention.attention_cudnn), ("compiled", torch.compile(attention.attention_cudnn, fullgraph=True))):
         out, grads = _grads(lambda *t: fn(*t, window), q, k, v, g)
         errs = [((a - b).norm() / b.norm()).item() for a, b in zip([out, *grads], [ref, *ref_grads])]
         assert max(errs) < 2e-2, f"{name} window {window}: out/dq/dk/dv rel errors {errs}"
@@ -79,11 +80,11 @@ def test_cudnn_refusal_falls_back():
     take (1024) moves the platform to flex with the reason."""
     _need("cudnn")
     ok = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
-    assert prepare.confirm_cudnn_attention(ok, (8, 2048, 4, 128), [1024, 2048], torch.device("cuda")) is None
+    assert hardware.confirm_attention(ok, (8, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
     bad = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
-    line = prepare.confirm_cudnn_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
+    changed, line = hardware.confirm_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
     assert line.startswith("attention: cudnn -> flex: cuDNN cannot build attention for B=2 T=256 H=1 D=1024 (")
-    assert bad["attention"] == "flex"
+    assert changed["attention"] == "flex" and bad["attention"] == "cudnn"
 
 
 def test_triton_cross_entropy_matches_torch():
@@ -93,7 +94,7 @@ def test_triton_cross_entropy_matches_torch():
     logits = (torch.randn(4096, 8192, device="cuda", generator=g) * 8).bfloat16().requires_grad_()
     targets = torch.randint(0, 8192, (4096,), device="cuda", generator=g)
     targets[::7] = -1
-    rows = prepare.softcap_cross_entropy_rows(logits, targets, 15)
+    rows = softcap_loss.softcap_cross_entropy_rows(logits, targets, 15)
     loss = rows.sum() / (targets != -1).sum()
     loss.backward()
     got = logits.grad.float()
@@ -113,23 +114,22 @@ def _need_fused_mlp():
 @pytest.mark.parametrize("kernel", ["triton", "gluon"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,d", [(3000, 512), (1000, 384), (700, 40)])
-def test_fused_mlp_matches_reference(kernel, dtype, rows, d, monkeypatch):
+def test_fused_mlp_matches_reference(kernel, dtype, rows, d):
     """relu2_mlp (Triton or, on Hopper, Gluon matmuls, activation in the epilogues) against float64 plain ops:
     output and the three gradients; rows, the reduction width and the inner width (4d = 1536, 160) not
     multiples of the tiles, d = 40 narrower than the prefetch depth of the Gluon kernel."""
     _need_fused_mlp()
-    if kernel == "gluon":
-        monkeypatch.setattr(prepare, "RELU2_GLUON_FORWARD", True)
-        if not prepare._relu2_gluon_ok(torch.device("cuda")):
-            pytest.skip("the Gluon kernels need Hopper (wgmma) and triton with Gluon")
-    else:
-        monkeypatch.setattr(prepare, "RELU2_GLUON", False)
+    gate = relu2_gluon.GluonGate(forward=True) if kernel == "gluon" else None
+    if gate and not gate.usable(torch.device("cuda"), backward=True):
+        pytest.skip("the Gluon kernels need Hopper (wgmma) and triton with Gluon")
     g = torch.Generator(device="cuda").manual_seed(rows)
     x = torch.randn(rows, d, device="cuda", generator=g).to(dtype).requires_grad_()
     w_fc = (torch.randn(4 * d, d, device="cuda", generator=g) / d ** 0.5).to(dtype).requires_grad_()
     w_proj = (torch.randn(d, 4 * d, device="cuda", generator=g) / (4 * d) ** 0.5).to(dtype).requires_grad_()
     dy = torch.randn(rows, d, device="cuda", generator=g).to(dtype)
-    got = [prepare.relu2_mlp(x, w_fc, w_proj), *torch.autograd.grad(prepare.relu2_mlp(x, w_fc, w_proj), (x, w_fc, w_proj), dy)]
+    with relu2_mlp.kernel_choice(gate):
+        got = [relu2_mlp.relu2_mlp(x, w_fc, w_proj), *torch.autograd.grad(relu2_mlp.relu2_mlp(x, w_fc, w_proj), (x, w_fc, w_proj), dy)]
+    assert gate is None or (gate.enabled and len(gate.checked) == 2), "the Gluon kernels did not run"
     ref_in = [t.detach().double().requires_grad_() for t in (x, w_fc, w_proj)]
     ref_y = torch.relu(ref_in[0] @ ref_in[1].t()).square() @ ref_in[2].t()
     ref = [ref_y, *torch.autograd.grad(ref_y, ref_in, dy.double())]
@@ -146,7 +146,7 @@ def test_fused_mlp_in_compiled_model():
     for mlp in ("plain", "triton"):
         torch.manual_seed(0)
         cfg = train.GPTConfig(sequence_len=256, vocab_size=512, n_layer=2, n_head=2, n_kv_head=2, n_embd=256,
-                              window_pattern="SL", attention="sdpa", mlp=mlp)
+                              window_pattern="SL", attention="sdpa", fused_mlp=mlp == "triton")
         model = train.GPT(cfg).cuda()
         model.init_weights()
         for mod in model.modules():                      # init_weights zeroes c_proj; give the MLP a gradient path
@@ -166,13 +166,13 @@ def test_fused_mlp_in_compiled_model():
 
 @pytest.mark.parametrize("shape", [(4, 512, 4, 128), (2, 100, 3, 64)])
 def test_rope_norm_matches_reference(shape):
-    """prepare.rope_norm on bf16 against apply_rotary_emb + norm in float64: output and input gradient."""
+    """rope_norm.rope_norm on bf16 against apply_rotary_emb + norm in float64: output and input gradient."""
     g = torch.Generator(device="cuda").manual_seed(shape[1])
     x = torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
     cos, sin = (torch.randn(1, 4 * shape[1], 1, shape[3] // 2, device="cuda", generator=g)[:, :shape[1]].to(torch.bfloat16)
                 for _ in range(2))
     dy = torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16)
-    y = prepare.rope_norm(x, cos, sin)
+    y = rope_norm.rope_norm(x, cos, sin)
     dx, = torch.autograd.grad(y, x, dy)
     xd = x.detach().double().requires_grad_()
     ref = train.norm(train.apply_rotary_emb(xd, cos.double(), sin.double()))
@@ -188,12 +188,11 @@ def test_compiled_model_same_with_rope_kernels():
     for fused in (False, True):
         torch.manual_seed(0)
         cfg = train.GPTConfig(sequence_len=256, vocab_size=512, n_layer=2, n_head=2, n_kv_head=2, n_embd=256,
-                              window_pattern="SL", attention="sdpa", mlp="plain")
+                              window_pattern="SL", attention="sdpa", fused_rope=fused)
         model = train.GPT(cfg).cuda()
         model.init_weights()
         for mod in model.modules():
             if isinstance(mod, train.CausalSelfAttention):
-                mod.fused_rope = fused
                 torch.nn.init.normal_(mod.c_proj.weight, std=0.02)      # init_weights zeroes it: give q, k a gradient
         compiled = torch.compile(model, dynamic=False)
         idx = torch.randint(0, 512, (4, 256), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
@@ -227,8 +226,8 @@ def test_compiled_muon_matches_eager():
 if __name__ == "__main__":
     n = 0
     for backend in ("sdpa", "flex", "cudnn"):
-        if backend == "cudnn" and prepare.load_cudnn_frontend()[0] is None:
-            print(f"cudnn checks skipped: {prepare.load_cudnn_frontend()[1]}")
+        if backend == "cudnn" and cudnn_attention.load_cudnn_frontend()[0] is None:
+            print(f"cudnn checks skipped: {cudnn_attention.load_cudnn_frontend()[1]}")
             continue
         for window in (511, 256, 100, 7):
             test_backends_match_reference_bf16(backend, window)
@@ -250,12 +249,11 @@ if __name__ == "__main__":
         for kernel in ("triton", "gluon"):
             for dtype in (torch.bfloat16, torch.float16):
                 for rows, d in ((3000, 512), (1000, 384), (700, 40)):
-                    with pytest.MonkeyPatch.context() as mp:
-                        try:
-                            test_fused_mlp_matches_reference(kernel, dtype, rows, d, mp)
-                        except pytest.skip.Exception as e:
-                            print(f"fused MLP {kernel} skipped: {e}")
-                            continue
+                    try:
+                        test_fused_mlp_matches_reference(kernel, dtype, rows, d)
+                    except pytest.skip.Exception as e:
+                        print(f"fused MLP {kernel} skipped: {e}")
+                        continue
                     n += 1
         test_fused_mlp_in_compiled_model()
         n += 1

@@ -6,14 +6,14 @@ import multiprocessing as mp
 
 import pytest
 
-import prepare
+from harness import config, ledger, memory
 from conftest import run_script
 
-HEADER = "\t".join(prepare.LEDGER_COLUMNS)
+HEADER = "\t".join(ledger.LEDGER_COLUMNS)
 
 
 def _row(run_id, val_bpb, key="k1", **kw):
-    r = {c: None for c in prepare.LEDGER_COLUMNS}
+    r = {c: None for c in ledger.LEDGER_COLUMNS}
     r.update(run_id=run_id, commit=run_id[-7:].rjust(7, "0"), val_bpb=val_bpb, description=f"desc {run_id}",
              mode="test", comparability_key=key, timestamp="2026-11-26T00:00:00+00:00", peak_vram_mb=1024.0,
              num_steps=10)
@@ -29,7 +29,7 @@ def _entry(model=None, fp="fp0", error=None):
 def _writer(args):
     results, sessions, proc = args
     for i in range(50):
-        prepare.append_record(results, sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
+        memory.record(results, sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
                               _entry({"depth": proc, "matrix_lr": i / 100}, fp=f"fp{proc}-{i}"))
     return proc
 
@@ -41,35 +41,35 @@ def test_eight_processes_fifty_records_each(tmp_path):
         assert sorted(pool.map(_writer, [(results, sessions, p) for p in range(8)])) == list(range(8))
     lines = results.read_text().splitlines()
     assert lines[0] == HEADER and len(lines) == 401
-    assert all(len(line.split("\t")) == len(prepare.LEDGER_COLUMNS) for line in lines)
-    rows = prepare.read_ledger(results)
+    assert all(len(line.split("\t")) == len(ledger.LEDGER_COLUMNS) for line in lines)
+    rows = ledger.read_ledger(results)
     assert len(rows) == 400 and len({r["run_id"] for r in rows}) == 400
     assert sum(r["status"] == "baseline" for r in rows) == 1
-    assert len(prepare.read_index(sessions)) == 400
-    memory = (sessions / "memory.md").read_text()
-    assert "400 runs" in memory and len(memory.encode()) <= prepare.MEMORY_MAX_BYTES + 200
+    assert len(memory.read_index(sessions)) == 400
+    digest = (sessions / "memory.md").read_text()
+    assert "400 runs" in digest and len(digest.encode()) <= memory.MEMORY_MAX_BYTES + 200
     best = min(r["val_bpb"] for r in rows if r["status"] in ("baseline", "keep"))
     assert best == pytest.approx(1.0)
-    assert f"best: val_bpb {best:.6f} — p0-r00" in memory
+    assert f"best: val_bpb {best:.6f} — p0-r00" in digest
 
 
 def test_statuses_and_comparability_keys(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    statuses = [prepare.append_record(res, ses, _row(rid, v, key), _entry())["status"]
+    statuses = [memory.record(res, ses, _row(rid, v, key), _entry())["status"]
                 for rid, v, key in [("a", 1.0, "k1"), ("b", 0.9, "k1"), ("c", 0.95, "k1"), ("d", 0.9, "k1"),
                                     ("e", 2.0, "k2"), ("f", None, "k1")]]
     assert statuses == ["baseline", "keep", "discard", "discard", "baseline", "crash"]
     crash_line = res.read_text().splitlines()[-1].split("\t")
     assert crash_line[2] == "" and crash_line[4] == "crash"          # empty metric, never 0.0
-    memory = (ses / "memory.md").read_text()
-    assert "comparability key: `k1` — 5 runs: 1 baseline, 1 keep, 2 discard, 1 crash, 0 interrupted" in memory
-    assert "other keys (not compared): `k2` (1)" in memory
+    digest = (ses / "memory.md").read_text()
+    assert "comparability key: `k1` — 5 runs: 1 baseline, 1 keep, 2 discard, 1 crash, 0 interrupted" in digest
+    assert "other keys (not compared): `k2` (1)" in digest
 
 
 def test_description_tabs_and_newlines_are_neutralized(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    prepare.append_record(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
-    assert prepare.read_ledger(res)[0]["description"] == "a b c d"
+    memory.record(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
+    assert ledger.read_ledger(res)[0]["description"] == "a b c d"
 
 
 def test_reads_upstream_five_column_ledger(tmp_path):
@@ -78,11 +78,11 @@ def test_reads_upstream_five_column_ledger(tmp_path):
                  "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
                  "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM)\n"
                  "c3d4e5f\t0.993200\t44.2\tkeep\tincrease LR\n")
-    rows = prepare.read_ledger(p)
+    rows = ledger.read_ledger(p)
     assert [(r["commit"], r["val_bpb"], r["status"]) for r in rows] == \
         [("a1b2c3d", 0.9979, "keep"), ("b2c3d4e", None, "crash"), ("c3d4e5f", 0.9932, "keep")]
-    assert rows[0]["comparability_key"] == prepare.LEGACY_KEY and rows[0]["run_id"] == "line2-a1b2c3d"
-    text = prepare.render_memory(rows, {}, "")
+    assert rows[0]["comparability_key"] == ledger.LEGACY_KEY and rows[0]["run_id"] == "line2-a1b2c3d"
+    text = memory.render_memory(rows, {}, "")
     assert "best: val_bpb 0.993200" in text                 # the crash's 0.000000 is not a best
 
 
@@ -90,58 +90,58 @@ def test_reads_fork_nine_column_ledger(tmp_path):
     p = tmp_path / "results.tsv"
     p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\tpeak_vram_mb\tmfu_percent\ttraining_seconds\tnum_params_M\n"
                  "a1b2c3d\t1.010000\t44.0\tkeep\tbase\t45062.2\t39.6\t300.1\t50.3\n")
-    r = prepare.read_ledger(p)[0]
+    r = ledger.read_ledger(p)[0]
     assert (r["val_bpb"], r["peak_vram_mb"], r["mfu_percent"], r["training_seconds"], r["num_params_M"]) == \
         (1.01, 45062.2, 39.6, 300.1, 50.3)
 
 
 def test_corrupt_lines_warned_skipped_never_rewritten(tmp_path):
     p = tmp_path / "results.tsv"
-    good = prepare.ledger_line(_row("g", 1.0, status="baseline"))
+    good = ledger.ledger_line(_row("g", 1.0, status="baseline"))
     bad_number = good.replace("1.000000", "abc")
-    bad_status = prepare.ledger_line(_row("h", 1.0, status="maybe"))
+    bad_status = ledger.ledger_line(_row("h", 1.0, status="maybe"))
     text = HEADER + "\n" + good + "only\ttwo\n" + bad_number + bad_status
     p.write_text(text)
     warnings = []
-    rows = prepare.read_ledger(p, warn=warnings.append)
+    rows = ledger.read_ledger(p, warn=warnings.append)
     assert len(rows) == 1
     assert warnings[0] == "results.tsv:3: skipped: 2 fields, expected 15"
     assert warnings[1] == "results.tsv:4: skipped: val_bpb = 'abc' is not a number"
     assert warnings[2] == "results.tsv:5: skipped: unknown status 'maybe'"
-    prepare.append_record(p, tmp_path / "s", _row("h", 0.5), _entry())
+    memory.record(p, tmp_path / "s", _row("h", 0.5), _entry())
     assert p.read_text().startswith(text)                   # appended after, nothing rewritten
 
 
 def test_bad_header_is_a_clear_error(tmp_path):
     p = tmp_path / "results.tsv"
     p.write_text("foo\tbar\n1\t2\n")
-    with pytest.raises(prepare.ConfigError) as e:
-        prepare.read_ledger(p)
+    with pytest.raises(config.ConfigError) as e:
+        ledger.read_ledger(p)
     assert str(e.value) == "results.tsv: header line: expected a ledger header with columns commit, val_bpb, status, description; missing commit, val_bpb, status, description"
 
 
 def test_notes_survive_and_memory_is_deterministic(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    prepare.append_record(res, ses, _row("a", 1.0), _entry())
+    memory.record(res, ses, _row("a", 1.0), _entry())
     mem = ses / "memory.md"
     notes = "## Notes\n\n- hypothesis: deeper is better\n- lesson: lr 0.1 diverges | keep\n"
     mem.write_text(mem.read_text().split("## Notes")[0] + notes)
-    prepare.append_record(res, ses, _row("b", 0.9), _entry({"depth": 10, "matrix_lr": 0.04}))
+    memory.record(res, ses, _row("b", 0.9), _entry({"depth": 10, "matrix_lr": 0.04}))
     text = mem.read_text()
     assert text.endswith(notes)
     first = mem.read_bytes()
-    prepare.write_memory(res, ses)
+    memory.write_memory(res, ses)
     assert mem.read_bytes() == first
 
 
 def test_memory_sections(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     base = {"depth": 8, "matrix_lr": 0.04, "extra": {"mlp": 4}}
-    prepare.append_record(res, ses, _row("r1", 1.00), _entry(base, "A"))
-    prepare.append_record(res, ses, _row("r2", 0.98), _entry(dict(base, matrix_lr=0.06), "B"))
-    prepare.append_record(res, ses, _row("r3", 0.99), _entry(dict(base, depth=10), "C"))
-    prepare.append_record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D", error="OutOfMemoryError: CUDA out of memory"))
-    prepare.append_record(res, ses, _row("r5", 0.985), _entry(dict(base, matrix_lr=0.06), "B"))
+    memory.record(res, ses, _row("r1", 1.00), _entry(base, "A"))
+    memory.record(res, ses, _row("r2", 0.98), _entry(dict(base, matrix_lr=0.06), "B"))
+    memory.record(res, ses, _row("r3", 0.99), _entry(dict(base, depth=10), "C"))
+    memory.record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D", error="OutOfMemoryError: CUDA out of memory"))
+    memory.record(res, ses, _row("r5", 0.985), _entry(dict(base, matrix_lr=0.06), "B"))
     text = (ses / "memory.md").read_text()
     assert "- best: val_bpb 0.980000 — r2" in text
     assert "- runs since last improvement: 3" in text
@@ -160,8 +160,8 @@ def test_memory_bounded_for_a_huge_ledger(tmp_path):
     rows[0]["status"] = "baseline"
     index = {r["run_id"]: {"model": {f"k{j}": i % 50 for j in range(30)}, "fingerprint": f"f{i % 97}"}
              for i, r in enumerate(rows)}
-    text = prepare.render_memory(rows, index, "")
-    assert len(text.encode()) <= prepare.MEMORY_MAX_BYTES + 200
+    text = memory.render_memory(rows, index, "")
+    assert len(text.encode()) <= memory.MEMORY_MAX_BYTES + 200
 
 
 def test_record_crash_from_a_killed_runs_log(run_dir):
@@ -176,10 +176,10 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
                                     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
     r = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
     assert r.returncode == 0, r.stderr
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["run_id"], x["status"], x["val_bpb"], x["commit"], x["comparability_key"]) for x in rows] == \
         [(rid, "crash", None, "abcdef0", "local-test-abc")]
-    assert prepare.read_index(ses)[rid]["error"] == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert memory.read_index(ses)[rid]["error"] == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert json.loads((ses / f"{rid}.json").read_text())["status"] == "crash"
     assert "CUDA out of memory" in (ses / "memory.md").read_text()
     again = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
@@ -191,7 +191,7 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
 
 def test_memory_cli_regenerates(run_dir):
     res, ses = run_dir / "results.tsv", run_dir / "sessions"
-    prepare.append_record(res, ses, _row("a", 1.0), _entry())
+    memory.record(res, ses, _row("a", 1.0), _entry())
     (ses / "memory.md").unlink()
     r = run_script("prepare.py", run_dir, "--memory")
     assert r.returncode == 0 and "best: val_bpb 1.000000 — a" in (ses / "memory.md").read_text()
@@ -201,7 +201,7 @@ def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     for rid, v, branch, wt in [("a", 1.0, "autoresearch/gpu0", "/w0"), ("b", 0.9, "autoresearch/gpu1", "/w1"),
                                ("c", 0.95, "autoresearch/gpu0", "/w0")]:
-        prepare.append_record(res, ses, _row(rid, v), dict(_entry(), branch=branch, worktree=wt))
+        memory.record(res, ses, _row(rid, v), dict(_entry(), branch=branch, worktree=wt))
     text = (ses / "memory.md").read_text()
     assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
     assert "| b | keep | 0.900000 | +0.0000 | [autoresearch/gpu1] desc b |" in text

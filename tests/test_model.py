@@ -1,12 +1,14 @@
 """train.py numerics: attention backends vs a reference, AdamW vs torch.optim.AdamW, Muon, fp16 safety."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-import prepare
 import train
+from harness import attention, config, hardware
+from harness.fused import relu2_gluon
 
 
 def _qkv(B=2, T=48, H=2, D=16, dtype=torch.float32, seed=0):
@@ -18,35 +20,16 @@ def _qkv(B=2, T=48, H=2, D=16, dtype=torch.float32, seed=0):
 @pytest.mark.parametrize("window", [47, 64, 24, 16, 7, 1])
 def test_backend_matches_reference(backend, window):
     q, k, v = _qkv(seed=window)
-    ref = train.attention_reference(q, k, v, window)
-    out = train.ATTENTION[backend](q, k, v, window)
+    ref = attention.attention_reference(q, k, v, window)
+    out = attention.BACKENDS[backend](q, k, v, window)
     assert out.shape == ref.shape
     rel = (out - ref).norm() / ref.norm()
     assert rel < 1e-5, f"{backend} window={window}: rel err {rel:.2e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_softcap_cross_entropy_matches_torch(dtype):
-    """Loss and logits gradient equal F.cross_entropy on float32 softcapped logits, ignored targets included."""
-    g = torch.Generator().manual_seed(3)
-    logits = (torch.randn(40, 50, generator=g) * 20).to(dtype).requires_grad_()
-    targets = torch.randint(0, 50, (40,), generator=g)
-    targets[[3, 17, 18]] = -1
-    loss = train.softcap_cross_entropy(logits, targets, 15)
-    (loss * 2.5).backward()
-    got = logits.grad.clone()
-    logits.grad = None
-    z = 15 * torch.tanh(logits.float() / 15)
-    ref = torch.nn.functional.cross_entropy(z, targets, ignore_index=-1)
-    (ref * 2.5).backward()
-    assert abs(loss.item() - ref.item()) < 1e-5 * ref.item()
-    assert got.dtype == dtype and got[3].abs().max().item() == 0.0
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    assert ((got.float() - logits.grad.float()).norm() / logits.grad.float().norm()).item() < tol
-
-
 CE_TRITON_SCRIPT = r"""
-import json, torch, prepare
+import json, torch
+from harness.fused import relu2_mlp, rope_norm, softcap_loss
 out = {}
 for dtype, V in ((torch.float32, 50), (torch.bfloat16, 50), (torch.bfloat16, 5000)):
     g = torch.Generator().manual_seed(V)
@@ -54,7 +37,7 @@ for dtype, V in ((torch.float32, 50), (torch.bfloat16, 50), (torch.bfloat16, 500
     targets = torch.randint(0, V, (12,), generator=g)
     targets[[3, 7]] = -1
     targets[5] = V - 1
-    rows = prepare.softcap_cross_entropy_rows(logits, targets, 15)
+    rows = softcap_loss.softcap_cross_entropy_rows(logits, targets, 15)
     (rows.sum() * 2.5 / 10).backward()
     got = logits.grad.clone()
     logits.grad = None
@@ -85,7 +68,7 @@ def _interpreted(script: str) -> dict:
 
 
 def test_triton_softcap_cross_entropy_matches_torch():
-    """prepare.softcap_cross_entropy_rows (the CUDA loss kernels) run in Triton's CPU interpreter: per-row
+    """softcap_loss.softcap_cross_entropy_rows (the CUDA loss kernels) run in Triton's CPU interpreter: per-row
     losses and the logits gradient equal F.cross_entropy on float32 softcapped logits, for float32 and
     bf16, a vocabulary that is no power of two and one longer than a block (5000 > 4096); ignored rows
     give 0 loss and 0 gradient."""
@@ -98,7 +81,8 @@ def test_triton_softcap_cross_entropy_matches_torch():
 
 
 MLP_TRITON_SCRIPT = r"""
-import json, torch, prepare
+import json, torch
+from harness.fused import relu2_mlp, rope_norm, softcap_loss
 out = {}
 for dtype in (torch.float32, torch.float16):       # the interpreter mis-reads bf16 through TMA descriptors
     g = torch.Generator().manual_seed(0)
@@ -106,7 +90,7 @@ for dtype in (torch.float32, torch.float16):       # the interpreter mis-reads b
     w_fc = (torch.randn(160, 40, generator=g) / 40 ** 0.5).to(dtype).requires_grad_()
     w_proj = (torch.randn(40, 160, generator=g) / 160 ** 0.5).to(dtype).requires_grad_()
     dy = torch.randn(2, 45, 40, generator=g).to(dtype)
-    y = prepare.relu2_mlp(x, w_fc, w_proj)
+    y = relu2_mlp.relu2_mlp(x, w_fc, w_proj)
     got = [y, *torch.autograd.grad(y, (x, w_fc, w_proj), dy)]
     ins = [t.detach().double().requires_grad_() for t in (x, w_fc, w_proj)]
     ry = torch.relu(ins[0] @ ins[1].t()).square() @ ins[2].t()
@@ -118,7 +102,7 @@ print(json.dumps(out))
 
 
 def test_triton_fused_mlp_matches_plain_ops():
-    """prepare.relu2_mlp (ReLU^2 in the epilogues of two Triton matmuls; the backward's derivative from the
+    """relu2_mlp.relu2_mlp (ReLU^2 in the epilogues of two Triton matmuls; the backward's derivative from the
     stored activation, 2 sqrt(a)) run in Triton's CPU interpreter: output and the three gradients equal
     float64 plain ops, with rows and the reduction width not multiples of the tiles."""
     res = _interpreted(MLP_TRITON_SCRIPT)
@@ -130,48 +114,45 @@ def test_triton_fused_mlp_matches_plain_ops():
             assert rel < (1e-5 if dtype == "torch.float32" else 5e-3), (dtype, name, rel)
 
 
-def test_gluon_kernel_checked_on_first_use(monkeypatch, capsys):
+def test_gluon_kernel_checked_on_first_use(capsys):
     """The Gluon matmul (Hopper only) is checked against torch on its first call per kind; a triton whose Gluon
-    kernel raises or disagrees turns it off for the process, with one printed line, and the caller falls back
-    (None) to the Triton kernel."""
+    kernel raises or disagrees turns its gate off, with one printed line, and the caller falls back (None)
+    to the Triton kernel. The kernel is a stand-in passed to the gate (its seam), so this runs on the CPU."""
     g = torch.Generator().manual_seed(3)
     a, b, aux = torch.randn(300, 40, generator=g), torch.randn(40, 96, generator=g), torch.rand(300, 96, generator=g)
     right = lambda a, b, aux=None: (a @ b) * 2 * aux.sqrt() if aux is not None else torch.relu(a @ b).square()
-    monkeypatch.setattr(prepare, "RELU2_GLUON", True)
-    monkeypatch.setattr(prepare, "_GLUON_CHECKED", set())
-    monkeypatch.setattr(prepare, "_relu2_mm_gluon", right)
+    gate = relu2_gluon.GluonGate(kernel=right)
     zero = torch.zeros_like(b)                          # the MLP's c_proj starts at zero: nothing to compare yet
-    assert torch.equal(prepare._relu2_mm_hopper(a, zero, aux), torch.zeros(300, 96))
-    assert prepare._GLUON_CHECKED == set() and prepare.RELU2_GLUON
-    assert torch.equal(prepare._relu2_mm_hopper(a, b, aux), right(a, b, aux))
-    assert torch.equal(prepare._relu2_mm_hopper(a, b), right(a, b))
-    assert prepare._GLUON_CHECKED == {(False, torch.float32), (True, torch.float32)} and prepare.RELU2_GLUON
+    assert torch.equal(gate(a, zero, aux), torch.zeros(300, 96))
+    assert gate.checked == set() and gate.enabled
+    assert torch.equal(gate(a, b, aux), right(a, b, aux))
+    assert torch.equal(gate(a, b), right(a, b))
+    assert gate.checked == {(False, torch.float32), (True, torch.float32)} and gate.enabled
     assert capsys.readouterr().out == ""
-    wrong = lambda a, b, aux=None: right(a, b, aux) * 1.1
-    monkeypatch.setattr(prepare, "_GLUON_CHECKED", set())
-    monkeypatch.setattr(prepare, "_relu2_mm_gluon", wrong)
-    assert prepare._relu2_mm_hopper(a, b, aux) is None and prepare.RELU2_GLUON is False
+    wrong = relu2_gluon.GluonGate(kernel=lambda a, b, aux=None: right(a, b, aux) * 1.1)
+    assert wrong(a, b, aux) is None and wrong.enabled is False
+    assert not wrong.usable(torch.device("cpu"), backward=True)
     out = capsys.readouterr().out
     assert out.startswith("fused MLP: the Gluon kernel failed on triton") and "RuntimeError: relative error 1.00e-01" in out
     assert out.strip().endswith("using the Triton kernels") and out.count("\n") == 1
 
     def broken(a, b, aux=None):
         raise AttributeError("module has no attribute 'async_copy_global_to_shared'")
-    monkeypatch.setattr(prepare, "RELU2_GLUON", True)
-    monkeypatch.setattr(prepare, "_relu2_mm_gluon", broken)
-    assert prepare._relu2_mm_hopper(a, b, aux) is None and prepare.RELU2_GLUON is False
+    gate = relu2_gluon.GluonGate(kernel=broken)
+    assert gate(a, b, aux) is None and gate.enabled is False
     assert "(AttributeError: module has no attribute 'async_copy_global_to_shared')" in capsys.readouterr().out
 
 
 ROPE_TRITON_SCRIPT = r"""
-import json, torch, prepare, train
+import json, torch, train
+from harness.fused import relu2_mlp, rope_norm, softcap_loss
 out = {}
 for dtype in (torch.float32, torch.float16):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 37, 2, 16, generator=g).to(dtype).requires_grad_()     # 222 rows: a partial block
     cos, sin = (torch.randn(1, 50, 1, 8, generator=g)[:, :37].to(dtype) for _ in range(2))   # a prefix, like the model's
     dy = torch.randn(3, 37, 2, 16, generator=g).to(dtype)
-    y = prepare.rope_norm(x, cos, sin)
+    y = rope_norm.rope_norm(x, cos, sin)
     dx, = torch.autograd.grad(y, x, dy)
     xd = x.detach().double().requires_grad_()
     ry = train.norm(train.apply_rotary_emb(xd, cos.double(), sin.double()))
@@ -183,7 +164,7 @@ print(json.dumps(out))
 
 
 def test_triton_rope_norm_matches_plain_ops():
-    """prepare.rope_norm (rotary + QK-norm as Triton row kernels, the backward from the normed output) run in
+    """rope_norm.rope_norm (rotary + QK-norm as Triton row kernels, the backward from the normed output) run in
     Triton's CPU interpreter: output and input gradient equal train.apply_rotary_emb + train.norm in float64."""
     res = _interpreted(ROPE_TRITON_SCRIPT)
     assert set(res) == {"torch.float32", "torch.float16"}
@@ -205,10 +186,10 @@ def test_rotary_matches_upstream_form():
 def test_reference_respects_window():
     """Changing a key outside the window must not change the output; inside it must."""
     q, k, v = _qkv(B=1, T=32, H=1, D=8)
-    base = train.attention_reference(q, k, v, 4)
+    base = attention.attention_reference(q, k, v, 4)
     v2 = v.clone()
     v2[0, 10] += 5.0
-    out = train.attention_reference(q, k, v2, 4)
+    out = attention.attention_reference(q, k, v2, 4)
     changed = (out - base).abs().amax(dim=(0, 2, 3)) > 1e-6
     assert changed.nonzero().flatten().tolist() == [10, 11, 12, 13, 14]
 
@@ -225,7 +206,7 @@ def test_sdpa_window_has_no_dense_mask(monkeypatch):
         return real(q, k, v, attn_mask=attn_mask, **kw)
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     q, k, v = _qkv(B=1, T=256, H=2, D=8)
-    train.attention_sdpa(q, k, v, 32)
+    attention.attention_sdpa(q, k, v, 32)
     assert shapes == [((1, 16, 32, 8), (1, 16, 64, 8), (1, 16, 32, 64))]      # 2 heads x 8 blocks
 
 
@@ -294,16 +275,23 @@ def _tiny_model(attention="sdpa", T=32, **shape):
     return m
 
 
-def test_fused_mlp_choice_only_acts_under_16bit_autocast():
-    """mlp="triton" marks the MLPs fused, but without 16-bit autocast (fp32 runs, CPU) they run the plain
-    ops: same loss as the plain model, bit for bit; a width that is no multiple of 8 is never fused."""
-    plain, fused = _tiny_model(), _tiny_model()
-    for b in fused.transformer.h:
-        b.mlp.fused = True
-    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
-    assert fused(idx, idx).item() == plain(idx, idx).item()
-    cfg = train.GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=36, mlp="triton")
-    assert not train.MLP(cfg).fused and train.MLP(train.GPTConfig(n_embd=32, mlp="triton")).fused
+def test_fused_kernels_decided_once_in_build_config():
+    """Which fused kernels the model calls is decided when its config is built, from PLATFORM: on a compiled
+    Hopper run the MLP (for widths of whole 16-byte rows), rotary + QK-norm (power-of-two heads) and the loss;
+    on the CPU none. The modules read the flags; nothing is re-decided in forward()."""
+    h100 = {"cuda": True, "mps": False, "os": "Linux", "triton": True, "gluon": True, "world_size": 1,
+            "name": "NVIDIA H100 80GB HBM3", "capability": (9, 0), "sm_count": 132, "clock_mhz": 1980}
+    auto = config.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
+    hopper = hardware.resolve_platform(h100, auto)
+    cpu = hardware.resolve_platform({**h100, "cuda": False}, auto)
+    m = config.load_model()
+    c = train.build_config(m, 256, 512, hopper)
+    assert (c.attention, c.fused_mlp, c.fused_rope, c.fused_loss) == ("flex", True, True, True)
+    assert train.MLP(c).fused and train.CausalSelfAttention(c, 0).fused_rope
+    odd = train.build_config(dataclasses.replace(m, depth=2, aspect_ratio=18, head_dim=36), 256, 512, hopper)
+    assert odd.n_embd == 36 and (odd.fused_mlp, odd.fused_rope, odd.fused_loss) == (False, False, True)
+    c = train.build_config(m, 256, 512, cpu)
+    assert (c.attention, c.fused_mlp, c.fused_rope, c.fused_loss) == ("sdpa", False, False, False)
 
 
 def test_gqa_runs_on_every_cpu_backend():
@@ -320,7 +308,7 @@ def test_gqa_runs_on_every_cpu_backend():
         out_ref = ref(idx)
     for backend in ("flex", "sdpa"):
         for blk in ref.transformer.h:
-            blk.attn.attend = train.ATTENTION[backend]
+            blk.attn.backend = backend
         with torch.no_grad():
             assert torch.allclose(ref(idx), out_ref, atol=1e-4), backend
     ref(idx, idx).backward()                                # through SDPA (flex has no CPU backward)
@@ -352,7 +340,7 @@ def test_backends_agree_inside_the_model():
         m = _tiny_model(backend)
         m.load_state_dict(ref.state_dict())
         for blk in m.transformer.h:
-            blk.attn.attend = train.ATTENTION[backend]
+            blk.attn.backend = backend
         with torch.no_grad():
             assert torch.allclose(m(idx), out_ref, atol=1e-4), backend
 

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import prepare
+from harness import ledger
 from conftest import REPO
 
 
@@ -16,14 +16,14 @@ def _sample_ledger(path):
             ("r4", None, "crash", "too wide"), ("r5", 0.97, "keep", "warmdown 0.6"), ("r6", None, "interrupted", "ctrl-c"),
             ("r7", 2.0, "baseline", "other key")]
     with open(path, "w") as f:
-        f.write("\t".join(prepare.LEDGER_COLUMNS) + "\n")
+        f.write("\t".join(ledger.LEDGER_COLUMNS) + "\n")
         for i, (rid, v, st, d) in enumerate(rows):
-            row = {c: None for c in prepare.LEDGER_COLUMNS}
+            row = {c: None for c in ledger.LEDGER_COLUMNS}
             row.update(run_id=rid, commit=f"{i:07d}", val_bpb=v, status=st, description=d, mode="train",
                        comparability_key="k2" if rid == "r7" else "k1", timestamp="2026-11-26T00:00:00+00:00",
                        peak_vram_mb=45000.0, mfu_percent=39.6, training_seconds=300.0, total_tokens_M=497.0,
                        num_params_M=50.3, num_steps=949)
-            f.write(prepare.ledger_line(row))
+            f.write(ledger.ledger_line(row))
     # keep the last row in k1 so the plot shows the main key
     lines = open(path).read().splitlines()
     open(path, "w").write("\n".join([lines[0], lines[7]] + lines[1:7]) + "\n")

@@ -1,10 +1,13 @@
 """PLATFORM decisions for every row of the table, from fake device properties (no GPU needed)."""
 
+import dataclasses
+
 import pytest
+import torch
 
-import prepare
+from harness import config, hardware, settings
 
-AUTO = prepare.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
+AUTO = config.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
 
 
 def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None, gluon=False):
@@ -22,7 +25,7 @@ CUDNN_OK = (True, "cudnn-frontend 1.28.0 on cuDNN 91900")
 
 
 def proc(**kw):
-    return prepare.dataclasses.replace(AUTO, **kw)
+    return dataclasses.replace(AUTO, **kw)
 
 
 ROWS = [
@@ -51,23 +54,26 @@ ROWS = [
 
 @pytest.mark.parametrize("name,h,expected", ROWS, ids=[r[0] for r in ROWS])
 def test_platform_table(name, h, expected):
-    p = prepare.resolve_platform(h, AUTO)
+    p = hardware.resolve_platform(h, AUTO)
     got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"], p["mlp"])
     assert got == expected
-    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "mlp", "compile", "peak_flops"}
+    row_kernels = "triton" if p["compile"] else "plain"            # rope + loss kernels: compiled CUDA runs only
+    assert (p["rope"], p["loss"]) == (row_kernels, row_kernels)
+    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "mlp", "rope", "loss",
+                                 "compile", "peak_flops"}
     assert all(isinstance(v, str) and v for v in p["reasons"].values())
 
 
 def test_device_names():
-    assert prepare.resolve_platform(ROWS[0][1], AUTO)["device"] == "cuda"
-    assert prepare.resolve_platform(hw(mps=True), AUTO)["device"] == "mps"
-    assert prepare.resolve_platform(hw(), AUTO)["device"] == "cpu"
+    assert hardware.resolve_platform(ROWS[0][1], AUTO)["device"] == "cuda"
+    assert hardware.resolve_platform(hw(mps=True), AUTO)["device"] == "mps"
+    assert hardware.resolve_platform(hw(), AUTO)["device"] == "cpu"
 
 
 def test_offline_fa3_fallback_reason_is_printed():
-    p = prepare.resolve_platform(ROWS[1][1], AUTO)
+    p = hardware.resolve_platform(ROWS[1][1], AUTO)
     assert p["reasons"]["attention"] == "CC 9.0 with triton (FA3 not loadable: not loadable offline)"
-    p = prepare.resolve_platform(ROWS[1][1], proc(attention="fa3"))
+    p = hardware.resolve_platform(ROWS[1][1], proc(attention="fa3"))
     assert p["attention"] == "flex"
     assert p["reasons"]["attention"] == "fa3 requested but not loadable (not loadable offline); falling back to flex"
 
@@ -76,50 +82,50 @@ def test_cudnn_choice_and_fallbacks():
     """cuDNN is chosen on Hopper+ when cudnn-frontend loads (and FA3 does not); forcing it where it cannot
     run falls back with the reason; forcing it on an Ampere card where it loads is honoured."""
     h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline"), cudnn=CUDNN_OK)
-    p = prepare.resolve_platform(h100, AUTO)
+    p = hardware.resolve_platform(h100, AUTO)
     assert p["reasons"]["attention"] == ("Hopper+: cudnn-frontend 1.28.0 on cuDNN 91900, windows on cuDNN's fused kernel "
                                          "(FA3 not loadable: not loadable offline)")
     missing = dict(h100, cudnn=(False, "cudnn-frontend not loadable (ModuleNotFoundError: No module named 'cudnn')"))
-    assert prepare.resolve_platform(missing, AUTO)["attention"] == "flex"
-    p = prepare.resolve_platform(missing, proc(attention="cudnn"))
+    assert hardware.resolve_platform(missing, AUTO)["attention"] == "flex"
+    p = hardware.resolve_platform(missing, proc(attention="cudnn"))
     assert (p["attention"], p["reasons"]["attention"]) == ("flex", "cudnn requested but not usable (cudnn-frontend not "
                                                            "loadable (ModuleNotFoundError: No module named 'cudnn')); falling back to flex")
-    p = prepare.resolve_platform(h100, proc(attention="cudnn", dtype="float32"))
+    p = hardware.resolve_platform(h100, proc(attention="cudnn", dtype="float32"))
     assert (p["attention"], p["reasons"]["attention"]) == \
         ("flex", "cudnn requested but not usable (needs CUDA and bf16/fp16, have cuda float32); falling back to flex")
-    p = prepare.resolve_platform(h100, proc(attention="cudnn", device="cpu"))
+    p = hardware.resolve_platform(h100, proc(attention="cudnn", device="cpu"))
     assert p["attention"] == "sdpa" and p["reasons"]["attention"].endswith("have cpu float32); falling back to sdpa")
-    p = prepare.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK), proc(attention="cudnn"))
+    p = hardware.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK), proc(attention="cudnn"))
     assert (p["attention"], p["reasons"]["attention"]) == ("cudnn", "forced by ground.json (cudnn-frontend 1.28.0 on cuDNN 91900)")
-    p = prepare.resolve_platform(dict(h100, cudnn=CUDNN_OK), proc(dtype="float16"))
+    p = hardware.resolve_platform(dict(h100, cudnn=CUDNN_OK), proc(dtype="float16"))
     assert (p["attention"], p["use_grad_scaler"]) == ("cudnn", True)
 
 
 def test_peak_flops_from_table():
-    assert prepare.resolve_platform(ROWS[0][1], AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)  # 132 x 1830 MHz x 4096
-    assert prepare.resolve_platform(ROWS[3][1], AUTO)["peak_flops"] == pytest.approx(311.9e12, rel=1e-3)
-    assert prepare.resolve_platform(ROWS[5][1], AUTO)["peak_flops"] == pytest.approx(125.3e12, rel=1e-3)
-    assert prepare.resolve_platform(ROWS[6][1], AUTO)["peak_flops"] == pytest.approx(65.1e12, rel=1e-3)
+    assert hardware.resolve_platform(ROWS[0][1], AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)  # 132 x 1830 MHz x 4096
+    assert hardware.resolve_platform(ROWS[3][1], AUTO)["peak_flops"] == pytest.approx(311.9e12, rel=1e-3)
+    assert hardware.resolve_platform(ROWS[5][1], AUTO)["peak_flops"] == pytest.approx(125.3e12, rel=1e-3)
+    assert hardware.resolve_platform(ROWS[6][1], AUTO)["peak_flops"] == pytest.approx(65.1e12, rel=1e-3)
     # no spec clock for a 4090: the device's max clock is used
-    assert prepare.resolve_platform(ROWS[4][1], AUTO)["peak_flops"] == pytest.approx(512 * 128 * 2520e6)
+    assert hardware.resolve_platform(ROWS[4][1], AUTO)["peak_flops"] == pytest.approx(512 * 128 * 2520e6)
     h200 = hw((9, 0), "NVIDIA H200", 132, 1980, fa3=(False, "x"))
-    assert prepare.resolve_platform(h200, AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)
+    assert hardware.resolve_platform(h200, AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)
     unknown = hw((6, 1), "GTX 1080", 20, 1700)
-    p = prepare.resolve_platform(unknown, AUTO)
+    p = hardware.resolve_platform(unknown, AUTO)
     assert p["peak_flops"] == 0.0 and "MFU reported as 0" in p["reasons"]["peak_flops"]
-    assert prepare.resolve_platform(hw(), AUTO)["peak_flops"] == 0.0
+    assert hardware.resolve_platform(hw(), AUTO)["peak_flops"] == 0.0
 
 
 def test_overrides_win():
     h = ROWS[1][1]
-    p = prepare.resolve_platform(h, proc(dtype="float16", attention="sdpa", compile=False, peak_flops=5e14))
+    p = hardware.resolve_platform(h, proc(dtype="float16", attention="sdpa", compile=False, peak_flops=5e14))
     assert (p["dtype"], p["use_grad_scaler"], p["embedding_dtype"], p["attention"], p["compile"], p["peak_flops"]) == \
         ("float16", True, "float32", "sdpa", False, 5e14)
     assert p["reasons"]["dtype"] == "forced by ground.json processor.dtype"
-    p = prepare.resolve_platform(h, proc(device="cpu"))
+    p = hardware.resolve_platform(h, proc(device="cpu"))
     assert (p["device"], p["dtype"], p["attention"]) == ("cpu", "float32", "sdpa")
     # compile forced on but triton missing: falls back with a reason, never crashes
-    p = prepare.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), proc(compile=True, attention="flex"))
+    p = hardware.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), proc(compile=True, attention="flex"))
     assert p["compile"] is False and p["reasons"]["compile"] == "requested but unavailable: triton missing"
     assert p["attention"] == "sdpa" and "falling back to sdpa" in p["reasons"]["attention"]
 
@@ -127,59 +133,60 @@ def test_overrides_win():
 def test_fused_mlp_follows_dtype_and_triton():
     """The fused MLP runs where its Triton matmuls do: CUDA CC >= 9.0, triton, a 16-bit dtype; fp16 forced keeps it."""
     h100 = ROWS[1][1]
-    p = prepare.resolve_platform(h100, proc(dtype="float16"))
+    p = hardware.resolve_platform(h100, proc(dtype="float16"))
     assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
-    p = prepare.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, gluon=True), AUTO)
+    p = hardware.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, gluon=True), AUTO)
     assert p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA; backward matmul in Gluon (wgmma))"
-    p = prepare.resolve_platform(hw((10, 0), "NVIDIA B200", 148, 1965, gluon=True), AUTO)     # wgmma is Hopper's alone
+    p = hardware.resolve_platform(hw((10, 0), "NVIDIA B200", 148, 1965, gluon=True), AUTO)     # wgmma is Hopper's alone
     assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 10.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
-    p = prepare.resolve_platform(h100, proc(dtype="float32"))
+    p = hardware.resolve_platform(h100, proc(dtype="float32"))
     assert p["mlp"] == "plain"
     assert p["reasons"]["mlp"] == "plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here cuda CC 9.0, float32)"
-    p = prepare.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, triton=False), AUTO)
+    p = hardware.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, triton=False), AUTO)
     assert p["mlp"] == "plain" and p["reasons"]["mlp"].endswith("(here cuda CC 9.0, bfloat16)")
-    assert prepare.resolve_platform(hw(), AUTO)["reasons"]["mlp"].endswith("(here cpu, float32)")
+    assert hardware.resolve_platform(hw(), AUTO)["reasons"]["mlp"].endswith("(here cpu, float32)")
 
 
 def test_missing_device_is_a_config_error():
-    with pytest.raises(prepare.ConfigError) as e:
-        prepare.resolve_platform(hw(), proc(device="cuda"))
+    with pytest.raises(config.ConfigError) as e:
+        hardware.resolve_platform(hw(), proc(device="cuda"))
     assert str(e.value) == "ground.json: key 'processor.device': \"cuda\" requested but torch sees no CUDA device"
 
 
 def test_fa3_loader_never_raises_offline(monkeypatch):
-    monkeypatch.setattr(prepare, "_reachable", lambda url, t: False)
-    prepare._FA3.clear()
-    mod, why = prepare.load_fa3((9, 0), timeout_s=0.1)
+    settings.reset()                                   # forgets loaded kernels; tests have no network
+    mod, why = hardware.load_fa3((9, 0), timeout_s=0.1)
     assert mod is None and ("not loadable" in why or "not installed" in why)
 
 
 def test_platform_lines_show_reasons():
-    p = prepare.resolve_platform(ROWS[0][1], AUTO)
-    lines = prepare.platform_lines(p)
+    p = hardware.resolve_platform(ROWS[0][1], AUTO)
+    lines = hardware.platform_lines(p)
     assert lines[0] == "platform: NVIDIA H100 80GB HBM3 (CC 9.0)"
     assert any(line.strip().startswith("attention        fa3  (Hopper+: FA3 loaded)") for line in lines)
 
 
-def test_cudnn_shape_refusal_falls_back_with_reason(monkeypatch):
+def test_cudnn_shape_refusal_falls_back_with_reason():
     """train.py builds the cuDNN graphs before compiling; a shape cuDNN refuses moves the run to flex
-    (or sdpa without compile) and says why, instead of crashing the experiment mid-step."""
+    (or sdpa without compile) and says why, instead of crashing the experiment mid-step. The decision
+    is returned (a changed copy of PLATFORM), never written into the cached one."""
     h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK)
     built = []
-    monkeypatch.setattr(prepare, "_cudnn_graph", lambda kind, q, w: built.append((kind, tuple(q.shape), w)))
-    p = prepare.resolve_platform(h100, AUTO)
+    p = hardware.resolve_platform(h100, AUTO)
     p["dtype"] = "float32"                        # the probe tensor is made on this CPU
-    cpu = prepare.torch.device("cpu")
-    assert prepare.confirm_cudnn_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu) is None
+    cpu = torch.device("cpu")
+    record = lambda kind, q, w: built.append((kind, tuple(q.shape), w))
+    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu, build=record) == (p, None)
     assert built == [("fwd", (4, 2048, 4, 128), 1024), ("bwd", (4, 2048, 4, 128), 1024)] and p["attention"] == "cudnn"
 
     def refuse(kind, q, w):
         raise RuntimeError("No valid execution plans built.")
-    monkeypatch.setattr(prepare, "_cudnn_graph", refuse)
-    line = prepare.confirm_cudnn_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu)
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=refuse)
     why = "cuDNN cannot build attention for B=4 T=2048 H=4 D=320 (RuntimeError: No valid execution plans built.)"
     assert line == f"attention: cudnn -> flex: {why}"
-    assert (p["attention"], p["reasons"]["attention"]) == ("flex", f"{why}; falling back to flex")
-    p2 = dict(prepare.resolve_platform(h100, proc(compile=False)), dtype="float32")
-    assert prepare.confirm_cudnn_attention(p2, (4, 2048, 4, 320), [1024], cpu).startswith("attention: cudnn -> sdpa: ")
-    assert prepare.confirm_cudnn_attention(prepare.resolve_platform(ROWS[1][1], AUTO), (4, 2048, 4, 320), [1024], cpu) is None
+    assert (changed["attention"], changed["reasons"]["attention"]) == ("flex", f"{why}; falling back to flex")
+    assert p["attention"] == "cudnn" and p["reasons"]["attention"].startswith("Hopper+: cudnn-frontend")   # untouched
+    p2 = dict(hardware.resolve_platform(h100, proc(compile=False)), dtype="float32")
+    assert hardware.confirm_attention(p2, (4, 2048, 4, 320), [1024], cpu, build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
+    a100 = hardware.resolve_platform(ROWS[1][1], AUTO)
+    assert hardware.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-import prepare
+from harness import ledger, memory
 from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
@@ -39,7 +39,7 @@ def test_smoke_run_prints_summary_and_records(run_dir):
         ("baseline", "test", "cpu", "float32", "sdpa")
     assert float(summary["peak_vram_mb"]) == 0.0 and float(summary["mfu_percent"]) == 0.0
     # records: ledger row, log, JSON, memory
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert len(rows) == 1
     row = rows[0]
     assert row["run_id"] == summary["run_id"] and row["status"] == "baseline"
@@ -53,8 +53,8 @@ def test_smoke_run_prints_summary_and_records(run_dir):
     assert rec["model_changes_by_mode"]["depth"] == [8, 2] and len(rec["fingerprint"]) == 12
     # host time blocked on the loader: measured over the timed steps, a part of their time
     assert 0.0 <= rec["metrics"]["loader_wait_seconds"] < rec["metrics"]["training_seconds"]
-    memory = (run_dir / "sessions" / "memory.md").read_text()
-    assert f"best: val_bpb {row['val_bpb']:.6f} — {row['run_id']}" in memory
+    digest = (run_dir / "sessions" / "memory.md").read_text()
+    assert f"best: val_bpb {row['val_bpb']:.6f} — {row['run_id']}" in digest
 
 
 def test_divergence_fails_fast_with_a_reason(run_dir):
@@ -64,11 +64,11 @@ def test_divergence_fails_fast_with_a_reason(run_dir):
     r = run_script("train.py", run_dir, "--description", "huge lr")
     assert r.returncode == 1
     assert "CRASH: diverged: train loss nan at step" in r.stdout
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["status"], x["val_bpb"]) for x in rows] == [("crash", None)]
     assert "\tcrash\t" in (run_dir / "results.tsv").read_text() and "0.000000" not in (run_dir / "results.tsv").read_text()
-    memory = (run_dir / "sessions" / "memory.md").read_text()
-    assert "diverged: train loss nan" in memory
+    digest = (run_dir / "sessions" / "memory.md").read_text()
+    assert "diverged: train loss nan" in digest
 
 
 def test_exception_in_train_py_is_recorded_as_crash(run_dir):
@@ -81,9 +81,9 @@ def test_exception_in_train_py_is_recorded_as_crash(run_dir):
                        timeout=300, cwd=run_dir)
     assert r.returncode == 1
     assert "ValueError: boom from an edit" in r.stderr
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [x["status"] for x in rows] == ["crash"]
-    idx = prepare.read_index(run_dir / "sessions")
+    idx = memory.read_index(run_dir / "sessions")
     assert idx[rows[0]["run_id"]]["error"] == "ValueError: boom from an edit"
 
 
@@ -105,7 +105,7 @@ def test_sigint_records_interrupted(run_dir):
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out[-2000:]
     assert "SIGINT received: recording the run as interrupted" in out
-    rows = prepare.read_ledger(run_dir / "results.tsv")
+    rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["status"], x["val_bpb"]) for x in rows] == [("interrupted", None)]
     rec = json.loads((run_dir / "sessions" / f"{rows[0]['run_id']}.json").read_text())
     assert rec["status"] == "interrupted" and rec["error"] == "SIGINT received"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import prepare
+from harness import ledger, memory
 from conftest import REPO, write_json
 
 
@@ -41,13 +41,13 @@ def test_two_worktrees_share_one_ledger(tmp_path, workspace):
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
-    rows = prepare.read_ledger(shared / "results.tsv")
+    rows = ledger.read_ledger(shared / "results.tsv")
     assert sorted(r["description"] for r in rows) == ["agent 0", "agent 1"]
     assert sorted(r["status"] for r in rows) in (["baseline", "discard"], ["baseline", "keep"])
-    index = prepare.read_index(shared / "sessions")
+    index = memory.read_index(shared / "sessions")
     assert sorted(index[r["run_id"]]["branch"] for r in rows) == ["autoresearch/gpu0", "autoresearch/gpu1"]
     assert sorted(index[r["run_id"]]["worktree"] for r in rows) == sorted(str(t) for t in trees)
-    memory = (shared / "sessions" / "memory.md").read_text()
-    assert f"autoresearch/gpu0 @ {trees[0]} (1), autoresearch/gpu1 @ {trees[1]} (1)" in memory
+    digest = (shared / "sessions" / "memory.md").read_text()
+    assert f"autoresearch/gpu0 @ {trees[0]} (1), autoresearch/gpu1 @ {trees[1]} (1)" in digest
     for wt in trees:                                         # nothing written inside the worktrees
         assert git(wt, "status", "--porcelain") == ""

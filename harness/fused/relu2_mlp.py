@@ -77,25 +77,26 @@ def relu2_matmul(a: torch.Tensor, b: torch.Tensor, aux: torch.Tensor | None = No
 
 
 # ---------------------------------------------------------------------------
-# Which matmuls run in Gluon: one gate per process, swapped by tests and benches through gluon_gate()
+# Which kernels serve: set once per process, swapped by tests and benches through kernel_choice()
 # ---------------------------------------------------------------------------
 
-_GLUON = {"gate": GluonGate()}
+_KERNELS = {"gluon": GluonGate(), "triton_config": None}
 
 
 @contextlib.contextmanager
-def gluon_gate(gate: GluonGate | None):
-    """Run the fused MLP under another Gluon gate (None: the Triton kernels only) for the with-block."""
-    previous = _GLUON["gate"]
-    _GLUON["gate"] = gate
+def kernel_choice(gluon: GluonGate | None, triton_config: tuple | None = None):
+    """Run the fused MLP with another Gluon gate (None: the Triton kernels only) and Triton tile config
+    (None: chosen by shared memory, matmul_config) inside the with-block."""
+    previous = dict(_KERNELS)
+    _KERNELS.update(gluon=gluon, triton_config=triton_config)
     try:
-        yield gate
+        yield
     finally:
-        _GLUON["gate"] = previous
+        _KERNELS.update(previous)
 
 
 def current_gluon_gate() -> GluonGate | None:
-    return _GLUON["gate"]
+    return _KERNELS["gluon"]
 
 
 # ---------------------------------------------------------------------------
@@ -105,9 +106,9 @@ def current_gluon_gate() -> GluonGate | None:
 @torch.library.custom_op("autoresearch::relu2_mlp", mutates_args=())
 def _relu2_mlp_op(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.size(-1)).contiguous()
-    gate = _GLUON["gate"]
+    gate = _KERNELS["gluon"]
     a = gate(x2, w_fc.t().contiguous()) if gate and gate.usable(x.device, backward=False) else None
-    a = relu2_matmul(x2, w_fc.contiguous()) if a is None else a
+    a = relu2_matmul(x2, w_fc.contiguous(), config=_KERNELS["triton_config"]) if a is None else a
     return (a @ w_proj.t()).view(*x.shape[:-1], w_proj.size(0)), a
 
 
@@ -121,9 +122,9 @@ def _(x, w_fc, w_proj):
 def _relu2_mlp_backward_op(dy: torch.Tensor, x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor,
                            a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x2, dy2 = x.reshape(-1, x.size(-1)), dy.reshape(-1, dy.size(-1)).contiguous()
-    gate = _GLUON["gate"]
+    gate = _KERNELS["gluon"]
     dh = gate(dy2, w_proj.contiguous(), aux=a) if gate and gate.usable(dy.device, backward=True) else None
-    dh = relu2_matmul(dy2, w_proj.t().contiguous(), aux=a) if dh is None else dh
+    dh = relu2_matmul(dy2, w_proj.t().contiguous(), aux=a, config=_KERNELS["triton_config"]) if dh is None else dh
     return (dh @ w_fc).view(x.shape), dh.t() @ x2, dy2.t() @ a
 
 

@@ -1,6 +1,6 @@
 """Attention backends at the default shapes on the GPU: fwd+bwd time per layer (not a test).
 
-    python3 tests/bench_attention.py [variant ...]       # e.g. cudnn, "cudnn plans", "flex default"
+    python3 tests/bench/bench_attention.py [variant ...]       # e.g. cudnn, "cudnn plans", "flex default"
 
 Prints one line per variant: window, variant, ms per fwd+bwd, TFLOP/s (causal/windowed FLOPs).
 """
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import prepare  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from harness.fused import cudnn_attention
 
 B, H, T, D = 128, 4, 2048, 128
 VARIANTS = {
@@ -71,11 +71,11 @@ def main():
             print(f"w={window:5d} {name:22s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  (compile {time.time() - t0:.0f}s)",
                   flush=True)
         if not only or "cudnn" in only:
-            cudnn, why = prepare.load_cudnn_frontend()
+            cudnn, why = cudnn_attention.load_cudnn_frontend()
             if cudnn is None:
                 print(f"w={window:5d} cudnn-frontend          not loadable: {why}")
             else:
-                fn = lambda: prepare.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
+                fn = lambda: cudnn_attention.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
                 print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s"
                       f"  ({why})", flush=True)
         if "cudnn plans" in only:
@@ -92,9 +92,9 @@ def main():
 
 
 def cudnn_plans(leaves, dout, window):
-    """Every execution plan cuDNN offers for the forward and the backward graph (prepare uses the heuristic's
+    """Every execution plan cuDNN offers for the forward and the backward graph (the harness uses the heuristic's
     first): time per plan, and the largest difference of its outputs from the heuristic plan's."""
-    cudnn = prepare.load_cudnn_frontend()[0]
+    cudnn = cudnn_attention.load_cudnn_frontend()[0]
     q, k, v = (t.detach() for t in leaves)
     o = torch.empty_like(q)
     stats = torch.empty(B, H, T, 1, dtype=torch.float32, device="cuda")
@@ -102,10 +102,10 @@ def cudnn_plans(leaves, dout, window):
     tensors = {"fwd": dict(q=q, k=k, v=v, o=o, stats=stats),
                "bwd": dict(q=q, k=k, v=v, o=o, dO=dout, stats=stats, dq=grads[0], dk=grads[1], dv=grads[2])}
     outs = {"fwd": [o, stats], "bwd": grads}
-    handle = prepare._cudnn_handle(q.device)
+    handle = cudnn_attention.cudnn_handle(q.device)
     cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
     for kind in ("fwd", "bwd"):
-        graph, names = prepare._cudnn_graph(kind, q, window)
+        graph, names = cudnn_attention.build_graph(kind, q, window)
         pack = {names[n]: t for n, t in tensors[kind].items()}
         try:
             graph.build_plans(cudnn.build_plan_policy.ALL)

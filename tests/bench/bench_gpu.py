@@ -1,6 +1,6 @@
 """GPU benchmark for the default model.json in train mode (not a test; prints one table).
 
-    python3 tests/bench_gpu.py [--budget 40] [--variants auto,auto_warm,flex,sdpa,fp16] [--out DIR]
+    python3 tests/bench/bench_gpu.py [--budget 40] [--variants auto,auto_warm,flex,sdpa,fp16] [--out DIR]
 
 Runs train.py as a subprocess per variant (auto = the default platform choice: cuDNN where
 cudnn-frontend loads on Hopper+, else flex; flex, sdpa = forced attention backends; fp16 = forced
@@ -29,32 +29,32 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-import prepare  # noqa: E402
+sys.path.insert(0, str(REPO / "tests" / "bench"))
+from harness import config, settings, sources, tokenizer, util
 from bench_loader import loader_rate  # noqa: E402
 
 
 def bench_workspace(root: Path, budget: float) -> Path:
-    s = prepare.settings()
-    m = prepare.load_manifest(s)
+    s = settings.current()
+    m = sources.load_manifest(s)
     cache = root / "cache"
     (cache / "data").mkdir(parents=True)
-    shutil.copytree(prepare.tokenizer_dir(s), cache / "tokenizer")
-    docs = prepare.read_documents(m["val"])
+    shutil.copytree(tokenizer.tokenizer_dir(s), cache / "tokenizer")
+    docs = sources.read_documents(m["val"])
     for path in m["train"]:
-        docs += prepare.read_documents(path)
-    tok = prepare.Tokenizer.from_directory()
+        docs += sources.read_documents(path)
+    tok = tokenizer.Tokenizer.from_directory()
     need = s.ground.train.eval_tokens * 1.3
     have = sum(len(x) for x in tok.encode(docs[:2000])) / 2000 * len(docs)
     reps = max(1, int(np.ceil(need / have)))
     big_val = cache / "data" / "val_timing_only.parquet"
-    prepare._write_text_parquet(big_val, docs * reps)
+    sources.write_text_parquet(big_val, docs * reps)
     manifest = {"source": "local", "reason": "bench", "train": m["train"], "val": str(big_val),
-                "val_sha256": prepare._file_sha256(big_val), "created": "bench"}
+                "val_sha256": util.file_sha256(big_val), "created": "bench"}
     (cache / "data" / "manifest.json").write_text(json.dumps(manifest))
-    g = json.loads(prepare.ground_path().read_text())
+    g = json.loads(config.ground_path().read_text())
     g.update(mode="train")
     g["data"].update(source="auto", cache_dir=str(cache))
     g["train"]["time_budget_s"] = budget
@@ -70,7 +70,7 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
     gp.write_text(json.dumps(g, indent=2))
     env = dict(os.environ, AUTORESEARCH_GROUND=str(gp), PYTHONUNBUFFERED="1", **env_extra)
     if name == "turing":    # eager fp16 needs smaller micro-batches (a 16 GB card would anyway)
-        m = json.loads(prepare.model_path().read_text())
+        m = json.loads(config.model_path().read_text())
         m["device_batch_size"] = 16
         mp = ground.with_name("model_turing.json")
         mp.write_text(json.dumps(m))

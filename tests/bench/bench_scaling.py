@@ -1,6 +1,6 @@
 """Data-parallel scaling on one host (not a test; prints one table).
 
-    python3 tests/bench_scaling.py [--gpus 1,2,4] [--budget 30]
+    python3 tests/bench/bench_scaling.py [--gpus 1,2,4] [--budget 30]
 
 Runs the default model.json in train mode with `torchrun --nproc_per_node=N train.py` for
 each N (N=1 runs plain `train.py`) on the benchmark workspace of bench_gpu.py, sharing the
@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import bench_gpu  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main():

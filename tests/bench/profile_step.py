@@ -1,6 +1,6 @@
 """Profile the default training step on the GPU: top CUDA kernels by time (not a test).
 
-    AUTORESEARCH_GROUND=... python3 tests/profile_step.py [--steps 6] [--attention flex]
+    AUTORESEARCH_GROUND=... python3 tests/bench/profile_step.py [--steps 6] [--attention flex]
 """
 
 import argparse
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import prepare  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import train  # noqa: E402
+from harness import attention, config, dataloader, hardware, settings, tokenizer  # noqa: E402
+from harness.fused import relu2_gluon, relu2_mlp  # noqa: E402
 
 
 def main():
@@ -26,40 +27,39 @@ def main():
     ap.add_argument("--plain-ce", action="store_true", help="loss in plain ops instead of the Triton kernels")
     ap.add_argument("--mlp", default=None, help="triton | plain (default: PLATFORM's choice)")
     ap.add_argument("--gluon", default=None, choices=("none", "bwd", "both"),
-                    help="fused MLP on Hopper: Gluon kernels for none, the backward, or both matmuls (default: prepare's)")
+                    help="fused MLP on Hopper: Gluon kernels for none, the backward, or both matmuls (default: bwd)")
     ap.add_argument("--rope", default="triton", choices=("triton", "plain"),
-                    help="rotary + QK-norm: prepare.rope_norm kernels, or plain ops compiled by inductor")
+                    help="rotary + QK-norm: the harness.fused.rope_norm kernels, or plain ops compiled by inductor")
     ap.add_argument("--gluon-config", default=None, help="BLOCK_M,BLOCK_N,BLOCK_K,buffers of the Gluon kernels")
     args = ap.parse_args()
-    if args.gluon_config:
-        prepare.RELU2_GLUON_CONFIG = tuple(int(v) for v in args.gluon_config.split(","))
-    if args.gluon:
-        prepare.RELU2_GLUON, prepare.RELU2_GLUON_FORWARD = args.gluon != "none", args.gluon == "both"
+    gluon_cfg = tuple(int(v) for v in args.gluon_config.split(",")) if args.gluon_config else relu2_gluon.GLUON_CONFIG
+    gate = relu2_gluon.GluonGate(backward=args.gluon != "none", forward=args.gluon == "both",
+                                 kernel=lambda a, b, aux=None: relu2_gluon.gluon_matmul(a, b, aux, gluon_cfg))
+    relu2_mlp.kernel_choice(gate).__enter__()                     # held for the whole script
     if args.flex_options:
         import json
-        train.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
-    if args.plain_ce:
-        prepare.triton = None           # train.GPT.forward then takes softcap_cross_entropy (plain ops)
+        attention.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options)
     if args.coordinate_descent:
         import torch._inductor.config as icfg
         icfg.coordinate_descent_tuning = True
-    s = prepare.settings()
-    m, _ = prepare.effective_model(prepare.load_model(), s)
-    P = prepare.get_platform()
-    tok = prepare.Tokenizer.from_directory()
-    print(train.prefer_cudnn_sdpa(P))
-    cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P, attention=args.attention, mlp=args.mlp)
+    s = settings.current()
+    m, _ = settings.effective_model(config.load_model(), s)
+    P = hardware.get_platform()
+    tok = tokenizer.Tokenizer.from_directory()
+    print(attention.prefer_cudnn_sdpa(P))
+    cfg = train.build_config(m, s.max_seq_len, tok.get_vocab_size(), P)
+    cfg.attention = args.attention or cfg.attention
+    cfg.fused_mlp = cfg.fused_mlp if args.mlp is None else args.mlp == "triton"
+    cfg.fused_rope = cfg.fused_rope and args.rope == "triton"
+    cfg.fused_loss = cfg.fused_loss and not args.plain_ce          # --plain-ce: the plain lines (F.cross_entropy)
     with torch.device("meta"):
         model = train.GPT(cfg)
     model.to_empty(device="cuda")
     model.init_weights()
-    for mod in model.modules():
-        if isinstance(mod, train.CausalSelfAttention):
-            mod.fused_rope = mod.fused_rope and args.rope == "triton"
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
     opt.compile_steps()
     model = torch.compile(model, dynamic=False)
-    dl = prepare.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train")
+    dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train")
     accum = m.total_batch_size // (m.device_batch_size * s.max_seq_len)
     ac = torch.amp.autocast("cuda", dtype=torch.bfloat16)
 
