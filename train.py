@@ -88,7 +88,9 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.ve_gate_channels = 32
-        self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False) if has_ve(layer_idx, config.n_layer) else None
+        self.ve_gate = None
+        if has_ve(layer_idx, config.n_layer):
+            self.ve_gate = nn.Linear(self.ve_gate_channels, self.n_kv_head, bias=False)
         self.backend = config.attention
         self.fused_rope = config.fused_rope
 
@@ -218,12 +220,13 @@ class GPT(nn.Module):
         scale = (model_dim / 768) ** -0.5     # AdamW LRs tuned at width 768 (upstream)
         print(f"Scaling AdamW LRs by 1/sqrt({model_dim}/768) = {scale:.6f}")
         betas = tuple(m.adam_betas)
+        adamw = dict(kind="adamw", betas=betas, eps=1e-10, weight_decay=0.0)
         groups = [
-            dict(kind="adamw", params=list(self.lm_head.parameters()), lr=m.unembedding_lr * scale, betas=betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", params=list(self.transformer.wte.parameters()), lr=m.embedding_lr * scale, betas=betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", params=list(self.value_embeds.parameters()), lr=m.embedding_lr * scale, betas=betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", params=[self.resid_lambdas], lr=m.scalar_lr * 0.01, betas=betas, eps=1e-10, weight_decay=0.0),
-            dict(kind="adamw", params=[self.x0_lambdas], lr=m.scalar_lr, betas=(0.96, 0.95), eps=1e-10, weight_decay=0.0),
+            dict(adamw, params=list(self.lm_head.parameters()), lr=m.unembedding_lr * scale),
+            dict(adamw, params=list(self.transformer.wte.parameters()), lr=m.embedding_lr * scale),
+            dict(adamw, params=list(self.value_embeds.parameters()), lr=m.embedding_lr * scale),
+            dict(adamw, params=[self.resid_lambdas], lr=m.scalar_lr * 0.01),
+            dict(adamw, params=[self.x0_lambdas], lr=m.scalar_lr, betas=(0.96, 0.95)),
         ]
         for shape in sorted({p.shape for p in matrix_params}):
             groups.append(dict(kind="muon", params=[p for p in matrix_params if p.shape == shape], lr=m.matrix_lr,
@@ -359,7 +362,8 @@ class MuonAdamW(torch.optim.Optimizer):
             t["b2"].fill_(group["betas"][1])
             t["eps"].fill_(group["eps"])
             t["wd"].fill_(group["weight_decay"])
-            self._adamw(p, p.grad, state["exp_avg"], state["exp_avg_sq"], t["step"], t["lr"], t["b1"], t["b2"], t["eps"], t["wd"])
+            self._adamw(p, p.grad, state["exp_avg"], state["exp_avg_sq"], t["step"], t["lr"], t["b1"], t["b2"],
+                        t["eps"], t["wd"])
 
     def _step_muon(self, group):
         params = [p for p in group["params"] if p.grad is not None]
@@ -505,7 +509,8 @@ def main():
     if P["compile"]:
         optimizer.compile_steps()
         model = torch.compile(model, dynamic=False)
-    train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank, world_size=world)
+    train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
+                                   world_size=world)
     x, y, epoch = next(train_loader)
 
     # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from harness.fused.cudnn_attention import cudnn_attention
 from harness.hardware import load_fa3
 
-FLEX_KERNEL_OPTIONS = None        # e.g. {"BLOCK_M": 128}; None = PyTorch's defaults (fastest, tests/bench/bench_attention.py)
+# e.g. {"BLOCK_M": 128}; None = PyTorch's defaults, the fastest found (tests/bench/bench_attention.py)
+FLEX_KERNEL_OPTIONS = None
 
 
 def attention(q, k, v, window: int, backend: str):

@@ -43,8 +43,10 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Prepare data and tokenizer; validate configs; maintain the ledger.")
-    ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin"), help="override ground.json data.source")
-    ap.add_argument("--num-shards", type=int, help="ClimbMix train shards to download (ground.json data.num_train_shards)")
+    ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin"),
+                    help="override ground.json data.source")
+    ap.add_argument("--num-shards", type=int,
+                    help="ClimbMix train shards to download (ground.json data.num_train_shards)")
     ap.add_argument("--download-workers", type=int, help="parallel downloads (ground.json data.download_workers)")
     ap.add_argument("--check", action="store_true", help="validate ground.json and model.json, print mode and PLATFORM")
     ap.add_argument("--memory", action="store_true", help="regenerate sessions/memory.md from the ledger")

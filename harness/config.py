@@ -74,7 +74,8 @@ def _is_pow2(v: int) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f("choice", "one of auto, climbmix, local, builtin", choices=("auto", "climbmix", "local", "builtin"))
+    source: str = _f("choice", "one of auto, climbmix, local, builtin", choices=("auto", "climbmix", "local",
+                                                                                 "builtin"))
     cache_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
     climbmix_url: str = _f("str", "an http(s) URL", check=lambda v: v.startswith(("http://", "https://")))
     num_train_shards: int = _f("int", "an integer >= 1", check=lambda v: v >= 1)
@@ -89,14 +90,16 @@ class TokenizerConfig:
     vocab_size: int = _f("int", "an integer between 256 and 65536", check=lambda v: 256 <= v <= 65536)
     split_pattern: str = _f("str", "a non-empty regex", check=lambda v: v != "")
     num_reserved_tokens: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
-    bos_token: str = _f("str", "one of the reserved tokens <|reserved_N|>", check=lambda v: re.fullmatch(r"<\|reserved_\d+\|>", v) is not None)
+    bos_token: str = _f("str", "one of the reserved tokens <|reserved_N|>",
+                        check=lambda v: re.fullmatch(r"<\|reserved_\d+\|>", v) is not None)
     max_train_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
     doc_cap_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    max_seq_len: int = _f("int", "a power of two between 16 and 65536", check=lambda v: _is_pow2(v) and 16 <= v <= 65536)
+    max_seq_len: int = _f("int", "a power of two between 16 and 65536", check=lambda v: _is_pow2(v)
+                          and 16 <= v <= 65536)
     time_budget_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
     eval_tokens: int = _f("int", "a positive integer", check=lambda v: v > 0)
     excluded_steps: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
@@ -107,9 +110,11 @@ class ProfileConfig:
 @dataclass(frozen=True)
 class ProcessorConfig:
     device: str = _f("choice", "one of auto, cuda, cpu, mps", choices=("auto", "cuda", "cpu", "mps"))
-    dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16", "float32"))
+    dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16",
+                                                                                  "float32"))
     compile: Any = _f("auto_bool", "\"auto\", true or false")
-    attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex", "sdpa"))
+    attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex",
+                                                                                  "sdpa"))
     peak_flops: Any = _f("auto_num", "\"auto\" or a positive number of FLOP/s")
 
 
@@ -135,7 +140,8 @@ class ModelConfig:
     depth: int = _f("int", "an integer between 1 and 256", check=lambda v: 1 <= v <= 256)
     aspect_ratio: int = _f("int", "a positive integer", check=lambda v: v >= 1)
     head_dim: int = _f("int", "an even integer between 8 and 512", check=lambda v: 8 <= v <= 512 and v % 2 == 0)
-    window_pattern: str = _f("str", "a non-empty string of S and L", check=lambda v: re.fullmatch(r"[SL]+", v) is not None)
+    window_pattern: str = _f("str", "a non-empty string of S and L",
+                             check=lambda v: re.fullmatch(r"[SL]+", v) is not None)
     total_batch_size: int = _f("int", "a power of two (tokens per optimizer step)", check=_is_pow2)
     device_batch_size: int = _f("int", "a power of two (rows per forward pass)", check=_is_pow2)
     embedding_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
@@ -167,7 +173,8 @@ def _typed(spec: Spec, value: Any):
     if spec.kind == "auto_num":
         return value if value == "auto" or (is_num and value > 0) else None
     if spec.kind == "pair":
-        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
+        ok = (isinstance(value, list) and len(value) == 2
+              and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value))
         return tuple(float(b) for b in value) if ok else None
     if spec.kind == "object":
         return dict(value) if isinstance(value, dict) else None
@@ -234,14 +241,19 @@ def load_ground(path: Path | None = None) -> GroundConfig:
     for name in ("train", "test"):
         for key, cap in getattr(cfg, name).model_caps.items():
             if key not in MODEL_INT_KEYS:
-                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected one of {', '.join(MODEL_INT_KEYS)}")
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected one of "
+                                  f"{', '.join(MODEL_INT_KEYS)}")
             if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
-                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got {json.dumps(cap)}")
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got "
+                                  f"{json.dumps(cap)}")
     bos_index = int(re.fullmatch(r"<\|reserved_(\d+)\|>", cfg.tokenizer.bos_token).group(1))
     if bos_index >= cfg.tokenizer.num_reserved_tokens:
-        raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of <|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got {json.dumps(cfg.tokenizer.bos_token)}")
+        raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of "
+                          f"<|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got "
+                          f"{json.dumps(cfg.tokenizer.bos_token)}")
     if cfg.data.source == "local" and not cfg.data.local_dir:
-        raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got \"\"")
+        raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got "
+                          f"\"\"")
     return cfg
 
 
@@ -250,5 +262,6 @@ def load_model(path: Path | None = None) -> ModelConfig:
     cfg = _build(ModelConfig, _read_json(path), path.name)
     for key, value in cfg.extra.items():
         if not isinstance(value, (int, float, str, bool)) and value is not None:
-            raise ConfigError(f"{path.name}: key 'extra.{key}': expected a number, string, bool or null, got {json.dumps(value)}")
+            raise ConfigError(f"{path.name}: key 'extra.{key}': expected a number, string, bool or null, got "
+                              f"{json.dumps(value)}")
     return cfg

@@ -74,7 +74,8 @@ class BestFitPacker:
                 pos = cap
 
 
-def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool) -> Iterator[tuple[np.ndarray, int]]:
+def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool) -> Iterator[tuple[np.ndarray,
+                                                                                                       int]]:
     epoch = 1
     while True:
         for path in files:

@@ -64,7 +64,8 @@ def eval_rows(tokenizer: Tokenizer, s: Settings | None = None, verbose: bool = F
         except ConfigError as e:
             fail(str(e))
         if have < wanted:
-            note = (f"eval: the val file holds only {have} rows of {s.max_seq_len} tokens; scoring {have * s.max_seq_len:,} "
+            note = (f"eval: the val file holds only {have} rows of {s.max_seq_len} tokens; scoring "
+                    f"{have * s.max_seq_len:,} "
                     f"tokens instead of eval_tokens = {s.eval_tokens:,} (recorded in the comparability key)")
         else:
             note = f"eval: {wanted} rows x {s.max_seq_len} = {wanted * s.max_seq_len:,} tokens"

@@ -67,7 +67,10 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         device = "cuda" if hw["cuda"] else "mps" if hw["mps"] else "cpu"
         reasons["device"] = {"cuda": "CUDA GPU found", "mps": "Apple MPS found", "cpu": "no CUDA or MPS device"}[device]
     cc = tuple(hw["capability"]) if device == "cuda" and hw.get("capability") else None
-    name = hw.get("name", "cpu") if device == "cuda" else ("Apple MPS" if device == "mps" else _platform.processor() or "cpu")
+    if device == "cuda":
+        name = hw.get("name", "cpu")
+    else:
+        name = "Apple MPS" if device == "mps" else _platform.processor() or "cpu"
 
     # dtype: bf16 where the tensor cores have it (CC >= 8), fp16 + GradScaler on Volta/Turing
     if proc.dtype != "auto":
@@ -75,17 +78,23 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         reasons["dtype"] = "forced by ground.json processor.dtype"
     elif device == "cuda":
         dtype = "bfloat16" if cc >= (8, 0) else "float16"
-        reasons["dtype"] = f"CC {cc[0]}.{cc[1]}: " + ("native bf16" if cc >= (8, 0) else "no bf16 tensor cores, fp16 with GradScaler")
+        reasons["dtype"] = f"CC {cc[0]}.{cc[1]}: " + ("native bf16" if cc >= (8, 0)
+                                                      else "no bf16 tensor cores, fp16 with GradScaler")
     else:
         dtype = "float32"
         reasons["dtype"] = f"{device}: fp32 (low-precision autocast is slow or incomplete there)"
     use_scaler = dtype == "float16"
-    reasons["use_grad_scaler"] = "fp16 gradients underflow without loss scaling" if use_scaler else f"not needed for {dtype}"
+    reasons["use_grad_scaler"] = ("fp16 gradients underflow without loss scaling" if use_scaler
+                                  else f"not needed for {dtype}")
     embedding_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
-    reasons["embedding_dtype"] = ("bf16 embeddings halve their memory traffic (upstream)" if embedding_dtype == "bfloat16"
-                                  else "fp32 master weights (GradScaler cannot unscale fp16 grads)" if use_scaler else "fp32 run")
+    if embedding_dtype == "bfloat16":
+        reasons["embedding_dtype"] = "bf16 embeddings halve their memory traffic (upstream)"
+    else:
+        reasons["embedding_dtype"] = ("fp32 master weights (GradScaler cannot unscale fp16 grads)" if use_scaler
+                                      else "fp32 run")
     ortho_dtype = "bfloat16" if device == "cuda" and cc >= (8, 0) and dtype != "float32" else "float32"
-    reasons["ortho_dtype"] = "Muon orthogonalization in " + ("bf16 (native)" if ortho_dtype == "bfloat16" else "fp32 (bf16 not native here)")
+    reasons["ortho_dtype"] = "Muon orthogonalization in " + ("bf16 (native)" if ortho_dtype == "bfloat16"
+                                                             else "fp32 (bf16 not native here)")
 
     triton_ok = hw["triton"] and hw["os"] != "Windows"
     # compile: needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing, CPU or MPS by default
@@ -104,7 +113,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
     cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
-    cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")      # what cuDNN attention and the fused MLP take
+    cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")   # what cuDNN attention and the fused MLP take
     cudnn_ok = cudnn_ok and cuda_16bit
     flex_ok = device == "cuda" and triton_ok and cc >= (8, 0)
     if proc.attention == "auto":
@@ -112,10 +121,12 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
             attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
         elif cc and cc >= (9, 0) and cudnn_ok:
             attention = "cudnn"
-            reasons["attention"] = f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel (FA3 not loadable: {fa3_why})"
+            reasons["attention"] = (f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel "
+                                    f"(FA3 not loadable: {fa3_why})")
         elif flex_ok:
             attention = "flex"
-            reasons["attention"] = f"CC {cc[0]}.{cc[1]} with triton" + (f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else "")
+            fa3_note = f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else ""
+            reasons["attention"] = f"CC {cc[0]}.{cc[1]} with triton{fa3_note}"
         else:
             attention = "sdpa"
             reasons["attention"] = f"{device}" + (f" CC {cc[0]}.{cc[1]}" if cc else "") + ": SDPA (no flex/FA3 here)"
@@ -132,15 +143,18 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     else:
         attention = proc.attention
         reasons["attention"] = f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
-            f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else "forced by ground.json processor.attention"
+            f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else \
+            "forced by ground.json processor.attention"
 
     # mlp: ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere
     if cuda_16bit and cc >= (9, 0) and triton_ok:
         gluon_bwd = "; backward matmul in Gluon (wgmma)" if cc[0] == 9 and hw.get("gluon") else ""
-        mlp, reasons["mlp"] = "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
+        mlp = "triton"
+        reasons["mlp"] = f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
     else:
         here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device
-        mlp, reasons["mlp"] = "plain", f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
+        mlp = "plain"
+        reasons["mlp"] = f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
 
     # rotary + QK-norm and the softcapped loss as Triton row kernels: wherever the model is compiled
     # (which needs CUDA and triton); eager runs keep plain ops, whose fused log_softmax is lighter there
@@ -207,9 +221,10 @@ def load_fa3(capability, timeout_s: float = 3.0):
 
 def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_s: float = 3.0) -> dict:
     """Collect the facts resolve_platform decides from (impure: touches torch, nvidia-smi, network)."""
-    hw = {"cuda": torch.cuda.is_available(), "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-          "os": _platform.system(), "triton": _importable("triton"),
-          "gluon": _importable("triton") and _importable("triton.experimental.gluon"), "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    mps = getattr(torch.backends, "mps", None)
+    hw = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "os": _platform.system(),
+          "triton": _importable("triton"), "gluon": _importable("triton") and _importable("triton.experimental.gluon"),
+          "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if hw["cuda"] and proc.device in ("auto", "cuda"):
         p = torch.cuda.get_device_properties(0)
         hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,
@@ -232,7 +247,8 @@ def get_platform() -> dict:
         s = settings.current()
         proc = s.ground.processor
         try:
-            _PLATFORM["platform"] = resolve_platform(probe_hardware(proc, probe_timeout_s=s.ground.data.probe_timeout_s), proc)
+            hw = probe_hardware(proc, probe_timeout_s=s.ground.data.probe_timeout_s)
+            _PLATFORM["platform"] = resolve_platform(hw, proc)
         except ConfigError as e:
             fail(str(e))
     return _PLATFORM["platform"]
@@ -241,7 +257,8 @@ def get_platform() -> dict:
 def platform_lines(p: dict) -> list[str]:
     keys = ("device", "dtype", "use_grad_scaler", "embedding_dtype", "ortho_dtype", "attention", "mlp", "rope", "loss",
             "compile", "peak_flops")
-    lines = [f"platform: {p['device_name']} (CC {'.'.join(map(str, p['capability']))})" if p["capability"] else f"platform: {p['device_name']}"]
+    lines = [f"platform: {p['device_name']} (CC {'.'.join(map(str, p['capability']))})" if p["capability"]
+             else f"platform: {p['device_name']}"]
     for k in keys:
         v = f"{p[k] / 1e12:.1f} TFLOP/s" if k == "peak_flops" else p[k]
         lines.append(f"  {k:16s} {v}  ({p['reasons'][k]})")
@@ -265,6 +282,7 @@ def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch
     except Exception as e:  # noqa: BLE001 - any cuDNN refusal means "use the next backend"
         fallback = "flex" if platform["compile"] else "sdpa"
         why = f"cuDNN cannot build attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
-        changed = dict(platform, attention=fallback, reasons=dict(platform["reasons"], attention=f"{why}; falling back to {fallback}"))
+        reasons = dict(platform["reasons"], attention=f"{why}; falling back to {fallback}")
+        changed = dict(platform, attention=fallback, reasons=reasons)
         return changed, f"attention: cudnn -> {fallback}: {why}"
     return platform, None

@@ -21,9 +21,11 @@ from harness.config import ConfigError
 from harness.settings import Settings
 
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
-                  "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key", "timestamp")
+                  "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
+                      "timestamp")
 STATUSES = ("baseline", "keep", "discard", "crash", "interrupted")
-_FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M", "num_params_M")
+_FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M",
+               "num_params_M")
 _REQUIRED_COLS = ("commit", "val_bpb", "status", "description")
 LEGACY_KEY = "legacy"          # comparability key given to rows from upstream/fork ledgers that have none
 
@@ -55,7 +57,8 @@ def read_ledger(path: Path, warn=None) -> list[dict]:
     header = lines[0].rstrip("\r").split("\t")
     missing = [c for c in _REQUIRED_COLS if c not in header]
     if missing:
-        raise ConfigError(f"{path.name}: header line: expected a ledger header with columns {', '.join(_REQUIRED_COLS)}; missing {', '.join(missing)}")
+        raise ConfigError(f"{path.name}: header line: expected a ledger header with columns "
+                          f"{', '.join(_REQUIRED_COLS)}; missing {', '.join(missing)}")
     rows = []
     for n, line in enumerate(lines[1:], 2):
         line = line.rstrip("\r")
@@ -84,7 +87,8 @@ def read_ledger(path: Path, warn=None) -> list[dict]:
         if row["status"] not in STATUSES:
             warn(f"{path.name}:{n}: skipped: unknown status {row['status']!r}")
             continue
-        if row["status"] in ("crash", "interrupted") or (row["val_bpb"] is not None and not math.isfinite(row["val_bpb"])):
+        if row["status"] in ("crash", "interrupted") or (row["val_bpb"] is not None
+                                                         and not math.isfinite(row["val_bpb"])):
             row["val_bpb"] = None        # upstream wrote 0.000000 for crashes: never a best result
         row["run_id"] = row["run_id"] or f"line{n}-{row['commit']}"
         row["comparability_key"] = row["comparability_key"] or LEGACY_KEY

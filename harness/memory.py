@@ -79,7 +79,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     if others:
         out.append("- other keys (not compared): " + ", ".join(f"`{k}` ({n})" for k, n in sorted(others.items())[:6]))
     if best:
-        out.append(f"- best: val_bpb {best['val_bpb']:.6f} — {best['run_id']} ({best['commit']}) — {clean_text(best['description'], 80)}")
+        out.append(f"- best: val_bpb {best['val_bpb']:.6f} — {best['run_id']} ({best['commit']}) — "
+                   f"{clean_text(best['description'], 80)}")
     out.append(f"- runs since last improvement: {since}")
     places = {}
     for r in cur:
@@ -94,19 +95,22 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
 
     best_model = _flat(index.get(best["run_id"], {}).get("model")) if best else {}
     if best_model:
-        out += ["## Best configuration", "`" + ", ".join(f"{k}={_v(best_model[k])}" for k in sorted(best_model)) + "`", ""]
+        out += ["## Best configuration", "`" + ", ".join(f"{k}={_v(best_model[k])}"
+                                                         for k in sorted(best_model)) + "`", ""]
 
     last = cur[-1]
     last_entry = index.get(last["run_id"], {})
     out += ["## Last run vs best",
-            f"- last: {last['run_id']} — {last['status']} — val_bpb {_bpb(last['val_bpb'])} — {clean_text(last['description'], 80)}"]
+            f"- last: {last['run_id']} — {last['status']} — val_bpb {_bpb(last['val_bpb'])} — "
+            f"{clean_text(last['description'], 80)}"]
     if last["status"] in ("crash", "interrupted") and last_entry.get("error"):
         out.append(f"- reason: {clean_text(last_entry['error'], 160)}")
     if best and best_model and last is not best:
         lm = _flat(last_entry.get("model"))
         diff = [f"{k}: {_v(best_model.get(k))} -> {_v(lm.get(k))}" for k in sorted(set(lm) | set(best_model))
                 if lm.get(k) != best_model.get(k)]
-        out.append("- model.json vs best: " + ("; ".join(diff) if diff else "identical (the change was in train.py)" if lm else "unknown"))
+        same = "identical (the change was in train.py)" if lm else "unknown"
+        out.append("- model.json vs best: " + ("; ".join(diff) if diff else same))
     fp = last_entry.get("fingerprint")
     if fp:
         same = [r for r in cur[:-1] if index.get(r["run_id"], {}).get("fingerprint") == fp]
@@ -118,7 +122,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     if scored:
         out += ["## Top runs", "| # | val_bpb | status | run_id | description |", "|---|---|---|---|---|"]
         for i, r in enumerate(sorted(scored, key=lambda r: (r["val_bpb"], r["line"]))[:MEMORY_TOP], 1):
-            out.append(f"| {i} | {r['val_bpb']:.6f} | {r['status']} | {r['run_id']} | {clean_text(r['description'], 60)} |")
+            out.append(f"| {i} | {r['val_bpb']:.6f} | {r['status']} | {r['run_id']} | "
+                       f"{clean_text(r['description'], 60)} |")
         out.append("")
 
     out += ["## Recent runs", "| run_id | status | val_bpb | vs best | description / reason |", "|---|---|---|---|---|"]
@@ -161,7 +166,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
                 "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, kv[1][0] or 0.0, kv[0]))
-            cells = [f"{val} -> {_bpb(b)} ({n}{', ' + str(c) + ' crash' if c else ''})" for val, (b, n, c) in items[:MEMORY_VALUES_PER_KEY]]
+            cells = [f"{val} -> {_bpb(b)} ({n}{', ' + str(c) + ' crash' if c else ''})"
+                     for val, (b, n, c) in items[:MEMORY_VALUES_PER_KEY]]
             if len(items) > MEMORY_VALUES_PER_KEY:
                 cells.append(f"+{len(items) - MEMORY_VALUES_PER_KEY} more")
             out.append(f"| {k} | {'; '.join(cells)} |")
@@ -171,7 +177,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     while len(text.encode()) > MEMORY_MAX_BYTES:        # bounded whatever the ledger holds
         out = out[:-2] + [out[-1]] if len(out) > 3 else out[:1]
         text = "\n".join(out + ["(truncated to stay under 8 KB)", ""])
-    return text + "\n" + (notes or f"{NOTES_HEADER}\n\n(Agent: keep your hypotheses, lessons and plans here; this section is preserved.)\n")
+    return text + "\n" + (notes or f"{NOTES_HEADER}\n\n(Agent: keep your hypotheses, lessons and plans here; this "
+                                   f"section is preserved.)\n")
 
 
 def read_notes(memory: Path) -> str:

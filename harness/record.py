@@ -140,7 +140,8 @@ class Run:
         self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
         self._orig = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, self._log), _Tee(sys.stderr, self._log)
-        print(f"run_start: {json.dumps({'run_id': self.run_id, 'comparability_key': self.key, 'commit': self.git['commit']})}")
+        start = {"run_id": self.run_id, "comparability_key": self.key, "commit": self.git["commit"]}
+        print(f"run_start: {json.dumps(start)}")
         print(f"run_id: {self.run_id}  commit: {self.git['commit']}{' (dirty)' if self.git['dirty'] else ''}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         self._write_json()

@@ -81,7 +81,8 @@ def effective_model(model: ModelConfig, settings: Settings, world_size: int = 1)
         ws = (" x world_size", f" x {world_size}") if world_size > 1 else ("", "")
         raise ConfigError(
             f"model.json: key 'total_batch_size': expected a multiple of device_batch_size x max_seq_len{ws[0]} = "
-            f"{model.device_batch_size} x {settings.max_seq_len}{ws[1]} = {tokens_per_pass}, got {model.total_batch_size}")
+            f"{model.device_batch_size} x {settings.max_seq_len}{ws[1]} = {tokens_per_pass}, got "
+            f"{model.total_batch_size}")
     return model, changes
 
 

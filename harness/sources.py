@@ -108,13 +108,15 @@ def download_climbmix(s: Settings, num_shards: int, workers: int, backoff_s: flo
     done, total_bytes, t0 = 0, 0, time.time()
     errors = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(download_shard, d.climbmix_url, i, out, DOWNLOAD_ATTEMPTS, backoff_s): i for i in indices}
+        futures = {pool.submit(download_shard, d.climbmix_url, i, out, DOWNLOAD_ATTEMPTS, backoff_s): i
+                   for i in indices}
         for fut in as_completed(futures):
             try:
                 path = fut.result()
                 done += 1
                 total_bytes += path.stat().st_size
-                print(f"\rdownload: {done}/{len(indices)} shards, {total_bytes / 1e6:.1f} MB, {time.time() - t0:.0f}s   ",
+                print(f"\rdownload: {done}/{len(indices)} shards, {total_bytes / 1e6:.1f} MB, {time.time() - t0:.0f}s  "
+                      f" ",
                       end="", flush=True)
             except RuntimeError as e:
                 errors.append(str(e))
@@ -143,7 +145,8 @@ _TOPLEVEL = re.compile(r"^(?:async def |def |class |@)")
 _METHOD = re.compile(r"^ {4}(?:async def |def |@)")
 
 
-def split_source(text: str, target: int = BUILTIN_DOC_TARGET_CHARS, max_chars: int = BUILTIN_DOC_MAX_CHARS) -> list[str]:
+def split_source(text: str, target: int = BUILTIN_DOC_TARGET_CHARS,
+                 max_chars: int = BUILTIN_DOC_MAX_CHARS) -> list[str]:
     """Split one Python source file into documents of a few KB at top-level definitions.
     A block longer than max_chars is split further at method definitions; consecutive pieces
     are merged while they stay under target. Decorators stay with their def; nothing is lost."""
@@ -208,7 +211,8 @@ def build_builtin(s: Settings) -> dict:
         train_paths.append(str(p))
     vp = out / "shard_val.parquet"
     write_text_parquet(vp, val_docs)
-    print(f"builtin: {len(train_docs):,} train + {len(val_docs):,} val documents from {root} (Python {_platform.python_version()})")
+    print(f"builtin: {len(train_docs):,} train + {len(val_docs):,} val documents from {root} (Python "
+          f"{_platform.python_version()})")
     return {"train": train_paths, "val": str(vp), "stdlib": str(root), "python": _platform.python_version()}
 
 
@@ -294,5 +298,6 @@ def load_manifest(s: Settings | None = None) -> dict:
     m = _resolve_manifest(s, json.loads(p.read_text()))
     want = s.ground.data.source
     if want != "auto" and m["source"] != want:
-        raise ConfigError(f"ground.json: key 'data.source': is {want!r} but the cache holds {m['source']!r} data (run prepare.py again)")
+        raise ConfigError(f"ground.json: key 'data.source': is {want!r} but the cache holds {m['source']!r} data (run "
+                          f"prepare.py again)")
     return m

@@ -75,7 +75,8 @@ def train_tokenizer(s: Settings, manifest: dict, force: bool = False) -> Path:
     sample = "def f(x):\n    return x ** 2  # héllo wörld 🚀\n"
     if enc.decode(enc.encode_ordinary(sample)) != sample:
         raise RuntimeError("tokenizer round-trip check failed")
-    token_bytes = torch.tensor([0 if i >= offset else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)],
+    token_bytes = torch.tensor([0 if i >= offset else len(enc.decode_single_token_bytes(i))
+                                for i in range(enc.n_vocab)],
                                dtype=torch.int32)
     atomic_write_bytes(out / "tokenizer.pkl", pickle.dumps(enc))
     with atomic_path(out / "token_bytes.pt") as tmp:
@@ -111,7 +112,8 @@ class Tokenizer:
         return self.bos_token_id
 
     def encode(self, text, prepend=None, num_threads: int = 8):
-        pre = None if prepend is None else (prepend if isinstance(prepend, int) else self.enc.encode_single_token(prepend))
+        pre = None if prepend is None else (prepend if isinstance(prepend, int)
+                                            else self.enc.encode_single_token(prepend))
         if isinstance(text, str):
             ids = self.enc.encode_ordinary(text)
             return ([pre] + ids) if pre is not None else ids

@@ -54,7 +54,8 @@ def tiny_ground(cache_dir, local_dir, **ledger):
     g["data"].update(source="local", cache_dir=str(cache_dir), local_dir=str(local_dir))
     g["tokenizer"]["vocab_size"] = 512
     g["test"] = dict(TINY_PROFILE)
-    g["ledger"] = {"results": ledger.get("results", "results.tsv"), "sessions_dir": ledger.get("sessions_dir", "sessions")}
+    g["ledger"] = {"results": ledger.get("results", "results.tsv"), "sessions_dir": ledger.get("sessions_dir",
+                                                                                               "sessions")}
     return g
 
 

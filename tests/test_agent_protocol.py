@@ -1,7 +1,10 @@
 """program.md played step by step by a scripted agent (no LLM), in a temporary git clone:
 baseline -> model.json experiment kept or discarded -> train.py edit that raises -> a run
 killed with SIGKILL and recorded with --record-crash. Asserts ledger, logs, JSON records,
-memory.md after each step, and the final git state."""
+memory.md after each step, and the final git state.
+
+    uv run pytest tests/test_agent_protocol.py
+"""
 
 import json
 import os
@@ -89,7 +92,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     # 3. a train.py edit that raises: crash recorded, then reset
     src = (clone / "train.py").read_text()
     (clone / "train.py").write_text(src.replace("    model.init_weights()\n",
-                                                "    model.init_weights()\n    raise RuntimeError('shape mismatch in my new block')\n", 1))
+                                                "    model.init_weights()\n    raise RuntimeError('shape mismatch in "
+                                                "my new block')\n", 1))
     git(clone, "commit", "-qam", "try a new block")
     r = train(clone, tmp_path)
     assert r.returncode == 1 and "RuntimeError: shape mismatch in my new block" in r.stderr

@@ -1,4 +1,8 @@
-"""Config loading and validation: data-driven cases with exact error lines; CLI exit 2, nothing written."""
+"""Config loading: each file in tests/configs/{valid,invalid}/ against the exact one-line error it must give
+(or none); the CLI's exit code 2 with nothing written; the defaults against upstream's constants.
+
+    uv run pytest tests/test_config.py
+"""
 
 import dataclasses
 import json
@@ -72,13 +76,15 @@ def test_defaults_are_upstream_values():
     g = config.load_ground(REPO / "ground.json")
     m = config.load_model(REPO / "model.json")
     assert (g.train.time_budget_s, g.train.max_seq_len, g.train.eval_tokens) == (300, 2048, 40 * 524288)
-    assert (g.tokenizer.vocab_size, g.tokenizer.num_reserved_tokens, g.tokenizer.bos_token) == (8192, 4, "<|reserved_0|>")
+    tok = g.tokenizer
+    assert (tok.vocab_size, tok.num_reserved_tokens, tok.bos_token) == (8192, 4, "<|reserved_0|>")
     assert r"\p{N}{1,2}" in g.tokenizer.split_pattern
     assert (g.data.num_train_shards, g.data.val_shard, g.data.download_workers) == (10, 6542, 8)
     assert (m.depth, m.aspect_ratio, m.head_dim, m.window_pattern) == (8, 64, 128, "SSSL")
     assert (m.total_batch_size, m.device_batch_size) == (2 ** 19, 128)
     assert (m.embedding_lr, m.unembedding_lr, m.matrix_lr, m.scalar_lr) == (0.6, 0.004, 0.04, 0.5)
-    assert (m.weight_decay, m.adam_betas, m.warmup_ratio, m.warmdown_ratio, m.final_lr_frac) == (0.2, (0.8, 0.95), 0.0, 0.5, 0.0)
+    assert (m.weight_decay, m.adam_betas, m.warmup_ratio, m.warmdown_ratio, m.final_lr_frac) == (0.2, (0.8, 0.95),
+                                                                                                 0.0, 0.5, 0.0)
 
 
 def test_configs_are_frozen():
@@ -96,7 +102,8 @@ def test_modes():
     assert (s.mode, s.max_seq_len, s.time_budget_s) == ("test", 256, 30)
     m, changes = settings.effective_model(config.load_model(REPO / "model.json"), s)
     assert (m.depth, m.head_dim, m.total_batch_size, m.device_batch_size) == (2, 64, 8192, 16)
-    assert changes == {"depth": (8, 2), "head_dim": (128, 64), "total_batch_size": (524288, 8192), "device_batch_size": (128, 16)}
+    assert changes == {"depth": (8, 2), "head_dim": (128, 64), "total_batch_size": (524288, 8192),
+                       "device_batch_size": (128, 16)}
     s = settings.make_settings(g, True, REPO)
     m2, changes = settings.effective_model(config.load_model(REPO / "model.json"), s)
     assert changes == {} and m2.depth == 8 and s.max_seq_len == 2048
@@ -140,7 +147,8 @@ def test_missing_data_or_tokenizer_says_run_prepare_first(run_dir):
     write_json(run_dir / "ground.json", g)
     r = run_script("train.py", run_dir)
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: {run_dir / 'empty_cache' / 'tokenizer' / 'tokenizer.pkl'}: no tokenizer (run prepare.py first)"
+    assert (r.stderr.strip()
+            == f"error: {run_dir / 'empty_cache' / 'tokenizer' / 'tokenizer.pkl'}: no tokenizer (run prepare.py first)")
     assert not (run_dir / "results.tsv").exists() and not (run_dir / "sessions").exists()
 
 

@@ -1,5 +1,9 @@
-"""Data sources (HTTP download against a real local server, local, builtin), tokenizer,
-best-fit packing, the dataloader and the fixed metric."""
+"""Data: the ClimbMix download against a real HTTP server on 127.0.0.1 (failing, truncated and missing shards,
+resume); the local and builtin sources against their files; tokenizer round trips; best-fit packing against
+its rules; the dataloader's rows against the packer's; evaluate_bpb against an analytic value.
+
+    uv run pytest tests/test_data.py
+"""
 
 import http.server
 import json
@@ -131,7 +135,8 @@ def test_auto_source_uses_climbmix_when_reachable_and_builtin_otherwise(tmp_path
         m = sources.prepare_data(s)
         assert m["source"] == "climbmix" and m["reason"] == "auto: ClimbMix reachable"
         manifest = json.loads((tmp_path / "cache" / "data" / "manifest.json").read_text())
-        assert manifest["train"] == ["climbmix/shard_00000.parquet"] and manifest["val"] == "climbmix/shard_00007.parquet"
+        assert (manifest["train"] == ["climbmix/shard_00000.parquet"] and manifest["val"]
+                == "climbmix/shard_00007.parquet")
     # server gone: auto falls back to builtin, loudly (builtin build is stubbed to keep the test fast)
     monkeypatch.setattr(sources, "build_builtin", lambda s: {"train": [str(served / "shard_00000.parquet")],
                                                              "val": str(served / "shard_00007.parquet")})
@@ -284,7 +289,8 @@ def test_val_loader_is_one_pass():
     tok = tokenizer.Tokenizer.from_directory()
     s = settings.current()
     have = evaluate.val_rows_available(s, tok, sources.load_manifest(s))
-    rows = sum(int((x[:, 0] == tok.get_bos_token_id()).sum()) for x, _, _ in dataloader.make_dataloader(tok, 8, 64, "val"))
+    rows = sum(int((x[:, 0] == tok.get_bos_token_id()).sum()) for x, _, _ in dataloader.make_dataloader(tok, 8, 64,
+                                                                                                        "val"))
     assert have > 8 and rows >= have                         # the loader stops, it never repeats
 
 

@@ -1,4 +1,7 @@
-"""Data parallel with torchrun on the CPU (gloo): the same rows, the same val_bpb as one process."""
+"""Data parallel with torchrun on the CPU (gloo): two processes against one, same rows, same val_bpb.
+
+    uv run pytest tests/test_distributed.py
+"""
 
 import json
 import os
@@ -47,7 +50,8 @@ def test_more_processes_take_fewer_rows_each():
 
 
 def _run(run_dir, nproc):
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(REPO / "train.py"), "--description", f"{nproc} proc"]
     if nproc > 1:

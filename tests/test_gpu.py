@@ -68,8 +68,10 @@ def test_cudnn_gradients_match_reference(window):
     _need("cudnn")
     q, k, v = _qkv(B=2, T=256, seed=window + 1)
     g = torch.randn_like(q)
-    ref, ref_grads = _grads(lambda *t: attention.attention_reference(*t, window), q.double(), k.double(), v.double(), g.double())
-    for name, fn in (("eager", attention.attention_cudnn), ("compiled", torch.compile(attention.attention_cudnn, fullgraph=True))):
+    ref, ref_grads = _grads(lambda *t: attention.attention_reference(*t, window), q.double(), k.double(), v.double(),
+                            g.double())
+    for name, fn in (("eager", attention.attention_cudnn), ("compiled", torch.compile(attention.attention_cudnn,
+                                                                                      fullgraph=True))):
         out, grads = _grads(lambda *t: fn(*t, window), q, k, v, g)
         errs = [((a - b).norm() / b.norm()).item() for a, b in zip([out, *grads], [ref, *ref_grads])]
         assert max(errs) < 2e-2, f"{name} window {window}: out/dq/dk/dv rel errors {errs}"
@@ -128,7 +130,8 @@ def test_fused_mlp_matches_reference(kernel, dtype, rows, d):
     w_proj = (torch.randn(d, 4 * d, device="cuda", generator=g) / (4 * d) ** 0.5).to(dtype).requires_grad_()
     dy = torch.randn(rows, d, device="cuda", generator=g).to(dtype)
     with relu2_mlp.kernel_choice(gate):
-        got = [relu2_mlp.relu2_mlp(x, w_fc, w_proj), *torch.autograd.grad(relu2_mlp.relu2_mlp(x, w_fc, w_proj), (x, w_fc, w_proj), dy)]
+        y = relu2_mlp.relu2_mlp(x, w_fc, w_proj)
+        got = [y, *torch.autograd.grad(y, (x, w_fc, w_proj), dy)]
     assert gate is None or (gate.enabled and len(gate.checked) == 2), "the Gluon kernels did not run"
     ref_in = [t.detach().double().requires_grad_() for t in (x, w_fc, w_proj)]
     ref_y = torch.relu(ref_in[0] @ ref_in[1].t()).square() @ ref_in[2].t()
@@ -169,7 +172,8 @@ def test_rope_norm_matches_reference(shape):
     """rope_norm.rope_norm on bf16 against apply_rotary_emb + norm in float64: output and input gradient."""
     g = torch.Generator(device="cuda").manual_seed(shape[1])
     x = torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
-    cos, sin = (torch.randn(1, 4 * shape[1], 1, shape[3] // 2, device="cuda", generator=g)[:, :shape[1]].to(torch.bfloat16)
+    cos, sin = (torch.randn(1, 4 * shape[1], 1, shape[3] // 2, device="cuda", generator=g)[:, :shape[1]]
+                .to(torch.bfloat16)
                 for _ in range(2))
     dy = torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16)
     y = rope_norm.rope_norm(x, cos, sin)

@@ -1,5 +1,9 @@
-"""Ledger and memory: concurrency, statuses, strict parser (ours, upstream's, the fork's),
-Notes preservation, determinism, size bound, --record-crash, --memory."""
+"""Ledger and memory: rows written by 8 concurrent processes against the count expected; statuses against the
+keep rule; the strict parser on ours, upstream's and the fork's ledgers; memory.md against its expected lines
+(Notes kept, deterministic, size bound); --record-crash and --memory.
+
+    uv run pytest tests/test_ledger.py
+"""
 
 import json
 import multiprocessing as mp
@@ -88,7 +92,8 @@ def test_reads_upstream_five_column_ledger(tmp_path):
 
 def test_reads_fork_nine_column_ledger(tmp_path):
     p = tmp_path / "results.tsv"
-    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\tpeak_vram_mb\tmfu_percent\ttraining_seconds\tnum_params_M\n"
+    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\tpeak_vram_mb\tmfu_percent\ttraining_seconds\t"
+                 "num_params_M\n"
                  "a1b2c3d\t1.010000\t44.0\tkeep\tbase\t45062.2\t39.6\t300.1\t50.3\n")
     r = ledger.read_ledger(p)[0]
     assert (r["val_bpb"], r["peak_vram_mb"], r["mfu_percent"], r["training_seconds"], r["num_params_M"]) == \
@@ -117,7 +122,9 @@ def test_bad_header_is_a_clear_error(tmp_path):
     p.write_text("foo\tbar\n1\t2\n")
     with pytest.raises(config.ConfigError) as e:
         ledger.read_ledger(p)
-    assert str(e.value) == "results.tsv: header line: expected a ledger header with columns commit, val_bpb, status, description; missing commit, val_bpb, status, description"
+    assert (str(e.value)
+            == "results.tsv: header line: expected a ledger header with columns commit, val_bpb, status, description; "
+               "missing commit, val_bpb, status, description")
 
 
 def test_notes_survive_and_memory_is_deterministic(tmp_path):
@@ -140,14 +147,16 @@ def test_memory_sections(tmp_path):
     memory.record(res, ses, _row("r1", 1.00), _entry(base, "A"))
     memory.record(res, ses, _row("r2", 0.98), _entry(dict(base, matrix_lr=0.06), "B"))
     memory.record(res, ses, _row("r3", 0.99), _entry(dict(base, depth=10), "C"))
-    memory.record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D", error="OutOfMemoryError: CUDA out of memory"))
+    memory.record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D",
+                                                     error="OutOfMemoryError: CUDA out of memory"))
     memory.record(res, ses, _row("r5", 0.985), _entry(dict(base, matrix_lr=0.06), "B"))
     text = (ses / "memory.md").read_text()
     assert "- best: val_bpb 0.980000 — r2" in text
     assert "- runs since last improvement: 3" in text
     assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
     assert "- model.json vs best: identical (the change was in train.py)" in text   # r5 vs r2
-    assert "WARNING: this exact config (model.json + train.py fingerprint B) was already run 1 time(s): r2 (0.980000)" in text
+    assert ("WARNING: this exact config (model.json + train.py fingerprint B) was already run 1 time(s): r2 (0.980000)"
+            in text)
     assert "- B: 2 runs, val_bpb 0.980000..0.985000 (spread 0.005000)" in text
     assert "| r4 | crash | — |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
     assert "| depth | 8 -> 0.980000 (3); 10 -> 0.990000 (1); 12 -> — (1, 1 crash) |" in text
@@ -179,7 +188,8 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
     rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["run_id"], x["status"], x["val_bpb"], x["commit"], x["comparability_key"]) for x in rows] == \
         [(rid, "crash", None, "abcdef0", "local-test-abc")]
-    assert memory.read_index(ses)[rid]["error"] == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert (memory.read_index(ses)[rid]["error"]
+            == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert json.loads((ses / f"{rid}.json").read_text())["status"] == "crash"
     assert "CUDA out of memory" in (ses / "memory.md").read_text()
     again = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
@@ -211,6 +221,7 @@ def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):
     (run_dir / "results.tsv").write_text("foo\tbar\n")
     r = run_script("prepare.py", run_dir, "--memory")
     assert r.returncode == 2
-    assert r.stderr.strip() == ("error: results.tsv: header line: expected a ledger header with columns commit, val_bpb, "
+    assert r.stderr.strip() == ("error: results.tsv: header line: expected a ledger header with columns commit, "
+                                "val_bpb, "
                                 "status, description; missing commit, val_bpb, status, description")
     assert not (run_dir / "sessions" / "memory.md").exists()

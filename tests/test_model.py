@@ -1,4 +1,10 @@
-"""train.py numerics: attention backends vs a reference, AdamW vs torch.optim.AdamW, Muon, fp16 safety."""
+"""train.py and the kernels it calls, against references on the CPU: attention backends against plain softmax
+attention, the Triton kernels (loss, rotary + QK-norm, fused MLP) in Triton's interpreter against float64 or
+F.cross_entropy, the Gluon first-use check, AdamW against torch.optim.AdamW, Muon, fp16 safety, and the
+fused-kernel flags decided in build_config.
+
+    uv run pytest tests/test_model.py
+"""
 
 import dataclasses
 import math
@@ -133,7 +139,8 @@ def test_gluon_kernel_checked_on_first_use(capsys):
     assert wrong(a, b, aux) is None and wrong.enabled is False
     assert not wrong.usable(torch.device("cpu"), backward=True)
     out = capsys.readouterr().out
-    assert out.startswith("fused MLP: the Gluon kernel failed on triton") and "RuntimeError: relative error 1.00e-01" in out
+    assert (out.startswith("fused MLP: the Gluon kernel failed on triton") and "RuntimeError: relative error 1.00e-01"
+            in out)
     assert out.strip().endswith("using the Triton kernels") and out.count("\n") == 1
 
     def broken(a, b, aux=None):
@@ -150,14 +157,16 @@ out = {}
 for dtype in (torch.float32, torch.float16):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 37, 2, 16, generator=g).to(dtype).requires_grad_()     # 222 rows: a partial block
-    cos, sin = (torch.randn(1, 50, 1, 8, generator=g)[:, :37].to(dtype) for _ in range(2))   # a prefix, like the model's
+    # a prefix of longer tables, like the model's
+    cos, sin = (torch.randn(1, 50, 1, 8, generator=g)[:, :37].to(dtype) for _ in range(2))
     dy = torch.randn(3, 37, 2, 16, generator=g).to(dtype)
     y = rope_norm.rope_norm(x, cos, sin)
     dx, = torch.autograd.grad(y, x, dy)
     xd = x.detach().double().requires_grad_()
     ry = train.norm(train.apply_rotary_emb(xd, cos.double(), sin.double()))
     rdx, = torch.autograd.grad(ry, xd, dy.double())
-    out[str(dtype)] = {"y": ((y.double() - ry).norm() / ry.norm()).item(), "dx": ((dx.double() - rdx).norm() / rdx.norm()).item(),
+    out[str(dtype)] = {"y": ((y.double() - ry).norm() / ry.norm()).item(),
+                       "dx": ((dx.double() - rdx).norm() / rdx.norm()).item(),
                        "dtypes": [str(y.dtype), str(dx.dtype)], "shape": list(dx.shape)}
 print(json.dumps(out))
 """
@@ -177,7 +186,8 @@ def test_triton_rope_norm_matches_plain_ops():
 def test_rotary_matches_upstream_form():
     """The swap form of the rotary embedding is upstream's slice-and-cat arithmetic, bit for bit."""
     g = torch.Generator().manual_seed(5)
-    x, cos, sin = torch.randn(2, 16, 3, 8, generator=g), torch.randn(1, 16, 1, 4, generator=g), torch.randn(1, 16, 1, 4, generator=g)
+    x = torch.randn(2, 16, 3, 8, generator=g)
+    cos, sin = torch.randn(1, 16, 1, 4, generator=g), torch.randn(1, 16, 1, 4, generator=g)
     x1, x2 = x[..., :4], x[..., 4:]
     upstream = torch.cat([x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos], 3)
     assert torch.equal(train.apply_rotary_emb(x, cos, sin), upstream)
@@ -232,7 +242,8 @@ def test_fp16_parameters_get_fp32_moments():
     p = _param((4, 6), dtype=torch.float16)
     m = _param((8, 8), dtype=torch.float16)
     opt = train.MuonAdamW([dict(kind="adamw", params=[p], lr=1e-3, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0),
-                           dict(kind="muon", params=[m], lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.0)],
+                           dict(kind="muon", params=[m], lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95,
+                                weight_decay=0.0)],
                           ortho_dtype=torch.float32)
     p.grad = torch.full_like(p, 1e-4)
     m.grad = torch.randn(8, 8).half()
@@ -256,7 +267,8 @@ def test_muon_output_is_near_orthogonal():
 
 def test_muon_step_moves_matrices_and_decays_cautiously():
     w = _param((16, 16))
-    opt = train.MuonAdamW([dict(kind="muon", params=[w], lr=0.05, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.0)],
+    opt = train.MuonAdamW([dict(kind="muon", params=[w], lr=0.05, momentum=0.95, ns_steps=5, beta2=0.95,
+                                weight_decay=0.0)],
                           ortho_dtype=torch.float32)
     before = w.detach().clone()
     w.grad = torch.randn(16, 16)
@@ -267,7 +279,8 @@ def test_muon_step_moves_matrices_and_decays_cautiously():
 
 
 def _tiny_model(attention="sdpa", T=32, **shape):
-    cfg = train.GPTConfig(**{"sequence_len": T, "vocab_size": 64, "n_layer": 3, "n_head": 2, "n_kv_head": 2, "n_embd": 32,
+    cfg = train.GPTConfig(**{"sequence_len": T, "vocab_size": 64, "n_layer": 3, "n_head": 2, "n_kv_head": 2,
+                             "n_embd": 32,
                              "window_pattern": "SL", "attention": attention, **shape})
     torch.manual_seed(0)
     m = train.GPT(cfg)

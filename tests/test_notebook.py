@@ -1,4 +1,7 @@
-"""analysis.ipynb executes headless (nbclient) on sample ledgers and writes progress.png."""
+"""analysis.ipynb executed headless (nbclient) on sample ledgers: its tables against the ledger, progress.png written.
+
+    uv run pytest tests/test_notebook.py
+"""
 
 import json
 import os
@@ -13,7 +16,8 @@ from conftest import REPO
 
 def _sample_ledger(path):
     rows = [("r1", 1.00, "baseline", "baseline"), ("r2", 0.98, "keep", "lr up"), ("r3", 0.99, "discard", "deeper"),
-            ("r4", None, "crash", "too wide"), ("r5", 0.97, "keep", "warmdown 0.6"), ("r6", None, "interrupted", "ctrl-c"),
+            ("r4", None, "crash", "too wide"), ("r5", 0.97, "keep", "warmdown 0.6"), ("r6", None, "interrupted",
+                                                                                      "ctrl-c"),
             ("r7", 2.0, "baseline", "other key")]
     with open(path, "w") as f:
         f.write("\t".join(ledger.LEDGER_COLUMNS) + "\n")
@@ -35,7 +39,8 @@ def _execute(tmp_path, results):
     old = dict(os.environ)
     os.environ.update(AUTORESEARCH_RESULTS=str(results), AUTORESEARCH_REPO=str(REPO))
     try:
-        NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(nb, timeout=180, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(old)

@@ -1,4 +1,8 @@
-"""PLATFORM decisions for every row of the table, from fake device properties (no GPU needed)."""
+"""PLATFORM from fake device properties (no GPU needed): every row of the README's table against its expected
+dtype, scaler, attention, compile and kernels; overrides, fallbacks and their printed reasons.
+
+    uv run pytest tests/test_platform.py
+"""
 
 import dataclasses
 
@@ -34,13 +38,19 @@ ROWS = [
      ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16", "triton")),
     ("H100 offline", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline")),
      ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
-    ("B200", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x")), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
-    ("A100", hw((8, 0), "NVIDIA A100-SXM4-80GB", 108, 1410), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
-    ("RTX 4090", hw((8, 9), "NVIDIA GeForce RTX 4090", 128, 2520), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
-    ("V100", hw((7, 0), "Tesla V100-SXM2-16GB", 80, 1530), ("float16", True, "sdpa", False, "float32", "float32", "plain")),
+    ("B200", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x")), ("bfloat16", False, "flex", True, "bfloat16",
+                                                                       "bfloat16", "triton")),
+    ("A100", hw((8, 0), "NVIDIA A100-SXM4-80GB", 108, 1410), ("bfloat16", False, "flex", True, "bfloat16", "bfloat16",
+                                                              "plain")),
+    ("RTX 4090", hw((8, 9), "NVIDIA GeForce RTX 4090", 128, 2520), ("bfloat16", False, "flex", True, "bfloat16",
+                                                                    "bfloat16", "plain")),
+    ("V100", hw((7, 0), "Tesla V100-SXM2-16GB", 80, 1530), ("float16", True, "sdpa", False, "float32", "float32",
+                                                            "plain")),
     ("T4", hw((7, 5), "Tesla T4", 40, 1590), ("float16", True, "sdpa", False, "float32", "float32", "plain")),
-    ("A100 no triton", hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16", "plain")),
-    ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False, "bfloat16", "bfloat16", "plain")),
+    ("A100 no triton", hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), ("bfloat16", False, "sdpa", False,
+                                                                            "bfloat16", "bfloat16", "plain")),
+    ("A100 on Windows", hw((8, 0), "NVIDIA A100", 108, 1410, os_name="Windows"), ("bfloat16", False, "sdpa", False,
+                                                                                  "bfloat16", "bfloat16", "plain")),
     ("MPS", hw(mps=True, os_name="Darwin"), ("float32", False, "sdpa", False, "float32", "float32", "plain")),
     ("CPU", hw(), ("float32", False, "sdpa", False, "float32", "float32", "plain")),
     ("H100 offline, cudnn-frontend", hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK),
@@ -55,11 +65,13 @@ ROWS = [
 @pytest.mark.parametrize("name,h,expected", ROWS, ids=[r[0] for r in ROWS])
 def test_platform_table(name, h, expected):
     p = hardware.resolve_platform(h, AUTO)
-    got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"], p["mlp"])
+    got = (p["dtype"], p["use_grad_scaler"], p["attention"], p["compile"], p["embedding_dtype"], p["ortho_dtype"],
+           p["mlp"])
     assert got == expected
     row_kernels = "triton" if p["compile"] else "plain"            # rope + loss kernels: compiled CUDA runs only
     assert (p["rope"], p["loss"]) == (row_kernels, row_kernels)
-    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "mlp", "rope", "loss",
+    assert set(p["reasons"]) >= {"device", "dtype", "use_grad_scaler", "embedding_dtype", "attention", "mlp", "rope",
+                                 "loss",
                                  "compile", "peak_flops"}
     assert all(isinstance(v, str) and v for v in p["reasons"].values())
 
@@ -83,26 +95,30 @@ def test_cudnn_choice_and_fallbacks():
     run falls back with the reason; forcing it on an Ampere card where it loads is honoured."""
     h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline"), cudnn=CUDNN_OK)
     p = hardware.resolve_platform(h100, AUTO)
-    assert p["reasons"]["attention"] == ("Hopper+: cudnn-frontend 1.28.0 on cuDNN 91900, windows on cuDNN's fused kernel "
+    assert p["reasons"]["attention"] == ("Hopper+: cudnn-frontend 1.28.0 on cuDNN 91900, windows on cuDNN's fused "
+                                         "kernel "
                                          "(FA3 not loadable: not loadable offline)")
     missing = dict(h100, cudnn=(False, "cudnn-frontend not loadable (ModuleNotFoundError: No module named 'cudnn')"))
     assert hardware.resolve_platform(missing, AUTO)["attention"] == "flex"
     p = hardware.resolve_platform(missing, proc(attention="cudnn"))
     assert (p["attention"], p["reasons"]["attention"]) == ("flex", "cudnn requested but not usable (cudnn-frontend not "
-                                                           "loadable (ModuleNotFoundError: No module named 'cudnn')); falling back to flex")
+                                                           "loadable (ModuleNotFoundError: No module named 'cudnn')); "
+                                                           "falling back to flex")
     p = hardware.resolve_platform(h100, proc(attention="cudnn", dtype="float32"))
     assert (p["attention"], p["reasons"]["attention"]) == \
         ("flex", "cudnn requested but not usable (needs CUDA and bf16/fp16, have cuda float32); falling back to flex")
     p = hardware.resolve_platform(h100, proc(attention="cudnn", device="cpu"))
     assert p["attention"] == "sdpa" and p["reasons"]["attention"].endswith("have cpu float32); falling back to sdpa")
     p = hardware.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK), proc(attention="cudnn"))
-    assert (p["attention"], p["reasons"]["attention"]) == ("cudnn", "forced by ground.json (cudnn-frontend 1.28.0 on cuDNN 91900)")
+    assert (p["attention"], p["reasons"]["attention"]) == ("cudnn", "forced by ground.json (cudnn-frontend 1.28.0 on "
+                                                                    "cuDNN 91900)")
     p = hardware.resolve_platform(dict(h100, cudnn=CUDNN_OK), proc(dtype="float16"))
     assert (p["attention"], p["use_grad_scaler"]) == ("cudnn", True)
 
 
 def test_peak_flops_from_table():
-    assert hardware.resolve_platform(ROWS[0][1], AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)  # 132 x 1830 MHz x 4096
+    # 132 SMs x 1830 MHz x 4096
+    assert hardware.resolve_platform(ROWS[0][1], AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)
     assert hardware.resolve_platform(ROWS[3][1], AUTO)["peak_flops"] == pytest.approx(311.9e12, rel=1e-3)
     assert hardware.resolve_platform(ROWS[5][1], AUTO)["peak_flops"] == pytest.approx(125.3e12, rel=1e-3)
     assert hardware.resolve_platform(ROWS[6][1], AUTO)["peak_flops"] == pytest.approx(65.1e12, rel=1e-3)
@@ -125,7 +141,8 @@ def test_overrides_win():
     p = hardware.resolve_platform(h, proc(device="cpu"))
     assert (p["device"], p["dtype"], p["attention"]) == ("cpu", "float32", "sdpa")
     # compile forced on but triton missing: falls back with a reason, never crashes
-    p = hardware.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), proc(compile=True, attention="flex"))
+    p = hardware.resolve_platform(hw((8, 0), "NVIDIA A100", 108, 1410, triton=False), proc(compile=True,
+                                                                                           attention="flex"))
     assert p["compile"] is False and p["reasons"]["compile"] == "requested but unavailable: triton missing"
     assert p["attention"] == "sdpa" and "falling back to sdpa" in p["reasons"]["attention"]
 
@@ -136,12 +153,14 @@ def test_fused_mlp_follows_dtype_and_triton():
     p = hardware.resolve_platform(h100, proc(dtype="float16"))
     assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
     p = hardware.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, gluon=True), AUTO)
-    assert p["reasons"]["mlp"] == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA; backward matmul in Gluon (wgmma))"
+    assert (p["reasons"]["mlp"]
+            == "CC 9.0 with triton: ReLU^2 in the matmul epilogues (TMA; backward matmul in Gluon (wgmma))")
     p = hardware.resolve_platform(hw((10, 0), "NVIDIA B200", 148, 1965, gluon=True), AUTO)     # wgmma is Hopper's alone
     assert p["mlp"] == "triton" and p["reasons"]["mlp"] == "CC 10.0 with triton: ReLU^2 in the matmul epilogues (TMA)"
     p = hardware.resolve_platform(h100, proc(dtype="float32"))
     assert p["mlp"] == "plain"
-    assert p["reasons"]["mlp"] == "plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here cuda CC 9.0, float32)"
+    assert (p["reasons"]["mlp"]
+            == "plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here cuda CC 9.0, float32)")
     p = hardware.resolve_platform(hw((9, 0), "NVIDIA H100", 132, 1980, triton=False), AUTO)
     assert p["mlp"] == "plain" and p["reasons"]["mlp"].endswith("(here cuda CC 9.0, bfloat16)")
     assert hardware.resolve_platform(hw(), AUTO)["reasons"]["mlp"].endswith("(here cpu, float32)")
@@ -187,6 +206,7 @@ def test_cudnn_shape_refusal_falls_back_with_reason():
     assert (changed["attention"], changed["reasons"]["attention"]) == ("flex", f"{why}; falling back to flex")
     assert p["attention"] == "cudnn" and p["reasons"]["attention"].startswith("Hopper+: cudnn-frontend")   # untouched
     p2 = dict(hardware.resolve_platform(h100, proc(compile=False)), dtype="float32")
-    assert hardware.confirm_attention(p2, (4, 2048, 4, 320), [1024], cpu, build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
+    assert hardware.confirm_attention(p2, (4, 2048, 4, 320), [1024], cpu,
+                                      build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
     a100 = hardware.resolve_platform(ROWS[1][1], AUTO)
     assert hardware.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)

@@ -1,4 +1,7 @@
-"""README commands stay true: the test command is what CI runs; documented flags exist."""
+"""README against the code: the test command is the one .ci/run runs; every documented prepare.py flag exists.
+
+    uv run pytest tests/test_readme.py
+"""
 
 import re
 

@@ -1,4 +1,9 @@
-"""train.py through its contract: subprocess runs in test mode, the summary block, the records."""
+"""train.py through its contract, as subprocesses in test mode: the summary block's keys, the ledger row and
+run records it leaves; divergence, exceptions and SIGINT recorded; an upstream-style train.py importing from
+prepare still runs.
+
+    uv run pytest tests/test_train.py
+"""
 
 import json
 import math
@@ -66,7 +71,8 @@ def test_divergence_fails_fast_with_a_reason(run_dir):
     assert "CRASH: diverged: train loss nan at step" in r.stdout
     rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["status"], x["val_bpb"]) for x in rows] == [("crash", None)]
-    assert "\tcrash\t" in (run_dir / "results.tsv").read_text() and "0.000000" not in (run_dir / "results.tsv").read_text()
+    assert ("\tcrash\t" in (run_dir / "results.tsv").read_text() and "0.000000" not
+            in (run_dir / "results.tsv").read_text())
     digest = (run_dir / "sessions" / "memory.md").read_text()
     assert "diverged: train loss nan" in digest
 
@@ -75,7 +81,8 @@ def test_exception_in_train_py_is_recorded_as_crash(run_dir):
     src = (REPO / "train.py").read_text().replace(
         "    model.init_weights()\n", "    model.init_weights()\n    raise ValueError('boom from an edit')\n", 1)
     (run_dir / "train_broken.py").write_text(src)
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"),
                PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, str(run_dir / "train_broken.py")], capture_output=True, text=True, env=env,
                        timeout=300, cwd=run_dir)
@@ -91,7 +98,8 @@ def test_sigint_records_interrupted(run_dir):
     g = json.loads((run_dir / "ground.json").read_text())
     g["test"]["time_budget_s"] = 120
     write_json(run_dir / "ground.json", g)
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir / "model.json"),
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"),
                PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, str(REPO / "train.py")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=env, cwd=run_dir)
@@ -109,3 +117,50 @@ def test_sigint_records_interrupted(run_dir):
     assert [(x["status"], x["val_bpb"]) for x in rows] == [("interrupted", None)]
     rec = json.loads((run_dir / "sessions" / f"{rows[0]['run_id']}.json").read_text())
     assert rec["status"] == "interrupted" and rec["error"] == "SIGINT received"
+
+
+UPSTREAM_STYLE_TRAIN = r"""
+import json, math, torch
+from prepare import (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE, PLATFORM, Tokenizer, make_dataloader,
+                     evaluate_bpb)
+
+class Bigram(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, idx, targets, reduction="mean"):
+        logits = self.table(idx)
+        return torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                                                 reduction=reduction)
+
+tokenizer = Tokenizer.from_directory()
+torch.manual_seed(0)
+model = Bigram(tokenizer.get_vocab_size())
+opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+loader = make_dataloader(tokenizer, 4, MAX_SEQ_LEN, "train")
+before = evaluate_bpb(model, tokenizer, 4)
+for _ in range(20):
+    x, y, epoch = next(loader)
+    loss = model(x, y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print(json.dumps({"T": MAX_SEQ_LEN, "budget": TIME_BUDGET, "eval": EVAL_TOKENS, "vocab": VOCAB_SIZE,
+                  "device": PLATFORM["device"], "shape": list(x.shape), "epoch": epoch,
+                  "before": before, "after": evaluate_bpb(model, tokenizer, 4)}))
+"""
+
+
+def test_upstream_style_train_imports_from_prepare(run_dir):
+    """An upstream-style train.py (`from prepare import MAX_SEQ_LEN, ..., evaluate_bpb`) runs unchanged: the
+    constants are ground.json's test profile, the loader gives (B, T) rows, and training lowers val_bpb."""
+    script = run_dir / "upstream_train.py"
+    script.write_text(UPSTREAM_STYLE_TRAIN)
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=run_dir, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["T"], out["budget"], out["eval"], out["vocab"]) == (64, 2, 4096, 512)
+    assert out["device"] == "cpu" and out["shape"] == [4, 64] and out["epoch"] >= 1
+    assert 0 < out["after"] < out["before"] < 20

@@ -1,5 +1,8 @@
-"""Many agents, one ledger: two git worktrees (one per GPU in real use) record into one
-shared results.tsv and sessions/ at the same time; memory.md names each run's branch."""
+"""Many agents, one ledger: two git worktrees (one per GPU in real use) record into one shared results.tsv and
+sessions/ at the same time; both rows present and memory.md names each run's branch.
+
+    uv run pytest tests/test_worktrees.py
+"""
 
 import json
 import os

@@ -54,7 +54,8 @@ def build_graph(kind: str, q: torch.Tensor, window: int):
     else:
         inputs["o"] = graph.tensor(name="o", dim=dims, stride=strides, data_type=io)
         inputs["dO"] = graph.tensor(name="dO", dim=dims, stride=strides, data_type=io)
-        inputs["stats"] = graph.tensor(name="stats", dim=stat_dims, stride=stat_strides, data_type=cudnn.data_type.FLOAT)
+        inputs["stats"] = graph.tensor(name="stats", dim=stat_dims, stride=stat_strides,
+                                       data_type=cudnn.data_type.FLOAT)
         dq, dk, dv = graph.sdpa_backward(name="attn_bwd", **inputs, attn_scale=D ** -0.5, **band)
         for t in (dq, dk, dv):
             t.set_output(True).set_dim(dims).set_stride(strides)
@@ -87,7 +88,8 @@ def _cudnn_execute(kind: str, window: int, **tensors: torch.Tensor) -> None:
 
 
 @torch.library.custom_op("autoresearch::cudnn_attention", mutates_args=())
-def _cudnn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cudnn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, T, H, _ = q.shape
     o, stats = torch.empty_like(q), torch.empty(B, H, T, 1, dtype=torch.float32, device=q.device)

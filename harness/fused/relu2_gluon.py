@@ -142,7 +142,8 @@ def gluon_matmul(a: torch.Tensor, b_kn: torch.Tensor, aux: torch.Tensor | None =
 
     def desc(t, block):
         return GluonDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gdt))
-    programs = min(torch.cuda.get_device_properties(a.device).multi_processor_count, triton.cdiv(M, bm) * triton.cdiv(N, bn))
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    programs = min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))
     _relu2_mm_gluon_kernel[(programs,)](desc(a, [bm, bk]), desc(b_kn, [bk, bn]), desc(c, [bm, bn]),
                                        desc(c if aux is None else aux, [bm, bn]), M, N, K, GROUP_M=8,
                                        NUM_BUF=buffers, BACKWARD=aux is not None, num_warps=8)
@@ -182,6 +183,7 @@ class GluonGate:
             return c
         except Exception as e:  # noqa: BLE001 - any failure of the experimental dialect means "use the Triton kernel"
             self.enabled = False
-            print(f"fused MLP: the Gluon kernel failed on triton {getattr(triton, '__version__', '?')} ({type(e).__name__}: "
+            print(f"fused MLP: the Gluon kernel failed on triton {getattr(triton, '__version__', '?')} "
+                  f"({type(e).__name__}: "
                   f"{str(e).splitlines()[0][:100] if str(e) else ''}); using the Triton kernels", flush=True)
             return None

@@ -60,7 +60,8 @@ def matmul_config(device: torch.device) -> tuple:
     return (128, 256, 64, 4, 3, 8) if smem >= 220 * 1024 else (64, 128, 64, 3, 2, 4)
 
 
-def relu2_matmul(a: torch.Tensor, b: torch.Tensor, aux: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
+def relu2_matmul(a: torch.Tensor, b: torch.Tensor, aux: torch.Tensor | None = None,
+                 config: tuple | None = None) -> torch.Tensor:
     """relu(a b^T)^2, or (a b^T) * 2 sqrt(aux) when aux is given; a (M, K), b (N, K), row-major."""
     from triton.tools.tensor_descriptor import TensorDescriptor
     (M, K), N = a.shape, b.size(0)
@@ -69,7 +70,8 @@ def relu2_matmul(a: torch.Tensor, b: torch.Tensor, aux: torch.Tensor | None = No
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4
     programs = min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))
     descs = (TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
-             TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(c if aux is None else aux, [bm, bn // 2]))
+             TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(c if aux is None else aux,
+                                                                                          [bm, bn // 2]))
     _relu2_mm_kernel[(programs,)](*descs, M, N, K, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, PROGRAMS=programs,
                                   BACKWARD=aux is not None, num_stages=stages_bwd if aux is not None else stages_fwd,
                                   num_warps=warps)

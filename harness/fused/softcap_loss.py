@@ -21,7 +21,8 @@ if triton is not None:
     def _softcap_tanh(x, softcap, APPROX: tl.constexpr):
         u = x / softcap
         if APPROX:
-            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1)
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True,
+                                          pack=1)
         else:
             t = 2 * tl.sigmoid(2 * u) - 1
         return t
@@ -44,7 +45,8 @@ if triton is not None:
         tl.store(lse_out + row, lse)
 
     @triton.jit
-    def _ce_bwd_kernel(logits, targets, lse_in, dloss, grad, V, stride, softcap, BLOCK: tl.constexpr, APPROX: tl.constexpr):
+    def _ce_bwd_kernel(logits, targets, lse_in, dloss, grad, V, stride, softcap, BLOCK: tl.constexpr,
+                       APPROX: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         t = tl.load(targets + row)
@@ -85,7 +87,8 @@ def _softcap_ce_backward_op(dloss: torch.Tensor, logits: torch.Tensor, targets: 
                             softcap: float) -> torch.Tensor:
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     grid, kw = _ce_launch(logits)
-    _ce_bwd_kernel[grid](logits, targets, lse, dloss.contiguous(), grad, logits.size(1), logits.stride(0), softcap, **kw)
+    _ce_bwd_kernel[grid](logits, targets, lse, dloss.contiguous(), grad, logits.size(1), logits.stride(0), softcap,
+                         **kw)
     return grad
 
 

@@ -68,7 +68,8 @@ def main():
             except Exception as e:  # noqa: BLE001 - a config the kernel rejects is reported, not fatal
                 print(f"w={window:5d} {name:22s} failed: {type(e).__name__}: {str(e)[:100]}")
                 continue
-            print(f"w={window:5d} {name:22s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  (compile {time.time() - t0:.0f}s)",
+            print(f"w={window:5d} {name:22s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  (compile "
+                  f"{time.time() - t0:.0f}s)",
                   flush=True)
         if not only or "cudnn" in only:
             cudnn, why = cudnn_attention.load_cudnn_frontend()
@@ -76,7 +77,8 @@ def main():
                 print(f"w={window:5d} cudnn-frontend          not loadable: {why}")
             else:
                 fn = lambda: cudnn_attention.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
-                print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s"
+                print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} "
+                      f"TFLOP/s"
                       f"  ({why})", flush=True)
         if "cudnn plans" in only:
             cudnn_plans(leaves, g.transpose(1, 2).contiguous(), window)
@@ -130,7 +132,8 @@ def cudnn_plans(leaves, dout, window):
                 name = graph.get_plan_name_at_index(i)
             except Exception:  # noqa: BLE001 - older frontends have no plan names
                 pass
-            print(f"w={window:5d} cudnn {kind} plan {i}: {ms:6.3f} ms  ws {ws.numel() >> 20} MB  max rel diff {diff:.1e}  {name}",
+            print(f"w={window:5d} cudnn {kind} plan {i}: {ms:6.3f} ms  ws {ws.numel() >> 20} MB  max rel diff "
+                  f"{diff:.1e}  {name}",
                   flush=True)
 
 

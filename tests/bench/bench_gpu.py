@@ -5,7 +5,8 @@
 Runs train.py as a subprocess per variant (auto = the default platform choice: cuDNN where
 cudnn-frontend loads on Hopper+, else flex; flex, sdpa = forced attention backends; fp16 = forced
 float16 + GradScaler; turing = what a Volta/Turing card gets: float16 + GradScaler, SDPA, no
-compile) on a workspace that reuses the prepared tokenizer and train shards, with a val file large enough for the full eval size (the builtin val file
+compile) on a workspace that reuses the prepared tokenizer and train shards, with a val file large
+enough for the full eval size (the builtin val file
 is smaller than 20M tokens, so it is repeated: for timing only, never for a metric). The
 default variant runs twice, first with empty compile caches (cold), then again (warm); every
 other variant starts with empty caches of its own.
@@ -93,7 +94,8 @@ def run_variant(ground: Path, name: str, processor: dict, env_extra: dict, out: 
             "timed_steps": len(timed), "peak_vram_mb": float(summary["peak_vram_mb"]),
             "first_step_s": steps[0] / 1000, "startup_s": met["startup_seconds"],
             "to_first_timed_step_s": met["total_seconds"] - met["training_seconds"] - met["eval_seconds"],
-            "loader_wait_s": met["loader_wait_seconds"], "eval_s": met["eval_seconds"], "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
+            "loader_wait_s": met["loader_wait_seconds"], "eval_s": met["eval_seconds"],
+                "eval_tokens": rec.get("eval_tokens"), "val_bpb": float(summary["val_bpb"]),
             "wall_s": wall, "attention": summary["attention"], "dtype": summary["dtype"]}
 
 
@@ -106,13 +108,15 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import torch
-    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {dt.date.today()}  budget {args.budget:g}s")
+    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {dt.date.today()}  budget "
+          f"{args.budget:g}s")
     rate = loader_rate()
     print(f"dataloader packing: {rate / 1e6:.2f}M tokens/s on one core", flush=True)
     root = Path(tempfile.mkdtemp(prefix="bench_"))
     ground = bench_workspace(root, args.budget)
     def caches(name):                   # empty compile caches of its own: every variant starts cold
-        return {"TORCHINDUCTOR_CACHE_DIR": str(root / name / "inductor"), "TRITON_CACHE_DIR": str(root / name / "triton")}
+        return {"TORCHINDUCTOR_CACHE_DIR": str(root / name / "inductor"),
+                "TRITON_CACHE_DIR": str(root / name / "triton")}
     plan = {"auto": ({}, caches("auto")), "auto_warm": ({}, caches("auto")),     # warm: auto's caches again
             "flex": ({"attention": "flex"}, caches("flex")), "sdpa": ({"attention": "sdpa"}, caches("sdpa")),
             "fp16": ({"dtype": "float16"}, caches("fp16")),

@@ -33,8 +33,10 @@ def main():
             row = {c: None for c in ledger.LEDGER_COLUMNS}
             row.update(run_id=f"20261126T{i:06d}Z-{i:07x}-abcd", commit=f"{i:07x}", status=st,
                        val_bpb=None if st in ("crash", "interrupted") else 1.0 - i * 1e-5 + rng.random() * 0.01,
-                       description=f"experiment {i}: try matrix_lr {rng.choice([0.02, 0.04, 0.06])} and depth {rng.randint(4, 16)}",
-                       mode="train", comparability_key="climbmix-train-0123456789", timestamp="2026-11-26T00:00:00+00:00",
+                       description=f"experiment {i}: try matrix_lr {rng.choice([0.02, 0.04, 0.06])} and depth "
+                                   f"{rng.randint(4, 16)}",
+                       mode="train", comparability_key="climbmix-train-0123456789",
+                           timestamp="2026-11-26T00:00:00+00:00",
                        peak_vram_mb=45000.0, mfu_percent=39.6, training_seconds=300.0, total_tokens_M=497.5,
                        num_params_M=50.3, num_steps=949)
             f.write(ledger.ledger_line(row))

@@ -1,6 +1,9 @@
-"""The ReLU^2 MLP at the default shape on the GPU: plain compiled ops vs the fused Triton and Gluon matmuls (not a test).
+"""The ReLU^2 MLP at the default shape on the GPU: plain compiled ops vs the fused Triton and Gluon matmuls.
 
-    python3 tests/bench/bench_mlp.py [--configs "128,256,64,4,3,8;128,128,64,4,4,8"] [--gluon "128,256,64,3;128,256,32,6"]
+Not a test: prints figures.
+
+    python3 tests/bench/bench_mlp.py [--configs "128,256,64,4,3,8;128,128,64,4,4,8"] \
+        [--gluon "128,256,64,3;128,256,32,6"]
 
 Prints the GPU, the time of each matmul alone (cuBLAS without epilogue vs the Triton and Gluon kernels with
 it, each kernel's error against a float32 reference on outputs poisoned with NaN beforehand), and one MLP
@@ -30,8 +33,10 @@ def plain(x, w_fc, w_proj):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="auto", help="';'-separated BLOCK_M,BLOCK_N,BLOCK_K,stages_fwd,stages_bwd,warps")
-    ap.add_argument("--gluon", default="128,256,32,6;128,256,64,3", help="';'-separated Gluon BLOCK_M,BLOCK_N,BLOCK_K,buffers ('' skips)")
+    ap.add_argument("--configs", default="auto",
+                    help="';'-separated BLOCK_M,BLOCK_N,BLOCK_K,stages_fwd,stages_bwd,warps")
+    ap.add_argument("--gluon", default="128,256,32,6;128,256,64,3",
+                    help="';'-separated Gluon BLOCK_M,BLOCK_N,BLOCK_K,buffers ('' skips)")
     args = ap.parse_args()
     configs = [None if c == "auto" else tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
     torch.manual_seed(0)
@@ -69,7 +74,8 @@ def main():
             print(f"  {name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         print(f"  triton {name}: fwd {ms_f:6.3f} ms ({mm_flops / ms_f / 1e9:5.1f} TFLOP/s)  bwd {ms_b:6.3f} ms "
-              f"({mm_flops / ms_b / 1e9:5.1f})  MLP fwd+bwd {ms:7.3f} ms ({6 * mm_flops / ms / 1e9:5.1f})  rel err {err:.2e}")
+              f"({mm_flops / ms_b / 1e9:5.1f})  MLP fwd+bwd {ms:7.3f} ms ({6 * mm_flops / ms / 1e9:5.1f})  rel err "
+              f"{err:.2e}")
     if args.gluon and gluon_ok:
         gluon_variants(args, x.detach(), w_fc.detach(), w_proj.detach(), dy, a, mm_flops)
 

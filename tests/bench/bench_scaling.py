@@ -54,12 +54,14 @@ def main():
         results.append(res)
         print(json.dumps(res), flush=True)
     base = next((r["per_gpu"] for r in results if r["gpus"] == 1), None)
-    (Path(args.out) / "scaling.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "results": results}, indent=2))
+    (Path(args.out) / "scaling.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "results": results},
+                                                            indent=2))
     print("\n| GPUs | tokens/s | per GPU | vs 1 GPU | MFU % | steps |")
     print("|---|---|---|---|---|---|")
     for r in results:
         eff = f"{100 * r['per_gpu'] / base:.1f}%" if base else "—"
-        print(f"| {r['gpus']} | {r['tok_s'] / 1e6:.3f}M | {r['per_gpu'] / 1e6:.3f}M | {eff} | {r['mfu']:.1f} | {r['steps']} |")
+        print(f"| {r['gpus']} | {r['tok_s'] / 1e6:.3f}M | {r['per_gpu'] / 1e6:.3f}M | {eff} | {r['mfu']:.1f} | "
+              f"{r['steps']} |")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def main():
         step()
     torch.cuda.synchronize()
     dt = (time.time() - t0) / args.steps
-    print(f"step: {dt * 1000:.1f} ms  tok/s: {m.total_batch_size / dt:,.0f}  peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+    print(f"step: {dt * 1000:.1f} ms  tok/s: {m.total_batch_size / dt:,.0f}  peak "
+          f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
           f"  ({vars(args)})", flush=True)
     if args.no_profile:
         return
