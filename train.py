@@ -32,9 +32,9 @@ from harness.evaluate import eval_rows, evaluate_bpb
 from harness.fused.relu2_mlp import relu2_mlp
 from harness.fused.rope_norm import rope_norm
 from harness.fused.softcap_loss import softcap_cross_entropy
-from harness.hardware import confirm_attention, get_platform, platform_lines
-from harness.record import start_run
-from harness.settings import describe_changes, effective_model
+from harness.hardware import confirm_attention, get_platform
+from harness.record import setup_lines, start_run
+from harness.settings import effective_model
 from harness.dataloader import make_dataloader
 from harness.tokenizer import Tokenizer
 
@@ -420,6 +420,17 @@ def weight_decay_at(progress, m):
     return m.weight_decay * (1 - progress)
 
 
+def set_schedules(optimizer, m, step, progress):
+    """LR, Muon momentum and weight decay for this step; returns the LR multiplier."""
+    lrm = lr_multiplier(progress, m)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(step)
+            group["weight_decay"] = weight_decay_at(progress, m)
+    return lrm
+
+
 # ---------------------------------------------------------------------------
 # Setup: the model's config from model.json and PLATFORM, decided once
 # ---------------------------------------------------------------------------
@@ -438,12 +449,49 @@ def build_config(m, T, vocab_size, platform):
                      embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
 
 
-def print_step(lap, m, budget_left, flops_per_token, peak_flops):
+def build_model(config, device, world):
+    """The GPT on `device`, initialized (rank 0's weights everywhere under torchrun)."""
+    print(f"model config: {config}")
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    if world > 1:
+        broadcast_parameters(model)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Progress and summary
+# ---------------------------------------------------------------------------
+
+def check_and_print(lap, run, clock, m, flops_per_token, peak_flops):
+    """Fail fast on a diverged loss (recorded as a crash, with the reason); else print the step's line."""
+    if not math.isfinite(lap.loss) or lap.loss > 100:
+        if run:
+            run.crash(f"diverged: train loss {lap.loss} at step {lap.step}",
+                      {"num_steps": lap.step, "training_seconds": clock.training_seconds})
+        sys.exit(1)
     tok_s = m.total_batch_size / lap.seconds
     mfu = 100 * flops_per_token * tok_s / peak_flops if peak_flops else 0.0
+    left = max(0.0, clock.budget_s - clock.training_seconds)
     print(f"\rstep {lap.step:05d} ({100 * lap.info['progress']:.1f}%) | loss: {lap.smooth_loss:.6f} | "
           f"lrm: {lap.info['lrm']:.2f} | dt: {lap.seconds * 1000:.0f}ms | tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | "
-          f"epoch: {lap.info['epoch']} | remaining: {max(0, budget_left):.0f}s    ", end="", flush=True)
+          f"epoch: {lap.info['epoch']} | remaining: {left:.0f}s    ", end="", flush=True)
+
+
+def print_summary(metrics, row, run, s, P, total_seconds):
+    """The `---` block: a public API (fixed keys, `key: value`) that agents grep."""
+    x = metrics
+    print("---")
+    for key, value in (("val_bpb", f"{x['val_bpb']:.6f}"), ("training_seconds", f"{x['training_seconds']:.1f}"),
+                       ("total_seconds", f"{total_seconds:.1f}"), ("peak_vram_mb", f"{x['peak_vram_mb']:.1f}"),
+                       ("mfu_percent", f"{x['mfu_percent']:.2f}"), ("total_tokens_M", f"{x['total_tokens_M']:.1f}"),
+                       ("num_steps", x["num_steps"]), ("num_params_M", f"{x['num_params_M']:.1f}"),
+                       ("depth", x["depth"]), ("tokens_per_sec", f"{x['tokens_per_second']:.0f}"),
+                       ("run_id", run.run_id), ("status", row["status"]), ("mode", s.mode), ("device", P["device"]),
+                       ("dtype", P["dtype"]), ("attention", P["attention"]), ("world_size", x["world_size"])):
+        print(f"{key + ':':<18}{value}")
 
 
 # ---------------------------------------------------------------------------
@@ -480,24 +528,12 @@ def main():
     torch.set_float32_matmul_precision("high")
     dtype = getattr(torch, P["dtype"])
     autocast = torch.amp.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    if world > 1:
-        print(f"distributed: {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
-              f"each {m.device_batch_size} rows per micro-step")
-    print(f"mode: {s.mode} ({s.mode_reason}); T={T}, budget={budget:g}s, eval_tokens={s.eval_tokens:,}")
-    for line in describe_changes(changes, s, world):
-        print(f"  {line}")
-    print("\n".join(platform_lines(P) + [f"!! {fallback}"] * bool(fallback)))
+    print("\n".join(setup_lines(s, m, changes, P, world) + [f"!! {fallback}"] * bool(fallback)))
     if P["attention"] in ("cudnn", "flex", "sdpa"):
-        print(f"  {prefer_cudnn_sdpa(P)}")
+        print(f"  {prefer_cudnn_sdpa(P)}")       # held for the whole run
     eval_rows(tokenizer, s, verbose=True)
 
-    print(f"model config: {config}")
-    with torch.device("meta"):
-        model = GPT(config)
-    model.to_empty(device=device)
-    model.init_weights()
-    if world > 1:
-        broadcast_parameters(model)
+    model = build_model(config, device, world)
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.estimate_flops()
     print(f"parameters: {num_params:,}  FLOPs/token: {flops_per_token:.3e}")
@@ -519,12 +555,7 @@ def main():
     clock.start()
     while True:
         progress = clock.progress
-        lrm = lr_multiplier(progress, m)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lrm
-            if group["kind"] == "muon":
-                group["momentum"] = muon_momentum(step)
-                group["weight_decay"] = weight_decay_at(progress, m)
+        lrm = set_schedules(optimizer, m, step, progress)
         for _ in range(grad_accum):
             with autocast:
                 loss = model(x, y)
@@ -546,12 +577,7 @@ def main():
             optimizer.step()
         model.zero_grad(set_to_none=True)
         for lap in clock.lap(step, train_loss, lrm=lrm, progress=progress, epoch=epoch):
-            if not math.isfinite(lap.loss) or lap.loss > 100:           # fail fast, with the reason
-                if run:
-                    run.crash(f"diverged: train loss {lap.loss} at step {lap.step}",
-                              {"num_steps": lap.step, "training_seconds": clock.training_seconds})
-                sys.exit(1)
-            print_step(lap, m, budget - clock.training_seconds, flops_per_token, P["peak_flops"] * world)
+            check_and_print(lap, run, clock, m, flops_per_token, P["peak_flops"] * world)
         if step == 0:
             gc.collect()
             gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
@@ -560,7 +586,7 @@ def main():
         if clock.spent(step) or step == s.max_steps:
             break
     for lap in clock.drain():
-        print_step(lap, m, budget - clock.training_seconds, flops_per_token, P["peak_flops"] * world)
+        check_and_print(lap, run, clock, m, flops_per_token, P["peak_flops"] * world)
     print()
     gc.enable()
     total_time, timed_steps = clock.training_seconds, step - s.excluded_steps
@@ -589,16 +615,7 @@ def main():
         return
     row = run.finish(metrics)
 
-    # -- summary: a public API (fixed keys, `key: value`) ---------------------------------------
-    print("---")
-    for key, value in (("val_bpb", f"{val_bpb:.6f}"), ("training_seconds", f"{total_time:.1f}"),
-                       ("total_seconds", f"{time.time() - t_start:.1f}"), ("peak_vram_mb", f"{peak_vram_mb:.1f}"),
-                       ("mfu_percent", f"{mfu:.2f}"), ("total_tokens_M", f"{step * m.total_batch_size / 1e6:.1f}"),
-                       ("num_steps", step), ("num_params_M", f"{num_params / 1e6:.1f}"), ("depth", m.depth),
-                       ("tokens_per_sec", f"{tok_s:.0f}"), ("run_id", run.run_id), ("status", row["status"]),
-                       ("mode", s.mode), ("device", P["device"]), ("dtype", P["dtype"]),
-                       ("attention", P["attention"]), ("world_size", world)):
-        print(f"{key + ':':<18}{value}")
+    print_summary(metrics, row, run, s, P, time.time() - t_start)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ import torch
 from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
-from harness.hardware import get_platform
+from harness.hardware import get_platform, platform_lines
 from harness.ledger import LEGACY_KEY, clean_text, ledger_paths, read_ledger
 from harness.memory import record
-from harness.settings import Settings
+from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
 from harness.util import atomic_write_text
@@ -78,6 +78,18 @@ def library_versions() -> dict:
         except md.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
+    """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
+    lines = []
+    if world > 1:
+        lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
+                     f"each {model.device_batch_size} rows per micro-step")
+    lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
+                 f"eval_tokens={s.eval_tokens:,}")
+    lines += [f"  {line}" for line in describe_changes(changes, s, world)]
+    return lines + platform_lines(platform)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""GPU kernels that train.py may call in place of plain PyTorch lines; each module imports only torch and triton.
+"""GPU kernels that train.py may call in place of plain PyTorch lines; they import only torch, triton, cudnn.
 
     uv run pytest tests/test_model.py -k "triton or gluon or rope"   # the kernels in Triton's CPU interpreter
     python3 tests/test_gpu.py                                        # on a CUDA machine

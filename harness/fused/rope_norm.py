@@ -16,7 +16,9 @@ from harness.fused import tl, triton
 
 if triton is not None:
     @triton.jit
-    def _rope_norm_fwd_kernel(x, cos, sin, y, rstd, rows, T, H, eps, D: tl.constexpr, ROWS: tl.constexpr):
+    def _rows(x, cos, sin, rows, T, H, D: tl.constexpr, ROWS: tl.constexpr):
+        """This program's rows of (B, T, H, D) x: (row ids, mask, element offsets, both halves of x and the
+        row's cos and sin, in float32)."""
         half: tl.constexpr = D // 2
         r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
         j = tl.arange(0, half)[None, :]
@@ -27,6 +29,12 @@ if triton is not None:
         s = tl.load(sin + t * half + j, mask=m, other=0.0).to(tl.float32)
         x1 = tl.load(x + at, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(x + at + half, mask=m, other=0.0).to(tl.float32)
+        return r, m, at, x1, x2, c, s
+
+    @triton.jit
+    def _rope_norm_fwd_kernel(x, cos, sin, y, rstd, rows, T, H, eps, D: tl.constexpr, ROWS: tl.constexpr):
+        half: tl.constexpr = D // 2
+        r, m, at, x1, x2, c, s = _rows(x, cos, sin, rows, T, H, D, ROWS)
         o1 = x1 * c + x2 * s                       # upstream's rotation: (x1 cos + x2 sin, x2 cos - x1 sin)
         o2 = x2 * c - x1 * s
         rs = tl.rsqrt((tl.sum(o1 * o1, 1) + tl.sum(o2 * o2, 1)) / D + eps)
@@ -37,21 +45,13 @@ if triton is not None:
     @triton.jit
     def _rope_norm_bwd_kernel(dy, y, rstd, cos, sin, dx, rows, T, H, D: tl.constexpr, ROWS: tl.constexpr):
         half: tl.constexpr = D // 2
-        r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-        j = tl.arange(0, half)[None, :]
-        m = r < rows
-        at = r.to(tl.int64) * D + j
-        t = (r // H) % T
-        g1 = tl.load(dy + at, mask=m, other=0.0).to(tl.float32)
-        g2 = tl.load(dy + at + half, mask=m, other=0.0).to(tl.float32)
+        r, m, at, g1, g2, c, s = _rows(dy, cos, sin, rows, T, H, D, ROWS)
         y1 = tl.load(y + at, mask=m, other=0.0).to(tl.float32)
         y2 = tl.load(y + at + half, mask=m, other=0.0).to(tl.float32)
         rs = tl.load(rstd + r, mask=m, other=0.0)
         dot = (tl.sum(g1 * y1, 1) + tl.sum(g2 * y2, 1))[:, None] / D
         d1 = rs * (g1 - y1 * dot)                  # the norm's backward, from its output
         d2 = rs * (g2 - y2 * dot)
-        c = tl.load(cos + t * half + j, mask=m, other=0.0).to(tl.float32)
-        s = tl.load(sin + t * half + j, mask=m, other=0.0).to(tl.float32)
         tl.store(dx + at, (d1 * c - d2 * s).to(dx.dtype.element_ty), mask=m)      # the rotation's transpose
         tl.store(dx + at + half, (d1 * s + d2 * c).to(dx.dtype.element_ty), mask=m)
 
