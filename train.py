@@ -490,7 +490,8 @@ def print_summary(metrics, row, run, s, P, total_seconds):
                        ("num_steps", x["num_steps"]), ("num_params_M", f"{x['num_params_M']:.1f}"),
                        ("depth", x["depth"]), ("tokens_per_sec", f"{x['tokens_per_second']:.0f}"),
                        ("run_id", run.run_id), ("status", row["status"]), ("mode", s.mode), ("device", P["device"]),
-                       ("dtype", P["dtype"]), ("attention", P["attention"]), ("world_size", x["world_size"])):
+                       ("dtype", P["dtype"]), ("attention", P["attention"]), ("world_size", x["world_size"]),
+                       ("seed", run.seed), ("next", run.next_step)):
         print(f"{key + ':':<18}{value}")
 
 
@@ -501,6 +502,8 @@ def print_summary(metrics, row, run, s, P, total_seconds):
 def main():
     ap = argparse.ArgumentParser(description="Train the GPT for the time budget and record the run.")
     ap.add_argument("--description", help="what this run changes (default: the HEAD commit subject)")
+    ap.add_argument("--seed", type=int, default=42, help="initialization and data order (default 42); another seed "
+                    "of the same code measures the noise")
     args = ap.parse_args()
     t_start = time.time()
 
@@ -522,9 +525,9 @@ def main():
     P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
                                     GPT._compute_window_sizes(config), device)
     config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
-    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P) if rank == 0 else None
+    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) if rank == 0 else None
 
-    torch.manual_seed(42)                      # the only seed; data order is fixed by the loader
+    torch.manual_seed(args.seed)               # the only seed: initialization here, data order in the loader
     torch.set_float32_matmul_precision("high")
     dtype = getattr(torch, P["dtype"])
     autocast = torch.amp.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -546,7 +549,7 @@ def main():
         optimizer.compile_steps()
         model = torch.compile(model, dynamic=False)
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
-                                   world_size=world)
+                                   world_size=world, seed=args.seed)
     x, y, epoch = next(train_loader)
 
     # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---

@@ -17,6 +17,7 @@ this list (a module imports only modules above it):
   tokenizer     BPE training (rustbpe) served by tiktoken; token_bytes; the token cache
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)
+  decide        the keep rule: configurations' means over seeds, the noise floor, the margin
   ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
   memory        sessions/memory.md: the bounded digest regenerated after every run
   record        a run's log, JSON record and ledger row; crashes and signals recorded

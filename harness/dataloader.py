@@ -74,13 +74,17 @@ class BestFitPacker:
                 pos = cap
 
 
-def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool) -> Iterator[tuple[np.ndarray,
-                                                                                                       int]]:
+def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool,
+                    seed: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """(document tokens, epoch) in the stored order, or, with a seed, in an order drawn anew for every
+    epoch from (seed, epoch): files shuffled, then the documents of each file."""
     epoch = 1
     while True:
-        for path in files:
-            tokens, offsets = tokenize_file(s, tokenizer, path)
-            for j in range(len(offsets) - 1):
+        rng = np.random.default_rng((seed, epoch)) if seed is not None else None
+        for f in (rng.permutation(len(files)) if rng is not None else range(len(files))):
+            tokens, offsets = tokenize_file(s, tokenizer, files[f])
+            n = len(offsets) - 1
+            for j in (rng.permutation(n) if rng is not None else range(n)):
                 yield tokens[offsets[j]:offsets[j + 1]], epoch
         if not loop:
             return
@@ -97,7 +101,7 @@ def _pin_ok(device: torch.device) -> bool:
 
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = LOADER_BUFFER_DOCS,
                     device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
-                    prefetch: int = LOADER_PREFETCH_BATCHES):
+                    prefetch: int = LOADER_PREFETCH_BATCHES, seed: int | None = None):
     """Yield (inputs, targets, epoch) forever: int64 tensors of shape (B, T) on the run's device.
     Rows are packed by a background thread into pinned buffers; the copy to the GPU is async.
 
@@ -113,7 +117,9 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     files = m["train"] if split == "train" else [m["val"]]
     device = torch.device(device or get_platform()["device"])
     # train loops over its files (epoch counts the passes); val is one pass, never repeated
-    packer = BestFitPacker(document_stream(s, tokenizer, files, split == "train"), T + 1, buffer_size)
+    # the seed orders the train documents (train.py --seed); val is never shuffled: the metric's rows are fixed
+    assert split == "train" or seed is None, "the val split is scored in its stored order"
+    packer = BestFitPacker(document_stream(s, tokenizer, files, split == "train", seed), T + 1, buffer_size)
     lo = rank * B
     scratch = np.empty(T + 1, dtype=np.int32)         # other ranks' rows: packed, then dropped
     bos = tokenizer.get_bos_token_id()

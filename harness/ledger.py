@@ -18,12 +18,13 @@ from pathlib import Path
 
 from harness import settings
 from harness.config import ConfigError
+from harness.decide import decide
 from harness.settings import Settings
 
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
                   "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
-                      "timestamp")
-STATUSES = ("baseline", "keep", "discard", "crash", "interrupted")
+                  "timestamp")
+STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "crash", "interrupted")   # harness.decide
 _FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M",
                "num_params_M")
 _REQUIRED_COLS = ("commit", "val_bpb", "status", "description")
@@ -111,14 +112,18 @@ def ledger_line(row: dict) -> str:
     return "\t".join(clean_text(_fmt(row.get(c), digits.get(c, 6)), 300) for c in LEDGER_COLUMNS) + "\n"
 
 
-def decide_status(rows: list[dict], key: str, val_bpb: float | None) -> str:
-    if val_bpb is None or not math.isfinite(val_bpb):
-        return "crash"
-    best = [r["val_bpb"] for r in rows if r["comparability_key"] == key and r["status"] in ("baseline", "keep")
-            and r["val_bpb"] is not None]
-    if not best:
-        return "baseline"
-    return "keep" if val_bpb < min(best) else "discard"
+def read_index(sessions: Path) -> dict:
+    """sessions/index.jsonl: run_id -> what the ledger row does not hold (fingerprint, seed, model, branch, ...)."""
+    out = {}
+    p = sessions / "index.jsonl"
+    if p.exists():
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                e = json.loads(line)
+                out[e["run_id"]] = e
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
 
 
 def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
@@ -128,7 +133,8 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
     with ledger_lock(results):
         rows = read_ledger(results, warn=lambda m: None)
         row = dict(row)
-        row["status"] = status or decide_status(rows, row["comparability_key"], row.get("val_bpb"))
+        row["status"] = status or decide(rows, read_index(sessions), row["comparability_key"],
+                                         index_entry.get("fingerprint"), index_entry.get("seed"), row.get("val_bpb"))
         if row["status"] in ("crash", "interrupted"):
             row["val_bpb"] = None
         new = not results.exists() or results.stat().st_size == 0

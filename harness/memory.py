@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.ledger import STATUSES, append_record, clean_text, ledger_lock, ledger_paths, read_ledger
+from harness.decide import ACCEPTED, SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
+from harness.ledger import STATUSES, append_record, clean_text, ledger_lock, ledger_paths, read_index, read_ledger
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
@@ -20,19 +21,6 @@ MEMORY_TOP = 5
 MEMORY_RECENT = 8
 MEMORY_VALUES_PER_KEY = 6
 NOTES_HEADER = "## Notes"
-
-
-def read_index(sessions: Path) -> dict:
-    out = {}
-    p = sessions / "index.jsonl"
-    if p.exists():
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                e = json.loads(line)
-                out[e["run_id"]] = e
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return out
 
 
 def _flat(model: dict) -> dict:
@@ -53,38 +41,102 @@ def _bpb(v) -> str:
     return "—" if v is None else f"{v:.6f}"
 
 
+def _requested(entry: dict) -> dict:
+    """model.json as the agent wrote it (the run records what it trained, and what each cap replaced)."""
+    flat = _flat(entry.get("model"))
+    flat.update({k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()})
+    return flat
+
+
+def _value(entry: dict, key: str) -> str:
+    """A model.json value as requested, with the value trained where a cap changed it."""
+    req, trained = _requested(entry).get(key), _flat(entry.get("model")).get(key)
+    return _v(req) + (f" (capped to {_v(trained)})" if trained != req else "")
+
+
+def changes(a: dict, b: dict) -> list[str]:
+    """What changed from run entry a to run entry b: model.json keys (requested -> requested, with the cap where
+    one applies) and train.py's functions (from their hashes: changed, added, removed). Empty: same files."""
+    ma, mb = _requested(a), _requested(b)
+    out = [f"{k}: {_value(a, k)} -> {_value(b, k)}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
+    fa, fb = a.get("train_py") or {}, b.get("train_py") or {}
+    if a.get("fingerprint") and a.get("fingerprint") == b.get("fingerprint"):
+        return out
+    edits = [f"{n} changed" for n in sorted(set(fa) & set(fb)) if fa[n] != fb[n]]
+    edits += [f"{n} added" for n in sorted(set(fb) - set(fa))] + [f"{n} removed" for n in sorted(set(fa) - set(fb))]
+    if edits:
+        out.append("train.py: " + ", ".join(edits[:6]) + (f" (+{len(edits) - 6} more)" if len(edits) > 6 else ""))
+    elif not (fa and fb) and not out:
+        out.append("train.py or model.json changed (no function hashes recorded to say where)")
+    return out
+
+
+def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
+    """model.json edits from the parent run that the mode's caps cancelled: requested values differ, trained do not."""
+    ma, mb = _requested(parent), _requested(entry)
+    ea, eb = _flat(parent.get("model")), _flat(entry.get("model"))
+    return [f"{k} {_v(ma.get(k))} -> {_v(mb.get(k))} trains as {_v(eb.get(k))} either way (capped)"
+            for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
+
+
 def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     """Deterministic digest of the ledger (same inputs -> same bytes)."""
     out = ["# memory.md — generated from results.tsv after every run; edit only the Notes section at the end", ""]
     if not rows:
-        out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`.", ""]
+        out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
+                "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
+                ""]
         return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
-    key = rows[-1]["comparability_key"]
+    last = rows[-1]
+    key = last["comparability_key"]
     cur = [r for r in rows if r["comparability_key"] == key]
+    entry = lambda r: index.get(r["run_id"], {})                              # noqa: E731
     others = {}
     for r in rows:
         if r["comparability_key"] != key:
             others[r["comparability_key"]] = others.get(r["comparability_key"], 0) + 1
     counts = {st: sum(r["status"] == st for r in cur) for st in STATUSES}
-    scored = [r for r in cur if r["val_bpb"] is not None and r["status"] in ("baseline", "keep", "discard")]
-    kept = [r for r in cur if r["status"] in ("baseline", "keep") and r["val_bpb"] is not None]
-    best = min(kept, key=lambda r: (r["val_bpb"], r["line"])) if kept else None
+    st = standing(rows, index, key)
+    best_cfg = st.best
+    best = None
+    if best_cfg:
+        runs = [r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint and r["status"] in ACCEPTED]
+        best = runs[0]
+    scored = [r for r in cur if r["val_bpb"] is not None and r["status"] in SCORED]
     since = 0
     for r in reversed(cur):
-        if r["status"] in ("baseline", "keep"):
+        if r["status"] == "keep" or r["status"] == "baseline":
             break
         since += 1
+    branch = entry(last).get("branch")
+
+    # -- summary ---------------------------------------------------------------------------
     out += ["## Summary",
-            f"- comparability key: `{key}` — {len(cur)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES)]
+            f"- comparability key: `{key}` — {len(cur)} runs: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES
+                                                                               if counts[s])]
     if others:
         out.append("- other keys (not compared): " + ", ".join(f"`{k}` ({n})" for k, n in sorted(others.items())[:6]))
     if best:
-        out.append(f"- best: val_bpb {best['val_bpb']:.6f} — {best['run_id']} ({best['commit']}) — "
+        seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
+        out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
                    f"{clean_text(best['description'], 80)}")
+    if st.sigma is not None:
+        groups = sum(len(c.values) > 1 for c in st.configs.values())
+        runs = sum(len(c.values) for c in st.configs.values() if len(c.values) > 1)
+        out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
+                   f"seeds (dof {st.dof}); a new configuration's single run is kept only if it beats the best by "
+                   f"more than {st.margin(1):.6f}")
+    else:
+        out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
+                   "until it is (`uv run train.py --seed 43` on the baseline's commit)")
     out.append(f"- runs since last improvement: {since}")
+    home = return_commit(rows, index, key, branch)
+    if home:
+        out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
+                   f"commit{' of ' + branch if branch else ''})")
     places = {}
     for r in cur:
-        e = index.get(r["run_id"], {})
+        e = entry(r)
         if e.get("branch") or e.get("worktree"):
             where = f"{e.get('branch') or '?'} @ {e.get('worktree') or '?'}"
             places[where] = places.get(where, 0) + 1
@@ -93,77 +145,97 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
     out.append("")
 
-    best_model = _flat(index.get(best["run_id"], {}).get("model")) if best else {}
-    if best_model:
-        out += ["## Best configuration", "`" + ", ".join(f"{k}={_v(best_model[k])}"
-                                                         for k in sorted(best_model)) + "`", ""]
+    if best:
+        bm = _requested(entry(best))
+        out += ["## Best configuration",
+                "`" + ", ".join(f"{k}={_value(entry(best), k)}" for k in sorted(bm)) + "`", ""]
 
-    last = cur[-1]
-    last_entry = index.get(last["run_id"], {})
-    out += ["## Last run vs best",
-            f"- last: {last['run_id']} — {last['status']} — val_bpb {_bpb(last['val_bpb'])} — "
+    # -- the last run: what it changed, against its parent and against the best ------------------
+    le = entry(last)
+    where = " (uncommitted edits)" if le.get("dirty") else ""
+    out += ["## Last run",
+            f"- {last['run_id']}{where} — {last['status']} — val_bpb {_bpb(last['val_bpb'])} — seed "
+            f"{_v(le.get('seed'))} — {last['num_steps'] if last['num_steps'] is not None else '?'} steps — "
             f"{clean_text(last['description'], 80)}"]
-    if last["status"] in ("crash", "interrupted") and last_entry.get("error"):
-        out.append(f"- reason: {clean_text(last_entry['error'], 160)}")
-    if best and best_model and last is not best:
-        lm = _flat(last_entry.get("model"))
-        diff = [f"{k}: {_v(best_model.get(k))} -> {_v(lm.get(k))}" for k in sorted(set(lm) | set(best_model))
-                if lm.get(k) != best_model.get(k)]
-        same = "identical (the change was in train.py)" if lm else "unknown"
-        out.append("- model.json vs best: " + ("; ".join(diff) if diff else same))
-    fp = last_entry.get("fingerprint")
-    if fp:
-        same = [r for r in cur[:-1] if index.get(r["run_id"], {}).get("fingerprint") == fp]
-        if same:
-            out.append(f"- WARNING: this exact config (model.json + train.py fingerprint {fp}) was already run "
-                       f"{len(same)} time(s): " + ", ".join(f"{r['run_id']} ({_bpb(r['val_bpb'])})" for r in same[-3:]))
+    if last["status"] in ("crash", "interrupted") and le.get("error"):
+        out.append(f"- reason: {clean_text(le['error'], 160)}")
+    parent = parent_run(rows, index, last)
+    if parent is not None and le:
+        diff = changes(entry(parent), le)
+        out.append(f"- vs its parent run {parent['run_id']} ({parent['status']}, {_bpb(parent['val_bpb'])}): "
+                   + ("; ".join(diff) if diff else "no change to model.json or train.py"))
+        for line in cancelled_by_caps(entry(parent), le):
+            out.append(f"- !! {line}: this run trained its parent's model")
+    if best and best is not parent and best["run_id"] != last["run_id"] and le:
+        diff = changes(entry(best), le)
+        out.append(f"- vs the best run {best['run_id']}: " + ("; ".join(diff) if diff else
+                                                               "no change to model.json or train.py"))
+    mine = st.configs.get(run_fingerprint(last, index))
+    if mine is not None and len(mine.values) > 1:
+        out.append(f"- this configuration: {len(mine.values)} seeds, mean val_bpb {mine.mean:.6f} "
+                   f"(seeds {', '.join(_v(s) for s in mine.seeds)})")
+    if last["status"] == "confirm":
+        seed = next_seed(rows, index, key, run_fingerprint(last, index))
+        out.append(f"- pending: a gain inside the noise margin; re-run this commit: `uv run train.py --seed {seed}`")
     out.append("")
 
+    # -- top runs, recent runs -----------------------------------------------------------------
     if scored:
-        out += ["## Top runs", "| # | val_bpb | status | run_id | description |", "|---|---|---|---|---|"]
+        out += ["## Top runs (reverted: discarded, not on the kept line)",
+                "| # | val_bpb | status | seed | run_id | description |", "|---|---|---|---|---|---|"]
+        pending = run_fingerprint(last, index) if last["status"] == "confirm" else None
         for i, r in enumerate(sorted(scored, key=lambda r: (r["val_bpb"], r["line"]))[:MEMORY_TOP], 1):
-            out.append(f"| {i} | {r['val_bpb']:.6f} | {r['status']} | {r['run_id']} | "
-                       f"{clean_text(r['description'], 60)} |")
+            fp = run_fingerprint(r, index)
+            reverted = not st.configs[fp].accepted and fp != pending if fp in st.configs else False
+            mark = " (reverted)" if reverted else ""
+            out.append(f"| {i} | {r['val_bpb']:.6f} | {r['status']}{mark} | {_v(entry(r).get('seed'))} | "
+                       f"{r['run_id']} | {clean_text(r['description'], 60)} |")
         out.append("")
 
-    out += ["## Recent runs", "| run_id | status | val_bpb | vs best | description / reason |", "|---|---|---|---|---|"]
+    out += ["## Recent runs", "| run_id | status | val_bpb | vs best | seed | steps | description / reason |",
+            "|---|---|---|---|---|---|---|"]
     for r in cur[-MEMORY_RECENT:]:
-        delta = f"{r['val_bpb'] - best['val_bpb']:+.4f}" if best and r["val_bpb"] is not None else ""
-        text = clean_text(r["description"], 50)
+        delta = f"{r['val_bpb'] - best_cfg.mean:+.4f}" if best_cfg and r["val_bpb"] is not None else ""
+        e = entry(r)
+        text = clean_text(r["description"], 50) + (" [uncommitted]" if e.get("dirty") else "")
         if several:
-            text = f"[{index.get(r['run_id'], {}).get('branch') or '?'}] " + text
-        err = index.get(r["run_id"], {}).get("error")
-        if r["status"] in ("crash", "interrupted") and err:
-            text += " — " + clean_text(err, 70)
-        out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {text} |")
+            text = f"[{e.get('branch') or '?'}] " + text
+        if r["status"] in ("crash", "interrupted") and e.get("error"):
+            text += " — " + clean_text(e["error"], 70)
+        steps = r["num_steps"] if r["num_steps"] is not None else ""
+        out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "
+                   f"{steps} | {text} |")
     out.append("")
 
-    groups = {}
-    for r in scored:
-        f = index.get(r["run_id"], {}).get("fingerprint")
-        if f:
-            groups.setdefault(f, []).append(r["val_bpb"])
-    repeats = {f: v for f, v in groups.items() if len(v) > 1}
+    repeats = sorted((c for c in st.configs.values() if len(c.values) > 1),
+                     key=lambda c: (-len(c.values), c.first_line))
     if repeats:
-        out += ["## Noise (same config run more than once)"]
-        for f, v in sorted(repeats.items(), key=lambda kv: -len(kv[1]))[:4]:
-            out.append(f"- {f}: {len(v)} runs, val_bpb {min(v):.6f}..{max(v):.6f} (spread {max(v) - min(v):.6f})")
+        out += ["## Noise (configurations run under several seeds)"]
+        for c in repeats[:4]:
+            out.append(f"- {c.fingerprint}: {len(c.values)} runs, mean {c.mean:.6f}, "
+                       f"val_bpb {min(c.values):.6f}..{max(c.values):.6f} (spread {max(c.values) - min(c.values):.6f})")
         out.append("")
 
+    # -- values tried per key; a crash counts against a key only where the key changed from the parent ---
     tried = {}
     for r in cur:
-        m = _flat(index.get(r["run_id"], {}).get("model"))
+        e = entry(r)
+        m = _requested(e)
+        if r["status"] == "crash":
+            p = parent_run(rows, index, r)
+            pm = _requested(entry(p)) if p is not None else {}
+            blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
         for k, val in m.items():
             slot = tried.setdefault(k, {}).setdefault(_v(val), [None, 0, 0])
             slot[1] += 1
-            if r["val_bpb"] is not None and r["status"] != "interrupted":
+            if r["val_bpb"] is not None and r["status"] in SCORED:
                 slot[0] = r["val_bpb"] if slot[0] is None else min(slot[0], r["val_bpb"])
-            if r["status"] == "crash":
+            if r["status"] == "crash" and k in blamed:
                 slot[2] += 1
     varied = {k: v for k, v in tried.items() if len(v) > 1}
     if varied:
-        out += ["## Hyperparameters tried (value -> best val_bpb, runs; dead ends are values never best)",
-                "| key | values |", "|---|---|"]
+        out += ["## Hyperparameters tried (value -> best val_bpb, runs; crashes counted where the key changed; "
+                "dead ends are values never best)", "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, kv[1][0] or 0.0, kv[0]))
             cells = [f"{val} -> {_bpb(b)} ({n}{', ' + str(c) + ' crash' if c else ''})"

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform as _platform
 import re
@@ -26,8 +27,9 @@ from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.ledger import LEGACY_KEY, clean_text, ledger_paths, read_ledger
-from harness.memory import record
+from harness.decide import next_seed, parent_run, return_commit, run_fingerprint
+from harness.ledger import LEGACY_KEY, clean_text, ledger_paths, read_index, read_ledger
+from harness.memory import cancelled_by_caps, record
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
@@ -47,6 +49,7 @@ def _git(*args: str) -> str:
 
 def git_info() -> dict:
     return {"commit": _git("rev-parse", "--short=7", "HEAD") or "nocommit",
+            "parent": _git("rev-parse", "--short=7", "HEAD~1") or None,
             "subject": _git("log", "-1", "--format=%s"),
             "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
@@ -58,6 +61,34 @@ def config_fingerprint(train_py: Path | None = None) -> str:
     for p in (model_path(), train_py or REPO_DIR / "train.py"):
         h.update(p.read_bytes() if p.exists() else b"")
     return h.hexdigest()[:12]
+
+
+def train_py_functions(train_py: Path | None = None) -> dict:
+    """A short hash of each top-level function, class and method of train.py ("GPT.forward"), and of the
+    module-level statements together: what memory.md compares to say which parts of train.py a run changed."""
+    import ast
+    path = train_py or REPO_DIR / "train.py"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:8]        # noqa: E731
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {"(train.py does not parse)": digest(text)}
+    out, module = {}, []
+    for node in tree.body:
+        seg = ast.get_source_segment(text, node) or ""
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[node.name] = digest(seg)
+        elif isinstance(node, ast.ClassDef):
+            methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            for m in methods:
+                out[f"{node.name}.{m.name}"] = digest(ast.get_source_segment(text, m) or "")
+            out[node.name] = digest("\n".join(ast.get_source_segment(text, n) or "" for n in node.body
+                                              if n not in methods))
+        else:
+            module.append(seg)
+    out["(module level)"] = digest("\n".join(module))
+    return out
 
 
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_size: int = 1) -> str:
@@ -119,13 +150,16 @@ class Run:
     """One experiment's record. Created by start_run(); finish() or crash() records it once."""
 
     def __init__(self, s: Settings, tokenizer: Tokenizer, model: ModelConfig, model_changes: dict,
-                 description: str | None, platform: dict, extra: dict | None = None):
+                 description: str | None, platform: dict, extra: dict | None = None, seed: int | None = None):
         self.s = s
+        self.seed = seed
         self.git = git_info()
         stamp = _dt.datetime.now(_dt.timezone.utc)
         self.run_id = f"{stamp:%Y%m%dT%H%M%SZ}-{self.git['commit']}-{os.urandom(2).hex()}"
         self.timestamp = stamp.isoformat(timespec="seconds")
-        self.description = clean_text(description or self.git["subject"] or "(no description)", 200)
+        default = (f"(uncommitted edits on {self.git['commit']})" if self.git["dirty"]
+                   else self.git["subject"] or "(no description)")
+        self.description = clean_text(description or default, 200)
         self.manifest = load_manifest(s)
         self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
         self.results, self.sessions = ledger_paths(s)
@@ -134,7 +168,7 @@ class Run:
         self.record = {
             "run_id": self.run_id, "status": "running", "timestamp": self.timestamp, "description": self.description,
             "git": self.git, "comparability_key": self.key, "mode": s.mode, "mode_reason": s.mode_reason,
-            "fingerprint": config_fingerprint(), "model": self.model,
+            "fingerprint": config_fingerprint(), "seed": seed, "model": self.model, "train_py": train_py_functions(),
             "model_changes_by_mode": {k: list(v) for k, v in model_changes.items()},
             "ground": dataclasses.asdict(s.ground), "platform": platform, "versions": library_versions(),
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
@@ -156,6 +190,9 @@ class Run:
         print(f"run_start: {json.dumps(start)}")
         print(f"run_id: {self.run_id}  commit: {self.git['commit']}{' (dirty)' if self.git['dirty'] else ''}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
+        print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
+        for line in self.cap_warnings():
+            print(line)
         self._write_json()
         self._prev_hook = sys.excepthook
         sys.excepthook = self._excepthook
@@ -193,8 +230,7 @@ class Run:
         if self.recorded is not None:
             return self.recorded
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
-        index_entry = {"model": self.model, "fingerprint": self.record["fingerprint"], "error": error,
-                       "branch": self.git["branch"], "worktree": self.git["worktree"], "dirty": self.git["dirty"]}
+        index_entry = self._index_entry(error)
         try:
             self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status)
         except ConfigError as e:             # e.g. a ledger whose header was damaged by hand
@@ -204,20 +240,63 @@ class Run:
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self._write_json()
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
+        self.next_step = next_step(self.recorded, self.results, self.sessions, self.git.get("branch"))
+        print(f"next: {self.next_step}")
         return self.recorded
+
+    def _index_entry(self, error: str | None) -> dict:
+        """What the ledger row does not hold and memory.md needs: configuration, seed, lineage, caps."""
+        return {"model": self.model, "fingerprint": self.record["fingerprint"], "seed": self.seed, "error": error,
+                "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
+                "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
+                "worktree": self.git["worktree"], "dirty": self.git["dirty"]}
+
+    def cap_warnings(self) -> list[str]:
+        """`!!` lines for model.json edits from the parent run that the mode's caps cancel (nothing is trained
+        differently), so that the agent does not read the outcome as the edit's."""
+        rows = read_ledger(self.results, warn=lambda m: None)
+        index = read_index(self.sessions)
+        me = {"run_id": "\0this", "commit": self.git["commit"], "comparability_key": self.key, "line": math.inf}
+        parent = parent_run(rows, {**index, "\0this": self._index_entry(None)}, me)
+        if parent is None:
+            return []
+        return [f"!! model.json {line}: this run trains its parent's model ({parent['run_id']})"
+                for line in cancelled_by_caps(index.get(parent["run_id"], {}), self._index_entry(None))]
 
     def crash(self, reason: str, metrics: dict | None = None) -> dict:
         print(f"CRASH: {reason}")
         return self.finish(metrics or {}, status="crash", error=reason)
 
 
+def next_step(row: dict, results: Path, sessions: Path, branch: str | None) -> str:
+    """The protocol's next command for this outcome (program.md, the loop), printed after every run."""
+    rows, index = read_ledger(results, warn=lambda m: None), read_index(sessions)
+    status, key = row["status"], row["comparability_key"]
+    home = return_commit(rows, index, key, branch)
+    back = f"git reset --hard {home}" if home else "git reset --hard <the last kept commit>"
+    if status in ("baseline", "keep"):
+        return "keep this commit and build on it"
+    if status == "repeat":
+        return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
+    if status == "confirm":
+        fp = run_fingerprint(row, index)
+        return (f"a gain inside the noise margin: re-run this commit unchanged with another seed: "
+                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
+    if status == "rerun":
+        return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
+    if status == "discard":
+        return back
+    return f"fix a trivial bug and `git commit --amend`, then run again; or give up on it: {back}"
+
+
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,
-              extra: dict | None = None, platform: dict | None = None) -> Run:
+              extra: dict | None = None, platform: dict | None = None, seed: int | None = None) -> Run:
     """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals. `platform` is
     PLATFORM as the run uses it (after confirm_attention); default get_platform().
     Bad input found here (data not prepared, source changed) exits 2 before anything is written."""
     try:
-        run = Run(settings.current(), tokenizer, model, model_changes, description, platform or get_platform(), extra)
+        run = Run(settings.current(), tokenizer, model, model_changes, description, platform or get_platform(), extra,
+                  seed)
     except ConfigError as e:
         fail(str(e))
     return run.start()
@@ -254,6 +333,8 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
            "mode": rec.get("mode", ""), "comparability_key": rec.get("comparability_key", LEGACY_KEY),
            "timestamp": rec.get("timestamp", "")}
     entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": f"killed: {reason}",
+             "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
+             "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
              "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty")}
     row = record(results, sessions, row, entry, status="crash")
     rec.update(status="crash", error=entry["error"])

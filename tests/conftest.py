@@ -127,3 +127,12 @@ def run_script(script, run_dir, *args, timeout=300, env_extra=None):
     env.update(env_extra or {})
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=run_dir)
+
+
+def sync_working_tree(dest: Path) -> None:
+    """Copy the working tree's harness, prepare.py, train.py and program.md over a clone (which has HEAD's)."""
+    import shutil
+    for f in ("prepare.py", "train.py", "program.md"):
+        (dest / f).write_text((REPO / f).read_text())
+    shutil.rmtree(dest / "harness", ignore_errors=True)
+    shutil.copytree(REPO / "harness", dest / "harness", ignore=shutil.ignore_patterns("__pycache__"))

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from harness import ledger
-from conftest import REPO, write_json
+from conftest import REPO, sync_working_tree, write_json
 
 
 def git(clone, *args):
@@ -30,10 +30,10 @@ def clone(tmp_path, workspace):
     git(c, "config", "user.email", "agent@example.com")
     git(c, "config", "user.name", "agent")
     git(c, "checkout", "-q", "-b", "autoresearch/test")
-    for f in ("prepare.py", "train.py"):        # the working tree's versions (the clone has HEAD's)
-        (c / f).write_text((REPO / f).read_text())
+    sync_working_tree(c)                      # the working tree's versions (the clone has HEAD's)
     if git(c, "status", "--porcelain"):
-        git(c, "commit", "-qam", "sync working tree")
+        git(c, "add", "-A")
+        git(c, "commit", "-qm", "sync working tree")
     g = json.loads((workspace / "ground.json").read_text())
     g["ledger"] = {"results": str(c / "results.tsv"), "sessions_dir": str(c / "sessions")}
     write_json(tmp_path / "ground.json", g)       # user-owned and outside the agent's tree
@@ -55,9 +55,34 @@ def memory(clone):
     return (clone / "sessions" / "memory.md").read_text()
 
 
+def next_line(r):
+    return r.stdout.split("\nnext:", 1)[1].splitlines()[0].strip()
+
+
+def run_and_follow(clone, tmp_path, *args):
+    """One experiment as program.md says: run, then do what `next:` says until the outcome is decided:
+    confirm -> the printed re-run; discard or crash -> the printed `git reset --hard`. Returns the statuses."""
+    statuses = []
+    r = train(clone, tmp_path, *args)
+    while True:
+        assert "\nnext:" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        status, nxt = ledger_rows(clone)[-1]["status"], next_line(r)
+        statuses.append(status)
+        if status != "confirm":
+            break
+        cmd = nxt.split("uv run train.py ", 1)[1].split()            # e.g. --seed 43
+        assert cmd[0] == "--seed" and int(cmd[1]) >= 43
+        assert git(clone, "status", "--porcelain") == ""              # a confirmation re-runs the same commit
+        r = train(clone, tmp_path, *cmd)
+    if statuses[-1] in ("discard", "crash"):
+        commit = nxt.split("git reset --hard ", 1)[1].split()[0]
+        git(clone, "reset", "-q", "--hard", commit)
+    return statuses, r
+
+
 @pytest.mark.slow
 def test_scripted_agent_follows_program_md(clone, tmp_path):
-    # 1. baseline
+    # 1. the baseline under two seeds: the second is `repeat` (never keep) and gives the noise floor
     base_commit = git(clone, "rev-parse", "--short=7", "HEAD")
     r = train(clone, tmp_path, "--description", "baseline")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -67,44 +92,72 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     assert (clone / "sessions" / f"{base['run_id']}.log").exists()
     rec = json.loads((clone / "sessions" / f"{base['run_id']}.json").read_text())
     assert rec["status"] == "baseline" and rec["git"]["commit"] == base_commit and rec["git"]["dirty"] is False
-    assert f"best: val_bpb {base['val_bpb']:.6f} — {base['run_id']}" in memory(clone)
+    assert rec["seed"] == 42 and "GPT.forward" in rec["train_py"]
+    assert f"best: val_bpb {base['val_bpb']:.6f} (1 seed) — {base['run_id']}" in memory(clone)
+    assert "- noise floor: not measured yet" in memory(clone)
+    r = train(clone, tmp_path, "--seed", "43", "--description", "baseline, second seed")
+    second = ledger_rows(clone)[-1]
+    assert second["status"] == "repeat" and "seed:             43" in r.stdout
+    assert "- noise floor: sigma " in memory(clone) and "from 2 runs of 1 configuration(s)" in memory(clone)
+    assert f"`git reset --hard {base_commit}`" in memory(clone)
 
-    # 2. an experiment on model.json, committed, run, kept or discarded by the recorded status
+    # 2. an experiment on model.json: decided by the rule, followed to the end; HEAD never stays on a discard
     m = json.loads((clone / "model.json").read_text())
     m["matrix_lr"] = 0.08
     write_json(clone / "model.json", m)
     git(clone, "commit", "-qam", "raise matrix_lr to 0.08")
-    exp_commit = git(clone, "rev-parse", "--short=7", "HEAD")
-    r = train(clone, tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    exp = ledger_rows(clone)[-1]
-    assert exp["description"] == "raise matrix_lr to 0.08" and exp["commit"] == exp_commit
-    assert exp["status"] in ("keep", "discard")
-    assert exp["status"] == ("keep" if exp["val_bpb"] < base["val_bpb"] else "discard")
+    statuses, _ = run_and_follow(clone, tmp_path)
+    assert statuses[-1] in ("keep", "discard") and set(statuses[:-1]) <= {"confirm"}
+    exp = ledger_rows(clone)[-len(statuses)]
+    assert exp["description"] == "raise matrix_lr to 0.08"
     mem = memory(clone)
     assert "| matrix_lr | " in mem and "0.08 -> " in mem and "0.04 -> " in mem         # the values-tried table
-    if exp["status"] == "discard":
-        assert "- model.json vs best: matrix_lr: 0.04 -> 0.08" in mem
-        git(clone, "reset", "-q", "--hard", "HEAD~1")
+    kept = statuses[-1] == "keep"
+    if not kept:
+        assert git(clone, "rev-parse", "--short=7", "HEAD") == base_commit
         assert json.loads((clone / "model.json").read_text())["matrix_lr"] == 0.04
-    kept_commit = git(clone, "rev-parse", "--short=7", "HEAD")
+    home = git(clone, "rev-parse", "--short=7", "HEAD")
 
-    # 3. a train.py edit that raises: crash recorded, then reset
+    # 3. an edit the test profile's cap cancels (depth 8 -> 4, capped at 2): said at start and in memory.md
+    m = json.loads((clone / "model.json").read_text())
+    m["depth"] = 4
+    write_json(clone / "model.json", m)
+    git(clone, "commit", "-qam", "halve the depth")
+    statuses, r = run_and_follow(clone, tmp_path)
+    first = ledger_rows(clone)[-len(statuses)]
+    log = (clone / "sessions" / f"{first['run_id']}.log").read_text()
+    assert "!! model.json depth 8 -> 4 trains as 2 either way (capped): this run trains its parent's model" in log
+    assert statuses[-1] in ("keep", "discard")
+    if statuses[-1] == "discard":
+        assert git(clone, "rev-parse", "--short=7", "HEAD") == home
+    home = git(clone, "rev-parse", "--short=7", "HEAD")
+
+    # 4. a train.py edit that raises: the crash is charged to train.py's main only; fixed with --amend
     src = (clone / "train.py").read_text()
-    (clone / "train.py").write_text(src.replace("    model.init_weights()\n",
-                                                "    model.init_weights()\n    raise RuntimeError('shape mismatch in "
-                                                "my new block')\n", 1))
+    (clone / "train.py").write_text(src.replace("    model = build_model(config, device, world)\n",
+                                                "    model = build_model(config, device, world)\n"
+                                                "    raise RuntimeError('shape mismatch in my new block')\n", 1))
     git(clone, "commit", "-qam", "try a new block")
     r = train(clone, tmp_path)
     assert r.returncode == 1 and "RuntimeError: shape mismatch in my new block" in r.stderr
     crash = ledger_rows(clone)[-1]
     assert (crash["status"], crash["val_bpb"], crash["description"]) == ("crash", None, "try a new block")
-    assert "try a new block — RuntimeError: shape mismatch in my new block" in memory(clone)
-    git(clone, "reset", "-q", "--hard", "HEAD~1")
-    assert (clone / "train.py").read_text() == src
+    mem = memory(clone)
+    assert "try a new block — RuntimeError: shape mismatch in my new block" in mem
+    assert "): train.py: main changed" in mem                        # vs its parent run: only main() changed
+    assert " crash)" not in mem.split("## Hyperparameters tried", 1)[-1]    # no model.json value blamed
+    (clone / "train.py").write_text(src.replace("    model = build_model(config, device, world)\n",
+                                                "    model = build_model(config, device, world)  # new block\n", 1))
+    git(clone, "commit", "-q", "-a", "--amend", "-m", "try a new block (fixed)")
+    statuses, r = run_and_follow(clone, tmp_path)
+    fixed = ledger_rows(clone)[-len(statuses)]
+    assert fixed["description"] == "try a new block (fixed)" and statuses[-1] in ("keep", "discard")
+    assert git(clone, "status", "--porcelain") == ""
+    if statuses[-1] == "discard":
+        assert git(clone, "rev-parse", "--short=7", "HEAD") == home
+    n = len(ledger_rows(clone))
 
-    # 4. a run killed outright (SIGKILL): nothing recorded until --record-crash reads its log
-    # (same ground.json: a longer budget would be another comparability key; kill it while it builds the model)
+    # 5. a run killed outright (SIGKILL): nothing recorded until --record-crash reads its log
     env = dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / "ground.json"), PYTHONUNBUFFERED="1")
     env.pop("AUTORESEARCH_MODEL", None)
     p = subprocess.Popen([sys.executable, "train.py", "--description", "killed run"], cwd=clone, env=env,
@@ -115,17 +168,17 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     run_id = seen.split('"run_id": "', 1)[1].split('"', 1)[0]
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
-    assert len(ledger_rows(clone)) == 3
+    assert len(ledger_rows(clone)) == n
     r = subprocess.run([sys.executable, "prepare.py", "--record-crash", f"sessions/{run_id}.log"], cwd=clone, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     killed = ledger_rows(clone)[-1]
     assert (killed["run_id"], killed["status"], killed["description"]) == (run_id, "crash", "killed run")
-    mem = memory(clone)
-    assert "killed run — killed: killed without an error message; last output: " in mem
-    assert "4 runs: 1 baseline" in mem and "2 crash" in mem
+    assert "killed run — killed: killed without an error message; last output: " in memory(clone)
 
-    # final state: history is baseline (+ kept experiment), tree clean, ledger intact (4 rows)
-    assert git(clone, "rev-parse", "--short=7", "HEAD") == kept_commit
+    # final state: no keep from an unchanged re-run, tree clean, HEAD on an accepted commit
+    rows = ledger_rows(clone)
+    assert rows[1]["status"] == "repeat" and len(rows) == n + 1
+    accepted = {x["commit"] for x in rows if x["status"] in ("baseline", "keep")}
+    assert git(clone, "rev-parse", "--short=7", "HEAD") in accepted
     assert git(clone, "status", "--porcelain") == ""
-    assert [x["status"] for x in ledger_rows(clone)][:1] == ["baseline"] and len(ledger_rows(clone)) == 4

@@ -25,9 +25,9 @@ def _row(run_id, val_bpb, key="k1", **kw):
     return r
 
 
-def _entry(model=None, fp="fp0", error=None):
-    return {"model": model or {"depth": 8, "matrix_lr": 0.04}, "fingerprint": fp, "error": error,
-            "branch": "main", "worktree": "/w", "dirty": False}
+def _entry(model=None, fp="fp0", error=None, seed=42, **kw):
+    return {"model": model or {"depth": 8, "matrix_lr": 0.04}, "fingerprint": fp, "error": error, "seed": seed,
+            "branch": "main", "worktree": "/w", "dirty": False, **kw}
 
 
 def _writer(args):
@@ -49,25 +49,55 @@ def test_eight_processes_fifty_records_each(tmp_path):
     rows = ledger.read_ledger(results)
     assert len(rows) == 400 and len({r["run_id"] for r in rows}) == 400
     assert sum(r["status"] == "baseline" for r in rows) == 1
-    assert len(memory.read_index(sessions)) == 400
+    # every run is a configuration of its own, run once: no noise floor, so nothing can be kept
+    assert {r["status"] for r in rows} <= {"baseline", "confirm", "discard"}
+    assert len(ledger.read_index(sessions)) == 400
     digest = (sessions / "memory.md").read_text()
     assert "400 runs" in digest and len(digest.encode()) <= memory.MEMORY_MAX_BYTES + 200
-    best = min(r["val_bpb"] for r in rows if r["status"] in ("baseline", "keep"))
-    assert best == pytest.approx(1.0)
-    assert f"best: val_bpb {best:.6f} — p0-r00" in digest
+    base = next(r for r in rows if r["status"] == "baseline")
+    assert f"best: val_bpb {base['val_bpb']:.6f} (1 seed) — {base['run_id']}" in digest
+    assert "- noise floor: not measured yet" in digest
 
 
-def test_statuses_and_comparability_keys(tmp_path):
+SCENARIO = [   # run_id, val_bpb, key, fingerprint, seed -> status (harness/decide.py's rule)
+    ("a", 1.00, "k1", "A", 42, "baseline"),
+    ("b", 1.02, "k1", "A", 43, "repeat"),      # the baseline's second seed: the floor exists (dof 1)
+    ("c", 1.00, "k1", "A", 42, "rerun"),       # same configuration, same seed: flagged, not judged
+    ("d", 0.99, "k1", "B", 42, "confirm"),     # better, but inside t(1) x sigma x sqrt(1 + 1/2) = 0.22
+    ("e", 0.985, "k1", "B", 43, "confirm"),    # mean 0.9875 over 2 seeds: still inside the margin (dof 2)
+    ("f", 0.995, "k1", "B", 44, "discard"),    # third seed: mean 0.99 is not better by the margin
+    ("g", 0.80, "k1", "C", 42, "keep"),        # 0.21 better than the best's mean: beyond the margin
+    ("h", 0.81, "k1", "C", 42, "rerun"),
+    ("i", 2.00, "k2", "A", 42, "baseline"),    # another comparability key starts its own line
+    ("j", None, "k1", "D", 42, "crash"),
+]
+
+
+def test_statuses_follow_the_noise_aware_rule(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    statuses = [memory.record(res, ses, _row(rid, v, key), _entry())["status"]
-                for rid, v, key in [("a", 1.0, "k1"), ("b", 0.9, "k1"), ("c", 0.95, "k1"), ("d", 0.9, "k1"),
-                                    ("e", 2.0, "k2"), ("f", None, "k1")]]
-    assert statuses == ["baseline", "keep", "discard", "discard", "baseline", "crash"]
+    got = [memory.record(res, ses, _row(rid, v, key), _entry(fp=fp, seed=seed))["status"]
+           for rid, v, key, fp, seed, _ in SCENARIO]
+    assert got == [s for *_, s in SCENARIO]
     crash_line = res.read_text().splitlines()[-1].split("\t")
     assert crash_line[2] == "" and crash_line[4] == "crash"          # empty metric, never 0.0
     digest = (ses / "memory.md").read_text()
-    assert "comparability key: `k1` — 5 runs: 1 baseline, 1 keep, 2 discard, 1 crash, 0 interrupted" in digest
+    assert ("comparability key: `k1` — 9 runs: 1 baseline, 1 keep, 2 confirm, 1 discard, 1 repeat, 2 rerun, 1 crash"
+            in digest)
     assert "other keys (not compared): `k2` (1)" in digest
+    assert "- best: val_bpb 0.800000 (1 seed) — g (000000g) — desc g" in digest
+    # the floor pools A (1.00, 1.02) and B (0.99, 0.985, 0.995); reruns left out: sigma = sqrt(0.00025 / 3)
+    assert "- noise floor: sigma 0.009129 from 5 runs of 2 configuration(s) under several seeds (dof 3)" in digest
+    # confirmations of a configuration later discarded are off the kept line too
+    assert "| 2 | 0.985000 | confirm (reverted) | 43 | e | desc e |" in digest
+
+
+def test_an_unchanged_rerun_is_never_kept(tmp_path):
+    """Another seed of an accepted configuration is `repeat` however low it scores; the same seed is `rerun`."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    memory.record(res, ses, _row("a", 1.0), _entry(fp="A", seed=42))
+    assert memory.record(res, ses, _row("b", 0.5), _entry(fp="A", seed=43))["status"] == "repeat"
+    assert memory.record(res, ses, _row("c", 0.4), _entry(fp="A", seed=42))["status"] == "rerun"
+    assert memory.record(res, ses, _row("d", 0.3), _entry(fp="A", seed=44))["status"] == "repeat"
 
 
 def test_description_tabs_and_newlines_are_neutralized(tmp_path):
@@ -144,23 +174,54 @@ def test_notes_survive_and_memory_is_deterministic(tmp_path):
 def test_memory_sections(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     base = {"depth": 8, "matrix_lr": 0.04, "extra": {"mlp": 4}}
-    memory.record(res, ses, _row("r1", 1.00), _entry(base, "A"))
-    memory.record(res, ses, _row("r2", 0.98), _entry(dict(base, matrix_lr=0.06), "B"))
-    memory.record(res, ses, _row("r3", 0.99), _entry(dict(base, depth=10), "C"))
-    memory.record(res, ses, _row("r4", None), _entry(dict(base, depth=12), "D",
-                                                     error="OutOfMemoryError: CUDA out of memory"))
-    memory.record(res, ses, _row("r5", 0.985), _entry(dict(base, matrix_lr=0.06), "B"))
+    fns = {"GPT.forward": "f1", "MLP.forward": "m1", "(module level)": "x1"}
+    e = lambda model, fp, seed=42, commit=None, parent=None, fn=fns, **kw: _entry(  # noqa: E731
+        model, fp, seed=seed, commit=commit, parent=parent, train_py=fn, **kw)
+    memory.record(res, ses, _row("r1", 1.00, commit="c1"), e(base, "A", commit="c1", parent="c0"))
+    memory.record(res, ses, _row("r1b", 1.02, commit="c1"), e(base, "A", 43, commit="c1", parent="c0"))
+    memory.record(res, ses, _row("r2", 0.70, commit="c2"), e(dict(base, matrix_lr=0.06), "B", commit="c2",
+                                                              parent="c1"))
+    memory.record(res, ses, _row("r3", 0.99, commit="c3"), e(dict(base, matrix_lr=0.06), "C", commit="c3",
+                                                              parent="c2", fn=dict(fns, **{"MLP.forward": "m2"})))
+    # a crash that changed depth only: charged to depth 12, not to matrix_lr 0.06
+    memory.record(res, ses, _row("r4", None, commit="c4"), e(dict(base, matrix_lr=0.06, depth=12), "D",
+                                                              commit="c4", parent="c2",
+                                                              error="OutOfMemoryError: CUDA out of memory"))
+    # depth 4 requested, both capped to 2: the edit is cancelled
+    capped = e(dict(base, matrix_lr=0.06, depth=2), "E", commit="c5", parent="c2",
+               model_changes_by_mode={"depth": [4, 2]})
+    memory.record(res, ses, _row("r5", 0.95, commit="c5"), capped)
     text = (ses / "memory.md").read_text()
-    assert "- best: val_bpb 0.980000 — r2" in text
+    assert "- best: val_bpb 0.700000 (1 seed) — r2 (c2) — desc r2" in text
     assert "- runs since last improvement: 3" in text
     assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
-    assert "- model.json vs best: identical (the change was in train.py)" in text   # r5 vs r2
-    assert ("WARNING: this exact config (model.json + train.py fingerprint B) was already run 1 time(s): r2 (0.980000)"
-            in text)
-    assert "- B: 2 runs, val_bpb 0.980000..0.985000 (spread 0.005000)" in text
-    assert "| r4 | crash | — |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
-    assert "| depth | 8 -> 0.980000 (3); 10 -> 0.990000 (1); 12 -> — (1, 1 crash) |" in text
-    assert "| matrix_lr | 0.06 -> 0.980000 (2); 0.04 -> 0.990000 (3, 1 crash) |" in text
+    assert "- commit to return to after a discard or a crash: `git reset --hard c2` (the last kept commit of main)" \
+        in text
+    assert "- vs its parent run r2 (keep, 0.700000): depth: 8 -> 4 (capped to 2)" in text
+    assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
+    assert "| r4 | crash | — |  | 42 | 10 | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
+    assert "| depth | 8 -> 0.700000 (4); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text
+    assert "| matrix_lr | 0.06 -> 0.700000 (4); 0.04 -> 1.000000 (2) |" in text
+    memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
+                                                              parent="c3", fn=dict(fns, **{"MLP.forward": "m2"})))
+    text = (ses / "memory.md").read_text()
+    # r6 ran r3's files again on a new commit: against its parent (r3) nothing changed; against the best, train.py
+    assert "- vs its parent run r3 (discard, 0.990000): no change to model.json or train.py" in text
+    assert "- vs the best run r2: train.py: MLP.forward changed" in text
+    assert "- this configuration: 2 seeds" not in text                   # same seed 42: r6 is a rerun of r3
+    assert "| 2 | 0.950000 | discard (reverted) | 42 | r5 | desc r5 |" in text
+
+
+def test_cap_that_cancels_an_edit_is_said(tmp_path):
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    base = {"depth": 2, "matrix_lr": 0.04}
+    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(base, "A", commit="c1", parent="c0",
+                                                               model_changes_by_mode={"depth": [8, 2]}))
+    memory.record(res, ses, _row("q", 1.01, commit="c2"), _entry(base, "B", commit="c2", parent="c1",
+                                                                model_changes_by_mode={"depth": [4, 2]}))
+    text = (ses / "memory.md").read_text()
+    assert "- vs its parent run p (baseline, 1.000000): depth: 8 (capped to 2) -> 4 (capped to 2)" in text
+    assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" in text
 
 
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
@@ -188,7 +249,7 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
     rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["run_id"], x["status"], x["val_bpb"], x["commit"], x["comparability_key"]) for x in rows] == \
         [(rid, "crash", None, "abcdef0", "local-test-abc")]
-    assert (memory.read_index(ses)[rid]["error"]
+    assert (ledger.read_index(ses)[rid]["error"]
             == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert json.loads((ses / f"{rid}.json").read_text())["status"] == "crash"
     assert "CUDA out of memory" in (ses / "memory.md").read_text()
@@ -204,17 +265,18 @@ def test_memory_cli_regenerates(run_dir):
     memory.record(res, ses, _row("a", 1.0), _entry())
     (ses / "memory.md").unlink()
     r = run_script("prepare.py", run_dir, "--memory")
-    assert r.returncode == 0 and "best: val_bpb 1.000000 — a" in (ses / "memory.md").read_text()
+    assert r.returncode == 0 and "best: val_bpb 1.000000 (1 seed) — a" in (ses / "memory.md").read_text()
 
 
 def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    for rid, v, branch, wt in [("a", 1.0, "autoresearch/gpu0", "/w0"), ("b", 0.9, "autoresearch/gpu1", "/w1"),
-                               ("c", 0.95, "autoresearch/gpu0", "/w0")]:
-        memory.record(res, ses, _row(rid, v), dict(_entry(), branch=branch, worktree=wt))
+    for rid, v, fp, branch, wt in [("a", 1.0, "A", "autoresearch/gpu0", "/w0"),
+                                   ("b", 0.9, "B", "autoresearch/gpu1", "/w1"),
+                                   ("c", 0.95, "C", "autoresearch/gpu0", "/w0")]:
+        memory.record(res, ses, _row(rid, v), dict(_entry(fp=fp), branch=branch, worktree=wt))
     text = (ses / "memory.md").read_text()
     assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
-    assert "| b | keep | 0.900000 | +0.0000 | [autoresearch/gpu1] desc b |" in text
+    assert "| b | confirm | 0.900000 | -0.1000 | 42 | 10 | [autoresearch/gpu1] desc b |" in text
 
 
 def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):

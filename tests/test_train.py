@@ -18,7 +18,7 @@ from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
                 "num_steps", "num_params_M", "depth", "tokens_per_sec", "run_id", "status", "mode", "device", "dtype",
-                "attention", "world_size"]
+                "attention", "world_size", "seed", "next"]
 
 
 def parse_summary(stdout):
@@ -59,7 +59,7 @@ def test_smoke_run_prints_summary_and_records(run_dir):
     # host time blocked on the loader: measured over the timed steps, a part of their time
     assert 0.0 <= rec["metrics"]["loader_wait_seconds"] < rec["metrics"]["training_seconds"]
     digest = (run_dir / "sessions" / "memory.md").read_text()
-    assert f"best: val_bpb {row['val_bpb']:.6f} — {row['run_id']}" in digest
+    assert f"best: val_bpb {row['val_bpb']:.6f} (1 seed) — {row['run_id']}" in digest
 
 
 def test_divergence_fails_fast_with_a_reason(run_dir):
@@ -90,7 +90,7 @@ def test_exception_in_train_py_is_recorded_as_crash(run_dir):
     assert "ValueError: boom from an edit" in r.stderr
     rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [x["status"] for x in rows] == ["crash"]
-    idx = memory.read_index(run_dir / "sessions")
+    idx = ledger.read_index(run_dir / "sessions")
     assert idx[rows[0]["run_id"]]["error"] == "ValueError: boom from an edit"
 
 

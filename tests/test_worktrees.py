@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from harness import ledger, memory
-from conftest import REPO, write_json
+from conftest import REPO, sync_working_tree, write_json
 
 
 def git(cwd, *args):
@@ -23,9 +23,9 @@ def git(cwd, *args):
 def test_two_worktrees_share_one_ledger(tmp_path, workspace):
     main = tmp_path / "project"
     subprocess.run(["git", "clone", "-q", str(REPO), str(main)], check=True)
-    for f in ("prepare.py", "train.py"):
-        (main / f).write_text((REPO / f).read_text())
-    git(main, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qam", "sync", "--allow-empty")
+    sync_working_tree(main)                      # the working tree's versions (the clone has HEAD's)
+    git(main, "add", "-A")
+    git(main, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "sync", "--allow-empty")
     trees = []
     for gpu in (0, 1):
         wt = tmp_path / f"agent-gpu{gpu}"
@@ -46,8 +46,8 @@ def test_two_worktrees_share_one_ledger(tmp_path, workspace):
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
     rows = ledger.read_ledger(shared / "results.tsv")
     assert sorted(r["description"] for r in rows) == ["agent 0", "agent 1"]
-    assert sorted(r["status"] for r in rows) in (["baseline", "discard"], ["baseline", "keep"])
-    index = memory.read_index(shared / "sessions")
+    assert sorted(r["status"] for r in rows) == ["baseline", "rerun"]      # same files, same seed: flagged
+    index = ledger.read_index(shared / "sessions")
     assert sorted(index[r["run_id"]]["branch"] for r in rows) == ["autoresearch/gpu0", "autoresearch/gpu1"]
     assert sorted(index[r["run_id"]]["worktree"] for r in rows) == sorted(str(t) for t in trees)
     digest = (shared / "sessions" / "memory.md").read_text()

@@ -1,0 +1,166 @@
+"""The keep rule: a run's status from the runs before it, with the seed noise measured, never guessed.
+
+    uv run python tests/bench/bench_keep_rule.py      # this rule against upstream's greedy one, simulated
+
+A configuration is model.json + train.py (their hash: the run's `fingerprint`); the seed (`--seed`)
+is not part of it. Runs of one configuration under different seeds measure the noise. Within one
+comparability key:
+
+- noise floor: the pooled standard deviation of val_bpb within configurations run under more than
+  one seed, sigma = sqrt(sum of squared deviations from each configuration's mean / dof), with
+  dof = sum over those configurations of (runs - 1);
+- best configuration: the accepted one (status baseline or keep) with the lowest mean val_bpb;
+- margin of a configuration with n runs against the best with n_best runs:
+  t(dof) x sigma x sqrt(1/n + 1/n_best), t the one-sided 97.5% Student-t quantile, so a floor
+  measured from few runs asks for a wide margin (t = 12.7 at dof 1, 4.3 at dof 2, 1.96 at many).
+  Before any floor exists the margin is infinite: no gain is kept on one run.
+
+A new scored run, its configuration's scored runs (this one included) n with mean m:
+- the first of the key: baseline;
+- the same configuration and seed as an earlier scored run: rerun (flagged, not judged; left out of
+  every mean and of the floor);
+- a configuration already accepted (another seed of the baseline or of a kept one): repeat (its
+  mean and the floor are updated, nothing is decided);
+- m < best mean - margin: keep;
+- m < best mean, within the margin, n < MAX_RUNS_PER_CONFIG: confirm (re-run this commit with another
+  seed; the configuration's mean then decides);
+- otherwise: discard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ACCEPTED = ("baseline", "keep")
+SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
+MAX_RUNS_PER_CONFIG = 3         # a gain inside the margin gets at most two confirmation runs
+FIRST_SEED = 42                 # train.py's default --seed
+# one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t_quantile(dof: int) -> float:
+    if dof < 1:
+        return math.inf
+    if dof > 30:
+        return 1.96
+    return T_975[max(d for d in T_975 if d <= dof)]       # the next smaller tabled dof: never narrower
+
+
+@dataclass
+class Config:
+    """One configuration's scored runs within a key."""
+    fingerprint: str
+    values: list            # val_bpb of its scored runs, rerun excluded
+    seeds: list
+    accepted: bool          # has a baseline or keep run
+    first_line: int
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+
+@dataclass
+class Standing:
+    """What the ledger says about one key: configurations, the noise floor, the best configuration."""
+    configs: dict           # fingerprint -> Config
+    sigma: float | None     # None until some configuration was run under two seeds
+    dof: int
+    best: Config | None
+
+    def margin(self, n: int) -> float:
+        if self.sigma is None or self.best is None:
+            return math.inf
+        return t_quantile(self.dof) * self.sigma * math.sqrt(1 / n + 1 / len(self.best.values))
+
+
+def run_fingerprint(row: dict, index: dict) -> str:
+    """A run's configuration: its fingerprint, or (ledgers without an index entry) a name of its own."""
+    return index.get(row["run_id"], {}).get("fingerprint") or f"run:{row['run_id']}"
+
+
+def standing(rows: list[dict], index: dict, key: str) -> Standing:
+    configs: dict = {}
+    seen = set()
+    for r in rows:
+        if r["comparability_key"] != key or r["status"] not in SCORED or r["val_bpb"] is None:
+            continue
+        fp = run_fingerprint(r, index)
+        seed = index.get(r["run_id"], {}).get("seed")
+        if seed is not None and (fp, seed) in seen:
+            continue
+        seen.add((fp, seed))
+        c = configs.setdefault(fp, Config(fp, [], [], False, r.get("line", 0)))
+        c.values.append(r["val_bpb"])
+        c.seeds.append(seed)
+        c.accepted = c.accepted or r["status"] in ACCEPTED
+    dof = sum(len(c.values) - 1 for c in configs.values())
+    ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in configs.values())
+    sigma = math.sqrt(ss / dof) if dof > 0 else None
+    accepted = [c for c in configs.values() if c.accepted]
+    best = min(accepted, key=lambda c: (c.mean, c.first_line)) if accepted else None
+    return Standing(configs, sigma, dof, best)
+
+
+_NEW = "\0new"          # the run being decided, while it is not in the ledger yet
+
+
+def decide(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_bpb: float | None) -> str:
+    """The status of a new run (not yet in rows) of `fingerprint` under `seed` with this val_bpb."""
+    if val_bpb is None or not math.isfinite(val_bpb):
+        return "crash"
+    st = standing(rows, index, key)
+    if not st.configs:
+        return "baseline"
+    mine = st.configs.get(fingerprint)
+    if mine is not None and seed is not None and seed in mine.seeds:
+        return "rerun"
+    if mine is not None and mine.accepted:
+        return "repeat"
+    values = (mine.values if mine else []) + [val_bpb]
+    mean, n = sum(values) / len(values), len(values)
+    new = {"run_id": _NEW, "comparability_key": key, "status": "discard", "val_bpb": val_bpb, "line": math.inf}
+    with_new = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed}}, key)
+    best_mean = st.best.mean if st.best else math.inf
+    if mean < best_mean - with_new.margin(n):           # the floor with this run in it
+        return "keep"
+    if mean < best_mean and n < MAX_RUNS_PER_CONFIG:
+        return "confirm"
+    return "discard"
+
+
+def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str) -> int:
+    """The smallest seed from FIRST_SEED up that this configuration has not run under."""
+    used = {index.get(r["run_id"], {}).get("seed") for r in rows
+            if r["comparability_key"] == key and run_fingerprint(r, index) == fingerprint}
+    seed = FIRST_SEED
+    while seed in used:
+        seed += 1
+    return seed
+
+
+def return_commit(rows: list[dict], index: dict, key: str, branch: str | None) -> str | None:
+    """The commit to return to after a discard or a crash: the last accepted run's commit on this branch
+    (any branch when none of its runs was accepted)."""
+    accepted = [r for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED]
+    mine = [r for r in accepted if index.get(r["run_id"], {}).get("branch") == branch]
+    pick = (mine or accepted)
+    return pick[-1]["commit"] if pick else None
+
+
+def parent_run(rows: list[dict], index: dict, run: dict) -> dict | None:
+    """The run this one was built on: for a run of uncommitted edits, the last clean run of the same commit;
+    else the last clean run of its parent commit (the same after `git commit --amend`); else the last
+    accepted run of its key before it. None for the first run."""
+    entry = index.get(run["run_id"], {})
+    before = [r for r in rows if r.get("line", 0) < run.get("line", 0) and r["run_id"] != run["run_id"]]
+    clean = [r for r in before if not index.get(r["run_id"], {}).get("dirty")]
+    wanted = run["commit"] if entry.get("dirty") else entry.get("parent")
+    same = [r for r in clean if wanted and r["commit"] == wanted]
+    if same:
+        return same[-1]
+    accepted = [r for r in before if r["comparability_key"] == run["comparability_key"] and r["status"] in ACCEPTED]
+    return accepted[-1] if accepted else None
