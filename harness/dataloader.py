@@ -9,6 +9,7 @@ tokens, never padding). A background thread packs into pinned buffers; the copy 
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import queue
 import threading
@@ -133,7 +134,10 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
 
     def produce():
         while not stop.is_set():
-            i, ev = free.get()
+            try:
+                i, ev = free.get(timeout=0.1)
+            except queue.Empty:           # the consumer is slow or gone: look at `stop` again
+                continue
             if ev is not None:
                 ev.synchronize()          # the async copy out of this buffer has finished
             rows = pinned[i].numpy()
@@ -158,6 +162,12 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
 
     worker = threading.Thread(target=produce, name=f"loader-{split}", daemon=True)
     worker.start()
+    # a script that exits with the loader still open (upstream's train.py does) must not leave the thread
+    # inside torch while the interpreter tears torch down: that aborts the process after its work is done
+    def shut():
+        stop.set()
+        worker.join(timeout=2)
+    atexit.register(shut)
     try:
         while True:
             i, epoch = ready.get()
@@ -178,3 +188,4 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
             yield gpu[:, :-1].contiguous(), gpu[:, 1:].contiguous(), epoch
     finally:
         stop.set()
+        atexit.unregister(shut)

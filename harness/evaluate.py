@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import torch
@@ -29,6 +30,12 @@ from harness.settings import Settings
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer, get_token_bytes, token_cache_paths
 from harness.util import atomic_write_text
+
+EVAL_PROGRESS_EVERY_S = 2.0        # a progress line at most this often while scoring
+
+# ---------------------------------------------------------------------------
+# Evaluation (DO NOT CHANGE — this is the fixed metric)
+# ---------------------------------------------------------------------------
 
 def val_rows_available(s: Settings, tokenizer: Tokenizer, manifest: dict) -> int:
     """How many packed val rows of MAX_SEQ_LEN + 1 tokens the val file fills before it would wrap."""
@@ -95,6 +102,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     total = torch.zeros(2, dtype=torch.float64, device=device)     # nats, bytes
     row_ids = torch.arange(batch_size, device=device)[:, None]
     done = 0                                                         # global rows before this batch
+    t0 = shown = time.time()
     while done < rows:
         x, y, _ = next(loader)
         loss = model(x, y, reduction="none").view(batch_size, T).float()
@@ -103,6 +111,12 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
         total[0] += (loss * (nbytes > 0)).sum(dtype=torch.float64)
         total[1] += nbytes.sum(dtype=torch.float64)
         done += batch_size * world
+        if time.time() - shown > EVAL_PROGRESS_EVERY_S and done < rows:       # host time: on CUDA it runs ahead
+            shown = time.time()
+            eta = (shown - t0) / done * (rows - done)
+            print(f"\reval: {done:,}/{rows:,} rows, about {eta:.0f}s left   ", end="", flush=True)
+    if shown > t0:
+        print()
     loader.close()
     if distributed:
         dist.all_reduce(total)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.decide import ACCEPTED, SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, next_seed, parent_run, return_commit, run_fingerprint,
+                            standing)
 from harness.ledger import STATUSES, append_record, clean_text, ledger_lock, ledger_paths, read_index, read_ledger
+from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
@@ -124,8 +126,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
         groups = sum(len(c.values) > 1 for c in st.configs.values())
         runs = sum(len(c.values) for c in st.configs.values() if len(c.values) > 1)
         out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
-                   f"seeds (dof {st.dof}); a new configuration's single run is kept only if it beats the best by "
-                   f"more than {st.margin(1):.6f}")
+                   f"seeds (dof {st.dof}); a new configuration is kept when the mean of its {MIN_RUNS_TO_KEEP} seeds "
+                   f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
@@ -176,7 +178,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
                    f"(seeds {', '.join(_v(s) for s in mine.seeds)})")
     if last["status"] == "confirm":
         seed = next_seed(rows, index, key, run_fingerprint(last, index))
-        out.append(f"- pending: a gain inside the noise margin; re-run this commit: `uv run train.py --seed {seed}`")
+        out.append(f"- pending: better than the best, not yet by the margin over {MIN_RUNS_TO_KEEP} seeds; re-run this "
+                   f"commit unchanged: `uv run train.py --seed {seed}`")
     out.append("")
 
     # -- top runs, recent runs -----------------------------------------------------------------
@@ -263,20 +266,24 @@ def read_notes(memory: Path) -> str:
     return text[i + 1:] if i >= 0 else ""
 
 
-def write_memory(results: Path, sessions: Path) -> Path:
-    """Regenerate sessions/memory.md atomically (call under the ledger lock)."""
+def write_memory(results: Path, sessions: Path, plot: bool = False) -> Path:
+    """Regenerate sessions/memory.md (and, with plot, progress.png) atomically; call under the ledger lock."""
     memory = sessions / "memory.md"
-    text = render_memory(read_ledger(results), read_index(sessions), read_notes(memory))
-    atomic_write_text(memory, text)
+    rows, index = read_ledger(results), read_index(sessions)
+    atomic_write_text(memory, render_memory(rows, index, read_notes(memory)))
+    if plot:
+        write_progress_png(rows, index, sessions)
     return memory
 
 
 def regenerate_memory(s: Settings | None = None) -> Path:
     results, sessions = ledger_paths(s)
     with ledger_lock(results):
-        return write_memory(results, sessions)
+        return write_memory(results, sessions, plot=True)
 
 
-def record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None) -> dict:
-    """Append one run to the ledger and regenerate memory.md, both under the ledger lock."""
-    return append_record(results, sessions, row, index_entry, status, after=write_memory)
+def record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
+           plot: bool = False) -> dict:
+    """Append one run to the ledger and regenerate memory.md (and progress.png), under the ledger lock."""
+    return append_record(results, sessions, row, index_entry, status,
+                         after=lambda res, ses: write_memory(res, ses, plot))

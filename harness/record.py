@@ -232,7 +232,7 @@ class Run:
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         index_entry = self._index_entry(error)
         try:
-            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status)
+            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True)
         except ConfigError as e:             # e.g. a ledger whose header was damaged by hand
             self.recorded = {"status": "unrecorded"}
             fail(f"{e} (this run was not recorded; its log is {self.log_path})")
@@ -280,7 +280,7 @@ def next_step(row: dict, results: Path, sessions: Path, branch: str | None) -> s
         return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
     if status == "confirm":
         fp = run_fingerprint(row, index)
-        return (f"a gain inside the noise margin: re-run this commit unchanged with another seed: "
+        return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
                 f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
     if status == "rerun":
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"

@@ -63,13 +63,16 @@ SCENARIO = [   # run_id, val_bpb, key, fingerprint, seed -> status (harness/deci
     ("a", 1.00, "k1", "A", 42, "baseline"),
     ("b", 1.02, "k1", "A", 43, "repeat"),      # the baseline's second seed: the floor exists (dof 1)
     ("c", 1.00, "k1", "A", 42, "rerun"),       # same configuration, same seed: flagged, not judged
-    ("d", 0.99, "k1", "B", 42, "confirm"),     # better, but inside t(1) x sigma x sqrt(1 + 1/2) = 0.22
-    ("e", 0.985, "k1", "B", 43, "confirm"),    # mean 0.9875 over 2 seeds: still inside the margin (dof 2)
-    ("f", 0.995, "k1", "B", 44, "discard"),    # third seed: mean 0.99 is not better by the margin
-    ("g", 0.80, "k1", "C", 42, "keep"),        # 0.21 better than the best's mean: beyond the margin
-    ("h", 0.81, "k1", "C", 42, "rerun"),
-    ("i", 2.00, "k2", "A", 42, "baseline"),    # another comparability key starts its own line
-    ("j", None, "k1", "D", 42, "crash"),
+    ("d", 0.99, "k1", "B", 42, "confirm"),     # better than the best's mean (1.01): needs 3 seeds
+    ("e", 0.985, "k1", "B", 43, "confirm"),
+    ("f", 0.995, "k1", "B", 44, "confirm"),    # mean 0.99 over 3 seeds: better, but inside the margin
+    ("g", 1.00, "k1", "B", 45, "discard"),     # the fourth and last seed: still not better by the margin
+    ("h", 0.80, "k1", "C", 42, "confirm"),     # far better, but one run is never a keep
+    ("i", 0.81, "k1", "C", 43, "confirm"),
+    ("j", 0.79, "k1", "C", 44, "keep"),        # mean 0.80 over 3 seeds, 0.21 better: beyond the margin
+    ("k", 0.80, "k1", "C", 42, "rerun"),
+    ("l", 2.00, "k2", "A", 42, "baseline"),    # another comparability key starts its own line
+    ("m", None, "k1", "D", 42, "crash"),
 ]
 
 
@@ -81,14 +84,14 @@ def test_statuses_follow_the_noise_aware_rule(tmp_path):
     crash_line = res.read_text().splitlines()[-1].split("\t")
     assert crash_line[2] == "" and crash_line[4] == "crash"          # empty metric, never 0.0
     digest = (ses / "memory.md").read_text()
-    assert ("comparability key: `k1` — 9 runs: 1 baseline, 1 keep, 2 confirm, 1 discard, 1 repeat, 2 rerun, 1 crash"
-            in digest)
+    assert ("comparability key: `k1` — 12 runs: 1 baseline, 1 keep, 5 confirm, 1 discard, 1 repeat, 2 rerun, "
+            "1 crash" in digest)
     assert "other keys (not compared): `k2` (1)" in digest
-    assert "- best: val_bpb 0.800000 (1 seed) — g (000000g) — desc g" in digest
-    # the floor pools A (1.00, 1.02) and B (0.99, 0.985, 0.995); reruns left out: sigma = sqrt(0.00025 / 3)
-    assert "- noise floor: sigma 0.009129 from 5 runs of 2 configuration(s) under several seeds (dof 3)" in digest
-    # confirmations of a configuration later discarded are off the kept line too
-    assert "| 2 | 0.985000 | confirm (reverted) | 43 | e | desc e |" in digest
+    assert "- best: val_bpb 0.800000 (mean of 3 seeds) — j (000000j) — desc j" in digest
+    # the floor pools A (1.00, 1.02), B (0.99, 0.985, 0.995, 1.00) and C (0.80, 0.81, 0.79); reruns left out
+    assert "- noise floor: sigma 0.009354 from 9 runs of 3 configuration(s) under several seeds (dof 6)" in digest
+    # runs of a configuration that was discarded are off the kept line
+    assert "| 4 | 0.985000 | confirm (reverted) | 43 | e | desc e |" in digest
 
 
 def test_an_unchanged_rerun_is_never_kept(tmp_path):
@@ -179,8 +182,9 @@ def test_memory_sections(tmp_path):
         model, fp, seed=seed, commit=commit, parent=parent, train_py=fn, **kw)
     memory.record(res, ses, _row("r1", 1.00, commit="c1"), e(base, "A", commit="c1", parent="c0"))
     memory.record(res, ses, _row("r1b", 1.02, commit="c1"), e(base, "A", 43, commit="c1", parent="c0"))
-    memory.record(res, ses, _row("r2", 0.70, commit="c2"), e(dict(base, matrix_lr=0.06), "B", commit="c2",
-                                                              parent="c1"))
+    for seed, v in ((42, 0.70), (43, 0.71), (44, 0.69)):      # kept on its third seed
+        memory.record(res, ses, _row("r2" if seed == 44 else f"r2-{seed}", v, commit="c2"),
+                      e(dict(base, matrix_lr=0.06), "B", seed, commit="c2", parent="c1"))
     memory.record(res, ses, _row("r3", 0.99, commit="c3"), e(dict(base, matrix_lr=0.06), "C", commit="c3",
                                                               parent="c2", fn=dict(fns, **{"MLP.forward": "m2"})))
     # a crash that changed depth only: charged to depth 12, not to matrix_lr 0.06
@@ -192,16 +196,16 @@ def test_memory_sections(tmp_path):
                model_changes_by_mode={"depth": [4, 2]})
     memory.record(res, ses, _row("r5", 0.95, commit="c5"), capped)
     text = (ses / "memory.md").read_text()
-    assert "- best: val_bpb 0.700000 (1 seed) — r2 (c2) — desc r2" in text
+    assert "- best: val_bpb 0.700000 (mean of 3 seeds) — r2 (c2) — desc r2" in text
     assert "- runs since last improvement: 3" in text
     assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
     assert "- commit to return to after a discard or a crash: `git reset --hard c2` (the last kept commit of main)" \
         in text
-    assert "- vs its parent run r2 (keep, 0.700000): depth: 8 -> 4 (capped to 2)" in text
+    assert "- vs its parent run r2 (keep, 0.690000): depth: 8 -> 4 (capped to 2)" in text
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
     assert "| r4 | crash | — |  | 42 | 10 | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
-    assert "| depth | 8 -> 0.700000 (4); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text
-    assert "| matrix_lr | 0.06 -> 0.700000 (4); 0.04 -> 1.000000 (2) |" in text
+    assert "| depth | 8 -> 0.690000 (6); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text
+    assert "| matrix_lr | 0.06 -> 0.690000 (6); 0.04 -> 1.000000 (2) |" in text
     memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
                                                               parent="c3", fn=dict(fns, **{"MLP.forward": "m2"})))
     text = (ses / "memory.md").read_text()
@@ -209,7 +213,7 @@ def test_memory_sections(tmp_path):
     assert "- vs its parent run r3 (discard, 0.990000): no change to model.json or train.py" in text
     assert "- vs the best run r2: train.py: MLP.forward changed" in text
     assert "- this configuration: 2 seeds" not in text                   # same seed 42: r6 is a rerun of r3
-    assert "| 2 | 0.950000 | discard (reverted) | 42 | r5 | desc r5 |" in text
+    assert "| 4 | 0.950000 | discard (reverted) | 42 | r5 | desc r5 |" in text
 
 
 def test_cap_that_cancels_an_edit_is_said(tmp_path):

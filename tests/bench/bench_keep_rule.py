@@ -1,0 +1,124 @@
+"""The keep rule against upstream's greedy one, on a synthetic objective with seed noise (not a test).
+
+    uv run python tests/bench/bench_keep_rule.py [--nights 200] [--runs 100] [--gains 0.25] [--neutral 0.25]
+
+Each simulated night an agent makes edits to a configuration whose true val_bpb starts at 0. An
+edit's true effect, in units of the seed noise sigma: by default with probability 0.25 a gain of
+U(0.5, 3) sigma, 0.25 neutral, 0.5 a loss of U(0.5, 3) sigma. A run observes true value + N(0, sigma^2).
+Every run costs one of the night's runs, confirmations and the baseline's second seed included.
+
+- greedy (upstream): one run per edit; kept when it scores below the best kept score.
+- ours: harness/decide.py itself, as train.py meets it: the baseline under two seeds, then each
+  edit run once and re-run with new seeds while its status is `confirm`.
+
+Prints, per rule: edits tried, keeps, false keeps (a kept edit whose true effect is not a gain)
+as a share of keeps, the true value reached at the end of a night (mean over nights, in sigma),
+and the share of runs spent on the baseline's seeds and on confirmations.
+"""
+
+import argparse
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from harness import decide  # noqa: E402
+
+SIGMA = 1.0
+
+
+MIX = {"gain": 0.25, "neutral": 0.25}    # the rest are losses; set by --gains / --neutral
+
+
+def edit_effect(rng: random.Random) -> float:
+    u = rng.random()
+    if u < MIX["gain"]:
+        return -rng.uniform(0.5, 3.0) * SIGMA
+    if u < MIX["gain"] + MIX["neutral"]:
+        return 0.0
+    return rng.uniform(0.5, 3.0) * SIGMA
+
+
+def greedy_night(rng: random.Random, runs: int) -> dict:
+    true, best_seen = 0.0, rng.gauss(0.0, SIGMA)
+    keeps = false = edits = 0
+    for _ in range(runs - 1):
+        effect = edit_effect(rng)
+        edits += 1
+        seen = true + effect + rng.gauss(0.0, SIGMA)
+        if seen < best_seen:
+            best_seen, true = seen, true + effect
+            keeps += 1
+            false += effect >= 0
+    return {"edits": edits, "keeps": keeps, "false": false, "true": true, "extra_runs": 0, "runs": runs}
+
+
+def ours_night(rng: random.Random, runs: int) -> dict:
+    rows, index = [], {}
+    used = 0
+
+    def run(fp: str, seed: int, value: float) -> str:
+        nonlocal used
+        status = decide.decide(rows, index, "k", fp, seed, value)
+        rid = f"r{len(rows)}"
+        rows.append({"run_id": rid, "comparability_key": "k", "status": status, "val_bpb": value,
+                     "line": len(rows) + 2, "commit": fp})
+        index[rid] = {"fingerprint": fp, "seed": seed}
+        used += 1
+        return status
+
+    true = 0.0
+    run("c0", 42, true + rng.gauss(0.0, SIGMA))
+    run("c0", 43, true + rng.gauss(0.0, SIGMA))
+    keeps = false = edits = confirmations = 0
+    while used < runs:
+        effect = edit_effect(rng)
+        edits += 1
+        fp, seed = f"c{edits}", 42
+        status = run(fp, seed, true + effect + rng.gauss(0.0, SIGMA))
+        while status == "confirm" and used < runs:
+            seed += 1
+            confirmations += 1
+            status = run(fp, seed, true + effect + rng.gauss(0.0, SIGMA))
+        if status == "keep":
+            true += effect
+            keeps += 1
+            false += effect >= 0
+    return {"edits": edits, "keeps": keeps, "false": false, "true": true, "extra_runs": 1 + confirmations,
+            "runs": used}
+
+
+def summarize(name: str, nights: list[dict]) -> str:
+    keeps = sum(n["keeps"] for n in nights)
+    false = sum(n["false"] for n in nights)
+    runs = sum(n["runs"] for n in nights)
+    return (f"| {name} | {statistics.mean(n['edits'] for n in nights):.1f} | "
+            f"{statistics.mean(n['keeps'] for n in nights):.1f} | "
+            f"{100 * false / max(keeps, 1):.1f}% | {statistics.mean(n['true'] for n in nights):+.2f} sigma | "
+            f"{100 * sum(n['extra_runs'] for n in nights) / runs:.1f}% |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nights", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=100, help="runs per night")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gains", type=float, default=0.25, help="share of edits that are real gains")
+    ap.add_argument("--neutral", type=float, default=0.25, help="share of edits with no effect (the rest are losses)")
+    args = ap.parse_args()
+    MIX.update(gain=args.gains, neutral=args.neutral)
+    rng_g, rng_o = random.Random(args.seed), random.Random(args.seed)
+    greedy = [greedy_night(rng_g, args.runs) for _ in range(args.nights)]
+    ours = [ours_night(rng_o, args.runs) for _ in range(args.nights)]
+    print(f"{args.nights} nights x {args.runs} runs; edit effects: {args.gains:.0%} gains of 0.5-3 sigma, "
+          f"{args.neutral:.0%} neutral, {1 - args.gains - args.neutral:.0%} losses of 0.5-3 sigma")
+    print("| rule | edits tried / night | keeps / night | false keeps (share of keeps) | true value at dawn | "
+          "runs on seeds and confirmations |")
+    print("|---|---|---|---|---|---|")
+    print(summarize("greedy (upstream)", greedy))
+    print(summarize("noise-aware (harness/decide.py)", ours))
+
+
+if __name__ == "__main__":
+    main()
