@@ -155,16 +155,23 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None) -
     return pick[-1]["commit"] if pick else None
 
 
+def parent_runs(rows: list[dict], index: dict) -> dict:
+    """run_id -> the run it was built on, for every row, in one pass: for a run of uncommitted edits, the last clean
+    run of the same commit; else the last clean run of its parent commit (the same after `git commit --amend`);
+    else the last accepted run of its key before it; None for a first run."""
+    clean_by_commit, accepted_by_key, out = {}, {}, {}
+    for r in rows:
+        entry = index.get(r["run_id"], {})
+        wanted = r["commit"] if entry.get("dirty") else entry.get("parent")
+        out[r["run_id"]] = clean_by_commit.get(wanted) or accepted_by_key.get(r["comparability_key"])
+        if not entry.get("dirty"):
+            clean_by_commit[r["commit"]] = r
+        if r["status"] in ACCEPTED:
+            accepted_by_key[r["comparability_key"]] = r
+    return out
+
+
 def parent_run(rows: list[dict], index: dict, run: dict) -> dict | None:
-    """The run this one was built on: for a run of uncommitted edits, the last clean run of the same commit;
-    else the last clean run of its parent commit (the same after `git commit --amend`); else the last
-    accepted run of its key before it. None for the first run."""
-    entry = index.get(run["run_id"], {})
+    """The run `run` was built on (see parent_runs); `run` may be one not yet in rows."""
     before = [r for r in rows if r.get("line", 0) < run.get("line", 0) and r["run_id"] != run["run_id"]]
-    clean = [r for r in before if not index.get(r["run_id"], {}).get("dirty")]
-    wanted = run["commit"] if entry.get("dirty") else entry.get("parent")
-    same = [r for r in clean if wanted and r["commit"] == wanted]
-    if same:
-        return same[-1]
-    accepted = [r for r in before if r["comparability_key"] == run["comparability_key"] and r["status"] in ACCEPTED]
-    return accepted[-1] if accepted else None
+    return parent_runs(before + [run], index)[run["run_id"]]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, next_seed, parent_run, return_commit, run_fingerprint,
-                            standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, next_seed, parent_run, parent_runs, return_commit,
+                            run_fingerprint, standing)
 from harness.ledger import STATUSES, append_record, clean_text, ledger_lock, ledger_paths, read_index, read_ledger
 from harness.plot import write_progress_png
 from harness.settings import Settings
@@ -221,11 +221,12 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
 
     # -- values tried per key; a crash counts against a key only where the key changed from the parent ---
     tried = {}
+    parents = parent_runs(rows, index)
     for r in cur:
         e = entry(r)
         m = _requested(e)
         if r["status"] == "crash":
-            p = parent_run(rows, index, r)
+            p = parents[r["run_id"]]
             pm = _requested(entry(p)) if p is not None else {}
             blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
         for k, val in m.items():
