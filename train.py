@@ -35,7 +35,7 @@ from harness.fused.softcap_loss import softcap_cross_entropy
 from harness.hardware import confirm_attention, get_platform
 from harness.record import setup_lines, start_run
 from harness.settings import effective_model
-from harness.dataloader import make_dataloader
+from harness.dataloader import make_dataloader, train_tokens
 from harness.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------
@@ -491,7 +491,7 @@ def print_summary(metrics, row, run, s, P, total_seconds):
                        ("depth", x["depth"]), ("tokens_per_sec", f"{x['tokens_per_second']:.0f}"),
                        ("run_id", run.run_id), ("status", row["status"]), ("mode", s.mode), ("device", P["device"]),
                        ("dtype", P["dtype"]), ("attention", P["attention"]), ("world_size", x["world_size"]),
-                       ("seed", run.seed), ("next", run.next_step)):
+                       ("epochs", f"{x['epochs']:.2f}"), ("seed", run.seed), ("next", run.next_step)):
         print(f"{key + ':':<18}{value}")
 
 
@@ -612,7 +612,8 @@ def main():
                "startup_seconds": clock.started - t_start, "eval_seconds": eval_seconds, "peak_vram_mb": peak_vram_mb,
                "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
                "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
-               "tokens_per_second": tok_s, "world_size": world, "loader_wait_seconds": loader_wait}
+               "tokens_per_second": tok_s, "world_size": world, "loader_wait_seconds": loader_wait,
+               "epochs": step * m.total_batch_size / train_tokens(tokenizer)}
     shutdown(world)
     if rank != 0:
         return

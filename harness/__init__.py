@@ -13,7 +13,8 @@ this list (a module imports only modules above it):
   attention     one attention call over the backends PLATFORM chooses from
   distributed   torchrun: process group, gradient all-reduce, host-side agreement
   clock         step timing for the budget, without a host sync inside a step
-  sources       data: climbmix download, local folder, builtin (standard library) corpus; manifest
+  corpus        the builtin offline corpus: the environment's Python sources and docs, filtered, deduplicated
+  sources       data: climbmix download, local folder, the builtin corpus; the manifest
   tokenizer     BPE training (rustbpe) served by tiktoken; token_bytes; the token cache
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)

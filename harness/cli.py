@@ -1,6 +1,6 @@
 """The command line behind `uv run prepare.py`: prepare data + tokenizer, check configs, maintain the ledger.
 
-    uv run prepare.py [--source auto|climbmix|local|builtin] [--num-shards N] [--download-workers N]
+    uv run prepare.py [--source auto|climbmix|local|builtin|builtin-stdlib] [--num-shards N] [--download-workers N]
     uv run prepare.py --check | --memory | --record-crash sessions/<run_id>.log
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness import settings
 from harness.config import ConfigError, ModelConfig, fail, ground_path, load_model, model_path
+from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.ledger import ledger_paths
@@ -43,7 +44,7 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Prepare data and tokenizer; validate configs; maintain the ledger.")
-    ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin"),
+    ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin", "builtin-stdlib"),
                     help="override ground.json data.source")
     ap.add_argument("--num-shards", type=int,
                     help="ClimbMix train shards to download (ground.json data.num_train_shards)")
@@ -78,6 +79,10 @@ def main(argv=None) -> int:
             tokens, _ = tokenize_file(s, tok, path)
             ntok += len(tokens)
         print(f"tokens: {ntok:,} cached under {s.cache_dir / 'tokens' / tok.fingerprint()}")
+        used, cached = packing_report(s, tok, manifest["train"], s.max_seq_len)
+        split = "split into row-sized pieces" if s.ground.data.split_long_documents else "cropped"
+        print(f"loader: one pass of best-fit packing into rows of {s.max_seq_len + 1} tokens uses {used:,} of the "
+              f"{cached:,} cached train tokens ({100 * used / max(cached, 1):.1f}%; longer documents are {split})")
         eval_rows(tok, s, verbose=True)
         print(f"done in {time.time() - t0:.1f}s. Next: uv run train.py")
         return 0

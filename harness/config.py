@@ -74,8 +74,8 @@ def _is_pow2(v: int) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f("choice", "one of auto, climbmix, local, builtin", choices=("auto", "climbmix", "local",
-                                                                                 "builtin"))
+    source: str = _f("choice", "one of auto, climbmix, local, builtin, builtin-stdlib",
+                     choices=("auto", "climbmix", "local", "builtin", "builtin-stdlib"))
     cache_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
     climbmix_url: str = _f("str", "an http(s) URL", check=lambda v: v.startswith(("http://", "https://")))
     num_train_shards: int = _f("int", "an integer >= 1", check=lambda v: v >= 1)
@@ -83,6 +83,8 @@ class DataConfig:
     download_workers: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
     probe_timeout_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
     local_dir: str = _f("str", "a folder path (or \"\" when not using source local)")
+    split_long_documents: bool = _f("bool", "true or false (local sources: documents longer than a row are split "
+                                            "into row-sized pieces instead of cropped)", default=False)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ def _typed(spec: Spec, value: Any):
         return float(value) if is_num and math.isfinite(value) else None
     if spec.kind in ("str", "choice"):
         return value if isinstance(value, str) else None
+    if spec.kind == "bool":
+        return value if isinstance(value, bool) else None
     if spec.kind == "auto_bool":
         return value if value == "auto" or isinstance(value, bool) else None
     if spec.kind == "auto_num":
@@ -251,6 +255,9 @@ def load_ground(path: Path | None = None) -> GroundConfig:
         raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of "
                           f"<|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got "
                           f"{json.dumps(cfg.tokenizer.bos_token)}")
+    if cfg.data.split_long_documents and cfg.data.source in ("climbmix", "auto"):
+        raise ConfigError(f"{path.name}: key 'data.split_long_documents': expected false with data.source "
+                          f"{cfg.data.source} (ClimbMix keeps upstream's cropping)")
     if cfg.data.source == "local" and not cfg.data.local_dir:
         raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got "
                           f"\"\"")

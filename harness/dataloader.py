@@ -75,10 +75,12 @@ class BestFitPacker:
                 pos = cap
 
 
-def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool,
-                    seed: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: bool, seed: int | None = None,
+                    max_tokens: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """(document tokens, epoch) in the stored order, or, with a seed, in an order drawn anew for every
-    epoch from (seed, epoch): files shuffled, then the documents of each file."""
+    epoch from (seed, epoch): files shuffled, then the documents of each file. With max_tokens, a longer
+    document comes as pieces of at most max_tokens, each after the first starting with a BOS of its own."""
+    bos = np.array([tokenizer.get_bos_token_id()])
     epoch = 1
     while True:
         rng = np.random.default_rng((seed, epoch)) if seed is not None else None
@@ -86,10 +88,49 @@ def document_stream(s: Settings, tokenizer: Tokenizer, files: list[str], loop: b
             tokens, offsets = tokenize_file(s, tokenizer, files[f])
             n = len(offsets) - 1
             for j in (rng.permutation(n) if rng is not None else range(n)):
-                yield tokens[offsets[j]:offsets[j + 1]], epoch
+                doc = tokens[offsets[j]:offsets[j + 1]]
+                if max_tokens is None or len(doc) <= max_tokens:
+                    yield doc, epoch
+                    continue
+                yield doc[:max_tokens], epoch
+                for k in range(max_tokens, len(doc), max_tokens - 1):
+                    yield np.concatenate((bos, doc[k:k + max_tokens - 1])).astype(doc.dtype), epoch
         if not loop:
             return
         epoch += 1
+
+
+def row_stream(s: Settings, tokenizer: Tokenizer, files: list[str], T: int, loop: bool, seed: int | None = None):
+    """The documents that fill rows of T + 1 tokens: long ones split into row-sized pieces when ground.json's
+    data.split_long_documents asks for it, else whole (best-fit packing crops them, as upstream)."""
+    split = T + 1 if s.ground.data.split_long_documents else None
+    return document_stream(s, tokenizer, files, loop, seed, split)
+
+
+def train_tokens(tokenizer: Tokenizer) -> int:
+    """Distinct tokens in the train split (its token cache): what `epochs` divides the tokens trained by."""
+    s = settings.current()
+    try:
+        m = load_manifest(s)
+    except ConfigError as e:
+        fail(str(e))
+    return sum(len(tokenize_file(s, tokenizer, f)[0]) for f in m["train"])
+
+
+def packing_report(s: Settings, tokenizer: Tokenizer, files: list[str], T: int) -> tuple[int, int]:
+    """(tokens that one pass of best-fit packing puts into rows of T + 1, tokens cached): how much of a corpus
+    the loader can use; the rest is cropped off documents longer than the space left in a row."""
+    total = sum(len(tokenize_file(s, tokenizer, f)[0]) for f in files)
+    packer = BestFitPacker(row_stream(s, tokenizer, files, T, loop=False), T + 1)
+    row = np.empty(T + 1, dtype=np.int32)
+    rows = 0
+    try:
+        while True:
+            packer.fill_row(row)
+            rows += 1
+    except EOFError:
+        pass
+    return rows * (T + 1), total
 
 
 def _pin_ok(device: torch.device) -> bool:
@@ -120,7 +161,7 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     # train loops over its files (epoch counts the passes); val is one pass, never repeated
     # the seed orders the train documents (train.py --seed); val is never shuffled: the metric's rows are fixed
     assert split == "train" or seed is None, "the val split is scored in its stored order"
-    packer = BestFitPacker(document_stream(s, tokenizer, files, split == "train", seed), T + 1, buffer_size)
+    packer = BestFitPacker(row_stream(s, tokenizer, files, T, split == "train", seed), T + 1, buffer_size)
     lo = rank * B
     scratch = np.empty(T + 1, dtype=np.int32)         # other ranks' rows: packed, then dropped
     bos = tokenizer.get_bos_token_id()

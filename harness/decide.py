@@ -166,7 +166,7 @@ def parent_runs(rows: list[dict], index: dict) -> dict:
         out[r["run_id"]] = clean_by_commit.get(wanted) or accepted_by_key.get(r["comparability_key"])
         if not entry.get("dirty"):
             clean_by_commit[r["commit"]] = r
-        if r["status"] in ACCEPTED:
+        if r.get("status") in ACCEPTED:
             accepted_by_key[r["comparability_key"]] = r
     return out
 

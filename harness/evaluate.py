@@ -24,7 +24,7 @@ import torch
 
 from harness import settings
 from harness.config import ConfigError, fail
-from harness.dataloader import BestFitPacker, document_stream, make_dataloader
+from harness.dataloader import BestFitPacker, make_dataloader, row_stream
 from harness.hardware import get_platform
 from harness.settings import Settings
 from harness.sources import load_manifest
@@ -41,10 +41,11 @@ def val_rows_available(s: Settings, tokenizer: Tokenizer, manifest: dict) -> int
     """How many packed val rows of MAX_SEQ_LEN + 1 tokens the val file fills before it would wrap."""
     tok_p, _ = token_cache_paths(s, tokenizer, manifest["val"])
     limit = s.eval_tokens // s.max_seq_len
-    memo = tok_p.with_name(tok_p.name.replace(".tokens.npy", f".rows_T{s.max_seq_len}_max{limit}.json"))
+    split = "_split" if s.ground.data.split_long_documents else ""
+    memo = tok_p.with_name(tok_p.name.replace(".tokens.npy", f".rows_T{s.max_seq_len}_max{limit}{split}.json"))
     if memo.exists():
         return json.loads(memo.read_text())["rows"]
-    packer = BestFitPacker(document_stream(s, tokenizer, [manifest["val"]], False), s.max_seq_len + 1)
+    packer = BestFitPacker(row_stream(s, tokenizer, [manifest["val"]], s.max_seq_len, False), s.max_seq_len + 1)
     row = np.empty(s.max_seq_len + 1, dtype=np.int32)
     rows = 0
     try:

@@ -43,6 +43,12 @@ def _bpb(v) -> str:
     return "—" if v is None else f"{v:.6f}"
 
 
+def _epochs(entry: dict) -> str:
+    """Passes over the train split, with a `!` past the point where val_bpb measures memorization."""
+    e = entry.get("epochs")
+    return "" if e is None else f"{e:.1f}" + (" !" if e > 4 else "")
+
+
 def _requested(entry: dict) -> dict:
     """model.json as the agent wrote it (the run records what it trained, and what each cap replaced)."""
     flat = _flat(entry.get("model"))
@@ -158,6 +164,7 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     out += ["## Last run",
             f"- {last['run_id']}{where} — {last['status']} — val_bpb {_bpb(last['val_bpb'])} — seed "
             f"{_v(le.get('seed'))} — {last['num_steps'] if last['num_steps'] is not None else '?'} steps — "
+            f"{_epochs(le) or '?'} epochs — "
             f"{clean_text(last['description'], 80)}"]
     if last["status"] in ("crash", "interrupted") and le.get("error"):
         out.append(f"- reason: {clean_text(le['error'], 160)}")
@@ -195,8 +202,8 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
                        f"{r['run_id']} | {clean_text(r['description'], 60)} |")
         out.append("")
 
-    out += ["## Recent runs", "| run_id | status | val_bpb | vs best | seed | steps | description / reason |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["## Recent runs", "| run_id | status | val_bpb | vs best | seed | steps | epochs | description / reason |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in cur[-MEMORY_RECENT:]:
         delta = f"{r['val_bpb'] - best_cfg.mean:+.4f}" if best_cfg and r["val_bpb"] is not None else ""
         e = entry(r)
@@ -207,7 +214,7 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
             text += " — " + clean_text(e["error"], 70)
         steps = r["num_steps"] if r["num_steps"] is not None else ""
         out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "
-                   f"{steps} | {text} |")
+                   f"{steps} | {_epochs(e)} | {text} |")
     out.append("")
 
     repeats = sorted((c for c in st.configs.values() if len(c.values) > 1),

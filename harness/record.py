@@ -35,6 +35,8 @@ from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
 from harness.util import atomic_write_text
 
+EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
+
 # ---------------------------------------------------------------------------
 # What identifies a run: commit, configuration fingerprint, comparability key, versions
 # ---------------------------------------------------------------------------
@@ -96,7 +98,10 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_s
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
                        "world": world_size, "max_steps": s.max_steps,
-                       "caps": s.model_caps if s.mode == "test" else {}}, sort_keys=True)
+                       "caps": s.model_caps if s.mode == "test" else {},
+                       **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
+                       **({"split_long_documents": True} if s.ground.data.split_long_documents else {})},
+                      sort_keys=True)
     return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -230,7 +235,10 @@ class Run:
         if self.recorded is not None:
             return self.recorded
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
-        index_entry = self._index_entry(error)
+        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"))
+        if (metrics.get("epochs") or 0) > EPOCHS_WARN:
+            print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
+                  f"measures memorization as much as learning, and what wins here may not transfer")
         try:
             self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True)
         except ConfigError as e:             # e.g. a ledger whose header was damaged by hand

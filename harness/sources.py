@@ -1,6 +1,6 @@
-"""Data sources: climbmix (download), local (the user's folder), builtin (the standard library, offline).
+"""Data sources: climbmix (download), local (the user's folder), builtin (the environment's Python, offline).
 
-    uv run prepare.py [--source auto|climbmix|local|builtin]
+    uv run prepare.py [--source auto|climbmix|local|builtin|builtin-stdlib]
 
 Each source materializes train files and one pinned val file under the cache; the source actually
 used, its reason and the val file's hash go to <cache>/data/manifest.json, which the tokenizer,
@@ -10,11 +10,8 @@ the dataloader and the comparability key read.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import platform as _platform
-import random
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -26,15 +23,12 @@ import pyarrow.parquet as pq
 from harness import settings
 from harness.config import ConfigError
 from harness.settings import Settings
+from harness import corpus
 from harness.util import atomic_path, atomic_write_text, file_sha256, reachable
 
 DOWNLOAD_ATTEMPTS = 5               # per shard, exponential backoff between tries
 DOWNLOAD_BACKOFF_S = 2.0            # first wait; doubles each retry
 DOWNLOAD_TIMEOUT_S = (10.0, 60.0)   # (connect, read) per request
-BUILTIN_TRAIN_SHARDS = 4
-BUILTIN_VAL_PERCENT = 8             # of stdlib files, pinned by a hash of the relative path
-BUILTIN_DOC_TARGET_CHARS = 2000     # documents of a few KB: a 2048-token row holds ~7 KB of code
-BUILTIN_DOC_MAX_CHARS = 4000        # past this a long block is split at method level
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +121,7 @@ def download_climbmix(s: Settings, num_shards: int, workers: int, backoff_s: flo
 
 
 # ---------------------------------------------------------------------------
-# local: the user's own folder; builtin: the interpreter's standard library, offline
+# local: the user's own folder; builtin: the environment's Python sources and docs, offline (harness/corpus.py)
 # ---------------------------------------------------------------------------
 
 def local_files(s: Settings) -> dict:
@@ -141,84 +135,9 @@ def local_files(s: Settings) -> dict:
     return {"train": [str(p) for p in files[:-1]], "val": str(files[-1])}
 
 
-_TOPLEVEL = re.compile(r"^(?:async def |def |class |@)")
-_METHOD = re.compile(r"^ {4}(?:async def |def |@)")
-
-
-def split_source(text: str, target: int = BUILTIN_DOC_TARGET_CHARS,
-                 max_chars: int = BUILTIN_DOC_MAX_CHARS) -> list[str]:
-    """Split one Python source file into documents of a few KB at top-level definitions.
-    A block longer than max_chars is split further at method definitions; consecutive pieces
-    are merged while they stay under target. Decorators stay with their def; nothing is lost."""
-    lines = text.splitlines(keepends=True)
-
-    def cut(ls, pattern):
-        pieces, cur = [], []
-        for i, line in enumerate(ls):
-            prev_decorator = i > 0 and ls[i - 1].lstrip().startswith("@")
-            if cur and pattern.match(line) and not prev_decorator:
-                pieces.append(cur)
-                cur = []
-            cur.append(line)
-        return pieces + ([cur] if cur else [])
-
-    pieces = []
-    for block in cut(lines, _TOPLEVEL):
-        if sum(map(len, block)) > max_chars:
-            pieces.extend("".join(p) for p in cut(block, _METHOD))
-        else:
-            pieces.append("".join(block))
-    docs, cur = [], ""
-    for piece in pieces:
-        if cur and len(cur) + len(piece) > target:
-            docs.append(cur)
-            cur = ""
-        cur += piece
-    if cur:
-        docs.append(cur)
-    return [d for d in docs if d.strip()] if any(d.strip() for d in docs) else []
-
-
-def build_builtin(s: Settings) -> dict:
-    """The offline corpus: the running interpreter's standard library, split into documents,
-    shuffled deterministically into train shards and a pinned val shard."""
-    import sysconfig
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out = data_dir(s) / "builtin"
-    train_docs, val_docs = [], []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if "site-packages" in rel or "dist-packages" in rel:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        is_val = int(hashlib.sha1(rel.encode()).hexdigest(), 16) % 100 < BUILTIN_VAL_PERCENT
-        docs = split_source(text)
-        (val_docs if is_val else train_docs).extend(docs)
-    # exact duplicates (the stdlib repeats boilerplate across files) would leak val into train
-    val_docs = list(dict.fromkeys(val_docs))
-    seen = set(val_docs)
-    train_docs = [d for d in dict.fromkeys(train_docs) if d not in seen]
-    random.Random(1337).shuffle(train_docs)
-    out.mkdir(parents=True, exist_ok=True)
-    train_paths = []
-    n = BUILTIN_TRAIN_SHARDS
-    for i in range(n):
-        p = out / shard_name(i)
-        write_text_parquet(p, train_docs[i::n])
-        train_paths.append(str(p))
-    vp = out / "shard_val.parquet"
-    write_text_parquet(vp, val_docs)
-    print(f"builtin: {len(train_docs):,} train + {len(val_docs):,} val documents from {root} (Python "
-          f"{_platform.python_version()})")
-    return {"train": train_paths, "val": str(vp), "stdlib": str(root), "python": _platform.python_version()}
-
-
-def write_text_parquet(path: Path, docs: list[str]) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.table({"text": docs}), tmp, row_group_size=1024)
+def build_builtin(s: Settings, kind: str = "builtin") -> dict:
+    """The offline corpus (harness/corpus.py): `builtin` (standard library + site-packages) or `builtin-stdlib`."""
+    return corpus.build(kind, data_dir(s) / kind)
 
 
 def read_documents(path: str | Path) -> list[str]:
@@ -259,7 +178,7 @@ def prepare_data(s: Settings, source: str | None = None, num_shards: int | None 
         else:
             source, reason = "builtin", f"auto: ClimbMix not reachable within {d.probe_timeout_s:g}s"
             print("!" * 78)
-            print("!! NOTICE: ClimbMix is not reachable; using the BUILTIN offline corpus (Python stdlib).")
+            print("!! NOTICE: ClimbMix is not reachable; using the BUILTIN offline corpus (the environment's Python).")
             print("!! val_bpb on it is only comparable with other runs on the builtin corpus.")
             print("!" * 78)
     print(f"data: source = {source} ({reason})")
@@ -268,7 +187,7 @@ def prepare_data(s: Settings, source: str | None = None, num_shards: int | None 
     elif source == "local":
         files = local_files(s)
     else:
-        files = build_builtin(s)
+        files = build_builtin(s, source)
     base = data_dir(s).resolve()
 
     def rel(p):    # paths inside the cache are stored relative to it, so the cache can move

@@ -36,6 +36,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_text_parquet(path: Path, docs: list[str]) -> None:
+    """A parquet file with one `text` column (the data sources' format), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table({"text": docs}), tmp, row_group_size=1024)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

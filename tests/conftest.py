@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import settings, sources, tokenizer
+from harness import corpus, settings, sources, tokenizer, util
 
 # ---------------------------------------------------------------------------
 # Network: loopback only
@@ -65,27 +65,27 @@ def write_json(path, obj):
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
+def tiny_corpus(tmp_path_factory):
     """Three parquet files of Python-source documents; the last is the val file."""
     import sysconfig
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(root.glob("*.py"))[:60]
     docs = []
     for f in files:
-        docs.extend(sources.split_source(f.read_text(encoding="utf-8", errors="replace")))
+        docs.extend(corpus.split_source(f.read_text(encoding="utf-8", errors="replace")))
     d = tmp_path_factory.mktemp("corpus")
     n = len(docs)
-    sources.write_text_parquet(d / "a_train.parquet", docs[: n // 2])
-    sources.write_text_parquet(d / "b_train.parquet", docs[n // 2: n - n // 6])
-    sources.write_text_parquet(d / "c_val.parquet", docs[n - n // 6:])
+    util.write_text_parquet(d / "a_train.parquet", docs[: n // 2])
+    util.write_text_parquet(d / "b_train.parquet", docs[n // 2: n - n // 6])
+    util.write_text_parquet(d / "c_val.parquet", docs[n - n // 6:])
     return d
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory, corpus):
+def workspace(tmp_path_factory, tiny_corpus):
     """A prepared workspace: ground.json + model.json + cache (data manifest, tokenizer, tokens)."""
     d = tmp_path_factory.mktemp("ws")
-    ground = write_json(d / "ground.json", tiny_ground(d / "cache", corpus))
+    ground = write_json(d / "ground.json", tiny_ground(d / "cache", tiny_corpus))
     model = write_json(d / "model.json", default_json("model.json"))
     env = {"AUTORESEARCH_GROUND": str(ground), "AUTORESEARCH_MODEL": str(model)}
     old = {k: os.environ.get(k) for k in env}

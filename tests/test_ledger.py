@@ -203,7 +203,7 @@ def test_memory_sections(tmp_path):
         in text
     assert "- vs its parent run r2 (keep, 0.690000): depth: 8 -> 4 (capped to 2)" in text
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
-    assert "| r4 | crash | — |  | 42 | 10 | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
+    assert "| r4 | crash | — |  | 42 | 10 |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
     assert "| depth | 8 -> 0.690000 (6); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text
     assert "| matrix_lr | 0.06 -> 0.690000 (6); 0.04 -> 1.000000 (2) |" in text
     memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
@@ -280,7 +280,7 @@ def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
         memory.record(res, ses, _row(rid, v), dict(_entry(fp=fp), branch=branch, worktree=wt))
     text = (ses / "memory.md").read_text()
     assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
-    assert "| b | confirm | 0.900000 | -0.1000 | 42 | 10 | [autoresearch/gpu1] desc b |" in text
+    assert "| b | confirm | 0.900000 | -0.1000 | 42 | 10 |  | [autoresearch/gpu1] desc b |" in text
 
 
 def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from harness import ledger, memory
 from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
                 "num_steps", "num_params_M", "depth", "tokens_per_sec", "run_id", "status", "mode", "device", "dtype",
-                "attention", "world_size", "seed", "next"]
+                "attention", "world_size", "epochs", "seed", "next"]
 
 
 def parse_summary(stdout):
@@ -164,3 +166,26 @@ def test_upstream_style_train_imports_from_prepare(run_dir):
     assert (out["T"], out["budget"], out["eval"], out["vocab"]) == (64, 2, 4096, 512)
     assert out["device"] == "cpu" and out["shape"] == [4, 64] and out["epoch"] >= 1
     assert 0 < out["after"] < out["before"] < 20
+
+
+def test_epochs_in_summary_and_a_warning_when_the_data_repeats(tmp_path, run_dir):
+    """`epochs` = tokens trained / distinct train tokens, in the summary, the run's record and memory.md; past 4
+    passes the run says that val_bpb measures memorization (a corpus of a few hundred tokens)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(3):
+        (small / f"{i}.txt").write_text(" ".join(f"word{(i * 7 + j) % 50}" for j in range(300)))
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["data"].update(local_dir=str(small), cache_dir=str(tmp_path / "cache"))
+    write_json(run_dir / "ground.json", g)
+    r = run_script("prepare.py", run_dir)
+    assert r.returncode == 0, r.stderr
+    assert "loader: one pass of best-fit packing into rows of 65 tokens uses" in r.stdout
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = parse_summary(r.stdout)
+    idx = ledger.read_index(run_dir / "sessions")[summary["run_id"]]
+    assert float(summary["epochs"]) > 4 and idx["epochs"] == pytest.approx(float(summary["epochs"]), abs=0.01)
+    assert "!! this run read the train split" in r.stdout
+    recent = (run_dir / "sessions" / "memory.md").read_text().split("## Recent runs", 1)[1]
+    assert f" | {idx['epochs']:.1f} ! | " in recent
