@@ -18,7 +18,7 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.ledger import ledger_paths
 from harness.memory import regenerate_memory
-from harness.record import record_crash_from_log
+from harness.record import next_step, record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
 from harness.sources import prepare_data
 from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         if args.record_crash:
             row = record_crash_from_log(Path(args.record_crash), s)
             print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
+            results, sessions = ledger_paths(s)
+            print(f"next: {next_step(row, results, sessions, None)}")
             return 0
         t0 = time.time()
         print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")

@@ -171,7 +171,9 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     parent = parent_run(rows, index, last)
     if parent is not None and le:
         diff = changes(entry(parent), le)
-        out.append(f"- vs its parent run {parent['run_id']} ({parent['status']}, {_bpb(parent['val_bpb'])}): "
+        pc = st.configs.get(run_fingerprint(parent, index))
+        pmean = f"; its configuration {pc.mean:.6f} over {len(pc.values)} seeds" if pc and len(pc.values) > 1 else ""
+        out.append(f"- vs its parent run {parent['run_id']} ({parent['status']}, {_bpb(parent['val_bpb'])}{pmean}): "
                    + ("; ".join(diff) if diff else "no change to model.json or train.py"))
         for line in cancelled_by_caps(entry(parent), le):
             out.append(f"- !! {line}: this run trained its parent's model")
@@ -191,7 +193,7 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
 
     # -- top runs, recent runs -----------------------------------------------------------------
     if scored:
-        out += ["## Top runs (reverted: discarded, not on the kept line)",
+        out += ["## Top runs (reverted = its configuration was not kept)",
                 "| # | val_bpb | status | seed | run_id | description |", "|---|---|---|---|---|---|"]
         pending = run_fingerprint(last, index) if last["status"] == "confirm" else None
         for i, r in enumerate(sorted(scored, key=lambda r: (r["val_bpb"], r["line"]))[:MEMORY_TOP], 1):

@@ -59,9 +59,20 @@ def git_info() -> dict:
 
 
 def config_fingerprint(train_py: Path | None = None) -> str:
+    """The configuration a run trains: model.json's values and train.py's code, so that a change in comments,
+    blank lines or key order is the same configuration (parsed where they parse, else their bytes)."""
+    import ast
     h = hashlib.sha256()
-    for p in (model_path(), train_py or REPO_DIR / "train.py"):
-        h.update(p.read_bytes() if p.exists() else b"")
+    model, code = model_path(), train_py or REPO_DIR / "train.py"
+    raw = [p.read_bytes() if p.exists() else b"" for p in (model, code)]
+    try:
+        h.update(json.dumps(json.loads(raw[0]), sort_keys=True).encode())
+    except ValueError:
+        h.update(raw[0])
+    try:
+        h.update(ast.dump(ast.parse(raw[1])).encode())
+    except (SyntaxError, ValueError):
+        h.update(raw[1])
     return h.hexdigest()[:12]
 
 
@@ -209,10 +220,10 @@ class Run:
         atomic_write_text(self.json_path, json.dumps(self.record, indent=2, default=str))
 
     def _excepthook(self, etype, value, tb):
+        self._prev_hook(etype, value, tb)          # the traceback first: the record and `next:` end the log
         if self.recorded is None and not issubclass(etype, (SystemExit,)):
             lines = str(value).strip().splitlines()
             self.crash(f"{etype.__name__}: {lines[-1] if lines else ''}".strip().rstrip(":"))
-        self._prev_hook(etype, value, tb)
 
     def _on_signal(self, signum, frame):
         import signal
@@ -294,7 +305,7 @@ def next_step(row: dict, results: Path, sessions: Path, branch: str | None) -> s
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
     if status == "discard":
         return back
-    return f"fix a trivial bug and `git commit --amend`, then run again; or give up on it: {back}"
+    return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,
@@ -332,8 +343,8 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
         raise ConfigError(f"{results.name}: run {run_id} is already recorded")
     lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]
     errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    reason = errs[-1] if errs else (f"killed without an error message; last output: {lines[-1][:120]}" if lines
-                                    else "killed before any output")
+    reason = errs[-1] if errs else (f"no error message; last output: {lines[-1][:120]}" if lines
+                                    else "no output at all")
     git = rec.get("git", {})
     row = {"run_id": run_id, "commit": git.get("commit", ""), "val_bpb": None, "memory_gb": None,
            "description": rec.get("description", ""), "peak_vram_mb": None, "mfu_percent": None,

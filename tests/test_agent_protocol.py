@@ -147,7 +147,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     assert "): train.py: main changed" in mem                        # vs its parent run: only main() changed
     assert " crash)" not in mem.split("## Hyperparameters tried", 1)[-1]    # no model.json value blamed
     (clone / "train.py").write_text(src.replace("    model = build_model(config, device, world)\n",
-                                                "    model = build_model(config, device, world)  # new block\n", 1))
+                                                "    model = build_model(config, device, world)\n"
+                                                "    model.train()\n", 1))
     git(clone, "commit", "-q", "-a", "--amend", "-m", "try a new block (fixed)")
     statuses, r = run_and_follow(clone, tmp_path)
     fixed = ledger_rows(clone)[-len(statuses)]
@@ -174,7 +175,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     assert r.returncode == 0, r.stderr
     killed = ledger_rows(clone)[-1]
     assert (killed["run_id"], killed["status"], killed["description"]) == (run_id, "crash", "killed run")
-    assert "killed run — killed: killed without an error message; last output: " in memory(clone)
+    assert "killed run — killed: no error message; last output: " in memory(clone)
 
     # final state: no keep from an unchanged re-run, tree clean, HEAD on an accepted commit
     rows = ledger_rows(clone)

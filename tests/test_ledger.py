@@ -201,7 +201,8 @@ def test_memory_sections(tmp_path):
     assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
     assert "- commit to return to after a discard or a crash: `git reset --hard c2` (the last kept commit of main)" \
         in text
-    assert "- vs its parent run r2 (keep, 0.690000): depth: 8 -> 4 (capped to 2)" in text
+    assert ("- vs its parent run r2 (keep, 0.690000; its configuration 0.700000 over 3 seeds): "
+            "depth: 8 -> 4 (capped to 2)" in text)
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
     assert "| r4 | crash | — |  | 42 | 10 |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
     assert "| depth | 8 -> 0.690000 (6); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text

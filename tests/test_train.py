@@ -189,3 +189,25 @@ def test_epochs_in_summary_and_a_warning_when_the_data_repeats(tmp_path, run_dir
     assert "!! this run read the train split" in r.stdout
     recent = (run_dir / "sessions" / "memory.md").read_text().split("## Recent runs", 1)[1]
     assert f" | {idx['epochs']:.1f} ! | " in recent
+
+
+def test_configuration_fingerprint_ignores_comments_and_key_order(tmp_path, monkeypatch):
+    """A configuration is what trains: comments, blank lines and model.json's key order do not make a new one;
+    a code or value change does."""
+    from harness import record
+    src = (REPO / "train.py").read_text()
+    model = json.loads((REPO / "model.json").read_text())
+    variants = {"same": (src, model),
+                "comments": (src.replace("def norm(x):\n", "# a comment\n\ndef norm(x):  # and another\n", 1),
+                             dict(reversed(list(model.items())))),
+                "code": (src.replace("return F.rms_norm(x, (x.size(-1),))",
+                                     "return F.rms_norm(x, (x.size(-1),), eps=1e-6)"), model),
+                "value": (src, dict(model, matrix_lr=0.05))}
+    prints = {}
+    for name, (code, m) in variants.items():
+        (tmp_path / f"{name}.py").write_text(code)
+        write_json(tmp_path / f"{name}.json", m)
+        monkeypatch.setenv("AUTORESEARCH_MODEL", str(tmp_path / f"{name}.json"))
+        prints[name] = record.config_fingerprint(tmp_path / f"{name}.py")
+    assert prints["comments"] == prints["same"]
+    assert len({prints["same"], prints["code"], prints["value"]}) == 3
