@@ -1,7 +1,7 @@
 """The command line behind `uv run prepare.py`: prepare data + tokenizer, check configs, maintain the ledger.
 
     uv run prepare.py [--source auto|climbmix|local|builtin|builtin-stdlib] [--num-shards N] [--download-workers N]
-    uv run prepare.py --check | --memory | --record-crash sessions/<run_id>.log
+    uv run prepare.py --check | --memory | --migrate-ledger | --record-crash sessions/<run_id>.log
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from harness.config import ConfigError, ModelConfig, fail, ground_path, load_mod
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.ledger import ledger_paths
+from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
 from harness.memory import regenerate_memory
 from harness.record import next_step, record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="validate ground.json and model.json, print mode and PLATFORM")
     ap.add_argument("--memory", action="store_true", help="regenerate sessions/memory.md from the ledger")
     ap.add_argument("--record-crash", metavar="LOG", help="record a killed run (sessions/<run_id>.log) as a crash")
+    ap.add_argument("--migrate-ledger", action="store_true",
+                    help="rewrite an upstream/fork results.tsv with this ledger's columns (the old file is kept)")
     args = ap.parse_args(argv)
     for name in ("num_shards", "download_workers"):
         v = getattr(args, name)
@@ -63,6 +65,12 @@ def main(argv=None) -> int:
             check()
             return 0
         if args.memory:
+            print(f"memory: {regenerate_memory(s)}")
+            return 0
+        if args.migrate_ledger:
+            results, sessions = ledger_paths(s)
+            old = migrate_ledger(results)
+            print(f"ledger: {results} rewritten with {len(LEDGER_COLUMNS)} columns; the old file is {old}")
             print(f"memory: {regenerate_memory(s)}")
             return 0
         if args.record_crash:

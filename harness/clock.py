@@ -21,6 +21,8 @@ import torch
 from harness.distributed import agree
 
 LOSS_SMOOTHING = 0.9           # EMA of the printed train loss (debiased), as upstream
+HARD_LIMIT_FACTOR = 2          # wall time from step 0 past which a run stops whatever the warm-up steps:
+HARD_LIMIT_EXTRA_S = 120       # HARD_LIMIT_FACTOR x budget + HARD_LIMIT_EXTRA_S (compilation included)
 
 
 @dataclass
@@ -53,8 +55,16 @@ class StepClock:
         return min(self.training_seconds / self.budget_s, 1.0)
 
     def spent(self, steps_done: int) -> bool:
-        """True once the warm-up is over and the counted steps have used the budget."""
-        return steps_done > self.excluded_steps and self.training_seconds >= self.budget_s
+        """True once the warm-up is over and the counted steps have used the budget, or, whatever the warm-up,
+        once the wall time since step 0 passes the hard limit (printed: the budget bounds every run)."""
+        if steps_done > self.excluded_steps and self.training_seconds >= self.budget_s:
+            return True
+        limit = HARD_LIMIT_FACTOR * self.budget_s + HARD_LIMIT_EXTRA_S
+        if time.time() - self.started > limit:
+            print(f"\n!! stopped at the hard limit of {limit:g} s of wall time ({HARD_LIMIT_FACTOR} x budget + "
+                  f"{HARD_LIMIT_EXTRA_S} s) after {steps_done} steps, {self.training_seconds:.1f} s of them counted")
+            return True
+        return False
 
     def lap(self, step: int, loss: torch.Tensor, **info) -> list[Lap]:
         """Step `step` is queued (its loss a device tensor): returns the steps finished now, in order.

@@ -68,6 +68,15 @@ def _f(kind, expect, check=None, choices=(), default=_REQUIRED):
     return field(metadata={"spec": Spec(kind, expect, check, tuple(choices), default)})
 
 
+def _compiles(pattern: str) -> bool:
+    import regex                                   # tiktoken's own dependency; the tokenizer's pattern dialect
+    try:
+        regex.compile(pattern)
+        return True
+    except (regex.error, RecursionError, OverflowError):
+        return False
+
+
 def _is_pow2(v: int) -> bool:
     return v > 0 and (v & (v - 1)) == 0
 
@@ -90,7 +99,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     vocab_size: int = _f("int", "an integer between 256 and 65536", check=lambda v: 256 <= v <= 65536)
-    split_pattern: str = _f("str", "a non-empty regex", check=lambda v: v != "")
+    split_pattern: str = _f("str", "a non-empty regex that compiles", check=lambda v: v != "" and _compiles(v))
     num_reserved_tokens: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
     bos_token: str = _f("str", "one of the reserved tokens <|reserved_N|>",
                         check=lambda v: re.fullmatch(r"<\|reserved_\d+\|>", v) is not None)
@@ -104,7 +113,7 @@ class ProfileConfig:
                           and 16 <= v <= 65536)
     time_budget_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
     eval_tokens: int = _f("int", "a positive integer", check=lambda v: v > 0)
-    excluded_steps: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
+    excluded_steps: int = _f("int", "an integer between 0 and 1000", check=lambda v: 0 <= v <= 1000)
     max_steps: int = _f("int", "an integer >= 0 (0 = no cap)", check=lambda v: v >= 0, default=0)
     model_caps: dict = _f("object", "an object of model.json integer keys -> caps", default={})
 
@@ -189,11 +198,11 @@ def _build(cls, raw: Any, fname: str, prefix: str = ""):
     """Validate `raw` against dataclass `cls` and build the frozen object (raises ConfigError)."""
     where = prefix.rstrip(".") or "(top level)"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{fname}: key '{where}': expected an object, got {json.dumps(raw)}")
+        raise ConfigError(f"{fname}: key '{_key(where)}': expected an object, got {_show(raw)}")
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{fname}: unknown key '{prefix}{key}' (expected one of: {', '.join(names)})")
+            raise ConfigError(f"{fname}: unknown key '{_key(prefix + key)}' (expected one of: {', '.join(names)})")
     values = {}
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
@@ -216,7 +225,7 @@ def _build(cls, raw: Any, fname: str, prefix: str = ""):
         if not bad and spec.check is not None:
             bad = not spec.check(value)
         if bad:
-            raise ConfigError(f"{fname}: key '{key}': expected {spec.expect}, got {json.dumps(raw[f.name])}")
+            raise ConfigError(f"{fname}: key '{key}': expected {spec.expect}, got {_show(raw[f.name])}")
         values[f.name] = value
     return cls(**values)
 
@@ -227,16 +236,49 @@ _NESTED = {
 }
 
 
+MAX_SHOWN_CHARS = 60        # of a bad value or key quoted in an error line: the line stays one short line
+
+
+def _show(value: Any) -> str:
+    """A value for an error line: JSON, on one line, cut short."""
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
+
+
+def _key(name: str) -> str:
+    """A key for an error line: printable, on one line, cut short."""
+    return _show(name)[1:-1] if not re.fullmatch(r"[\w.]{1,60}", name) else name
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"duplicate key '{_key(dup)}'")
+    return dict(pairs)
+
+
 def _read_json(path: Path) -> Any:
     fname = path.name
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{fname}: file not found at {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{fname}: cannot be read ({type(e).__name__})") from None
     try:
-        return json.loads(text)
+        text = data.decode("utf-8-sig")            # UTF-8, with or without the BOM some editors write
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{fname}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{fname}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ConfigError(f"{fname}: not valid JSON: nested too deeply") from None
+    except ValueError as e:                        # duplicate keys; integers past Python's digit limit
+        why = str(e) if str(e).startswith("duplicate key") else "a number too long to read"
+        raise ConfigError(f"{fname}: not valid JSON: {why}") from None
 
 
 def load_ground(path: Path | None = None) -> GroundConfig:
@@ -249,12 +291,12 @@ def load_ground(path: Path | None = None) -> GroundConfig:
                                   f"{', '.join(MODEL_INT_KEYS)}")
             if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
                 raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got "
-                                  f"{json.dumps(cap)}")
+                                  f"{_show(cap)}")
     bos_index = int(re.fullmatch(r"<\|reserved_(\d+)\|>", cfg.tokenizer.bos_token).group(1))
     if bos_index >= cfg.tokenizer.num_reserved_tokens:
         raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of "
                           f"<|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got "
-                          f"{json.dumps(cfg.tokenizer.bos_token)}")
+                          f"{_show(cfg.tokenizer.bos_token)}")
     if cfg.data.split_long_documents and cfg.data.source in ("climbmix", "auto"):
         raise ConfigError(f"{path.name}: key 'data.split_long_documents': expected false with data.source "
                           f"{cfg.data.source} (ClimbMix keeps upstream's cropping)")
@@ -269,6 +311,6 @@ def load_model(path: Path | None = None) -> ModelConfig:
     cfg = _build(ModelConfig, _read_json(path), path.name)
     for key, value in cfg.extra.items():
         if not isinstance(value, (int, float, str, bool)) and value is not None:
-            raise ConfigError(f"{path.name}: key 'extra.{key}': expected a number, string, bool or null, got "
-                              f"{json.dumps(value)}")
+            raise ConfigError(f"{path.name}: key 'extra.{_key(key)}': expected a number, string, bool or null, got "
+                              f"{_show(value)}")
     return cfg

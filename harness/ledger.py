@@ -20,6 +20,7 @@ from harness import settings
 from harness.config import ConfigError
 from harness.decide import decide
 from harness.settings import Settings
+from harness.util import atomic_write_text
 
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
                   "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
@@ -42,9 +43,12 @@ def ledger_lock(results: Path):
     return FileLock(str(results) + ".lock", timeout=120)
 
 
-def clean_text(text: str, limit: int = 200) -> str:
-    """One line, no tabs: safe inside a TSV cell and a markdown table."""
-    return re.sub(r"[\t\r\n|]+", " ", str(text)).strip()[:limit]
+def clean_text(text, limit: int = 200) -> str:
+    """One line of valid UTF-8 with no tabs, control characters or table bars: safe inside a TSV cell and a
+    markdown table, and unable to start a line of its own in memory.md. Every text the harness writes into
+    results.tsv or memory.md from outside (descriptions, model.json values, errors) goes through here."""
+    text = str(text).encode("utf-8", "replace").decode("utf-8")       # lone surrogates from odd argv bytes
+    return re.sub(r"[\x00-\x1f\x7f|]+", " ", text).strip()[:limit]
 
 
 def read_ledger(path: Path, warn=None) -> list[dict]:
@@ -52,10 +56,10 @@ def read_ledger(path: Path, warn=None) -> list[dict]:
     Typed rows; crash rows get val_bpb None (upstream's 0.000000 included). A corrupt line is
     warned about and skipped, never rewritten."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
-    if not path.exists():
-        return []
+    if not path.exists() or path.stat().st_size == 0:
+        return []                                  # an empty file is an empty ledger: the next run writes the header
     lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    header = lines[0].rstrip("\r").split("\t")
+    header = lines[0].lstrip("\ufeff").rstrip("\r").split("\t")
     missing = [c for c in _REQUIRED_COLS if c not in header]
     if missing:
         raise ConfigError(f"{path.name}: header line: expected a ledger header with columns "
@@ -112,12 +116,46 @@ def ledger_line(row: dict) -> str:
     return "\t".join(clean_text(_fmt(row.get(c), digits.get(c, 6)), 300) for c in LEDGER_COLUMNS) + "\n"
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def check_columns(results: Path) -> None:
+    """Refuse to append our rows to a ledger with other columns (upstream's 5, the fork's 9, a damaged header):
+    a mix would make every new row unreadable. Called at a run's start, before training, and at every append."""
+    if not results.exists() or results.stat().st_size == 0:
+        return
+    with open(results, encoding="utf-8", errors="replace") as f:
+        header = f.readline().lstrip("\ufeff").rstrip("\r\n").split("\t")
+    if tuple(header) != LEDGER_COLUMNS:
+        read_ledger(results, warn=lambda m: None)        # a header without the required columns: its own error
+        raise ConfigError(f"{results.name}: header line: has the {len(header)} columns of an older ledger; new runs "
+                          f"need the {len(LEDGER_COLUMNS)} of this one: `uv run prepare.py --migrate-ledger` writes "
+                          f"them beside it (the old file is kept)")
+
+
+def migrate_ledger(results: Path) -> Path:
+    """Rewrite an upstream or fork ledger with this ledger's columns (rows as read: crashes without a val_bpb,
+    comparability key `legacy`); the old file is kept as <name>.old. Returns the old file's new path."""
+    with ledger_lock(results):
+        rows = read_ledger(results)
+        old = results.with_name(results.name + ".old")
+        if old.exists():
+            raise ConfigError(f"{old.name}: exists already; move it away first")
+        text = "\t".join(LEDGER_COLUMNS) + "\n" + "".join(ledger_line(r) for r in rows)
+        os.replace(results, old)
+        atomic_write_text(results, text)
+    return old
+
+
 def read_index(sessions: Path) -> dict:
     """sessions/index.jsonl: run_id -> what the ledger row does not hold (fingerprint, seed, model, branch, ...)."""
     out = {}
     p = sessions / "index.jsonl"
     if p.exists():
-        for line in p.read_text(encoding="utf-8").splitlines():
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 e = json.loads(line)
                 out[e["run_id"]] = e
@@ -137,10 +175,16 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
                                          index_entry.get("fingerprint"), index_entry.get("seed"), row.get("val_bpb"))
         if row["status"] in ("crash", "interrupted"):
             row["val_bpb"] = None
+        if any(r["run_id"] == row["run_id"] for r in rows):
+            raise ConfigError(f"{results.name}: run {row['run_id']} is already recorded")
+        check_columns(results)
         new = not results.exists() or results.stat().st_size == 0
+        torn = not new and _last_byte(results) != b"\n"
         with open(results, "a", encoding="utf-8") as f:
             if new:
                 f.write("\t".join(LEDGER_COLUMNS) + "\n")
+            if torn:                               # a line cut short (a full disk): left as it is, never merged into
+                f.write("\n")
             f.write(ledger_line(row))
             f.flush()
             os.fsync(f.fileno())

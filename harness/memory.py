@@ -36,7 +36,8 @@ def _flat(model: dict) -> dict:
 
 
 def _v(v) -> str:
-    return json.dumps(v) if not isinstance(v, str) else v
+    """A model.json value for memory.md: one line whatever the agent put in it (no forged sections)."""
+    return clean_text(json.dumps(v) if not isinstance(v, str) else v, 80)
 
 
 def _bpb(v) -> str:
@@ -269,7 +270,7 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
 def read_notes(memory: Path) -> str:
     if not memory.exists():
         return ""
-    text = memory.read_text(encoding="utf-8")
+    text = memory.read_text(encoding="utf-8", errors="replace")
     i = text.find("\n" + NOTES_HEADER)
     if text.startswith(NOTES_HEADER):
         return text

@@ -28,7 +28,7 @@ from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.decide import next_seed, parent_run, return_commit, run_fingerprint
-from harness.ledger import LEGACY_KEY, clean_text, ledger_paths, read_index, read_ledger
+from harness.ledger import LEGACY_KEY, check_columns, clean_text, ledger_paths, read_index, read_ledger
 from harness.memory import cancelled_by_caps, record
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
@@ -179,6 +179,7 @@ class Run:
         self.manifest = load_manifest(s)
         self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
         self.results, self.sessions = ledger_paths(s)
+        check_columns(self.results)                 # a ledger this run could not be added to: refused before training
         self.model = dataclasses.asdict(model)
         self.model["adam_betas"] = list(self.model["adam_betas"])
         self.record = {

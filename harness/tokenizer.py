@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from harness import settings
-from harness.config import TokenizerConfig, fail
+from harness.config import ConfigError, TokenizerConfig, fail
 from harness.settings import Settings
-from harness.sources import read_documents
+from harness.sources import load_manifest, read_documents
 from harness.util import atomic_path, atomic_write_bytes, atomic_write_text, file_sha256
 
 TOKENIZER_VERSION = 1          # part of the tokenizer's fingerprint: bump to retrain every cached tokenizer
@@ -102,6 +102,10 @@ class Tokenizer:
         p = d / "tokenizer.pkl"
         if not p.exists():
             fail(f"{p}: no tokenizer (run prepare.py first)")
+        if tokenizer_dir_ is None:
+            stale = _stale(s, d)
+            if stale:
+                fail(stale)
         with open(p, "rb") as f:
             return cls(pickle.load(f), s.ground.tokenizer.bos_token)
 
@@ -128,6 +132,20 @@ class Tokenizer:
         if self._fingerprint is None:
             self._fingerprint = hashlib.sha256(pickle.dumps(self.enc)).hexdigest()[:16]
         return self._fingerprint
+
+
+def _stale(s: Settings, d: Path) -> str | None:
+    """Why the cached tokenizer is not the one ground.json describes (its settings changed since prepare.py)."""
+    meta = d / "meta.json"
+    try:
+        manifest = load_manifest(s)
+        cached = json.loads(meta.read_text()).get("config_fingerprint")
+    except (ConfigError, OSError, ValueError):
+        return None                                  # no manifest or meta: the loaders say what is missing
+    if cached != tokenizer_config_fingerprint(s.ground.tokenizer, manifest):
+        return (f"ground.json: key 'tokenizer': differs from the tokenizer cached in {d} (run prepare.py to train "
+                f"it again; the metric's definition depends on it)")
+    return None
 
 
 def get_token_bytes(device="cpu") -> torch.Tensor:

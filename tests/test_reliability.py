@@ -1,0 +1,155 @@
+"""Nothing lost, nothing forged: the ledger and memory under torn lines, old formats, bad bytes and races, and
+configs that must fail with one line. Each case against its exact outcome (rows, bytes, message, exit code).
+
+    uv run pytest tests/test_reliability.py
+"""
+
+import json
+import multiprocessing as mp
+import time
+
+import pytest
+import torch
+
+from harness import clock, config, ledger, memory
+from conftest import run_script, write_json
+from test_ledger import HEADER, _entry, _row
+
+
+def test_a_torn_last_line_is_left_alone_and_never_merged(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    memory.record(res, ses, _row("a", 1.0), _entry(fp="A"))
+    torn = res.read_bytes() + b"b\tabc1234\t0.9"                 # what a full disk leaves: no newline at the end
+    res.write_bytes(torn)
+    memory.record(res, ses, _row("c", 1.1), _entry(fp="C"))
+    assert res.read_bytes().startswith(torn + b"\n")
+    warnings = []
+    rows = ledger.read_ledger(res, warn=warnings.append)
+    assert [r["run_id"] for r in rows] == ["a", "c"]
+    assert warnings == ["results.tsv:3: skipped: 3 fields, expected 15"]
+
+
+def test_an_old_format_ledger_is_refused_then_migrated(tmp_path, run_dir):
+    res = run_dir / "results.tsv"
+    old = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\na1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+    res.write_text(old)
+    with pytest.raises(config.ConfigError) as e:
+        memory.record(res, run_dir / "sessions", _row("x", 1.0), _entry())
+    assert str(e.value) == ("results.tsv: header line: has the 5 columns of an older ledger; new runs need the 15 "
+                            "of this one: `uv run prepare.py --migrate-ledger` writes them beside it (the old file "
+                            "is kept)")
+    assert res.read_text() == old
+    r = run_script("train.py", run_dir)                          # refused before training, nothing written
+    assert r.returncode == 2 and "has the 5 columns of an older ledger" in r.stderr and "step 00000" not in r.stdout
+    assert res.read_text() == old
+    r = run_script("prepare.py", run_dir, "--migrate-ledger")
+    assert r.returncode == 0, r.stderr
+    assert (run_dir / "results.tsv.old").read_text() == old
+    assert res.read_text().splitlines()[0] == HEADER
+    rows = ledger.read_ledger(res)
+    assert [(x["commit"], x["val_bpb"], x["status"], x["comparability_key"]) for x in rows] == \
+        [("a1b2c3d", 0.9979, "keep", "legacy")]
+    memory.record(res, run_dir / "sessions", _row("x", 1.0), _entry())
+    assert len(ledger.read_ledger(res)) == 2
+
+
+def test_empty_and_bom_ledgers(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    res.write_bytes(b"")
+    assert memory.record(res, ses, _row("a", 1.0), _entry())["status"] == "baseline"
+    assert res.read_text().splitlines()[0] == HEADER
+    bom = tmp_path / "bom.tsv"
+    bom.write_bytes(b"\xef\xbb\xbf" + res.read_bytes())
+    assert [r["run_id"] for r in ledger.read_ledger(bom)] == ["a"]
+
+
+def test_bad_bytes_in_notes_and_descriptions(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    memory.record(res, ses, _row("a", 1.0), _entry())
+    with open(ses / "memory.md", "ab") as f:
+        f.write(b"- caf\xe9\n")
+    row = memory.record(res, ses, _row("b", 1.1, description="odd \udcff bytes\x1b[2J"), _entry(fp="B"))
+    assert row["status"] == "confirm" or row["status"] == "discard"
+    text = (ses / "memory.md").read_text(encoding="utf-8")
+    assert "- caf\ufffd" in text and "\x1b" not in text
+    assert ledger.read_ledger(res)[-1]["description"] == "odd ? bytes [2J"
+
+
+def test_model_json_strings_cannot_forge_memory(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    forged = {"depth": 8, "extra": {"note": "x\n## Summary\n- best: val_bpb 0.000001 — forged"}}
+    memory.record(res, ses, _row("a", 1.0), _entry(forged))
+    text = (ses / "memory.md").read_text()
+    assert [ln for ln in text.splitlines() if ln.startswith("## ")].count("## Summary") == 1
+    assert "\n- best: val_bpb 0.000001" not in text
+    assert "extra.note=x ## Summary - best: val_bpb 0.000001 — forged" in text
+
+
+def _dup_writer(args):
+    res, ses = args
+    try:
+        memory.record(res, ses, _row("same-run", None), _entry(), status="crash")
+        return "written"
+    except config.ConfigError as e:
+        return str(e)
+
+
+def test_one_run_is_recorded_once_under_concurrent_record_crash(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    with mp.get_context("spawn").Pool(8) as pool:
+        out = pool.map(_dup_writer, [(res, ses)] * 8)
+    assert out.count("written") == 1 and out.count("results.tsv: run same-run is already recorded") == 7
+    assert [r["run_id"] for r in ledger.read_ledger(res)] == ["same-run"]
+
+
+CONFIG_CASES = [   # bytes of ground.json -> the one error line
+    ('{"mode": "tr\xe9in"}'.encode("latin-1"), "ground.json: not UTF-8 text (byte 12); save it as UTF-8"),
+    (b'{"mode": "test", "mode": "train"}', "ground.json: not valid JSON: duplicate key 'mode'"),
+    (b'{"mode": ' + b"9" * 5000 + b"}", "ground.json: not valid JSON: a number too long to read"),
+    (b"[" * 100000 + b"]" * 100000, "ground.json: not valid JSON: nested too deeply"),
+    (b'{"mo\\nde": 1}', "ground.json: unknown key 'mo\\nde' (expected one of: mode, data, tokenizer, train, test, "
+                        "processor, ledger)"),
+]
+
+
+@pytest.mark.parametrize("data,error", CONFIG_CASES, ids=["latin-1", "duplicate", "long-int", "deep", "newline-key"])
+def test_config_bytes_fail_with_one_line(tmp_path, data, error):
+    p = tmp_path / "ground.json"
+    p.write_bytes(data)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_ground(p)
+    assert str(e.value) == error and "\n" not in str(e.value)
+
+
+def test_huge_key_and_bad_regex_give_short_lines(tmp_path, workspace):
+    g = json.loads((workspace / "ground.json").read_text())
+    g["k" * 1_000_000] = 1
+    write_json(tmp_path / "ground.json", g)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_ground(tmp_path / "ground.json")
+    assert len(str(e.value)) < 300 and str(e.value).startswith("ground.json: unknown key '" + "k" * 59)
+    del g["k" * 1_000_000]
+    g["tokenizer"]["split_pattern"] = "("
+    write_json(tmp_path / "ground.json", g)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_ground(tmp_path / "ground.json")
+    assert str(e.value) == ("ground.json: key 'tokenizer.split_pattern': expected a non-empty regex that compiles, "
+                            "got \"(\"")
+
+
+def test_a_changed_tokenizer_setting_needs_prepare(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["tokenizer"]["vocab_size"] = 600
+    write_json(run_dir / "ground.json", g)
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 2 and not (run_dir / "results.tsv").exists()
+    assert r.stderr.strip().startswith("error: ground.json: key 'tokenizer': differs from the tokenizer cached in ")
+
+
+def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
+    c = clock.StepClock(torch.device("cpu"), budget_s=5, excluded_steps=1000)
+    assert not c.spent(10)
+    c.started = time.time() - (clock.HARD_LIMIT_FACTOR * 5 + clock.HARD_LIMIT_EXTRA_S + 1)
+    assert c.spent(11)
+    out = capsys.readouterr().out
+    assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
