@@ -77,3 +77,20 @@ def test_notebook_on_upstream_ledger(tmp_path):
     nb = _execute(tmp_path, results)
     assert (tmp_path / "progress.png").exists()
     assert "3 runs" in _text(nb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content,message", [
+    (None, "no runs to show"), ("", "no runs to show"),
+    ("\t".join(ledger.LEDGER_COLUMNS) + "\n", "no runs to show"),
+    ("foo\tbar\n", "error: results.tsv: header line: expected a ledger header with columns commit, val_bpb, status, "
+                   "description; missing commit, val_bpb, status, description"),
+], ids=["missing", "empty", "header-only", "refused"])
+def test_notebook_says_when_there_is_nothing_to_show(tmp_path, content, message):
+    """Before the first run, or on a ledger the harness refuses, the notebook prints one line instead of a
+    traceback, and its later cells do nothing."""
+    results = tmp_path / "results.tsv"
+    if content is not None:
+        results.write_text(content)
+    text = _text(_execute(tmp_path, results))
+    assert message in text and "Traceback" not in text and not (tmp_path / "progress.png").exists()
