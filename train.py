@@ -32,7 +32,7 @@ from harness.evaluate import eval_rows, evaluate_bpb
 from harness.fused.relu2_mlp import relu2_mlp
 from harness.fused.rope_norm import rope_norm
 from harness.fused.softcap_loss import softcap_cross_entropy
-from harness.hardware import confirm_attention, get_platform
+from harness.hardware import compile_caches, confirm_attention, get_platform
 from harness.record import setup_lines, start_run
 from harness.settings import effective_model
 from harness.dataloader import make_dataloader, train_tokens
@@ -546,8 +546,13 @@ def main():
     optimizer = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
     scaler = torch.amp.GradScaler(device.type) if P["use_grad_scaler"] else None
     if P["compile"]:
+        print(compile_caches(s))
         optimizer.compile_steps()
-        model = torch.compile(model, dynamic=False)
+        if P["compile_scope"] == "blocks":         # one graph per kind of block, reused by every layer
+            for block in model.transformer.h:
+                block.compile(dynamic=False)
+        else:
+            model = torch.compile(model, dynamic=False)
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
                                    world_size=world, seed=args.seed)
     x, y, epoch = next(train_loader)

@@ -123,7 +123,7 @@ class ProcessorConfig:
     device: str = _f("choice", "one of auto, cuda, cpu, mps", choices=("auto", "cuda", "cpu", "mps"))
     dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16",
                                                                                   "float32"))
-    compile: Any = _f("auto_bool", "\"auto\", true or false")
+    compile: Any = _f("auto_bool", "\"auto\", true, false or \"blocks\"")
     attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex",
                                                                                   "sdpa"))
     peak_flops: Any = _f("auto_num", "\"auto\" or a positive number of FLOP/s")
@@ -182,7 +182,7 @@ def _typed(spec: Spec, value: Any):
     if spec.kind == "bool":
         return value if isinstance(value, bool) else None
     if spec.kind == "auto_bool":
-        return value if value == "auto" or isinstance(value, bool) else None
+        return value if value in ("auto", "blocks") or isinstance(value, bool) else None
     if spec.kind == "auto_num":
         return value if value == "auto" or (is_num and value > 0) else None
     if spec.kind == "pair":

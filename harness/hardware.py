@@ -101,14 +101,14 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     if proc.compile is False:
         compile_ = False
         reasons["compile"] = "disabled by ground.json processor.compile"
-    elif device == "cuda" and triton_ok and (proc.compile is True or cc >= (8, 0)):
+    elif device == "cuda" and triton_ok and (proc.compile in (True, "blocks") or cc >= (8, 0)):
         compile_ = True
         reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
     else:
         compile_ = False
         why = "Windows" if hw["os"] == "Windows" else "triton missing" if device == "cuda" and not hw["triton"] else \
               f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else f"{device} (eager is faster for small runs)"
-        reasons["compile"] = ("requested but unavailable: " if proc.compile is True else "off: ") + why
+        reasons["compile"] = ("requested but unavailable: " if proc.compile in (True, "blocks") else "off: ") + why
 
     # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
@@ -156,6 +156,12 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         mlp = "plain"
         reasons["mlp"] = f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
 
+    # scope: the whole model in one graph (the fastest step), or each block on its own (one graph per kind of
+    # block, reused across layers: a depth change compiles nothing new)
+    scope = "blocks" if compile_ and proc.compile == "blocks" else "model"
+    reasons["compile_scope"] = ("forced by ground.json processor.compile = \"blocks\"" if scope == "blocks"
+                                else "the whole model in one graph" if compile_ else "no compile")
+
     # rotary + QK-norm and the softcapped loss as Triton row kernels: wherever the model is compiled
     # (which needs CUDA and triton); eager runs keep plain ops, whose fused log_softmax is lighter there
     row_kernels = "triton" if compile_ else "plain"
@@ -174,7 +180,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         "device": device, "device_name": name, "capability": list(cc) if cc else None,
         "dtype": dtype, "use_grad_scaler": use_scaler, "embedding_dtype": embedding_dtype,
         "ortho_dtype": ortho_dtype, "attention": attention, "mlp": mlp, "rope": row_kernels, "loss": row_kernels,
-        "compile": compile_, "peak_flops": peak,
+        "compile": compile_, "compile_scope": scope, "peak_flops": peak,
         "os": hw["os"], "world_size": hw.get("world_size", 1), "reasons": reasons,
     }
 
@@ -254,9 +260,24 @@ def get_platform() -> dict:
     return _PLATFORM["platform"]
 
 
+def compile_caches(s) -> str:
+    """Point inductor's and triton's on-disk caches at <cache_dir>/compile (unless the environment names its own),
+    so that compiled graphs and kernels outlive /tmp clean-ups and are shared by every run of this cache. Returns
+    the line to print."""
+    root = s.cache_dir / "compile"
+    chosen = []
+    for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if var in os.environ:
+            chosen.append(f"{var}={os.environ[var]} (from the environment)")
+        else:
+            os.environ[var] = str(root / sub)
+            chosen.append(f"{var}={root / sub}")
+    return "compile caches: " + ", ".join(chosen)
+
+
 def platform_lines(p: dict) -> list[str]:
     keys = ("device", "dtype", "use_grad_scaler", "embedding_dtype", "ortho_dtype", "attention", "mlp", "rope", "loss",
-            "compile", "peak_flops")
+            "compile", "compile_scope", "peak_flops")
     lines = [f"platform: {p['device_name']} (CC {'.'.join(map(str, p['capability']))})" if p["capability"]
              else f"platform: {p['device_name']}"]
     for k in keys:
