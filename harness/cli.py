@@ -16,11 +16,11 @@ from harness.config import ConfigError, ModelConfig, fail, ground_path, load_mod
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
+from harness.ledger import LEDGER_COLUMNS, check_paths, ledger_paths, migrate_ledger
 from harness.memory import regenerate_memory
 from harness.record import next_step, record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
-from harness.sources import prepare_data
+from harness.sources import load_manifest, prepare_data
 from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
 
 def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
@@ -29,9 +29,17 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
         model, changes = effective_model(load_model(), s)
     except ConfigError as e:
         fail(str(e))
+    try:
+        results, sessions = ledger_paths(s)
+        check_paths(results, sessions)
+        manifest = load_manifest(s)
+    except ConfigError as e:
+        fail(str(e))
+    Tokenizer.from_directory()                     # exits 2 when missing, or stale against ground.json
     p = get_platform()
     if verbose:
         print(f"ground.json: ok ({ground_path()})")
+        print(f"ledger: ok ({results}, {sessions}); data: {manifest['source']} ({len(manifest['train'])} train files)")
         print(f"model.json:  ok ({model_path()})")
         print(f"mode: {s.mode} ({s.mode_reason})")
         print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "

@@ -9,10 +9,12 @@ ledgers are read too; a corrupt line is warned about and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -116,6 +118,30 @@ def ledger_line(row: dict) -> str:
     return "\t".join(clean_text(_fmt(row.get(c), digits.get(c, 6)), 300) for c in LEDGER_COLUMNS) + "\n"
 
 
+def check_paths(results: Path, sessions: Path) -> None:
+    """The ledger file and the sessions folder can be written: checked by --check and before a run trains,
+    so that a path that cannot work fails in a second, not after five minutes of training."""
+    for path, kind in ((results, "ledger.results"), (sessions, "ledger.sessions_dir")):
+        try:
+            st = os.stat(path)
+            exists, is_dir = True, stat.S_ISDIR(st.st_mode)
+        except FileNotFoundError:
+            exists, is_dir = False, False
+        except (OSError, ValueError) as e:      # a NUL byte, a name too long (pathlib would answer "no such file")
+            raise ConfigError(f"ground.json: key '{kind}': not a usable path ({type(e).__name__}: "
+                              f"{str(e)[:60]})") from None
+        if kind == "ledger.results" and is_dir:
+            raise ConfigError(f"ground.json: key '{kind}': expected a file, got the folder {str(path)[:100]}")
+        if kind == "ledger.sessions_dir" and exists and not is_dir:
+            raise ConfigError(f"ground.json: key '{kind}': expected a folder, got the file {str(path)[:100]}")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"ground.json: key '{kind}': {str(parent)[:100]} is not writable")
+    check_columns(results)
+
+
 def _last_byte(path: Path) -> bytes:
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
@@ -180,14 +206,18 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
         check_columns(results)
         new = not results.exists() or results.stat().st_size == 0
         torn = not new and _last_byte(results) != b"\n"
-        with open(results, "a", encoding="utf-8") as f:
-            if new:
-                f.write("\t".join(LEDGER_COLUMNS) + "\n")
-            if torn:                               # a line cut short (a full disk): left as it is, never merged into
-                f.write("\n")
-            f.write(ledger_line(row))
-            f.flush()
-            os.fsync(f.fileno())
+        data = (("\t".join(LEDGER_COLUMNS) + "\n") if new else "") + ("\n" if torn else "") + ledger_line(row)
+        size = results.stat().st_size if results.exists() else 0
+        try:                                       # the row whole or not at all: a failed write is cut back
+            with open(results, "ab") as f:
+                f.write(data.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(results, size)
+            raise ConfigError(f"{results.name}: the run could not be appended ({e.strerror or type(e).__name__}); "
+                              f"nothing was written") from None
         sessions.mkdir(parents=True, exist_ok=True)
         with open(sessions / "index.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(index_entry, run_id=row["run_id"]), sort_keys=True) + "\n")

@@ -9,6 +9,7 @@ reason, or on its own for an uncaught exception or SIGINT/SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -28,7 +29,7 @@ from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.decide import next_seed, parent_run, return_commit, run_fingerprint
-from harness.ledger import LEGACY_KEY, check_columns, clean_text, ledger_paths, read_index, read_ledger
+from harness.ledger import LEGACY_KEY, check_paths, clean_text, ledger_paths, read_index, read_ledger
 from harness.memory import cancelled_by_caps, record
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
@@ -179,7 +180,7 @@ class Run:
         self.manifest = load_manifest(s)
         self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
         self.results, self.sessions = ledger_paths(s)
-        check_columns(self.results)                 # a ledger this run could not be added to: refused before training
+        check_paths(self.results, self.sessions)    # a ledger this run could not be added to: refused before training
         self.model = dataclasses.asdict(model)
         self.model["adam_betas"] = list(self.model["adam_betas"])
         self.record = {
@@ -251,10 +252,13 @@ class Run:
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
             print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
                   f"measures memorization as much as learning, and what wins here may not transfer")
+        self.record.update(metrics=metrics, error=error, row=self._row(metrics), index_entry=index_entry)
         try:
             self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True)
-        except ConfigError as e:             # e.g. a ledger whose header was damaged by hand
+        except (ConfigError, OSError) as e:  # a ledger damaged by hand, a full disk
             self.recorded = {"status": "unrecorded"}
+            with contextlib.suppress(OSError):
+                self._write_json()           # the row stays in the run's JSON for a later --record-crash
             fail(f"{e} (this run was not recorded; its log is {self.log_path})")
         self.record.update(status=self.recorded["status"], metrics=metrics, error=error,
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

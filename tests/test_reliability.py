@@ -7,6 +7,7 @@ configs that must fail with one line. Each case against its exact outcome (rows,
 import json
 import multiprocessing as mp
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +154,30 @@ def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
     assert c.spent(11)
     out = capsys.readouterr().out
     assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
+
+
+@pytest.mark.parametrize("bad,error", [
+    ("{tmp}", "ground.json: key 'ledger.results': expected a file, got the folder {tmp}"),
+    ("{tmp}/r\u0000.tsv", "ground.json: key 'ledger.results': not a usable path (ValueError: embedded null byte)"),
+    ("{tmp}/" + "x" * 300 + ".tsv", "ground.json: key 'ledger.results': not a usable path (OSError: [Errno 36] File "
+                                    "name too long: '"),
+], ids=["folder", "nul", "too-long"])
+def test_ledger_paths_that_cannot_work_fail_at_check_and_before_training(tmp_path, run_dir, bad, error):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"]["results"] = bad.format(tmp=tmp_path)
+    write_json(run_dir / "ground.json", g)
+    for script, args in (("prepare.py", ("--check",)), ("train.py", ())):
+        r = run_script(script, run_dir, *args)
+        assert r.returncode == 2 and r.stderr.strip().startswith("error: " + error.format(tmp=tmp_path)), r.stderr
+        assert "step 00000" not in r.stdout
+
+
+def test_a_full_disk_is_one_line_and_nothing_written(tmp_path):
+    """/dev/full refuses every write with ENOSPC, as a full disk does: the record fails with one line, the index
+    gets nothing, and a later record to a working ledger goes through."""
+    ses = tmp_path / "s"
+    with pytest.raises(config.ConfigError) as e:
+        memory.record(Path("/dev/full"), ses, _row("a", 1.0), _entry())
+    assert str(e.value) == "full: the run could not be appended (No space left on device); nothing was written"
+    assert not (ses / "index.jsonl").exists()
+    assert memory.record(tmp_path / "results.tsv", ses, _row("a", 1.0), _entry())["status"] == "baseline"
