@@ -343,7 +343,13 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     rec_path = log.with_suffix(".json")
     if not rec_path.exists():
         raise ConfigError(f"{rec_path}: no run record beside the log (not a train.py run log?)")
-    rec = json.loads(rec_path.read_text())
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8", errors="replace"))
+        if not isinstance(rec, dict):
+            raise ValueError("not an object")
+    except ValueError as e:
+        raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
+                          f"remove the log") from None
     if any(r["run_id"] == run_id for r in read_ledger(results, warn=lambda m: None)):
         raise ConfigError(f"{results.name}: run {run_id} is already recorded")
     lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]

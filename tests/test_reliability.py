@@ -181,3 +181,15 @@ def test_a_full_disk_is_one_line_and_nothing_written(tmp_path):
     assert str(e.value) == "full: the run could not be appended (No space left on device); nothing was written"
     assert not (ses / "index.jsonl").exists()
     assert memory.record(tmp_path / "results.tsv", ses, _row("a", 1.0), _entry())["status"] == "baseline"
+
+
+def test_record_crash_on_a_malformed_run_json_is_one_line(run_dir):
+    ses = run_dir / "sessions"
+    ses.mkdir()
+    rid = "20261127T000000Z-abcdef0-1234"
+    (ses / f"{rid}.log").write_text("run_start: {}\n")
+    (ses / f"{rid}.json").write_text('{"run_id": "x", "git": ')
+    r = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
+    assert r.returncode == 2 and not (run_dir / "results.tsv").exists()
+    assert r.stderr.strip() == (f"error: {rid}.json: not a run record (JSONDecodeError); record this run by hand or "
+                                "remove the log")
