@@ -287,6 +287,22 @@ class Run:
         return [f"!! model.json {line}: this run trains its parent's model ({parent['run_id']})"
                 for line in cancelled_by_caps(index.get(parent["run_id"], {}), self._index_entry(None))]
 
+    def print_summary(self, total_seconds: float) -> None:
+        """The `---` block after a recorded run: a public API (fixed keys, `key: value`) that agents grep; kept in
+        the harness so that no edit of train.py can change it."""
+        x, p = self.record["metrics"], self.record["platform"]
+        print("---")
+        for key, value in (("val_bpb", f"{x['val_bpb']:.6f}"), ("training_seconds", f"{x['training_seconds']:.1f}"),
+                           ("total_seconds", f"{total_seconds:.1f}"), ("peak_vram_mb", f"{x['peak_vram_mb']:.1f}"),
+                           ("mfu_percent", f"{x['mfu_percent']:.2f}"), ("total_tokens_M", f"{x['total_tokens_M']:.1f}"),
+                           ("num_steps", int(x["num_steps"])), ("num_params_M", f"{x['num_params_M']:.1f}"),
+                           ("depth", self.model["depth"]), ("tokens_per_sec", f"{x['tokens_per_second']:.0f}"),
+                           ("run_id", self.run_id), ("status", self.recorded["status"]), ("mode", self.s.mode),
+                           ("device", p["device"]), ("dtype", p["dtype"]), ("attention", p["attention"]),
+                           ("world_size", int(x["world_size"])), ("epochs", f"{x['epochs']:.2f}"), ("seed", self.seed),
+                           ("next", self.next_step)):
+            print(f"{key + ':':<18}{value}")
+
     def crash(self, reason: str, metrics: dict | None = None) -> dict:
         print(f"CRASH: {reason}")
         return self.finish(metrics or {}, status="crash", error=reason)
