@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -24,7 +23,7 @@ from harness import settings
 from harness.config import ConfigError
 from harness.settings import Settings
 from harness import corpus
-from harness.util import atomic_path, atomic_write_text, file_sha256, reachable
+from harness.util import atomic_write_text, file_sha256, reachable
 
 DOWNLOAD_ATTEMPTS = 5               # per shard, exponential backoff between tries
 DOWNLOAD_BACKOFF_S = 2.0            # first wait; doubles each retry

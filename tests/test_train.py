@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import ledger, memory
+from harness import ledger
 from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from harness import ledger, memory
+from harness import ledger
 from conftest import REPO, sync_working_tree, write_json
 
 

@@ -97,10 +97,6 @@ def kernel_choice(gluon: GluonGate | None, triton_config: tuple | None = None):
         _KERNELS.update(previous)
 
 
-def current_gluon_gate() -> GluonGate | None:
-    return _KERNELS["gluon"]
-
-
 # ---------------------------------------------------------------------------
 # The custom op: forward, backward, autograd
 # ---------------------------------------------------------------------------
