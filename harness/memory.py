@@ -135,6 +135,12 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
         out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
                    f"seeds (dof {st.dof}); a new configuration is kept when the mean of its {MIN_RUNS_TO_KEEP} seeds "
                    f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}")
+        steps = [r["num_steps"] for r in scored if r["num_steps"] is not None
+                 and len(st.configs[run_fingerprint(r, index)].values) > 1]
+        if steps and max(steps) > 1.1 * min(steps):
+            out.append(f"- !! the floor's runs trained {min(steps)}..{max(steps)} steps: the machine's speed varied, "
+                       "and that spread is in the floor; set `max_steps` in ground.json's profile so that steps, not "
+                       "seconds, end a run (a new comparability key)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")

@@ -103,6 +103,16 @@ def test_an_unchanged_rerun_is_never_kept(tmp_path):
     assert memory.record(res, ses, _row("d", 0.3), _entry(fp="A", seed=44))["status"] == "repeat"
 
 
+def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
+    """A wall-clock budget on a busy machine gives one configuration different step counts: the digest says so."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    memory.record(res, ses, _row("a", 1.0, num_steps=20), _entry(fp="A", seed=42))
+    memory.record(res, ses, _row("b", 1.01, num_steps=21), _entry(fp="A", seed=43))
+    assert "!! the floor's runs" not in (ses / "memory.md").read_text()         # within 10%: fine
+    memory.record(res, ses, _row("c", 1.05, num_steps=6), _entry(fp="A", seed=44))
+    assert "- !! the floor's runs trained 6..21 steps: the machine's speed varied" in (ses / "memory.md").read_text()
+
+
 def test_description_tabs_and_newlines_are_neutralized(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     memory.record(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
