@@ -20,6 +20,7 @@ this list (a module imports only modules above it):
   evaluate      evaluate_bpb: the fixed metric (do not change)
   decide        the keep rule: configurations' means over seeds, the noise floor, the margin
   ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
+  database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
   plot          sessions/progress.png: the progress plot, redrawn after every run
   memory        sessions/memory.md: the bounded digest regenerated after every run
   record        a run's log, JSON record and ledger row; crashes and signals recorded

@@ -1,7 +1,7 @@
 """The command line behind `uv run prepare.py`: prepare data + tokenizer, check configs, maintain the ledger.
 
     uv run prepare.py [--source auto|climbmix|local|builtin|builtin-stdlib] [--num-shards N] [--download-workers N]
-    uv run prepare.py --check | --memory | --migrate-ledger | --record-crash sessions/<run_id>.log
+    uv run prepare.py --check | --memory | --migrate-ledger | --send-queued | --record-crash sessions/<run_id>.log
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from harness.config import ConfigError, ModelConfig, fail, ground_path, load_mod
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.ledger import LEDGER_COLUMNS, check_paths, ledger_paths, migrate_ledger
+from harness.database import open_ledger
+from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
 from harness.memory import regenerate_memory
 from harness.record import next_step, record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
@@ -30,8 +31,8 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
     except ConfigError as e:
         fail(str(e))
     try:
-        results, sessions = ledger_paths(s)
-        check_paths(results, sessions)
+        store = open_ledger(s)
+        store.check()
         manifest = load_manifest(s)
     except ConfigError as e:
         fail(str(e))
@@ -39,7 +40,9 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
     p = get_platform()
     if verbose:
         print(f"ground.json: ok ({ground_path()})")
-        print(f"ledger: ok ({results}, {sessions}); data: {manifest['source']} ({len(manifest['train'])} train files)")
+        shared = f"; shared: postgres via ${s.ground.ledger.database_url_env}" if hasattr(store, "url") else ""
+        print(f"ledger: ok ({store.results}, {store.sessions}{shared}); data: {manifest['source']} "
+              f"({len(manifest['train'])} train files)")
         print(f"model.json:  ok ({model_path()})")
         print(f"mode: {s.mode} ({s.mode_reason})")
         print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "
@@ -60,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="validate ground.json and model.json, print mode and PLATFORM")
     ap.add_argument("--memory", action="store_true", help="regenerate sessions/memory.md from the ledger")
     ap.add_argument("--record-crash", metavar="LOG", help="record a killed run (sessions/<run_id>.log) as a crash")
+    ap.add_argument("--send-queued", action="store_true",
+                    help="send the runs recorded while the shared database was unreachable (ledger.backend postgres)")
     ap.add_argument("--migrate-ledger", action="store_true",
                     help="rewrite an upstream/fork results.tsv with this ledger's columns (the old file is kept)")
     args = ap.parse_args(argv)
@@ -75,6 +80,10 @@ def main(argv=None) -> int:
         if args.memory:
             print(f"memory: {regenerate_memory(s)}")
             return 0
+        if args.send_queued:
+            sent = open_ledger(s).send_queued()
+            print(f"sent: {len(sent)} queued run(s)")
+            return 0
         if args.migrate_ledger:
             results, sessions = ledger_paths(s)
             old = migrate_ledger(results)
@@ -84,8 +93,7 @@ def main(argv=None) -> int:
         if args.record_crash:
             row = record_crash_from_log(Path(args.record_crash), s)
             print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
-            results, sessions = ledger_paths(s)
-            print(f"next: {next_step(row, results, sessions, None)}")
+            print(f"next: {next_step(row, *open_ledger(s).read(), None)}")
             return 0
         t0 = time.time()
         print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")

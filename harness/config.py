@@ -133,6 +133,11 @@ class ProcessorConfig:
 class LedgerConfig:
     results: str = _f("str", "a file path", check=lambda v: v.strip() != "")
     sessions_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
+    backend: str = _f("choice", "one of file, postgres", choices=("file", "postgres"), default="file")
+    database_url_env: str = _f("str", "the name of an environment variable that holds the postgresql:// URL (the "
+                               "URL and its password stay out of tracked files)",
+                               check=lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+                               default="AUTORESEARCH_DATABASE_URL")
 
 
 @dataclass(frozen=True)

@@ -224,3 +224,61 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
         if after is not None:
             after(results, sessions)
     return row
+
+
+class FileLedger:
+    """The default backend: results.tsv and sessions/index.jsonl under a file lock, on one host (or a real shared
+    POSIX volume). harness.database.PostgresLedger has the same methods; memory and record use only these."""
+
+    def __init__(self, results: Path, sessions: Path):
+        self.results, self.sessions = results, sessions
+        self.claims_path = results.with_name(results.name + ".claims")
+        self.note = None                      # a line for memory.md about where its rows came from
+
+    def lock(self):
+        return ledger_lock(self.results)
+
+    def check(self) -> None:
+        check_paths(self.results, self.sessions)
+
+    def read(self) -> tuple[list[dict], dict]:
+        return read_ledger(self.results, warn=lambda m: None), read_index(self.sessions)
+
+    def append(self, row: dict, entry: dict, status: str | None = None, after=None) -> dict:
+        """Decide, append and drop the run's claim under the lock; then after(self) (memory.md), still under it."""
+        def recorded(results, sessions):
+            self._drop_claim(row["run_id"])
+            if after is not None:
+                after(self)
+        return append_record(self.results, self.sessions, row, entry, status, after=recorded)
+
+    # -- runs in flight: what each started run trains, until it is recorded or its claim expires ----------
+    def _read_claims(self) -> list[dict]:
+        if not self.claims_path.exists():
+            return []
+        out = []
+        for line in self.claims_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                c = json.loads(line)
+                if isinstance(c, dict) and "run_id" in c and isinstance(c.get("expires"), (int, float)):
+                    out.append(c)
+        return out
+
+    def _write_claims(self, claims: list[dict]) -> None:
+        atomic_write_text(self.claims_path, "".join(json.dumps(c, sort_keys=True) + "\n" for c in claims))
+
+    def claim(self, claim: dict) -> None:
+        with self.lock():
+            live = [c for c in self._read_claims() if c["run_id"] != claim["run_id"] and c["expires"] > claim["started"]]
+            self._write_claims(live + [claim])
+
+    def _drop_claim(self, run_id: str) -> None:
+        claims = self._read_claims()
+        if any(c["run_id"] == run_id for c in claims):
+            self._write_claims([c for c in claims if c["run_id"] != run_id])
+
+    def claims(self, now: float) -> list[dict]:
+        return sorted((c for c in self._read_claims() if c["expires"] > now), key=lambda c: (c["started"], c["run_id"]))
+
+    def send_queued(self) -> list[dict]:
+        return []                             # nothing is ever queued: the file is always there

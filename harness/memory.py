@@ -9,11 +9,13 @@ number of runs; the agent's `## Notes` section is kept verbatim below the genera
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, next_seed, parent_run, parent_runs, return_commit,
                             run_fingerprint, standing)
-from harness.ledger import STATUSES, append_record, clean_text, ledger_lock, ledger_paths, read_index, read_ledger
+from harness.database import open_ledger
+from harness.ledger import STATUSES, FileLedger, clean_text
 from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -88,13 +90,45 @@ def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
             for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
 
 
-def render_memory(rows: list[dict], index: dict, notes: str) -> str:
-    """Deterministic digest of the ledger (same inputs -> same bytes)."""
-    out = ["# memory.md — generated from results.tsv after every run; edit only the Notes section at the end", ""]
+def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None) -> list[str]:
+    """The runs other agents (and this one) have started and not recorded yet, with what each trains; `!!` where
+    one trains a configuration that is running twice or was recorded already."""
+    if not claims:
+        return []
+    out = ["## Running now (started, not recorded yet; plan something else than these)"]
+    recorded = {}
+    for r in rows:
+        recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
+    seen = {}
+    for c in claims:
+        where = f"{clean_text(c.get('host') or '?', 40)}/{clean_text(c.get('branch') or '?', 40)}"
+        line = (f"- {where} — {max(0.0, now - c['started']) / 60:.0f} min — {clean_text(c.get('description'), 60)} — "
+                f"configuration {clean_text(c.get('fingerprint'), 20)}, seed {_v(c.get('seed'))}")
+        if best is not None:
+            diff = changes(best, c)
+            line += " — vs the best: " + ("; ".join(diff)[:200] if diff else "no change")
+        out.append(line)
+        same = (c.get("comparability_key"), c.get("fingerprint"))
+        if same in seen:
+            out.append(f"  - !! the same configuration as {seen[same]}'s run in flight")
+        seen.setdefault(same, where)
+        if same in recorded:
+            done = recorded[same]
+            out.append(f"  - !! already recorded: {len(done)} run(s), last {done[-1]['run_id']} "
+                       f"({done[-1]['status']}, {_bpb(done[-1]['val_bpb'])})")
+    return out + [""]
+
+
+def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] = (), now: float = 0.0,
+                  note: str | None = None) -> str:
+    """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes)."""
+    out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
+    if note:
+        out += [f"!! {note}", ""]
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
                 "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
-                ""]
+                ""] + running_now(rows, index, list(claims), now, None)
         return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
     last = rows[-1]
     key = last["comparability_key"]
@@ -153,12 +187,14 @@ def render_memory(rows: list[dict], index: dict, notes: str) -> str:
     for r in cur:
         e = entry(r)
         if e.get("branch") or e.get("worktree"):
-            where = f"{e.get('branch') or '?'} @ {e.get('worktree') or '?'}"
+            host = f"{e['host']}:" if e.get("host") else ""
+            where = f"{e.get('branch') or '?'} @ {host}{e.get('worktree') or '?'}"
             places[where] = places.get(where, 0) + 1
     several = len(places) > 1
     if several:                                            # several agents share this ledger
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
     out.append("")
+    out += running_now(rows, index, list(claims), now, entry(best) if best else None)
 
     if best:
         bm = _requested(entry(best))
@@ -283,24 +319,26 @@ def read_notes(memory: Path) -> str:
     return text[i + 1:] if i >= 0 else ""
 
 
-def write_memory(results: Path, sessions: Path, plot: bool = False) -> Path:
-    """Regenerate sessions/memory.md (and, with plot, progress.png) atomically; call under the ledger lock."""
-    memory = sessions / "memory.md"
-    rows, index = read_ledger(results), read_index(sessions)
-    atomic_write_text(memory, render_memory(rows, index, read_notes(memory)))
+def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
+    """Regenerate sessions/memory.md (and, with plot, progress.png) atomically from the store's ledger and the runs
+    in flight; call under the store's lock."""
+    memory = store.sessions / "memory.md"
+    rows, index = store.read()
+    now = time.time() if now is None else now
+    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), store.claims(now), now, store.note))
     if plot:
-        write_progress_png(rows, index, sessions)
+        write_progress_png(rows, index, store.sessions)
     return memory
 
 
 def regenerate_memory(s: Settings | None = None) -> Path:
-    results, sessions = ledger_paths(s)
-    with ledger_lock(results):
-        return write_memory(results, sessions, plot=True)
+    store = open_ledger(s)
+    with store.lock():
+        return write_memory(store, plot=True)
 
 
 def record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
-           plot: bool = False) -> dict:
-    """Append one run to the ledger and regenerate memory.md (and progress.png), under the ledger lock."""
-    return append_record(results, sessions, row, index_entry, status,
-                         after=lambda res, ses: write_memory(res, ses, plot))
+           plot: bool = False, store=None) -> dict:
+    """Append one run to the ledger (results.tsv, or `store`) and regenerate memory.md (and progress.png)."""
+    store = store or FileLedger(results, sessions)
+    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot))

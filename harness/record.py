@@ -20,6 +20,7 @@ import platform as _platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,13 +30,15 @@ from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.decide import next_seed, parent_run, return_commit, run_fingerprint
-from harness.ledger import LEGACY_KEY, check_paths, clean_text, ledger_paths, read_index, read_ledger
+from harness.database import host_name, open_ledger
+from harness.ledger import LEGACY_KEY, clean_text
 from harness.memory import cancelled_by_caps, record
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
 from harness.util import atomic_write_text
 
+CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (2 x budget + 120 s): then its machine died
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
 
 # ---------------------------------------------------------------------------
@@ -179,8 +182,9 @@ class Run:
         self.description = clean_text(description or default, 200)
         self.manifest = load_manifest(s)
         self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
-        self.results, self.sessions = ledger_paths(s)
-        check_paths(self.results, self.sessions)    # a ledger this run could not be added to: refused before training
+        self.store = open_ledger(s)
+        self.results, self.sessions = self.store.results, self.store.sessions
+        self.store.check()            # a ledger this run could not be added to: refused before training
         self.model = dataclasses.asdict(model)
         self.model["adam_betas"] = list(self.model["adam_betas"])
         self.record = {
@@ -191,7 +195,7 @@ class Run:
             "ground": dataclasses.asdict(s.ground), "platform": platform, "versions": library_versions(),
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
             "tokenizer": tokenizer.fingerprint(), "eval_tokens": eval_rows(tokenizer, s)[0] * s.max_seq_len,
-            "argv": sys.argv, **(extra or {}),
+            "argv": sys.argv, "host": host_name(), **(extra or {}),
         }
         self.recorded = None
         self.log_path = self.sessions / f"{self.run_id}.log"
@@ -209,9 +213,11 @@ class Run:
         print(f"run_id: {self.run_id}  commit: {self.git['commit']}{' (dirty)' if self.git['dirty'] else ''}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
-        for line in self.cap_warnings():
+        rows, index = self.store.read()
+        for line in self.cap_warnings(rows, index):
             print(line)
         self._write_json()
+        self.announce(rows, index)
         self._prev_hook = sys.excepthook
         sys.excepthook = self._excepthook
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -254,7 +260,8 @@ class Run:
                   f"measures memorization as much as learning, and what wins here may not transfer")
         self.record.update(metrics=metrics, error=error, row=self._row(metrics), index_entry=index_entry)
         try:
-            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True)
+            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True,
+                                   store=self.store)
         except (ConfigError, OSError) as e:  # a ledger damaged by hand, a full disk
             self.recorded = {"status": "unrecorded"}
             with contextlib.suppress(OSError):
@@ -264,7 +271,7 @@ class Run:
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self._write_json()
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
-        self.next_step = next_step(self.recorded, self.results, self.sessions, self.git.get("branch"))
+        self.next_step = next_step(self.recorded, *self.store.read(), self.git.get("branch"))
         print(f"next: {self.next_step}")
         return self.recorded
 
@@ -273,13 +280,31 @@ class Run:
         return {"model": self.model, "fingerprint": self.record["fingerprint"], "seed": self.seed, "error": error,
                 "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
-                "worktree": self.git["worktree"], "dirty": self.git["dirty"]}
+                "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name()}
 
-    def cap_warnings(self) -> list[str]:
+    def announce(self, rows: list[dict], index: dict) -> None:
+        """Claim the run in the ledger (other agents see it in memory.md's "Running now" until it is recorded or
+        expires), and print `!!` where its configuration is already running or already recorded."""
+        now = time.time()
+        fp = self.record["fingerprint"]
+        claim = {k: v for k, v in self._index_entry(None).items() if k not in ("error", "dirty", "parent", "commit")}
+        claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
+                     expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S)
+        for c in self.store.claims(now):
+            if c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
+                print(f"!! this configuration is already running: {c.get('host')}/{c.get('branch')}, started "
+                      f"{(now - c['started']) / 60:.0f} min ago ({c['run_id']})")
+        done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp]
+        if done:
+            seeds = [index.get(r["run_id"], {}).get("seed") for r in done]
+            same = " — the same seed: this run will be a `rerun`, not judged" if self.seed in seeds else ""
+            print(f"!! this configuration is already recorded: {len(done)} run(s) under seeds "
+                  f"{', '.join(str(x) for x in seeds)}; the last {done[-1]['run_id']} ({done[-1]['status']}){same}")
+        self.store.claim(claim)
+
+    def cap_warnings(self, rows: list[dict], index: dict) -> list[str]:
         """`!!` lines for model.json edits from the parent run that the mode's caps cancel (nothing is trained
         differently), so that the agent does not read the outcome as the edit's."""
-        rows = read_ledger(self.results, warn=lambda m: None)
-        index = read_index(self.sessions)
         me = {"run_id": "\0this", "commit": self.git["commit"], "comparability_key": self.key, "line": math.inf}
         parent = parent_run(rows, {**index, "\0this": self._index_entry(None)}, me)
         if parent is None:
@@ -308,9 +333,9 @@ class Run:
         return self.finish(metrics or {}, status="crash", error=reason)
 
 
-def next_step(row: dict, results: Path, sessions: Path, branch: str | None) -> str:
-    """The protocol's next command for this outcome (program.md, the loop), printed after every run."""
-    rows, index = read_ledger(results, warn=lambda m: None), read_index(sessions)
+def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
+    """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
+    the ledger with the run in it."""
     status, key = row["status"], row["comparability_key"]
     home = return_commit(rows, index, key, branch)
     back = f"git reset --hard {home}" if home else "git reset --hard <the last kept commit>"
@@ -355,7 +380,8 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     if not log.exists():
         raise ConfigError(f"{log}: no such log file")
     run_id = log.name[:-4] if log.name.endswith(".log") else log.name
-    results, sessions = ledger_paths(s)
+    store = open_ledger(s)
+    results, sessions = store.results, store.sessions
     rec_path = log.with_suffix(".json")
     if not rec_path.exists():
         raise ConfigError(f"{rec_path}: no run record beside the log (not a train.py run log?)")
@@ -366,7 +392,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     except ValueError as e:
         raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
                           f"remove the log") from None
-    if any(r["run_id"] == run_id for r in read_ledger(results, warn=lambda m: None)):
+    if any(r["run_id"] == run_id for r in store.read()[0]):
         raise ConfigError(f"{results.name}: run {run_id} is already recorded")
     lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]
     errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
@@ -381,8 +407,9 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": f"killed: {reason}",
              "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
              "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
-             "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty")}
-    row = record(results, sessions, row, entry, status="crash")
+             "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),
+             "host": rec.get("host")}
+    row = record(results, sessions, row, entry, status="crash", store=store)
     rec.update(status="crash", error=entry["error"])
     atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))
     return row

@@ -136,3 +136,76 @@ def sync_working_tree(dest: Path) -> None:
         (dest / f).write_text((REPO / f).read_text())
     shutil.rmtree(dest / "harness", ignore_errors=True)
     shutil.copytree(REPO / "harness", dest / "harness", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+# ---------------------------------------------------------------------------
+# A real PostgreSQL server, started by the tests (binaries from Debian's postgresql package; .ci/run installs it)
+# ---------------------------------------------------------------------------
+
+def _pg_bin(name):
+    import glob
+    import shutil
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    return found
+
+
+class PostgresServer:
+    """initdb + pg_ctl on 127.0.0.1 with password authentication; run as the `postgres` user when the tests run as
+    root (the server refuses root). `url(database)` for the superuser `agent`; stop/start/restart."""
+
+    PASSWORD = "s3cret-test-only"
+
+    def __init__(self):
+        import tempfile
+        self.root = Path(tempfile.mkdtemp(prefix="autoresearch-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        (self.root / "pw").write_text(self.PASSWORD + "\n")
+        if self.as_user:
+            subprocess.run(["chown", "-R", "postgres", str(self.root)], check=True)
+        self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", "agent", "--auth=scram-sha-256",
+                  f"--pwfile={self.root / 'pw'}", "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _run(self, *cmd):
+        r = subprocess.run(self.as_user + list(cmd), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-2000:])
+
+    def start(self):
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self):
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def url(self, database="postgres", password=None):
+        return f"postgresql://agent:{password or self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self, name):
+        import psycopg
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One server for the session; each test makes its own database with postgres.new_database(name)."""
+    if _pg_bin("initdb") is None or _pg_bin("pg_ctl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's initdb/pg_ctl not found: .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL's initdb/pg_ctl not found (apt-get install postgresql)")
+    pytest.importorskip("psycopg")
+    server = PostgresServer()
+    yield server
+    import shutil
+    server.stop()
+    shutil.rmtree(server.root, ignore_errors=True)

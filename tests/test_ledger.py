@@ -180,7 +180,7 @@ def test_notes_survive_and_memory_is_deterministic(tmp_path):
     text = mem.read_text()
     assert text.endswith(notes)
     first = mem.read_bytes()
-    memory.write_memory(res, ses)
+    memory.write_memory(ledger.FileLedger(res, ses))
     assert mem.read_bytes() == first
 
 

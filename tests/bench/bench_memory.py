@@ -48,7 +48,7 @@ def main():
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        memory.write_memory(results, sessions)
+        memory.write_memory(ledger.FileLedger(results, sessions))
         times.append(time.perf_counter() - t0)
     size = (sessions / "memory.md").stat().st_size
     print(f"rows: {args.rows:,}  regeneration: {min(times):.3f} s (best of 3; {', '.join(f'{t:.3f}' for t in times)})  "

@@ -1,0 +1,240 @@
+"""The ledger backends against each other, and the shared one against a real PostgreSQL server the tests start:
+the keep rule and claims on both backends (one suite); 8 processes with a server restart; an unreachable server;
+bad credentials; two agents on one database seeing each other's run in flight.
+
+    uv run pytest tests/test_shared_ledger.py
+"""
+
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import config, database, ledger, memory
+from conftest import REPO, write_json
+from test_ledger import SCENARIO, _entry, _row
+
+
+def _pg_store(postgres, tmp_path, name, host=None):
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    return database.PostgresLedger(postgres.new_database(name) if host is None else name, local)
+
+
+@pytest.fixture(params=["file", "postgres"])
+def store(request, tmp_path):
+    """The same interface over a file ledger or a fresh PostgreSQL database (with its local mirror)."""
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    if request.param == "file":
+        return local
+    pg = request.getfixturevalue("postgres")
+    return database.PostgresLedger(pg.new_database(re.sub(r"\W", "_", request.node.name)[-50:]), local)
+
+
+def test_both_backends_follow_the_keep_rule(store):
+    got = [memory.record(store.results, store.sessions, _row(rid, v, key), _entry(fp=fp, seed=seed),
+                         store=store)["status"] for rid, v, key, fp, seed, _ in SCENARIO]
+    assert got == [s for *_, s in SCENARIO]
+    rows, index = store.read()
+    assert [r["run_id"] for r in rows] == [rid for rid, *_ in SCENARIO]
+    assert [r["status"] for r in rows] == got and rows[-1]["val_bpb"] is None
+    assert index["j"]["fingerprint"] == "C" and index["j"]["seed"] == 44
+    mirror = ledger.read_ledger(store.results)                  # the machine's results.tsv: the same rows
+    assert [(r["run_id"], r["status"], r["val_bpb"]) for r in mirror] == [(r["run_id"], r["status"], r["val_bpb"])
+                                                                         for r in rows]
+    digest = (store.sessions / "memory.md").read_text()
+    assert "- best: val_bpb 0.800000 (mean of 3 seeds) — j (000000j) — desc j" in digest
+    assert "- noise floor: sigma 0.009354 from 9 runs of 3 configuration(s) under several seeds (dof 6)" in digest
+
+
+def _claim(run_id, fp, host, now, key="k1", **kw):
+    return {"run_id": run_id, "fingerprint": fp, "host": host, "branch": "autoresearch/gpu0", "seed": 42,
+            "comparability_key": key, "description": f"try {fp}", "model": {"depth": 10, "matrix_lr": 0.04},
+            "started": now, "expires": now + 900, **kw}
+
+
+def test_both_backends_keep_claims_until_recorded_or_expired(store):
+    now = 1_800_000_000.0
+    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store)
+    store.claim(_claim("r1", "B", "host-a", now))
+    store.claim(_claim("r2", "A", "host-b", now + 60))                   # a configuration already recorded
+    store.claim(_claim("old", "C", "host-c", now - 2000, expires=now - 1))     # its machine died: expired
+    assert [c["run_id"] for c in store.claims(now + 120)] == ["r1", "r2"]
+    memory.write_memory(store, now=now + 120)
+    digest = (store.sessions / "memory.md").read_text()
+    lines = digest.split("## Running now")[1].split("\n## ")[0].splitlines()
+    assert lines[1] == ("- host-a/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42 — vs the best: "
+                        "depth: 8 -> 10")
+    assert lines[3] == "  - !! already recorded: 1 run(s), last base (baseline, 1.000000)"
+    assert "host-c" not in digest
+    memory.record(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
+    assert [c["run_id"] for c in store.claims(now + 120)] == ["r2"]       # recorded: its claim is gone
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL only: several processes, a restart, an unreachable server, bad credentials
+# ---------------------------------------------------------------------------
+
+def _writer(args):
+    url, folder, proc = args
+    os.environ["AUTORESEARCH_HOST"] = f"host-{proc}"
+    store = database.PostgresLedger(url, ledger.FileLedger(folder / "results.tsv", folder / "sessions"))
+    for i in range(25):
+        memory.record(store.results, store.sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
+                      _entry({"depth": proc, "matrix_lr": i / 100}, fp=f"fp{proc}-{i}", seed=42), store=store)
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.slow
+def test_eight_processes_and_a_server_restart_lose_and_double_nothing(postgres, tmp_path):
+    url = postgres.new_database("eight")
+    folders = [tmp_path / f"machine{p}" for p in range(8)]
+    with mp.get_context("spawn").Pool(8) as pool:
+        done = pool.map_async(_writer, [(url, f, p) for p, f in enumerate(folders)])
+        import psycopg
+        before = 0
+        for _ in range(600):                         # restart once the database holds some rows
+            time.sleep(0.1)
+            with psycopg.connect(url) as conn:
+                if conn.execute(f"SELECT to_regclass('{database.RUNS}')").fetchone()[0]:
+                    before = conn.execute(f"SELECT count(*) FROM {database.RUNS}").fetchone()[0]
+                    if before >= 40:
+                        break
+        postgres.restart()
+        assert 40 <= before < 200                    # the writers were mid-way
+        assert sorted(done.get(timeout=600)) == list(range(8))
+    stores = [database.PostgresLedger(url, ledger.FileLedger(f / "results.tsv", f / "sessions")) for f in folders]
+    for st in stores:                                # what the restart left queued, sent once
+        st.send_queued()
+        assert not st.queue_path.exists()
+    rows, index = stores[0].read()
+    assert len(rows) == 200 and len({r["run_id"] for r in rows}) == 200
+    assert {index[r["run_id"]]["host"] for r in rows} == {f"host-{p}" for p in range(8)}
+    for p, st in enumerate(stores):                  # every machine's results.tsv holds its own 25 runs, whole
+        local = ledger.read_ledger(st.results)
+        assert sorted(r["run_id"] for r in local) == [f"p{p}-r{i:02d}" for i in range(25)]
+        assert all(len(line.split("\t")) == len(ledger.LEDGER_COLUMNS)
+                   for line in st.results.read_text().splitlines())
+    digests = set()
+    for st in stores:
+        memory.write_memory(st, now=1_800_000_000.0)
+        digests.add((st.sessions / "memory.md").read_text())
+    assert len(digests) == 1 and "200 runs" in digests.pop()           # the same digest on every machine
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_server_queues_the_run_and_sends_it_once(postgres, tmp_path, capsys):
+    url = postgres.new_database("offline")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    down = database.PostgresLedger(f"postgresql://agent:x@127.0.0.1:{_free_port()}/offline", local)
+    assert memory.record(local.results, local.sessions, _row("a", 1.0), _entry(fp="A"), store=down)["status"] == \
+        "baseline"                                                       # decided against the local ledger
+    assert "did not take the run" in capsys.readouterr().out
+    assert [json.loads(x)["row"]["run_id"] for x in down.queue_path.read_text().splitlines()] == ["a"]
+    assert "the shared ledger could not be read" in (local.sessions / "memory.md").read_text()
+    up = database.PostgresLedger(url, local)
+    # the queue goes first, then the new run: both in the database, in order, once
+    memory.record(local.results, local.sessions, _row("b", 1.01), _entry(fp="A", seed=43), store=up)
+    assert [(r["run_id"], r["status"]) for r in up.read()[0]] == [("a", "baseline"), ("b", "repeat")]
+    assert not up.queue_path.exists() and up.send_queued() == []
+    # an answer lost after the commit: the queue still holds a run the database has; sending it again adds nothing
+    up.queue_path.write_text(json.dumps({"row": _row("b", 1.01), "entry": _entry(fp="A", seed=43),
+                                         "status": None}) + "\n")
+    assert [r["status"] for r in up.send_queued()] == ["repeat"]
+    assert len(up.read()[0]) == 2 and len(ledger.read_ledger(local.results)) == 2
+
+
+def test_bad_credentials_are_one_line_and_lose_nothing(postgres, tmp_path, run_dir):
+    postgres.new_database("creds")
+    local = ledger.FileLedger(tmp_path / "api" / "results.tsv", tmp_path / "api" / "sessions")
+    bad = database.PostgresLedger(postgres.url("creds", password="wrong"), local)
+    with pytest.raises(config.ConfigError) as e:
+        bad.check()
+    assert str(e.value).startswith("ground.json: key 'ledger.database_url_env': the database named by "
+                                   "$AUTORESEARCH_DATABASE_URL refused the connection:")
+    assert "password authentication failed" in str(e.value) and "\n" not in str(e.value)
+    memory.record(local.results, local.sessions, _row("a", 1.0), _entry(), store=bad)      # kept and queued
+    assert len(ledger.read_ledger(local.results)) == 1 and bad.queue_path.exists()
+    # the command line: exit 2, one line, before anything is trained or written
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"].update(backend="postgres")
+    write_json(run_dir / "ground.json", g)
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"))
+    for url, expect in ((postgres.url("creds", password="wrong"), "refused the connection"),
+                        (None, "the environment variable AUTORESEARCH_DATABASE_URL is not set")):
+        env.pop("AUTORESEARCH_DATABASE_URL", None)
+        if url:
+            env["AUTORESEARCH_DATABASE_URL"] = url
+        r = subprocess.run([sys.executable, str(REPO / "train.py")], capture_output=True, text=True, env=env,
+                           cwd=run_dir, timeout=300)
+        assert r.returncode == 2 and expect in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (run_dir / "results.tsv").exists() and not (run_dir / "sessions").exists()
+
+
+def test_a_url_in_ground_json_is_refused(run_dir):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"].update(backend="postgres", database_url_env="postgresql://agent:pw@db/x")
+    write_json(run_dir / "ground.json", g)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_ground(run_dir / "ground.json")
+    assert str(e.value).startswith("ground.json: key 'ledger.database_url_env': expected the name of an "
+                                   "environment variable")
+
+
+# ---------------------------------------------------------------------------
+# Two agents, one database: the second sees the first one's run in flight
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_agent_sees_the_first_ones_run_in_flight(postgres, tmp_path, workspace):
+    url = postgres.new_database("agents")
+    g = json.loads((workspace / "ground.json").read_text())
+    procs, outs = {}, {}
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        g["ledger"] = {"results": str(d / "results.tsv"), "sessions_dir": str(d / "sessions"), "backend": "postgres"}
+        write_json(d / "ground.json", g)
+    env = lambda name: dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / name / "ground.json"),  # noqa: E731
+                            AUTORESEARCH_MODEL=str(workspace / "model.json"), AUTORESEARCH_DATABASE_URL=url,
+                            AUTORESEARCH_HOST=f"host-{name}", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs["a"] = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--description", "agent a"],
+                                  env=env("a"), cwd=tmp_path / "a", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+    import psycopg
+    for _ in range(1200):                              # agent a has claimed its run: freeze it there
+        time.sleep(0.1)
+        with psycopg.connect(url) as conn:
+            if conn.execute(f"SELECT to_regclass('{database.CLAIMS}')").fetchone()[0] and \
+                    conn.execute(f"SELECT count(*) FROM {database.CLAIMS}").fetchone()[0]:
+                break
+    procs["a"].send_signal(signal.SIGSTOP)
+    try:
+        b = subprocess.run([sys.executable, str(REPO / "train.py"), "--description", "agent b", "--seed", "43"],
+                           env=env("b"), cwd=tmp_path / "b", capture_output=True, text=True, timeout=600)
+    finally:
+        procs["a"].send_signal(signal.SIGCONT)
+    outs["a"] = procs["a"].communicate(timeout=600)[0]
+    assert b.returncode == 0 and procs["a"].returncode == 0, (b.stdout[-2000:], b.stderr[-2000:], outs["a"][-2000:])
+    assert re.search(r"!! this configuration is already running: host-a/\S+, started \d+ min ago", b.stdout)
+    digest_b = (tmp_path / "b" / "sessions" / "memory.md").read_text()
+    running = digest_b.split("## Running now")[1].split("\n## ")[0]
+    assert "- host-a/" in running and "agent a" in running and "host-b" not in running
+    rows, index = database.PostgresLedger(url, ledger.FileLedger(tmp_path / "x.tsv", tmp_path / "x")).read()
+    assert sorted((index[r["run_id"]]["host"], r["description"]) for r in rows) == [("host-a", "agent a"),
+                                                                                   ("host-b", "agent b")]
+    digest_a = (tmp_path / "a" / "sessions" / "memory.md").read_text()
+    assert "## Running now" not in digest_a and "2 runs" in digest_a         # both recorded: nothing in flight
