@@ -145,9 +145,12 @@ class PostgresLedger:
         if done:                                          # sent before (a lost answer, a re-sent queue): once only
             return done[0]
         key = row["comparability_key"]
-        cur = conn.execute(f"SELECT seq, run_id, {_QCOLS}, entry FROM {RUNS} WHERE comparability_key = %s "
-                           "ORDER BY seq", (key,))
-        rows, index = self._rows(cur)
+        rows, index = [], {}           # what the keep rule reads: the key's scores, configurations and seeds
+        for seq, run_id, val_bpb, st, fp, seed in conn.execute(
+                f"SELECT seq, run_id, val_bpb, status, entry->>'fingerprint', entry->'seed' FROM {RUNS} "
+                "WHERE comparability_key = %s ORDER BY seq", (key,)):
+            rows.append({"run_id": run_id, "val_bpb": val_bpb, "status": st, "comparability_key": key, "line": seq})
+            index[run_id] = {"fingerprint": fp, "seed": seed}
         status = status or decide(rows, index, key, entry.get("fingerprint"), entry.get("seed"), row.get("val_bpb"))
         row = dict(row, status=status, val_bpb=None if status in ("crash", "interrupted") else row.get("val_bpb"))
         values = [row.get(c) for c in _COLS]

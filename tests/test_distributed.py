@@ -49,17 +49,23 @@ def test_more_processes_take_fewer_rows_each():
     assert settings.describe_changes(alone, s, 2)[-1] == "test mode caps model.json device_batch_size: 128 -> 8"
 
 
+def _env(run_dir):
+    return dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+                AUTORESEARCH_MODEL=str(run_dir / "model.json"), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def _summary(stdout):
+    summary = dict(line.split(":", 1) for line in stdout.split("\n---\n")[-1].strip().splitlines())
+    return {k.strip(): v.strip() for k, v in summary.items()}
+
+
 def _run(run_dir, nproc):
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
-               AUTORESEARCH_MODEL=str(run_dir / "model.json"),
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(REPO / "train.py"), "--description", f"{nproc} proc"]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] + cmd[1:]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=run_dir)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(run_dir), timeout=600, cwd=run_dir)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
-    summary = dict(line.split(":", 1) for line in r.stdout.split("\n---\n")[-1].strip().splitlines())
-    return {k.strip(): v.strip() for k, v in summary.items()}, r.stdout
+    return _summary(r.stdout), r.stdout
 
 
 @pytest.mark.slow
@@ -79,3 +85,34 @@ def test_two_gloo_processes_match_one_process(run_dir):
     assert rows[0]["comparability_key"] != rows[1]["comparability_key"]     # more GPUs is another key
     rec = json.loads((run_dir / "sessions" / f"{rows[1]['run_id']}.json").read_text())
     assert rec["world_size"] == 2 and rec["metrics"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_with_torchrun_rendezvous_match_one_process(run_dir, tmp_path_factory):
+    """Two "hosts" on one machine: one torchrun per node, one process each, meeting at node 0's rendezvous
+    (the command README gives for several machines). Same val_bpb as one process; only node 0 records."""
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["test"].update(time_budget_s=600, max_steps=4, excluded_steps=1)
+    write_json(run_dir / "ground.json", g)
+    one, _ = _run(run_dir, 1)
+    node1 = tmp_path_factory.mktemp("node1")                    # the second host: its own checkout's ledger
+    g["ledger"] = {"results": str(node1 / "results.tsv"), "sessions_dir": str(node1 / "sessions")}
+    write_json(node1 / "ground.json", g)
+    write_json(node1 / "model.json", json.loads((run_dir / "model.json").read_text()))
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(REPO / "train.py"), "--description", "2 nodes"],
+                              cwd=d, env=_env(d), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank, d in enumerate((run_dir, node1))]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+    two = _summary(outs[0])
+    assert "distributed: 2 processes (gloo), each 8 rows per micro-step" in outs[0]
+    assert (two["num_steps"], two["world_size"]) == ("4", "2")
+    assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)
+    assert [r["description"] for r in ledger.read_ledger(run_dir / "results.tsv")] == ["1 proc", "2 nodes"]
+    assert not (node1 / "results.tsv").exists()                 # node 1's rank records nothing

@@ -16,7 +16,7 @@ def test_ci_runs_the_readme_test_command():
     readme = _readme()
     block = readme.split("Tests (CPU only", 1)[1]
     test_cmd = re.search(r"```bash\n(.+?)\n```", block, re.S).group(1).strip()
-    assert test_cmd == "uv run pytest"
+    assert test_cmd == "uv run --all-extras pytest"
     ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()
           if ln.strip() and not ln.strip().startswith("#")]
     assert ci[-1] == test_cmd
