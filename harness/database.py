@@ -14,6 +14,7 @@ record or by --send-queued, re-decided against the shared rows, exactly once (ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -65,19 +66,28 @@ class PostgresLedger:
         self._conn = None
 
     # -- connection -------------------------------------------------------------------------
+    def _say(self, e: Exception, limit: int = 160) -> str:
+        """An error as one line, without the URL or its password (messages end up in logs and memory.md)."""
+        from urllib.parse import urlsplit
+        text = " ".join(str(e).split())
+        with contextlib.suppress(ValueError):
+            secret = urlsplit(self.url).password
+            text = text.replace(self.url, f"${self.env}").replace(secret, "***") if secret else text
+        return text.replace(self.url, f"${self.env}")[-limit:]
+
     def _connect(self):
         import psycopg
         try:
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
         except psycopg.OperationalError as e:
-            text = " ".join(str(e).split())
+            text = self._say(e)
             if getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text:
                 raise ConfigError(f"ground.json: key 'ledger.database_url_env': the database named by ${self.env} "
-                                  f"refused the connection: {text[-160:]}") from None
-            raise Unreachable(text[-160:]) from None
+                                  f"refused the connection: {text}") from None
+            raise Unreachable(text) from None
         except psycopg.Error as e:
             raise ConfigError(f"ground.json: key 'ledger.database_url_env': ${self.env} is not a usable "
-                              f"postgresql:// URL ({' '.join(str(e).split())[:120]})") from None
+                              f"postgresql:// URL ({self._say(e, 120)})") from None
         if not self._schema_ready:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
@@ -98,12 +108,11 @@ class PostgresLedger:
             except (Unreachable, psycopg.OperationalError) as e:
                 self.close()
                 if delay is None:
-                    raise Unreachable(" ".join(str(e).split())[-160:]) from None
+                    raise Unreachable(self._say(e)) from None
                 time.sleep(delay)
             except psycopg.Error as e:            # a damaged schema, a full disk on the server: said, not retried
                 self.close()
-                raise ConfigError(f"the shared ledger (${self.env}): {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:160]}") from None
+                raise ConfigError(f"the shared ledger (${self.env}): {type(e).__name__}: {self._say(e)}") from None
 
     def close(self) -> None:
         if self._conn is not None:

@@ -265,6 +265,9 @@ class FileLedger:
         return out
 
     def _write_claims(self, claims: list[dict]) -> None:
+        if not claims:
+            self.claims_path.unlink(missing_ok=True)
+            return
         atomic_write_text(self.claims_path, "".join(json.dumps(c, sort_keys=True) + "\n" for c in claims))
 
     def claim(self, claim: dict) -> None:

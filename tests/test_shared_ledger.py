@@ -238,3 +238,17 @@ def test_a_second_agent_sees_the_first_ones_run_in_flight(postgres, tmp_path, wo
                                                                                    ("host-b", "agent b")]
     digest_a = (tmp_path / "a" / "sessions" / "memory.md").read_text()
     assert "## Running now" not in digest_a and "2 runs" in digest_a         # both recorded: nothing in flight
+
+
+def test_errors_never_show_the_url_or_its_password(tmp_path):
+    pytest.importorskip("psycopg")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    store = database.PostgresLedger("postgresql://agent:topsecret@127.0.0.1:1/x?bogus=1", local)
+    with pytest.raises(config.ConfigError) as e:
+        store.check()
+    assert str(e.value) == ("ground.json: key 'ledger.database_url_env': $AUTORESEARCH_DATABASE_URL is not a usable "
+                            "postgresql:// URL (invalid URI query parameter: \"bogus\")")
+    down = database.PostgresLedger(f"postgresql://agent:topsecret@127.0.0.1:{_free_port()}/x", local)
+    with pytest.raises(database.Unreachable) as e:
+        down._retry(lambda conn: None)
+    assert "topsecret" not in str(e.value) and "127.0.0.1" in str(e.value)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from harness import ledger
+from harness import database, ledger
 from conftest import REPO, sync_working_tree, write_json
 
 
@@ -51,6 +51,7 @@ def test_two_worktrees_share_one_ledger(tmp_path, workspace):
     assert sorted(index[r["run_id"]]["branch"] for r in rows) == ["autoresearch/gpu0", "autoresearch/gpu1"]
     assert sorted(index[r["run_id"]]["worktree"] for r in rows) == sorted(str(t) for t in trees)
     digest = (shared / "sessions" / "memory.md").read_text()
-    assert f"autoresearch/gpu0 @ {trees[0]} (1), autoresearch/gpu1 @ {trees[1]} (1)" in digest
+    host = database.host_name()
+    assert f"autoresearch/gpu0 @ {host}:{trees[0]} (1), autoresearch/gpu1 @ {host}:{trees[1]} (1)" in digest
     for wt in trees:                                         # nothing written inside the worktrees
         assert git(wt, "status", "--porcelain") == ""
