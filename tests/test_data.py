@@ -214,6 +214,25 @@ def test_corpus_filters_and_dedup_on_fixtures(tmp_path):
     assert util.file_sha256(Path(again["val"])) == util.file_sha256(Path(m["val"]))
 
 
+def test_a_finished_builtin_build_is_reused_and_an_interrupted_one_redone(tmp_path, capsys):
+    root = tmp_path / "pkgs"
+    for i in range(40):
+        (root / f"m{i:02d}.py").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"m{i:02d}.py").write_text(f"def m{i}():\n    return {i}\n")
+    first = corpus.build("builtin", tmp_path / "out", folders=[("pkgs", root)])
+    stamp = Path(first["val"]).stat().st_mtime_ns
+    capsys.readouterr()
+    assert corpus.build("builtin", tmp_path / "out", folders=[("pkgs", root)]) == first
+    assert "builtin: up to date in" in capsys.readouterr().out and Path(first["val"]).stat().st_mtime_ns == stamp
+    (root / "m00.py").write_text("def m0():\n    return 'changed'\n")          # a package upgraded: rebuilt
+    changed = corpus.build("builtin", tmp_path / "out", folders=[("pkgs", root)])
+    assert "up to date" not in capsys.readouterr().out
+    assert changed["builtin"]["corpus_sha256"] != first["builtin"]["corpus_sha256"]
+    (tmp_path / "out" / corpus.BUILD_RECORD).unlink()                        # interrupted before its record
+    assert corpus.build("builtin", tmp_path / "out", folders=[("pkgs", root)]) == changed
+    assert "up to date" not in capsys.readouterr().out
+
+
 def test_builtin_stdlib_corpus_is_deterministic_with_pinned_val(tmp_path, run_dir):
     g = _settings_with(run_dir, source="builtin-stdlib", cache_dir=str(tmp_path / "c1"))
     s = settings.make_settings(g, False, run_dir)
