@@ -53,6 +53,19 @@ def test_both_backends_follow_the_keep_rule(store):
     assert "- noise floor: sigma 0.009354 from 9 runs of 3 configuration(s) under several seeds (dof 6)" in digest
 
 
+def test_both_backends_flag_reruns_and_keep_crashes_out_of_the_scores(store):
+    rec = lambda rid, v, fp, seed, status=None: memory.record(    # noqa: E731
+        store.results, store.sessions, _row(rid, v), _entry(fp=fp, seed=seed, error="OOM" if status else None),
+        status, store=store)["status"]
+    assert [rec("a", 1.0, "A", 42), rec("b", 0.5, "A", 43), rec("c", 0.4, "A", 42)] == ["baseline", "repeat", "rerun"]
+    assert rec("d", 0.1, "B", 42, status="crash") == "crash"
+    rows, index = store.read()
+    assert rows[-1]["val_bpb"] is None and index["d"]["error"] == "OOM"
+    digest = (store.sessions / "memory.md").read_text()
+    assert "- best: val_bpb 0.750000 (mean of 2 seeds) — a (000000a) — desc a" in digest   # the rerun left out
+    assert "| d | crash | — |" in digest
+
+
 def _claim(run_id, fp, host, now, key="k1", **kw):
     return {"run_id": run_id, "fingerprint": fp, "host": host, "branch": "autoresearch/gpu0", "seed": 42,
             "comparability_key": key, "description": f"try {fp}", "model": {"depth": 10, "matrix_lr": 0.04},

@@ -59,7 +59,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for scope in args.scopes.split(","):
         g = json.loads(Path(os.environ.get("AUTORESEARCH_GROUND", REPO / "ground.json")).read_text())
-        g["train"]["time_budget_s"] = args.budget
+        g["train"]["time_budget_s"] = g["test"]["time_budget_s"] = args.budget     # whichever profile the mode picks
         g["processor"]["compile"] = "blocks" if scope == "blocks" else g["processor"]["compile"]
         g["ledger"] = {"results": str(root / scope / "results.tsv"), "sessions_dir": str(root / scope / "sessions")}
         ground = root / scope / "ground.json"
