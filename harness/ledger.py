@@ -272,7 +272,8 @@ class FileLedger:
 
     def claim(self, claim: dict) -> None:
         with self.lock():
-            live = [c for c in self._read_claims() if c["run_id"] != claim["run_id"] and c["expires"] > claim["started"]]
+            live = [c for c in self._read_claims()
+                    if c["run_id"] != claim["run_id"] and c["expires"] > claim["started"]]      # expired: dropped
             self._write_claims(live + [claim])
 
     def _drop_claim(self, run_id: str) -> None:
