@@ -281,20 +281,23 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             p = parents[r["run_id"]]
             pm = _requested(entry(p)) if p is not None else {}
             blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
+        config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
         for k, val in m.items():
             slot = tried.setdefault(k, {}).setdefault(_v(val), [None, 0, 0])
             slot[1] += 1
-            if r["val_bpb"] is not None and r["status"] in SCORED:
-                slot[0] = r["val_bpb"] if slot[0] is None else min(slot[0], r["val_bpb"])
+            if config is not None and (slot[0] is None or config.mean < slot[0][0]):
+                slot[0] = (config.mean, len(config.values))     # a configuration's mean, not one lucky seed
             if r["status"] == "crash" and k in blamed:
                 slot[2] += 1
     varied = {k: v for k, v in tried.items() if len(v) > 1}
     if varied:
-        out += ["## Hyperparameters tried (value -> best val_bpb, runs; crashes counted where the key changed; "
-                "dead ends are values never best)", "| key | values |", "|---|---|"]
+        out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its seeds; "
+                "runs; crashes counted where the key changed; dead ends are values never best)",
+                "| key | values |", "|---|---|"]
         for k in sorted(varied):
-            items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, kv[1][0] or 0.0, kv[0]))
-            cells = [f"{val} -> {_bpb(b)} ({n}{', ' + str(c) + ' crash' if c else ''})"
+            items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, (kv[1][0] or (0.0,))[0], kv[0]))
+            cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}" if b else "—")
+                     + f" ({n} run{'s' * (n > 1)}{', ' + str(c) + ' crash' if c else ''})"
                      for val, (b, n, c) in items[:MEMORY_VALUES_PER_KEY]]
             if len(items) > MEMORY_VALUES_PER_KEY:
                 cells.append(f"+{len(items) - MEMORY_VALUES_PER_KEY} more")

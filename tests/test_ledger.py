@@ -215,8 +215,10 @@ def test_memory_sections(tmp_path):
             "depth: 8 -> 4 (capped to 2)" in text)
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
     assert "| r4 | crash | — |  | 42 | 10 |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
-    assert "| depth | 8 -> 0.690000 (6); 4 -> 0.950000 (1); 12 -> — (1, 1 crash) |" in text
-    assert "| matrix_lr | 0.06 -> 0.690000 (6); 0.04 -> 1.000000 (2) |" in text
+    # a value's figure is its best configuration's mean over seeds (B: 0.70, 0.71, 0.69), never one lucky seed
+    assert ("| depth | 8 -> 0.700000 over 3 seeds (6 runs); 4 -> 0.950000 over 1 seed (1 run); 12 -> — (1 run, "
+            "1 crash) |") in text
+    assert "| matrix_lr | 0.06 -> 0.700000 over 3 seeds (6 runs); 0.04 -> 1.010000 over 2 seeds (2 runs) |" in text
     memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
                                                               parent="c3", fn=dict(fns, **{"MLP.forward": "m2"})))
     text = (ses / "memory.md").read_text()
