@@ -16,7 +16,7 @@ from harness.config import ConfigError, ModelConfig, fail, ground_path, load_mod
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.database import open_ledger
+from harness.database import Unreachable, open_ledger
 from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
 from harness.memory import regenerate_memory
 from harness.record import next_step, record_crash_from_log
@@ -81,7 +81,12 @@ def main(argv=None) -> int:
             print(f"memory: {regenerate_memory(s)}")
             return 0
         if args.send_queued:
-            sent = open_ledger(s).send_queued()
+            store = open_ledger(s)
+            try:
+                sent = store.send_queued()
+            except Unreachable as e:
+                print(f"error: the shared database is unreachable ({e}); the queue is kept", file=sys.stderr)
+                return 1
             print(f"sent: {len(sent)} queued run(s)")
             return 0
         if args.migrate_ledger:

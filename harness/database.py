@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -42,11 +43,20 @@ SCHEMA = (f"CREATE TABLE IF NOT EXISTS {RUNS} (seq bigserial PRIMARY KEY, run_id
 LOCK = 0x6175746f72        # pg_advisory_xact_lock key: one writer decides at a time, on every host
 CONNECT_TIMEOUT_S = 3
 RETRY_DELAYS_S = (0.5, 1.5)    # a server restarting answers again within a few seconds
+DOWN_MEMORY_S = 20             # after a failed retry: the rest of this record (memory.md, claims) does not wait again
 _REFUSED = ("28P01", "28000", "3D000")     # bad password, no such role / not authorized, no such database
 
 
 class Unreachable(Exception):
     """The database did not answer (down, restarting, no route): the run is queued locally."""
+
+
+class Rejected(ConfigError):
+    """The database answered and refused this statement (bad data, no privilege): retrying will not help."""
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, default=str).replace("\\u0000", "")       # jsonb refuses NUL characters
 
 
 def host_name() -> str:
@@ -64,24 +74,31 @@ class PostgresLedger:
         self.note = None
         self._schema_ready = False
         self._conn = None
+        self._down_until, self._down_reason = 0.0, ""
 
     # -- connection -------------------------------------------------------------------------
     def _say(self, e: Exception, limit: int = 160) -> str:
         """An error as one line, without the URL or its password (messages end up in logs and memory.md)."""
-        from urllib.parse import urlsplit
-        text = " ".join(str(e).split())
-        with contextlib.suppress(ValueError):
-            secret = urlsplit(self.url).password
-            text = text.replace(self.url, f"${self.env}").replace(secret, "***") if secret else text
-        return text.replace(self.url, f"${self.env}")[-limit:]
+        text = " ".join(str(e).split()).replace(self.url, f"${self.env}")
+        rest = self.url.split("://", 1)[-1]
+        if "@" in rest:                             # user:password@host, the password maybe with an unencoded @ or :
+            userinfo = rest.rsplit("@", 1)[0]
+            pieces = [userinfo] + [p for p in re.split(r"[@:/#]", userinfo) if len(p) >= 3]
+            for piece in sorted(pieces, key=len, reverse=True):
+                text = text.replace(piece, "***")
+        return text[:limit]
 
     def _connect(self):
         import psycopg
         try:
-            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+            # a client that dies inside a transaction must not hold the lock every host waits for
+            conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, keepalives=1,
+                                   keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+                                   options="-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s")
         except psycopg.OperationalError as e:
             text = self._say(e)
-            if getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text:
+            if (getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text
+                    or "invalid" in text):                 # wrong credentials or URL: waiting will not help
                 raise ConfigError(f"ground.json: key 'ledger.database_url_env': the database named by ${self.env} "
                                   f"refused the connection: {text}") from None
             raise Unreachable(text) from None
@@ -89,9 +106,15 @@ class PostgresLedger:
             raise ConfigError(f"ground.json: key 'ledger.database_url_env': ${self.env} is not a usable "
                               f"postgresql:// URL ({self._say(e, 120)})") from None
         if not self._schema_ready:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
-                conn.execute(SCHEMA)
+            try:
+                with conn.transaction():                # created once; a role without CREATE can use existing tables
+                    exists = conn.execute(f"SELECT to_regclass('{RUNS}'), to_regclass('{CLAIMS}')").fetchone()
+                    if None in exists:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+                        conn.execute(SCHEMA)
+            except psycopg.Error:
+                conn.close()
+                raise
             self._schema_ready = True
         return conn
 
@@ -99,6 +122,8 @@ class PostgresLedger:
         """work(conn) in one transaction on the store's connection; a lost connection (a server restart) is opened
         again and the transaction retried, then Unreachable."""
         import psycopg
+        if time.monotonic() < self._down_until:          # just tried and failed: do not wait again within a record
+            raise Unreachable(self._down_reason)
         for delay in RETRY_DELAYS_S + (None,):
             try:
                 if self._conn is None or self._conn.closed:
@@ -108,11 +133,12 @@ class PostgresLedger:
             except (Unreachable, psycopg.OperationalError) as e:
                 self.close()
                 if delay is None:
-                    raise Unreachable(self._say(e)) from None
+                    self._down_until, self._down_reason = time.monotonic() + DOWN_MEMORY_S, self._say(e)
+                    raise Unreachable(self._down_reason) from None
                 time.sleep(delay)
-            except psycopg.Error as e:            # a damaged schema, a full disk on the server: said, not retried
+            except psycopg.Error as e:            # bad data, no privilege, a full disk on the server: not retried
                 self.close()
-                raise ConfigError(f"the shared ledger (${self.env}): {type(e).__name__}: {self._say(e)}") from None
+                raise Rejected(f"the shared ledger (${self.env}): {type(e).__name__}: {self._say(e)}") from None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -150,9 +176,12 @@ class PostgresLedger:
 
     def _insert(self, conn, row: dict, entry: dict, status: str | None) -> str:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
-        done = conn.execute(f"SELECT status FROM {RUNS} WHERE run_id = %s", (row["run_id"],)).fetchone()
-        if done:                                          # sent before (a lost answer, a re-sent queue): once only
+        host = entry.get("host") or host_name()
+        done = conn.execute(f"SELECT status, host FROM {RUNS} WHERE run_id = %s", (row["run_id"],)).fetchone()
+        if done and done[1] == host:                      # sent before (a lost answer, a re-sent queue): once only
             return done[0]
+        if done:
+            raise Rejected(f"{RUNS}: run_id {row['run_id']} is already recorded by host {done[1]}")
         key = row["comparability_key"]
         rows, index = [], {}           # what the keep rule reads: the key's scores, configurations and seeds
         for seq, run_id, val_bpb, st, fp, seed in conn.execute(
@@ -165,56 +194,63 @@ class PostgresLedger:
         values = [row.get(c) for c in _COLS]
         conn.execute(f"INSERT INTO {RUNS} (run_id, {_QCOLS}, host, entry) VALUES (%s, "
                      + ", ".join(["%s"] * len(_COLS)) + ", %s, %s::jsonb)",
-                     [row["run_id"], *values, entry.get("host") or host_name(), json.dumps(entry, default=str)])
+                     [row["run_id"], *values, host, _json(entry)])
         conn.execute(f"DELETE FROM {CLAIMS} WHERE run_id = %s", (row["run_id"],))
         return status
 
     def append(self, row: dict, entry: dict, status: str | None = None, after=None) -> dict:
-        """Into the database (the status decided there), then into the local mirror; unreachable: decided and
-        recorded locally, and queued. after(self) (memory.md) runs under the local lock."""
+        """Into the database (the status decided there), then into the local mirror; not taken: queued first, then
+        decided and recorded locally. after(self) (memory.md) runs under the local lock."""
         entry = dict(entry, host=entry.get("host") or host_name())
         try:
-            self.send_queued()
+            with contextlib.suppress(Unreachable, ConfigError):      # what stays queued stays; this run goes on
+                self.send_queued()
             shared = self._retry(lambda conn: self._insert(conn, row, entry, status))
         except (Unreachable, ConfigError) as e:          # nothing is lost: the run waits in the local queue
-            def queue(store):                             # under the local lock, with the local row
+            print(f"ledger: the shared database did not take the run ({e}); queued in {self.queue_path} and recorded "
+                  f"locally (sent with the next run, or: uv run prepare.py --send-queued)")
+            with self.local.lock():                      # the queue line before the local row: never local only
+                self.sessions.mkdir(parents=True, exist_ok=True)
                 with open(self.queue_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"row": row, "entry": entry, "status": status}, default=str) + "\n")
+                    f.write(_json({"row": row, "entry": entry, "status": status}) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
-                if after is not None:
-                    after(self)
-            print(f"ledger: the shared database did not take the run ({e}); recorded locally and queued in "
-                  f"{self.queue_path} (sent with the next run, or: uv run prepare.py --send-queued)")
-            return self.local.append(row, entry, status, after=queue)
-        out = self.local.append(row, entry, shared)
+            return self.local.append(row, entry, status, after=after and (lambda store: after(self)))
+        try:
+            out = self.local.append(row, entry, shared)
+        except (ConfigError, OSError) as e:              # in the shared ledger already: the mirror only lacks it
+            print(f"warning: the run is in the shared ledger ({shared}) but not in {self.results.name}: {e}")
+            out = dict(row, status=shared)
         if after is not None:
             with self.local.lock():
                 after(self)
         return out
 
     def send_queued(self) -> list[dict]:
-        """Send the runs recorded while the database was unreachable, oldest first. Returns those sent."""
+        """Send the runs recorded while the database did not take them, oldest first; a run the database refuses
+        (bad data) moves to queue.rejected.jsonl with the reason. Returns those sent."""
         if not self.queue_path.exists():
             return []
-        sent = []
+        sent, rejected = [], self.queue_path.with_name("queue.rejected.jsonl")
         with self.local.lock():
-            items = []
-            for line in self.queue_path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    items.append(json.loads(line))
-                except ValueError:
-                    print(f"warning: {self.queue_path.name}: skipped a torn line", file=sys.stderr)
-            left = list(items)
+            lines = self.queue_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            left = [line for line in lines if line.strip()]
             try:
-                for item in items:
-                    forced = item["status"] if item["status"] in ("crash", "interrupted") else None
-                    shared = self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced))
-                    sent.append(dict(item["row"], status=shared))
+                while left:
+                    try:
+                        item = json.loads(left[0])
+                        forced = item["status"] if item["status"] in ("crash", "interrupted") else None
+                        shared = self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced))
+                        sent.append(dict(item["row"], status=shared))
+                    except (ValueError, KeyError, TypeError, Rejected) as e:   # kept aside, with the reason
+                        with open(rejected, "a", encoding="utf-8") as f:
+                            f.write(_json({"line": left[0], "reason": str(e)[:300]}) + "\n")
+                        print(f"warning: a queued run the shared database cannot take moved to {rejected}: {e}",
+                              file=sys.stderr)
                     left.pop(0)
             finally:
                 if left:
-                    atomic_write_text(self.queue_path, "".join(json.dumps(i, default=str) + "\n" for i in left))
+                    atomic_write_text(self.queue_path, "".join(line + "\n" for line in left))
                 else:
                     self.queue_path.unlink(missing_ok=True)
         for r in sent:
@@ -227,7 +263,7 @@ class PostgresLedger:
             conn.execute(f"DELETE FROM {CLAIMS} WHERE expires < %s", (claim["started"],))
             conn.execute(f"INSERT INTO {CLAIMS} (run_id, claim, expires) VALUES (%s, %s::jsonb, %s) ON CONFLICT "
                          "(run_id) DO UPDATE SET claim = EXCLUDED.claim, expires = EXCLUDED.expires",
-                         (claim["run_id"], json.dumps(claim, default=str), claim["expires"]))
+                         (claim["run_id"], _json(claim), claim["expires"]))
         try:
             self._retry(work)
         except (Unreachable, ConfigError) as e:

@@ -90,7 +90,8 @@ def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
             for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
 
 
-def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None) -> list[str]:
+def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None,
+                key: str | None) -> list[str]:
     """The runs other agents (and this one) have started and not recorded yet, with what each trains; `!!` where
     one trains a configuration that is running twice or was recorded already."""
     if not claims:
@@ -99,23 +100,29 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
     recorded = {}
     for r in rows:
         recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
-    seen = {}
+    seen = set()
     for c in claims:
         where = f"{clean_text(c.get('host') or '?', 40)}/{clean_text(c.get('branch') or '?', 40)}"
         line = (f"- {where} — {max(0.0, now - c['started']) / 60:.0f} min — {clean_text(c.get('description'), 60)} — "
                 f"configuration {clean_text(c.get('fingerprint'), 20)}, seed {_v(c.get('seed'))}")
-        if best is not None:
+        if best is not None and c.get("comparability_key") == key:
             diff = changes(best, c)
             line += " — vs the best: " + ("; ".join(diff)[:200] if diff else "no change")
+        elif c.get("comparability_key") != key:
+            line += " — another comparability key"
         out.append(line)
         same = (c.get("comparability_key"), c.get("fingerprint"))
-        if same in seen:
-            out.append(f"  - !! the same configuration as {seen[same]}'s run in flight")
-        seen.setdefault(same, where)
+        mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate
+        if same in {k for k, _ in seen}:
+            out.append(f"  - {mark}the same configuration as another run in flight"
+                       + (" under the same seed" if mark else " (another seed)"))
+        seen.add((same, c.get("seed")))
         if same in recorded:
             done = recorded[same]
-            out.append(f"  - !! already recorded: {len(done)} run(s), last {done[-1]['run_id']} "
-                       f"({done[-1]['status']}, {_bpb(done[-1]['val_bpb'])})")
+            rerun = c.get("seed") in {index.get(r["run_id"], {}).get("seed") for r in done}
+            out.append(f"  - {'!! ' if rerun else ''}already recorded: {len(done)} run(s), last {done[-1]['run_id']} "
+                       f"({done[-1]['status']}, {_bpb(done[-1]['val_bpb'])})"
+                       + ("; the same seed: it will be a `rerun`" if rerun else "; this is another seed"))
     return out + [""]
 
 
@@ -128,7 +135,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
                 "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
-                ""] + running_now(rows, index, list(claims), now, None)
+                ""] + running_now(rows, index, list(claims), now, None, None)
         return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
     last = rows[-1]
     key = last["comparability_key"]
@@ -194,7 +201,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if several:                                            # several agents share this ledger
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
     out.append("")
-    out += running_now(rows, index, list(claims), now, entry(best) if best else None)
+    out += running_now(rows, index, list(claims), now, entry(best) if best else None, key)
 
     if best:
         bm = _requested(entry(best))

@@ -175,7 +175,7 @@ class Run:
         self.seed = seed
         self.git = git_info()
         stamp = _dt.datetime.now(_dt.timezone.utc)
-        self.run_id = f"{stamp:%Y%m%dT%H%M%SZ}-{self.git['commit']}-{os.urandom(2).hex()}"
+        self.run_id = f"{stamp:%Y%m%dT%H%M%SZ}-{self.git['commit']}-{os.urandom(4).hex()}"
         self.timestamp = stamp.isoformat(timespec="seconds")
         default = (f"(uncommitted edits on {self.git['commit']})" if self.git["dirty"]
                    else self.git["subject"] or "(no description)")
@@ -198,6 +198,7 @@ class Run:
             "argv": sys.argv, "host": host_name(), **(extra or {}),
         }
         self.recorded = None
+        self._finishing = False
         self.log_path = self.sessions / f"{self.run_id}.log"
         self.json_path = self.sessions / f"{self.run_id}.json"
 
@@ -236,6 +237,9 @@ class Run:
     def _on_signal(self, signum, frame):
         import signal
         name = signal.Signals(signum).name
+        if self._finishing:                  # the outcome is being recorded: interrupting that would lose it
+            print(f"\n{name} received while the run is being recorded: recording first")
+            return
         print(f"\n{name} received: recording the run as interrupted")
         self.finish({}, status="interrupted", error=f"{name} received")
         raise SystemExit(128 + signum)
@@ -251,8 +255,9 @@ class Run:
 
     def finish(self, metrics: dict, status: str | None = None, error: str | None = None) -> dict:
         """Record the outcome once: status decided against the ledger unless given. Returns the row."""
-        if self.recorded is not None:
+        if self.recorded is not None or self._finishing:
             return self.recorded
+        self._finishing = True
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"))
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
@@ -292,14 +297,18 @@ class Run:
                      expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S)
         for c in self.store.claims(now):
             if c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
-                print(f"!! this configuration is already running: {c.get('host')}/{c.get('branch')}, started "
-                      f"{(now - c['started']) / 60:.0f} min ago ({c['run_id']})")
+                where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
+                print(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
+                      if c.get("seed") == self.seed else
+                      f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
         done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp]
-        if done:
-            seeds = [index.get(r["run_id"], {}).get("seed") for r in done]
-            same = " — the same seed: this run will be a `rerun`, not judged" if self.seed in seeds else ""
-            print(f"!! this configuration is already recorded: {len(done)} run(s) under seeds "
-                  f"{', '.join(str(x) for x in seeds)}; the last {done[-1]['run_id']} ({done[-1]['status']}){same}")
+        seeds = [index.get(r["run_id"], {}).get("seed") for r in done]
+        if self.seed in seeds:
+            print(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
+                  f"{done[-1]['run_id']}, {done[-1]['status']}): this run will be a `rerun`, not judged")
+        elif done:
+            print(f"another seed of a configuration already recorded under seeds {', '.join(map(str, seeds))} "
+                  f"(a confirmation, or a repeat)")
         self.store.claim(claim)
 
     def cap_warnings(self, rows: list[dict], index: dict) -> list[str]:

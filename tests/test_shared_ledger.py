@@ -84,7 +84,8 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
     lines = digest.split("## Running now")[1].split("\n## ")[0].splitlines()
     assert lines[1] == ("- host-a/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42 — vs the best: "
                         "depth: 8 -> 10")
-    assert lines[3] == "  - !! already recorded: 1 run(s), last base (baseline, 1.000000)"
+    assert lines[3] == ("  - !! already recorded: 1 run(s), last base (baseline, 1.000000); the same seed: it will be "
+                        "a `rerun`")
     assert "host-c" not in digest
     memory.record(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
     assert [c["run_id"] for c in store.claims(now + 120)] == ["r2"]       # recorded: its claim is gone
@@ -236,13 +237,14 @@ def test_a_second_agent_sees_the_first_ones_run_in_flight(postgres, tmp_path, wo
                 break
     procs["a"].send_signal(signal.SIGSTOP)
     try:
-        b = subprocess.run([sys.executable, str(REPO / "train.py"), "--description", "agent b", "--seed", "43"],
+        b = subprocess.run([sys.executable, str(REPO / "train.py"), "--description", "agent b"],
                            env=env("b"), cwd=tmp_path / "b", capture_output=True, text=True, timeout=600)
     finally:
         procs["a"].send_signal(signal.SIGCONT)
     outs["a"] = procs["a"].communicate(timeout=600)[0]
     assert b.returncode == 0 and procs["a"].returncode == 0, (b.stdout[-2000:], b.stderr[-2000:], outs["a"][-2000:])
-    assert re.search(r"!! this configuration is already running: host-a/\S+, started \d+ min ago", b.stdout)
+    assert re.search(r"!! this configuration is already running under the same seed: host-a/\S+, started \d+ min "
+                     r"ago", b.stdout)
     digest_b = (tmp_path / "b" / "sessions" / "memory.md").read_text()
     running = digest_b.split("## Running now")[1].split("\n## ")[0]
     assert "- host-a/" in running and "agent a" in running and "host-b" not in running
@@ -265,3 +267,34 @@ def test_errors_never_show_the_url_or_its_password(tmp_path):
     with pytest.raises(database.Unreachable) as e:
         down._retry(lambda conn: None)
     assert "topsecret" not in str(e.value) and "127.0.0.1" in str(e.value)
+
+
+def test_a_queued_run_the_database_refuses_is_set_aside_not_blocking(postgres, tmp_path):
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    store = database.PostgresLedger(postgres.new_database("poison"), local)
+    local.sessions.mkdir()
+    bad = _row("bad", 1.0, num_steps="many")                       # an integer column: the database says no
+    store.queue_path.write_text(json.dumps({"row": bad, "entry": _entry(), "status": None}) + "\n")
+    memory.record(local.results, local.sessions, _row("next", 1.0), _entry(fp="N"), store=store)
+    assert [r["run_id"] for r in store.read()[0]] == ["next"] and not store.queue_path.exists()
+    (aside,) = (local.sessions / "queue.rejected.jsonl").read_text().splitlines()
+    assert json.loads(json.loads(aside)["line"])["row"]["run_id"] == "bad"
+    assert "InvalidTextRepresentation" in json.loads(aside)["reason"]
+    # another host's run with the same run_id is not taken for this one (queued here, not dropped)
+    os.environ["AUTORESEARCH_HOST"] = "other-host"
+    try:
+        memory.record(tmp_path / "o.tsv", tmp_path / "o", _row("next", 0.5), _entry(fp="M"),
+                      store=database.PostgresLedger(store.url, ledger.FileLedger(tmp_path / "o.tsv", tmp_path / "o")))
+    finally:
+        os.environ.pop("AUTORESEARCH_HOST")
+    assert [r["val_bpb"] for r in store.read()[0]] == [1.0]
+    assert (tmp_path / "o" / "queue.jsonl").exists()
+
+
+def test_a_password_with_unencoded_characters_is_not_shown(tmp_path):
+    pytest.importorskip("psycopg")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    store = database.PostgresLedger(f"postgresql://agent:p@ss:w0rd@127.0.0.1:{_free_port()}/x", local)
+    with pytest.raises((config.ConfigError, database.Unreachable)) as e:
+        store._retry(lambda conn: None)
+    assert "ss:w0rd" not in str(e.value) and "w0rd" not in str(e.value) and "p@ss" not in str(e.value)
