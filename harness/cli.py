@@ -88,6 +88,7 @@ def main(argv=None) -> int:
                 print(f"error: the shared database is unreachable ({e}); the queue is kept", file=sys.stderr)
                 return 1
             print(f"sent: {len(sent)} queued run(s)")
+            print(f"memory: {regenerate_memory(s)}")
             return 0
         if args.migrate_ledger:
             results, sessions = ledger_paths(s)

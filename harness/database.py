@@ -77,13 +77,13 @@ class PostgresLedger:
         self._down_until, self._down_reason = 0.0, ""
 
     # -- connection -------------------------------------------------------------------------
-    def _say(self, e: Exception, limit: int = 160) -> str:
+    def _say(self, e: Exception, limit: int = 300) -> str:
         """An error as one line, without the URL or its password (messages end up in logs and memory.md)."""
         text = " ".join(str(e).split()).replace(self.url, f"${self.env}")
         rest = self.url.split("://", 1)[-1]
-        if "@" in rest:                             # user:password@host, the password maybe with an unencoded @ or :
-            userinfo = rest.rsplit("@", 1)[0]
-            pieces = [userinfo] + [p for p in re.split(r"[@:/#]", userinfo) if len(p) >= 3]
+        if "@" in rest and ":" in rest.rsplit("@", 1)[0]:      # user:password@host, maybe an unencoded @ or :
+            password = rest.rsplit("@", 1)[0].split(":", 1)[1]
+            pieces = [password] + [p for p in re.split(r"[@:/#]", password) if len(p) >= 3]
             for piece in sorted(pieces, key=len, reverse=True):
                 text = text.replace(piece, "***")
         return text[:limit]
@@ -100,7 +100,8 @@ class PostgresLedger:
             if (getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text
                     or "invalid" in text):                 # wrong credentials or URL: waiting will not help
                 raise ConfigError(f"ground.json: key 'ledger.database_url_env': the database named by ${self.env} "
-                                  f"refused the connection: {text}") from None
+                                  f"refused the connection (check the user, password and database name in "
+                                  f"${self.env}; the database must exist): {text}") from None
             raise Unreachable(text) from None
         except psycopg.Error as e:
             raise ConfigError(f"ground.json: key 'ledger.database_url_env': ${self.env} is not a usable "
@@ -150,8 +151,10 @@ class PostgresLedger:
         self.local.check()
         try:
             self._retry(lambda conn: None)
+            print(f"ledger: the shared database answers (${self.env})")
         except Unreachable as e:
-            print(f"ledger: the shared database is unreachable ({e}); this run will be recorded locally and queued")
+            print(f"ledger: the shared database is unreachable ({e}); runs are recorded locally and queued until it "
+                  f"answers")
 
     # -- rows -------------------------------------------------------------------------------
     @staticmethod

@@ -198,6 +198,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             where = f"{e.get('branch') or '?'} @ {host}{e.get('worktree') or '?'}"
             places[where] = places.get(where, 0) + 1
     several = len(places) > 1
+    hosts = len({entry(r).get("host") for r in cur})
     if several:                                            # several agents share this ledger
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
     out.append("")
@@ -259,9 +260,11 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     for r in cur[-MEMORY_RECENT:]:
         delta = f"{r['val_bpb'] - best_cfg.mean:+.4f}" if best_cfg and r["val_bpb"] is not None else ""
         e = entry(r)
-        text = clean_text(r["description"], 50) + (" [uncommitted]" if e.get("dirty") else "")
+        dirty = e.get("dirty") and "uncommitted" not in r["description"]
+        text = clean_text(r["description"], 50) + (" [uncommitted]" if dirty else "")
         if several:
-            text = f"[{e.get('branch') or '?'}] " + text
+            host = f"{clean_text(e['host'], 30)}/" if hosts > 1 and e.get("host") else ""
+            text = f"[{host}{e.get('branch') or '?'}] " + text
         if r["status"] in ("crash", "interrupted") and e.get("error"):
             text += " — " + clean_text(e["error"], 70)
         steps = r["num_steps"] if r["num_steps"] is not None else ""

@@ -29,10 +29,10 @@ from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import next_seed, parent_run, return_commit, run_fingerprint
+from harness.decide import next_seed, parent_run, return_commit, run_fingerprint, standing
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
-from harness.memory import cancelled_by_caps, record
+from harness.memory import cancelled_by_caps, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
@@ -302,7 +302,7 @@ class Run:
                       if c.get("seed") == self.seed else
                       f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
         done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp]
-        seeds = [index.get(r["run_id"], {}).get("seed") for r in done]
+        seeds = sorted({index.get(r["run_id"], {}).get("seed") for r in done}, key=str)
         if self.seed in seeds:
             print(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
                   f"{done[-1]['run_id']}, {done[-1]['status']}): this run will be a `rerun`, not judged")
@@ -310,6 +310,8 @@ class Run:
             print(f"another seed of a configuration already recorded under seeds {', '.join(map(str, seeds))} "
                   f"(a confirmation, or a repeat)")
         self.store.claim(claim)
+        with self.store.lock():              # memory.md's "Running now" as of this start, for every agent reading it
+            write_memory(self.store)
 
     def cap_warnings(self, rows: list[dict], index: dict) -> list[str]:
         """`!!` lines for model.json edits from the parent run that the mode's caps cancel (nothing is trained
@@ -348,6 +350,9 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     status, key = row["status"], row["comparability_key"]
     home = return_commit(rows, index, key, branch)
     back = f"git reset --hard {home}" if home else "git reset --hard <the last kept commit>"
+    if status in ("baseline", "keep") and standing(rows, index, key).sigma is None:
+        return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
+                f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
     if status in ("baseline", "keep"):
         return "keep this commit and build on it"
     if status == "repeat":

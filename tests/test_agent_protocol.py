@@ -86,6 +86,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     base_commit = git(clone, "rev-parse", "--short=7", "HEAD")
     r = train(clone, tmp_path, "--description", "baseline")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert next_line(r) == ("keep this commit; first measure the noise floor: re-run it unchanged under another "
+                            "seed: uv run train.py --seed 43")                # program.md's first hour, said by the run
     rows = ledger_rows(clone)
     assert [(x["status"], x["commit"], x["description"]) for x in rows] == [("baseline", base_commit, "baseline")]
     base = rows[0]

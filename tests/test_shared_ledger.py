@@ -177,8 +177,9 @@ def test_bad_credentials_are_one_line_and_lose_nothing(postgres, tmp_path, run_d
     with pytest.raises(config.ConfigError) as e:
         bad.check()
     assert str(e.value).startswith("ground.json: key 'ledger.database_url_env': the database named by "
-                                   "$AUTORESEARCH_DATABASE_URL refused the connection:")
-    assert "password authentication failed" in str(e.value) and "\n" not in str(e.value)
+                                   "$AUTORESEARCH_DATABASE_URL refused the connection (check the user, password "
+                                   "and database name in $AUTORESEARCH_DATABASE_URL; the database must exist):")
+    assert 'password authentication failed for user "agent"' in str(e.value) and "\n" not in str(e.value)
     memory.record(local.results, local.sessions, _row("a", 1.0), _entry(), store=bad)      # kept and queued
     assert len(ledger.read_ledger(local.results)) == 1 and bad.queue_path.exists()
     # the command line: exit 2, one line, before anything is trained or written
