@@ -33,11 +33,11 @@ def _sample_ledger(path):
     open(path, "w").write("\n".join([lines[0], lines[7]] + lines[1:7]) + "\n")
 
 
-def _execute(tmp_path, results):
+def _execute(tmp_path, results, env=None):
     nb = nbformat.read(REPO / "analysis.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")     # committed stripped
     old = dict(os.environ)
-    os.environ.update(AUTORESEARCH_RESULTS=str(results), AUTORESEARCH_REPO=str(REPO))
+    os.environ.update(AUTORESEARCH_REPO=str(REPO), **(env or {"AUTORESEARCH_RESULTS": str(results)}))
     try:
         NotebookClient(nb, timeout=180, kernel_name="python3",
                        resources={"metadata": {"path": str(tmp_path)}}).execute()
@@ -94,3 +94,21 @@ def test_notebook_says_when_there_is_nothing_to_show(tmp_path, content, message)
         results.write_text(content)
     text = _text(_execute(tmp_path, results))
     assert message in text and "Traceback" not in text and not (tmp_path / "progress.png").exists()
+
+
+@pytest.mark.slow
+def test_notebook_on_the_shared_ledger(tmp_path, postgres, run_dir):
+    """With ground.json's backend postgres, the notebook shows every host's runs, not this machine's mirror."""
+    from harness import database, memory
+    from test_ledger import _entry, _row
+    url = postgres.new_database("notebook")
+    for host, rid, v in (("host-a", "a1", 1.0), ("host-b", "b1", 0.99), ("host-a", "a2", 1.01)):
+        folder = tmp_path / host
+        store = database.PostgresLedger(url, ledger.FileLedger(folder / "results.tsv", folder / "sessions"))
+        memory.record(store.results, store.sessions, _row(rid, v), _entry(fp=rid, host=host), store=store)
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"].update(backend="postgres")
+    (run_dir / "ground.json").write_text(json.dumps(g))
+    text = _text(_execute(tmp_path, None, env={"AUTORESEARCH_GROUND": str(run_dir / "ground.json"),
+                                               "AUTORESEARCH_DATABASE_URL": url}))
+    assert "the shared ledger ($AUTORESEARCH_DATABASE_URL): 3 runs" in text and "Traceback" not in text
