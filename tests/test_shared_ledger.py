@@ -18,7 +18,7 @@ import time
 import pytest
 
 from harness import config, database, ledger, memory
-from conftest import REPO, write_json
+from conftest import REPO, run_script, write_json
 from test_ledger import SCENARIO, _entry, _row
 
 
@@ -299,3 +299,24 @@ def test_a_password_with_unencoded_characters_is_not_shown(tmp_path):
     with pytest.raises((config.ConfigError, database.Unreachable)) as e:
         store._retry(lambda conn: None)
     assert "ss:w0rd" not in str(e.value) and "w0rd" not in str(e.value) and "p@ss" not in str(e.value)
+
+
+def test_the_command_line_on_the_shared_ledger(postgres, run_dir):
+    url = postgres.new_database("cli")
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"].update(backend="postgres")
+    write_json(run_dir / "ground.json", g)
+    r = run_script("prepare.py", run_dir, "--check", env_extra={"AUTORESEARCH_DATABASE_URL": url})
+    assert r.returncode == 0 and "ledger: the shared database answers ($AUTORESEARCH_DATABASE_URL)" in r.stdout
+    assert "shared: postgres via $AUTORESEARCH_DATABASE_URL" in r.stdout
+    queue = run_dir / "sessions" / "queue.jsonl"
+    queue.parent.mkdir()
+    queue.write_text(json.dumps({"row": _row("q", 1.0), "entry": _entry(), "status": None}) + "\n")
+    down = f"postgresql://agent:x@127.0.0.1:{_free_port()}/cli"
+    r = run_script("prepare.py", run_dir, "--send-queued", env_extra={"AUTORESEARCH_DATABASE_URL": down})
+    assert r.returncode == 1 and r.stderr.startswith("error: the shared database is unreachable (")
+    assert r.stderr.strip().endswith("the queue is kept") and queue.exists()
+    r = run_script("prepare.py", run_dir, "--send-queued", env_extra={"AUTORESEARCH_DATABASE_URL": url})
+    assert r.returncode == 0 and "sent: 1 queued run(s)" in r.stdout and not queue.exists()
+    assert "memory: " in r.stdout and "- best: val_bpb 1.000000 (1 seed) — q" in (run_dir / "sessions" /
+                                                                               "memory.md").read_text()
