@@ -186,8 +186,18 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
     out.append(f"- runs since last improvement: {since}")
-    home = return_commit(rows, index, key, branch)
-    if home:
+    branches = sorted({entry(r).get("branch") for r in cur if entry(r).get("branch")})
+    if len(branches) > 1:                          # several agents: each returns to its own branch's kept commit
+        homes = []
+        for b in branches[:6]:
+            home = return_commit(rows, index, key, b)
+            own = any(r["commit"] == home and entry(r).get("branch") == b for r in cur if r["status"] in ACCEPTED)
+            if home:
+                homes.append(f"{b}: `git reset --hard {home}`" + ("" if own else " (none kept on it yet: the last "
+                                                                                "kept commit of any branch)"))
+        if homes:
+            out.append("- commit to return to after a discard or a crash, by branch: " + "; ".join(homes))
+    elif (home := return_commit(rows, index, key, branch)):
         out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
                    f"commit{' of ' + branch if branch else ''})")
     places = {}

@@ -89,6 +89,12 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
     assert "host-c" not in digest
     memory.record(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
     assert [c["run_id"] for c in store.claims(now + 120)] == ["r2"]       # recorded: its claim is gone
+    # another agent's branch: each branch is told its own commit to return to
+    memory.record(store.results, store.sessions, _row("g1", 0.98), _entry(fp="G", branch="autoresearch/gpu1"),
+                  store=store)
+    assert ("- commit to return to after a discard or a crash, by branch: autoresearch/gpu1: `git reset --hard "
+            "000base` (none kept on it yet: the last kept commit of any branch); main: `git reset --hard 000base`"
+            ) in (store.sessions / "memory.md").read_text()
 
 
 # ---------------------------------------------------------------------------
