@@ -1,18 +1,19 @@
 """The command line behind `uv run prepare.py`: prepare data + tokenizer, check configs, maintain the ledger.
 
     uv run prepare.py [--source auto|climbmix|local|builtin|builtin-stdlib] [--num-shards N] [--download-workers N]
-    uv run prepare.py --check | --memory | --migrate-ledger | --send-queued | --record-crash sessions/<run_id>.log
+    uv run prepare.py --check | --memory | --migrate-ledger | --send-queued | --restore RUN_ID | --record-crash LOG
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from harness import settings
-from harness.config import ConfigError, ModelConfig, fail, ground_path, load_model, model_path
+from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, ground_path, load_model, model_path
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
@@ -23,6 +24,26 @@ from harness.record import next_step, record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
 from harness.sources import load_manifest, prepare_data
 from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
+from harness.util import atomic_write_text
+
+def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
+    """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits).
+    Returns the files that changed."""
+    files = open_ledger(s).files(run_id)
+    if files is None:
+        raise ConfigError(f"--restore {run_id}: no model.json and train.py recorded for this run (kept runs of other "
+                          f"hosts, or runs with a record in this sessions folder)")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "train.py",
+                            str(model_path())], cwd=REPO_DIR, capture_output=True, text=True).stdout.strip()
+    if dirty:
+        raise ConfigError("--restore: train.py or model.json has uncommitted edits; commit or discard them first")
+    changed = []
+    for name, path in (("model.json", model_path()), ("train.py", REPO_DIR / "train.py")):
+        if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != files[name]:
+            atomic_write_text(path, files[name])
+            changed.append(name)
+    return changed
+
 
 def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
     s = settings.current()
@@ -65,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--record-crash", metavar="LOG", help="record a killed run (sessions/<run_id>.log) as a crash")
     ap.add_argument("--send-queued", action="store_true",
                     help="send the runs recorded while the shared database was unreachable (ledger.backend postgres)")
+    ap.add_argument("--restore", metavar="RUN_ID",
+                    help="write a recorded run's model.json and train.py here (a kept run of another host, too)")
     ap.add_argument("--migrate-ledger", action="store_true",
                     help="rewrite an upstream/fork results.tsv with this ledger's columns (the old file is kept)")
     args = ap.parse_args(argv)
@@ -89,6 +112,11 @@ def main(argv=None) -> int:
                 return 1
             print(f"sent: {len(sent)} queued run(s)")
             print(f"memory: {regenerate_memory(s)}")
+            return 0
+        if args.restore:
+            changed = restore_run(args.restore, s)
+            print(f"restored {', '.join(changed) or 'nothing (the same files)'} from run {args.restore}; commit it: "
+                  f"git commit -am \"build on {args.restore}\"")
             return 0
         if args.migrate_ledger:
             results, sessions = ledger_paths(s)

@@ -28,7 +28,7 @@ from harness.ledger import LEDGER_COLUMNS, FileLedger, ledger_paths
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
-RUNS, CLAIMS = "autoresearch_runs", "autoresearch_claims"
+RUNS, CLAIMS, FILES = "autoresearch_runs", "autoresearch_claims", "autoresearch_files"
 _TYPES = {"val_bpb": "double precision", "memory_gb": "double precision", "peak_vram_mb": "double precision",
           "mfu_percent": "double precision", "training_seconds": "double precision",
           "total_tokens_M": "double precision", "num_params_M": "double precision", "num_steps": "integer"}
@@ -39,7 +39,8 @@ SCHEMA = (f"CREATE TABLE IF NOT EXISTS {RUNS} (seq bigserial PRIMARY KEY, run_id
           + ", host text NOT NULL, entry jsonb NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now());"
           f"CREATE INDEX IF NOT EXISTS {RUNS}_key ON {RUNS} (comparability_key);"
           f"CREATE TABLE IF NOT EXISTS {CLAIMS} (run_id text PRIMARY KEY, claim jsonb NOT NULL, "
-          "expires double precision NOT NULL);")
+          "expires double precision NOT NULL);"
+          f"CREATE TABLE IF NOT EXISTS {FILES} (run_id text PRIMARY KEY, files jsonb NOT NULL);")
 LOCK = 0x6175746f72        # pg_advisory_xact_lock key: one writer decides at a time, on every host
 CONNECT_TIMEOUT_S = 3
 RETRY_DELAYS_S = (0.5, 1.5)    # a server restarting answers again within a few seconds
@@ -109,7 +110,8 @@ class PostgresLedger:
         if not self._schema_ready:
             try:
                 with conn.transaction():                # created once; a role without CREATE can use existing tables
-                    exists = conn.execute(f"SELECT to_regclass('{RUNS}'), to_regclass('{CLAIMS}')").fetchone()
+                    exists = conn.execute(f"SELECT to_regclass('{RUNS}'), to_regclass('{CLAIMS}'), "
+                                          f"to_regclass('{FILES}')").fetchone()
                     if None in exists:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
                         conn.execute(SCHEMA)
@@ -177,7 +179,7 @@ class PostgresLedger:
             self.note = f"the shared ledger could not be read ({e}): this machine's runs only"
             return self.local.read()
 
-    def _insert(self, conn, row: dict, entry: dict, status: str | None) -> str:
+    def _insert(self, conn, row: dict, entry: dict, status: str | None, files: dict | None = None) -> str:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
         host = entry.get("host") or host_name()
         done = conn.execute(f"SELECT status, host FROM {RUNS} WHERE run_id = %s", (row["run_id"],)).fetchone()
@@ -199,23 +201,25 @@ class PostgresLedger:
                      + ", ".join(["%s"] * len(_COLS)) + ", %s, %s::jsonb)",
                      [row["run_id"], *values, host, _json(entry)])
         conn.execute(f"DELETE FROM {CLAIMS} WHERE run_id = %s", (row["run_id"],))
+        if files and status in ("baseline", "keep"):     # what another host needs to build on it (--restore)
+            conn.execute(f"INSERT INTO {FILES} (run_id, files) VALUES (%s, %s::jsonb)", (row["run_id"], _json(files)))
         return status
 
-    def append(self, row: dict, entry: dict, status: str | None = None, after=None) -> dict:
+    def append(self, row: dict, entry: dict, status: str | None = None, after=None, files: dict | None = None) -> dict:
         """Into the database (the status decided there), then into the local mirror; not taken: queued first, then
         decided and recorded locally. after(self) (memory.md) runs under the local lock."""
         entry = dict(entry, host=entry.get("host") or host_name())
         try:
             with contextlib.suppress(Unreachable, ConfigError):      # what stays queued stays; this run goes on
                 self.send_queued()
-            shared = self._retry(lambda conn: self._insert(conn, row, entry, status))
+            shared = self._retry(lambda conn: self._insert(conn, row, entry, status, files))
         except (Unreachable, ConfigError) as e:          # nothing is lost: the run waits in the local queue
             print(f"ledger: the shared database did not take the run ({e}); queued in {self.queue_path} and recorded "
                   f"locally (sent with the next run, or: uv run prepare.py --send-queued)")
             with self.local.lock():                      # the queue line before the local row: never local only
                 self.sessions.mkdir(parents=True, exist_ok=True)
                 with open(self.queue_path, "a", encoding="utf-8") as f:
-                    f.write(_json({"row": row, "entry": entry, "status": status}) + "\n")
+                    f.write(_json({"row": row, "entry": entry, "status": status, "files": files}) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
             return self.local.append(row, entry, status, after=after and (lambda store: after(self)))
@@ -243,7 +247,8 @@ class PostgresLedger:
                     try:
                         item = json.loads(left[0])
                         forced = item["status"] if item["status"] in ("crash", "interrupted") else None
-                        shared = self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced))
+                        shared = self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced,
+                                                                       item.get("files")))
                         sent.append(dict(item["row"], status=shared))
                     except (ValueError, KeyError, TypeError, Rejected) as e:   # kept aside, with the reason
                         with open(rejected, "a", encoding="utf-8") as f:
@@ -279,6 +284,15 @@ class PostgresLedger:
         except (Unreachable, ConfigError):
             return []
         return sorted((c for (c,) in found), key=lambda c: (c["started"], c["run_id"]))
+
+    def files(self, run_id: str) -> dict | None:
+        """model.json and train.py of an accepted run, from whichever host recorded it (this one's record first)."""
+        try:
+            found = self._retry(lambda conn: conn.execute(f"SELECT files FROM {FILES} WHERE run_id = %s",
+                                                          (run_id,)).fetchone())
+        except (Unreachable, ConfigError):
+            found = None
+        return self.local.files(run_id) or (found[0] if found else None)
 
     def lock(self):
         return self.local.lock()

@@ -244,8 +244,9 @@ class FileLedger:
     def read(self) -> tuple[list[dict], dict]:
         return read_ledger(self.results, warn=lambda m: None), read_index(self.sessions)
 
-    def append(self, row: dict, entry: dict, status: str | None = None, after=None) -> dict:
-        """Decide, append and drop the run's claim under the lock; then after(self) (memory.md), still under it."""
+    def append(self, row: dict, entry: dict, status: str | None = None, after=None, files: dict | None = None) -> dict:
+        """Decide, append and drop the run's claim under the lock; then after(self) (memory.md), still under it.
+        `files` (model.json and train.py) stay in the run's own record, sessions/<run_id>.json."""
         def recorded(results, sessions):
             self._drop_claim(row["run_id"])
             if after is not None:
@@ -286,3 +287,11 @@ class FileLedger:
 
     def send_queued(self) -> list[dict]:
         return []                             # nothing is ever queued: the file is always there
+
+    def files(self, run_id: str) -> dict | None:
+        """model.json and train.py as the run trained them, from its record sessions/<run_id>.json."""
+        try:
+            found = json.loads((self.sessions / f"{run_id}.json").read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return found if isinstance(found, dict) and {"model.json", "train.py"} <= set(found) else None

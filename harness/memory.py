@@ -211,6 +211,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     hosts = len({entry(r).get("host") for r in cur})
     if several:                                            # several agents share this ledger
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
+        out.append("- to build on another agent's kept run: `uv run prepare.py --restore <run_id>` writes its "
+                   "model.json and train.py here (then commit)")
     out.append("")
     out += running_now(rows, index, list(claims), now, entry(best) if best else None, key)
 
@@ -361,7 +363,7 @@ def regenerate_memory(s: Settings | None = None) -> Path:
 
 
 def record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
-           plot: bool = False, store=None) -> dict:
+           plot: bool = False, store=None, files: dict | None = None) -> dict:
     """Append one run to the ledger (results.tsv, or `store`) and regenerate memory.md (and progress.png)."""
     store = store or FileLedger(results, sessions)
-    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot))
+    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot), files=files)

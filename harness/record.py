@@ -108,6 +108,12 @@ def train_py_functions(train_py: Path | None = None) -> dict:
     return out
 
 
+def trained_files() -> dict:
+    """model.json and train.py as this run reads them: what another agent needs to build on it (--restore)."""
+    return {name: path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            for name, path in (("model.json", model_path()), ("train.py", REPO_DIR / "train.py"))}
+
+
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_size: int = 1) -> str:
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
@@ -195,7 +201,7 @@ class Run:
             "ground": dataclasses.asdict(s.ground), "platform": platform, "versions": library_versions(),
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
             "tokenizer": tokenizer.fingerprint(), "eval_tokens": eval_rows(tokenizer, s)[0] * s.max_seq_len,
-            "argv": sys.argv, "host": host_name(), **(extra or {}),
+            "argv": sys.argv, "host": host_name(), "files": trained_files(), **(extra or {}),
         }
         self.recorded = None
         self._finishing = False
@@ -266,7 +272,7 @@ class Run:
         self.record.update(metrics=metrics, error=error, row=self._row(metrics), index_entry=index_entry)
         try:
             self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True,
-                                   store=self.store)
+                                   store=self.store, files=self.record["files"])
         except (ConfigError, OSError) as e:  # a ledger damaged by hand, a full disk
             self.recorded = {"status": "unrecorded"}
             with contextlib.suppress(OSError):

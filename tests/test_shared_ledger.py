@@ -326,3 +326,49 @@ def test_the_command_line_on_the_shared_ledger(postgres, run_dir):
     assert r.returncode == 0 and "sent: 1 queued run(s)" in r.stdout and not queue.exists()
     assert "memory: " in r.stdout and "- best: val_bpb 1.000000 (1 seed) — q" in (run_dir / "sessions" /
                                                                                "memory.md").read_text()
+
+
+def test_both_backends_keep_the_files_of_a_kept_run_for_other_agents(store, tmp_path):
+    files = {"model.json": '{"depth": 6}\n', "train.py": "# the kept train.py\n"}
+    if isinstance(store, ledger.FileLedger):              # one host: the run's own record holds them
+        store.sessions.mkdir(parents=True)
+        (store.sessions / "base.json").write_text(json.dumps({"run_id": "base", "files": files}))
+    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store, files=files)
+    memory.record(store.results, store.sessions, _row("d", 1.2), _entry(fp="D"), store=store,
+                  files={"model.json": "{}", "train.py": "# discarded"})
+    assert store.files("base") == files
+    if isinstance(store, database.PostgresLedger):        # another machine finds a kept run's files, not others'
+        other = database.PostgresLedger(store.url, ledger.FileLedger(tmp_path / "o.tsv", tmp_path / "o"))
+        assert other.files("base") == files and other.files("d") is None
+        assert "- to build on another agent's kept run" not in (store.sessions / "memory.md").read_text()
+
+
+@pytest.mark.slow
+def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    from conftest import sync_working_tree
+    sync_working_tree(clone)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qam", "sync",
+                    "--allow-empty"], check=True)
+    g = json.loads((workspace / "ground.json").read_text())
+    g["ledger"] = {"results": str(tmp_path / "results.tsv"), "sessions_dir": str(tmp_path / "sessions")}
+    write_json(tmp_path / "ground.json", g)
+    (tmp_path / "sessions").mkdir()
+    kept = {"model.json": (clone / "model.json").read_text().replace('"depth": 8', '"depth": 6'),
+            "train.py": (clone / "train.py").read_text() + "\n# kept on another branch\n"}
+    (tmp_path / "sessions" / "r1.json").write_text(json.dumps({"run_id": "r1", "files": kept}))
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / "ground.json"))
+    env.pop("AUTORESEARCH_MODEL", None)
+    restore = lambda: subprocess.run([sys.executable, "prepare.py", "--restore", "r1"], cwd=clone, env=env,  # noqa
+                                     capture_output=True, text=True, timeout=120)
+    (clone / "train.py").write_text((clone / "train.py").read_text() + "# an uncommitted edit\n")
+    r = restore()
+    assert r.returncode == 2 and "uncommitted edits; commit or discard them first" in r.stderr
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py"], check=True)
+    r = restore()
+    assert r.returncode == 0 and "restored model.json, train.py from run r1" in r.stdout, r.stderr
+    assert (clone / "train.py").read_text() == kept["train.py"] and '"depth": 6' in (clone / "model.json").read_text()
+    r = subprocess.run([sys.executable, "prepare.py", "--restore", "nope"], cwd=clone, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "no model.json and train.py recorded for this run" in r.stderr

@@ -58,6 +58,9 @@ def test_smoke_run_prints_summary_and_records(run_dir):
     assert rec["status"] == "baseline" and round(rec["metrics"]["val_bpb"], 6) == float(summary["val_bpb"])
     assert rec["model"]["depth"] == 2 and rec["platform"]["device"] == "cpu" and rec["versions"]["torch"]
     assert rec["model_changes_by_mode"]["depth"] == [8, 2] and len(rec["fingerprint"]) == 12
+    # what another agent needs to build on this run (prepare.py --restore): the files as trained
+    assert rec["files"] == {"model.json": (run_dir / "model.json").read_text(),
+                            "train.py": (REPO / "train.py").read_text()}
     # host time blocked on the loader: measured over the timed steps, a part of their time
     assert 0.0 <= rec["metrics"]["loader_wait_seconds"] < rec["metrics"]["training_seconds"]
     digest = (run_dir / "sessions" / "memory.md").read_text()
