@@ -29,13 +29,19 @@ from harness.util import atomic_write_text
 def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
     """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits).
     Returns the files that changed."""
-    files = open_ledger(s).files(run_id)
+    store = open_ledger(s)
+    files = store.files(run_id)
+    if files is None and getattr(store, "note", None):
+        raise ConfigError(f"--restore {run_id}: {store.note}")
     if files is None:
         raise ConfigError(f"--restore {run_id}: no model.json and train.py recorded for this run (kept runs of other "
                           f"hosts, or runs with a record in this sessions folder)")
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "train.py",
-                            str(model_path())], cwd=REPO_DIR, capture_output=True, text=True).stdout.strip()
-    if dirty:
+    paths = ["train.py"] + ([str(model_path())] if model_path().resolve().is_relative_to(REPO_DIR) else [])
+    git = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=REPO_DIR,
+                         capture_output=True, text=True)
+    if git.returncode != 0:
+        raise ConfigError("--restore: cannot tell whether train.py has uncommitted edits (not a git checkout?)")
+    if git.stdout.strip():
         raise ConfigError("--restore: train.py or model.json has uncommitted edits; commit or discard them first")
     changed = []
     for name, path in (("model.json", model_path()), ("train.py", REPO_DIR / "train.py")):
@@ -115,8 +121,8 @@ def main(argv=None) -> int:
             return 0
         if args.restore:
             changed = restore_run(args.restore, s)
-            print(f"restored {', '.join(changed) or 'nothing (the same files)'} from run {args.restore}; commit it: "
-                  f"git commit -am \"build on {args.restore}\"")
+            print(f"restored {', '.join(changed)} from run {args.restore}; commit it: git commit -am \"build on "
+                  f"{args.restore}\"" if changed else f"run {args.restore}: model.json and train.py are already these")
             return 0
         if args.migrate_ledger:
             results, sessions = ledger_paths(s)

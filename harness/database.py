@@ -287,12 +287,16 @@ class PostgresLedger:
 
     def files(self, run_id: str) -> dict | None:
         """model.json and train.py of an accepted run, from whichever host recorded it (this one's record first)."""
+        local = self.local.files(run_id)
+        if local is not None:
+            return local
         try:
             found = self._retry(lambda conn: conn.execute(f"SELECT files FROM {FILES} WHERE run_id = %s",
                                                           (run_id,)).fetchone())
-        except (Unreachable, ConfigError):
-            found = None
-        return self.local.files(run_id) or (found[0] if found else None)
+        except (Unreachable, ConfigError) as e:
+            self.note = f"the shared ledger could not be read ({e})"
+            return None
+        return found[0] if found else None
 
     def lock(self):
         return self.local.lock()

@@ -146,12 +146,17 @@ def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str) -> int:
     return seed
 
 
-def return_commit(rows: list[dict], index: dict, key: str, branch: str | None) -> str | None:
-    """The commit to return to after a discard or a crash: the last accepted run's commit on this branch
-    (any branch when none of its runs was accepted)."""
-    accepted = [r for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED]
-    mine = [r for r in accepted if index.get(r["run_id"], {}).get("branch") == branch]
-    pick = (mine or accepted)
+def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
+    """The commit to return to after a discard or a crash: the last clean run on this branch of this host whose
+    configuration is accepted (its baseline or keep; also a re-run of a configuration kept elsewhere, e.g. after
+    --restore), else the last accepted run's commit on this host. None when this host has none (commits of other
+    hosts are not in this checkout). Runs recorded without a host count as this host's."""
+    entry = lambda r: index.get(r["run_id"], {})                                     # noqa: E731
+    here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
+    good = {run_fingerprint(r, index) for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED}
+    points = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")
+              and (r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good))]
+    pick = points or [r for r in here if r["status"] in ACCEPTED]
     return pick[-1]["commit"] if pick else None
 
 

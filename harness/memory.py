@@ -24,6 +24,7 @@ MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept v
 MEMORY_TOP = 5
 MEMORY_RECENT = 8
 MEMORY_VALUES_PER_KEY = 6
+MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
 
 
@@ -99,7 +100,8 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
     out = ["## Running now (started, not recorded yet; plan something else than these)"]
     recorded = {}
     for r in rows:
-        recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
+        if r["status"] in SCORED and r["val_bpb"] is not None:      # a crash does not make a rerun
+            recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
     seen = set()
     for c in claims:
         where = f"{clean_text(c.get('host') or '?', 40)}/{clean_text(c.get('branch') or '?', 40)}"
@@ -186,18 +188,17 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
     out.append(f"- runs since last improvement: {since}")
-    branches = sorted({entry(r).get("branch") for r in cur if entry(r).get("branch")})
-    if len(branches) > 1:                          # several agents: each returns to its own branch's kept commit
+    agents = sorted({(entry(r).get("host"), entry(r).get("branch")) for r in cur if entry(r).get("branch")},
+                    key=lambda hb: (str(hb[0]), str(hb[1])))
+    if len(agents) > 1:                            # several agents: each returns to its own kept commit
         homes = []
-        for b in branches[:6]:
-            home = return_commit(rows, index, key, b)
-            own = any(r["commit"] == home and entry(r).get("branch") == b for r in cur if r["status"] in ACCEPTED)
-            if home:
-                homes.append(f"{b}: `git reset --hard {home}`" + ("" if own else " (none kept on it yet: the last "
-                                                                                "kept commit of any branch)"))
-        if homes:
-            out.append("- commit to return to after a discard or a crash, by branch: " + "; ".join(homes))
-    elif (home := return_commit(rows, index, key, branch)):
+        for host, b in agents[:MEMORY_AGENTS]:
+            home = return_commit(rows, index, key, b, host)
+            where = f"{host}/{b}" if host else b
+            homes.append(f"{where}: `git reset --hard {home}`" if home else
+                         f"{where}: nothing kept there yet (`uv run prepare.py --restore <run_id>` builds on a kept run)")
+        out.append("- commit to return to after a discard or a crash, by agent: " + "; ".join(homes))
+    elif (home := return_commit(rows, index, key, branch, entry(last).get("host"))):
         out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
                    f"commit{' of ' + branch if branch else ''})")
     places = {}

@@ -29,7 +29,7 @@ from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import next_seed, parent_run, return_commit, run_fingerprint, standing
+from harness.decide import SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
 from harness.memory import cancelled_by_caps, record, write_memory
@@ -38,7 +38,7 @@ from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
 from harness.util import atomic_write_text
 
-CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (2 x budget + 120 s): then its machine died
+CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (harness.clock): then its machine died
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
 
 # ---------------------------------------------------------------------------
@@ -307,7 +307,8 @@ class Run:
                 print(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
                       if c.get("seed") == self.seed else
                       f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
-        done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp]
+        done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp
+                and r["status"] in SCORED and r["val_bpb"] is not None]         # a crash does not make a rerun
         seeds = sorted({index.get(r["run_id"], {}).get("seed") for r in done}, key=str)
         if self.seed in seeds:
             print(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
@@ -350,12 +351,21 @@ class Run:
         return self.finish(metrics or {}, status="crash", error=reason)
 
 
+def _best_run(rows: list[dict], index: dict, key: str) -> str:
+    best = standing(rows, index, key).best
+    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ("baseline", "keep")
+                and run_fingerprint(r, index) == best.fingerprint)
+
+
 def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
     """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
     the ledger with the run in it."""
     status, key = row["status"], row["comparability_key"]
-    home = return_commit(rows, index, key, branch)
-    back = f"git reset --hard {home}" if home else "git reset --hard <the last kept commit>"
+    home = return_commit(rows, index, key, branch, host_name())
+    best = standing(rows, index, key).best
+    back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
+            "this host yet" + (f"; to build on the best: uv run prepare.py --restore {_best_run(rows, index, key)})"
+                               if best else ")"))
     if status in ("baseline", "keep") and standing(rows, index, key).sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")

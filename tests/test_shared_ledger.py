@@ -92,9 +92,34 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
     # another agent's branch: each branch is told its own commit to return to
     memory.record(store.results, store.sessions, _row("g1", 0.98), _entry(fp="G", branch="autoresearch/gpu1"),
                   store=store)
-    assert ("- commit to return to after a discard or a crash, by branch: autoresearch/gpu1: `git reset --hard "
-            "000base` (none kept on it yet: the last kept commit of any branch); main: `git reset --hard 000base`"
-            ) in (store.sessions / "memory.md").read_text()
+    h = "" if isinstance(store, ledger.FileLedger) else f"{database.host_name()}/"   # the database adds the host
+    assert (f"- commit to return to after a discard or a crash, by agent: {h}autoresearch/gpu1: `git reset --hard "
+            f"000base`; {h}main: `git reset --hard 000base`") in (store.sessions / "memory.md").read_text()
+
+
+def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):
+    """Hosts do not share commits: an agent is sent back to a kept commit of its own host and branch (a re-run of
+    a kept configuration counts, e.g. after --restore), never to another host's; with none, to --restore."""
+    from harness.record import next_step
+    st = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    rec = lambda rid, v, fp, seed, host, commit: memory.record(   # noqa: E731
+        st.results, st.sessions, _row(rid, v, commit=commit),
+        _entry(fp=fp, seed=seed, host=host, branch="autoresearch/gpu0", commit=commit), store=st)
+    rec("base", 1.0, "A", 42, "h1", "c1base")
+    assert rec("h2first", 1.01, "A", 43, "h2", "c2first")["status"] == "repeat"    # h2 starts from the same files
+    assert rec("h3try", 1.2, "B", 42, "h3", "c3try")["status"] == "discard"
+    text = (st.sessions / "memory.md").read_text()
+    assert ("- commit to return to after a discard or a crash, by agent: h1/autoresearch/gpu0: `git reset --hard "
+            "c1base`; h2/autoresearch/gpu0: `git reset --hard c2first`; h3/autoresearch/gpu0: nothing kept there yet "
+            "(`uv run prepare.py --restore <run_id>` builds on a kept run)") in text
+    rows, index = st.read()
+    os.environ["AUTORESEARCH_HOST"] = "h3"
+    try:
+        assert next_step(rows[-1], rows, index, "autoresearch/gpu0") == (
+            "git reset --hard <the commit you started from> (nothing kept on this host yet; to build on the best: "
+            "uv run prepare.py --restore base)")
+    finally:
+        os.environ.pop("AUTORESEARCH_HOST")
 
 
 # ---------------------------------------------------------------------------
@@ -372,3 +397,13 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
     r = subprocess.run([sys.executable, "prepare.py", "--restore", "nope"], cwd=clone, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "no model.json and train.py recorded for this run" in r.stderr
+
+
+def test_a_crashed_configuration_retried_is_not_called_a_rerun(tmp_path):
+    st = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    memory.record(st.results, st.sessions, _row("base", 1.0), _entry(fp="A"), store=st)
+    memory.record(st.results, st.sessions, _row("boom", None), _entry(fp="B", error="OOM"), "crash", store=st)
+    st.claim(_claim("retry", "B", "h1", 1_800_000_000.0))                # the fixed config again, seed 42
+    memory.write_memory(st, now=1_800_000_060.0)
+    running = (st.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0]
+    assert "already recorded" not in running and "!!" not in running
