@@ -155,7 +155,8 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
     here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
     good = {run_fingerprint(r, index) for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED}
     points = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")
-              and (r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good))]
+              and (r["status"] in ACCEPTED
+                   or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good))]
     pick = points or [r for r in here if r["status"] in ACCEPTED]
     return pick[-1]["commit"] if pick else None
 

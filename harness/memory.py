@@ -195,8 +195,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         for host, b in agents[:MEMORY_AGENTS]:
             home = return_commit(rows, index, key, b, host)
             where = f"{host}/{b}" if host else b
-            homes.append(f"{where}: `git reset --hard {home}`" if home else
-                         f"{where}: nothing kept there yet (`uv run prepare.py --restore <run_id>` builds on a kept run)")
+            homes.append(f"{where}: `git reset --hard {home}`" if home else f"{where}: nothing kept there yet "
+                         "(`uv run prepare.py --restore <run_id>` builds on a kept run)")
         out.append("- commit to return to after a discard or a crash, by agent: " + "; ".join(homes))
     elif (home := return_commit(rows, index, key, branch, entry(last).get("host"))):
         out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
