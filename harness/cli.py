@@ -17,7 +17,7 @@ from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, ground_path
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.database import Unreachable, open_ledger
+from harness.database import PostgresLedger, Unreachable, open_ledger
 from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
 from harness.memory import regenerate_memory
 from harness.record import next_step, record_crash_from_log
@@ -31,7 +31,7 @@ def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
     Returns the files that changed."""
     store = open_ledger(s)
     files = store.files(run_id)
-    if files is None and getattr(store, "note", None):
+    if files is None and store.note:
         raise ConfigError(f"--restore {run_id}: {store.note}")
     if files is None:
         raise ConfigError(f"--restore {run_id}: no model.json and train.py recorded for this run (kept runs of other "
@@ -67,7 +67,8 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
     p = get_platform()
     if verbose:
         print(f"ground.json: ok ({ground_path()})")
-        shared = f"; shared: postgres via ${s.ground.ledger.database_url_env}" if hasattr(store, "url") else ""
+        shared = (f"; shared: postgres via ${s.ground.ledger.database_url_env}" if isinstance(store, PostgresLedger)
+                  else "")
         print(f"ledger: ok ({store.results}, {store.sessions}{shared}); data: {manifest['source']} "
               f"({len(manifest['train'])} train files)")
         print(f"model.json:  ok ({model_path()})")

@@ -23,7 +23,7 @@ import time
 
 from harness import settings
 from harness.config import ConfigError
-from harness.decide import decide
+from harness.decide import ACCEPTED, decide
 from harness.ledger import LEDGER_COLUMNS, FileLedger, ledger_paths
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -201,7 +201,7 @@ class PostgresLedger:
                      + ", ".join(["%s"] * len(_COLS)) + ", %s, %s::jsonb)",
                      [row["run_id"], *values, host, _json(entry)])
         conn.execute(f"DELETE FROM {CLAIMS} WHERE run_id = %s", (row["run_id"],))
-        if files and status in ("baseline", "keep"):     # what another host needs to build on it (--restore)
+        if files and status in ACCEPTED:                # what another host needs to build on it (--restore)
             conn.execute(f"INSERT INTO {FILES} (run_id, files) VALUES (%s, %s::jsonb)", (row["run_id"], _json(files)))
         return status
 

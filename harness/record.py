@@ -29,7 +29,7 @@ from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
+from harness.decide import ACCEPTED, SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
 from harness.memory import cancelled_by_caps, record, write_memory
@@ -351,9 +351,9 @@ class Run:
         return self.finish(metrics or {}, status="crash", error=reason)
 
 
-def _best_run(rows: list[dict], index: dict, key: str) -> str:
-    best = standing(rows, index, key).best
-    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ("baseline", "keep")
+def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
+    """The first accepted run of the best configuration `best` (a decide.Config)."""
+    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED
                 and run_fingerprint(r, index) == best.fingerprint)
 
 
@@ -362,14 +362,14 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     the ledger with the run in it."""
     status, key = row["status"], row["comparability_key"]
     home = return_commit(rows, index, key, branch, host_name())
-    best = standing(rows, index, key).best
+    st = standing(rows, index, key)
     back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
-            "this host yet" + (f"; to build on the best: uv run prepare.py --restore {_best_run(rows, index, key)})"
-                               if best else ")"))
-    if status in ("baseline", "keep") and standing(rows, index, key).sigma is None:
+            "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
+                               f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
+    if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
-    if status in ("baseline", "keep"):
+    if status in ACCEPTED:
         return "keep this commit and build on it"
     if status == "repeat":
         return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
