@@ -91,6 +91,26 @@ def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
             for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
 
 
+def since_last_improvement(since: list[dict], index: dict) -> str:
+    """What was tried after the last improvement: configurations, not runs (another seed of one edit is not
+    another try; the improvement's own further seeds, `repeat`, are left out), with the runs by status; a run
+    killed outright is counted apart from a crash (the host may have killed it, not the edit)."""
+    tried = {run_fingerprint(r, index) for r in since if r["status"] != "rerun"}
+    counts = {}
+    for r in since:
+        st = "killed" if r["status"] == "crash" and _killed(index.get(r["run_id"], {})) else r["status"]
+        counts[st] = counts.get(st, 0) + 1
+    order = [st for s in STATUSES for st in ((s, "killed") if s == "crash" else (s,))]
+    runs = ", ".join(f"{counts[st]} {st}" for st in order if st in counts)
+    return (f"- since the last improvement: {len(tried)} configuration{'s' * (len(tried) != 1)} tried in "
+            f"{len(since)} run{'s' * (len(since) != 1)}" + (f" ({runs})" if runs else ""))
+
+
+def _killed(entry: dict) -> bool:
+    """A run killed outright (OOM killer, a timeout's SIGKILL, a machine reset), recorded from its log."""
+    return str(entry.get("error") or "").startswith("killed:")
+
+
 def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None,
                 key: str | None) -> list[str]:
     """The runs other agents (and this one) have started and not recorded yet, with what each trains; `!!` where
@@ -155,11 +175,12 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         runs = [r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint and r["status"] in ACCEPTED]
         best = runs[0]
     scored = [r for r in cur if r["val_bpb"] is not None and r["status"] in SCORED]
-    since = 0
+    since = []                  # runs after the last improvement (keep or baseline), but its further seeds
     for r in reversed(cur):
-        if r["status"] == "keep" or r["status"] == "baseline":
+        if r["status"] in ACCEPTED:
             break
-        since += 1
+        if r["status"] != "repeat":
+            since.append(r)
     branch = entry(last).get("branch")
 
     # -- summary ---------------------------------------------------------------------------
@@ -187,7 +208,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
-    out.append(f"- runs since last improvement: {since}")
+    out.append(since_last_improvement(since, index))
     agents = sorted({(entry(r).get("host"), entry(r).get("branch")) for r in cur if entry(r).get("branch")},
                     key=lambda hb: (str(hb[0]), str(hb[1])))
     if len(agents) > 1:                            # several agents: each returns to its own kept commit
@@ -306,22 +327,24 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
         config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
         for k, val in m.items():
-            slot = tried.setdefault(k, {}).setdefault(_v(val), [None, 0, 0])
+            slot = tried.setdefault(k, {}).setdefault(_v(val), [None, 0, 0, 0])
             slot[1] += 1
             if config is not None and (slot[0] is None or config.mean < slot[0][0]):
                 slot[0] = (config.mean, len(config.values))     # a configuration's mean, not one lucky seed
             if r["status"] == "crash" and k in blamed:
-                slot[2] += 1
+                slot[3 if _killed(e) else 2] += 1
     varied = {k: v for k, v in tried.items() if len(v) > 1}
     if varied:
-        out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its seeds; "
-                "runs; crashes counted where the key changed; dead ends are values never best)",
+        out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its "
+                "seeds; runs; crashes, and runs killed outright, counted where the key changed; dead ends are values "
+                "never best)",
                 "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, (kv[1][0] or (0.0,))[0], kv[0]))
             cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}" if b else "—")
-                     + f" ({n} run{'s' * (n > 1)}{', ' + str(c) + ' crash' if c else ''})"
-                     for val, (b, n, c) in items[:MEMORY_VALUES_PER_KEY]]
+                     + f" ({n} run{'s' * (n > 1)}{', ' + str(c) + ' crash' if c else ''}"
+                     + f"{', ' + str(kl) + ' killed' if kl else ''})"
+                     for val, (b, n, c, kl) in items[:MEMORY_VALUES_PER_KEY]]
             if len(items) > MEMORY_VALUES_PER_KEY:
                 cells.append(f"+{len(items) - MEMORY_VALUES_PER_KEY} more")
             out.append(f"| {k} | {'; '.join(cells)} |")

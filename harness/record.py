@@ -36,7 +36,7 @@ from harness.memory import cancelled_by_caps, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
-from harness.util import atomic_write_text
+from harness.util import atomic_write_text, bytecode_note
 
 CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (harness.clock): then its machine died
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
@@ -146,7 +146,7 @@ def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, 
     lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
                  f"eval_tokens={s.eval_tokens:,}")
     lines += [f"  {line}" for line in describe_changes(changes, s, world)]
-    return lines + platform_lines(platform)
+    return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
 
 
 # ---------------------------------------------------------------------------

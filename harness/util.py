@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, file hashes, a short network probe.
+"""Small shared helpers: atomic file writes, file hashes, a short network probe, a bytecode check.
 
     uv run pytest tests/test_data.py        # exercised through the data sources and the token cache
 
@@ -60,3 +60,16 @@ def reachable(url: str, timeout_s: float) -> bool:
         return r.status_code < 400      # a 403/404 means the file is not there: not a usable source
     except requests.RequestException:
         return False
+
+
+def bytecode_note(module) -> str | None:
+    """A `!!` line when `module`'s bytecode is not cached: then every process recompiles its Python sources
+    (for torch, seconds of each run's start-up). None when the cached file is there."""
+    cached = getattr(module, "__cached__", None)
+    if not cached or os.path.exists(cached):
+        return None
+    why = ("PYTHONDONTWRITEBYTECODE is set" if os.environ.get("PYTHONDONTWRITEBYTECODE")
+           else "its folder is not writable" if not os.access(os.path.dirname(cached) or ".", os.W_OK)
+           else "it could not be written")
+    return (f"!! {module.__name__}'s bytecode is not cached ({why}): each run recompiles its sources at start-up; "
+            f"`uv sync --compile-bytecode` once, or PYTHONPYCACHEPREFIX=<a writable folder>, fixes it")

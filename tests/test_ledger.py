@@ -207,7 +207,7 @@ def test_memory_sections(tmp_path):
     memory.record(res, ses, _row("r5", 0.95, commit="c5"), capped)
     text = (ses / "memory.md").read_text()
     assert "- best: val_bpb 0.700000 (mean of 3 seeds) — r2 (c2) — desc r2" in text
-    assert "- runs since last improvement: 3" in text
+    assert "- since the last improvement: 3 configurations tried in 3 runs (2 discard, 1 crash)" in text
     assert "`depth=8, extra.mlp=4, matrix_lr=0.06`" in text                      # best configuration
     assert "- commit to return to after a discard or a crash: `git reset --hard c2` (the last kept commit of main)" \
         in text
@@ -227,6 +227,30 @@ def test_memory_sections(tmp_path):
     assert "- vs the best run r2: train.py: MLP.forward changed" in text
     assert "- this configuration: 2 seeds" not in text                   # same seed 42: r6 is a rerun of r3
     assert "| 4 | 0.950000 | discard (reverted) | 42 | r5 | desc r5 |" in text
+
+
+def test_since_last_improvement_counts_configurations_and_keeps_kills_apart(tmp_path):
+    """Another seed of one edit is not another try, a repeat of the best is not a try, and a run killed outright
+    (the host may have done it) is neither a crash of its edit nor charged to the keys it changed."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    base = {"depth": 8, "matrix_lr": 0.04}
+    memory.record(res, ses, _row("a", 1.00, commit="c1"), _entry(base, "A", seed=42, commit="c1", parent="c0"))
+    memory.record(res, ses, _row("b", 1.01, commit="c1"), _entry(base, "A", seed=43, commit="c1", parent="c0"))
+    memory.record(res, ses, _row("c", 1.02, commit="c1"), _entry(base, "A", seed=44, commit="c1", parent="c0"))
+    for rid, seed, v in (("d", 42, 0.99), ("e", 43, 1.05)):           # one edit under two seeds: confirm, discard
+        memory.record(res, ses, _row(rid, v, commit="c2"), _entry(dict(base, matrix_lr=0.05), "B", seed=seed,
+                                                                   commit="c2", parent="c1"))
+    memory.record(res, ses, _row("f", None, commit="c3"),
+                  _entry(dict(base, depth=12), "C", commit="c3", parent="c1", error="killed: Killed"))
+    memory.record(res, ses, _row("g", None, commit="c4"),
+                  _entry(dict(base, depth=10), "D", commit="c4", parent="c1", error="RuntimeError: shapes"))
+    text = (ses / "memory.md").read_text()
+    statuses = [r["status"] for r in ledger.read_ledger(res)]
+    assert statuses == ["baseline", "repeat", "repeat", "confirm", "discard", "crash", "crash"]
+    assert ("- since the last improvement: 3 configurations tried in 4 runs (1 confirm, 1 discard, 1 crash, "
+            "1 killed)") in text
+    assert "| depth | 8 -> 1.010000 over 3 seeds (5 runs); 10 -> — (1 run, 1 crash); 12 -> — (1 run, 1 killed) |" \
+        in text
 
 
 def test_cap_that_cancels_an_edit_is_said(tmp_path):

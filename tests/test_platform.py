@@ -210,3 +210,18 @@ def test_cudnn_shape_refusal_falls_back_with_reason():
                                       build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
     a100 = hardware.resolve_platform(ROWS[1][1], AUTO)
     assert hardware.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)
+
+
+def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypatch):
+    import types
+
+    from harness.util import bytecode_note
+    mod = types.SimpleNamespace(__name__="torch", __cached__=str(tmp_path / "__pycache__" / "x.cpython-311.pyc"))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    note = bytecode_note(mod)
+    assert note.startswith("!! torch's bytecode is not cached (PYTHONDONTWRITEBYTECODE is set): ")
+    assert "`uv sync --compile-bytecode`" in note
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    assert bytecode_note(mod) is None
+    assert bytecode_note(types.SimpleNamespace(__name__="builtin")) is None      # no source, nothing to cache

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from harness.util import bytecode_note  # noqa: E402
 
 
 def run(tree: Path, ground: Path, model: dict, env: dict, name: str, out: Path) -> dict:
@@ -51,6 +53,10 @@ def main():
     ap.add_argument("--scopes", default="model")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
+    import torch
+    note = bytecode_note(torch)
+    if note:             # the figures would include recompiling torch's sources at every start-up
+        print(note.replace("each run", "each run below"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="overhead_"))
