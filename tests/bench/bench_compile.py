@@ -1,15 +1,16 @@
 """What the first step of a run compiles, part by part (not a test; for a CUDA GPU, runs on the CPU too).
 
     AUTORESEARCH_GROUND=<a prepared ground.json> python3 tests/bench/bench_compile.py [--plan 8,8,10]
-        [--variants static,dynamic]
+        [--variants static,dynamic-model] [--tree DIR]
 
 For each variant, one subprocess per depth in --plan, sharing one set of inductor/triton caches (the first
 starts from empty ones: a fresh machine; a later depth is an agent's edit). Each times, with the GPU
 synchronized: the model's first forward+backward (its compilation), the optimizer's first step (the fused
 AdamW/Muon steps' compilation), the eval forward's first call (no_grad, reduction="none": another graph), and
 the same calls once more (their steady cost, to subtract). A depth edit changes the width too (depth x
-aspect_ratio), so every shape changes. Variant `dynamic` compiles the optimizer steps with dynamic shapes (one
-graph for every width and depth, reusable after an edit); `dynamic-model` the model as well.
+aspect_ratio), so every shape changes. Variant `static` is train.py's own compilation; `dynamic-model`
+compiles the model with dynamic shapes (measured slower to compile and not reused: docs/PERFORMANCE.md).
+--tree measures another checkout (e.g. the commit before a change), with the same caches layout.
 """
 
 import argparse
@@ -25,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def child(depth: int, variant: str) -> dict:
+def child(depth: int, variant: str, tree: Path) -> dict:
     import torch
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(tree))
     import train
     from harness import config, dataloader, hardware, settings, tokenizer
     s = settings.current()
@@ -40,11 +41,7 @@ def child(depth: int, variant: str) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = train.build_model(cfg, device, 1)
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
-    if variant in ("dynamic", "dynamic-model"):      # every shape symbolic: one graph for every width and depth
-        opt._adamw = torch.compile(train.adamw_step, dynamic=True, fullgraph=True)
-        opt._muon = torch.compile(train.muon_step, dynamic=True, fullgraph=True)
-    else:
-        opt.compile_steps()
+    opt.compile_steps()
     model = torch.compile(model, dynamic=variant == "dynamic-model")
     dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train", device=device)
     x, y, _ = next(dl)
@@ -83,12 +80,13 @@ def child(depth: int, variant: str) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--plan", default="8,8,10", help="depths in order, one subprocess each")
-    ap.add_argument("--variants", default="static,dynamic")
+    ap.add_argument("--variants", default="static")
+    ap.add_argument("--tree", default=str(REPO), help="the checkout whose train.py and harness/ to measure")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         depth, variant = args.child.split(":")
-        print("RESULT " + json.dumps(child(int(depth), variant)), flush=True)
+        print("RESULT " + json.dumps(child(int(depth), variant, Path(args.tree))), flush=True)
         os._exit(0)                                # triton's bindings print leak lines at teardown
     print("| variant | depth (order) | fwd+bwd compile s | optimizer compile s | eval compile s | fwd+bwd ms | "
           "optimizer step ms |")
@@ -97,8 +95,8 @@ def main():
         root = Path(tempfile.mkdtemp(prefix=f"compile_{variant}_"))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), TRITON_CACHE_DIR=str(root / "triton"))
         for i, depth in enumerate(args.plan.split(",")):
-            r = subprocess.run([sys.executable, __file__, "--child", f"{depth}:{variant}"], capture_output=True,
-                               text=True, env=env)
+            r = subprocess.run([sys.executable, __file__, "--child", f"{depth}:{variant}", "--tree", args.tree],
+                               capture_output=True, text=True, env=env)
             line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 print(f"| {variant} | {depth} ({i + 1}) | error: {(r.stdout + r.stderr).strip()[-200:]} |")
