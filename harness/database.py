@@ -23,8 +23,8 @@ import time
 
 from harness import settings
 from harness.config import ConfigError
-from harness.decide import ACCEPTED, decide
-from harness.ledger import LEDGER_COLUMNS, FileLedger, ledger_paths
+from harness.decide import ACCEPTED, UNSCORED, decide
+from harness.ledger import LEDGER_COLUMNS, FileLedger, claim_order, ledger_paths
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
@@ -195,7 +195,7 @@ class PostgresLedger:
             rows.append({"run_id": run_id, "val_bpb": val_bpb, "status": st, "comparability_key": key, "line": seq})
             index[run_id] = {"fingerprint": fp, "seed": seed}
         status = status or decide(rows, index, key, entry.get("fingerprint"), entry.get("seed"), row.get("val_bpb"))
-        row = dict(row, status=status, val_bpb=None if status in ("crash", "interrupted") else row.get("val_bpb"))
+        row = dict(row, status=status, val_bpb=None if status in UNSCORED else row.get("val_bpb"))
         values = [row.get(c) for c in _COLS]
         conn.execute(f"INSERT INTO {RUNS} (run_id, {_QCOLS}, host, entry) VALUES (%s, "
                      + ", ".join(["%s"] * len(_COLS)) + ", %s, %s::jsonb)",
@@ -246,7 +246,7 @@ class PostgresLedger:
                 while left:
                     try:
                         item = json.loads(left[0])
-                        forced = item["status"] if item["status"] in ("crash", "interrupted") else None
+                        forced = item["status"] if item["status"] in UNSCORED else None
                         shared = self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced,
                                                                        item.get("files")))
                         sent.append(dict(item["row"], status=shared))
@@ -283,7 +283,7 @@ class PostgresLedger:
                 f"SELECT claim FROM {CLAIMS} WHERE expires > %s", (now,)).fetchall())
         except (Unreachable, ConfigError):
             return []
-        return sorted((c for (c,) in found), key=lambda c: (c["started"], c["run_id"]))
+        return sorted((c for (c,) in found), key=claim_order)
 
     def files(self, run_id: str) -> dict | None:
         """model.json and train.py of an accepted run, from whichever host recorded it (this one's record first)."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
+UNSCORED = ("crash", "interrupted")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
 # Every keep rests on three seeds, and a configuration gets at most four. Simulated against other choices
 # (tests/bench/bench_keep_rule.py, docs/PERFORMANCE.md "keep rule"): keeping on one run let a neutral edit
 # through after a lucky draw, and the lucky mean then stood as the bar for every later edit.

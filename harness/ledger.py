@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness import settings
 from harness.config import ConfigError
-from harness.decide import decide
+from harness.decide import UNSCORED, decide
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
@@ -94,7 +94,7 @@ def read_ledger(path: Path, warn=None) -> list[dict]:
         if row["status"] not in STATUSES:
             warn(f"{path.name}:{n}: skipped: unknown status {row['status']!r}")
             continue
-        if row["status"] in ("crash", "interrupted") or (row["val_bpb"] is not None
+        if row["status"] in UNSCORED or (row["val_bpb"] is not None
                                                          and not math.isfinite(row["val_bpb"])):
             row["val_bpb"] = None        # upstream wrote 0.000000 for crashes: never a best result
         row["run_id"] = row["run_id"] or f"line{n}-{row['commit']}"
@@ -199,7 +199,7 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
         row = dict(row)
         row["status"] = status or decide(rows, read_index(sessions), row["comparability_key"],
                                          index_entry.get("fingerprint"), index_entry.get("seed"), row.get("val_bpb"))
-        if row["status"] in ("crash", "interrupted"):
+        if row["status"] in UNSCORED:
             row["val_bpb"] = None
         if any(r["run_id"] == row["run_id"] for r in rows):
             raise ConfigError(f"{results.name}: run {row['run_id']} is already recorded")
@@ -224,6 +224,11 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
         if after is not None:
             after(results, sessions)
     return row
+
+
+def claim_order(claim: dict) -> tuple:
+    """Claims oldest first (both backends list them so)."""
+    return claim["started"], claim["run_id"]
 
 
 class FileLedger:
@@ -283,7 +288,7 @@ class FileLedger:
             self._write_claims([c for c in claims if c["run_id"] != run_id])
 
     def claims(self, now: float) -> list[dict]:
-        return sorted((c for c in self._read_claims() if c["expires"] > now), key=lambda c: (c["started"], c["run_id"]))
+        return sorted((c for c in self._read_claims() if c["expires"] > now), key=claim_order)
 
     def send_queued(self) -> list[dict]:
         return []                             # nothing is ever queued: the file is always there

@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, next_seed, parent_run, parent_runs, return_commit,
-                            run_fingerprint, standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, next_seed, parent_run, parent_runs,
+                            return_commit, run_fingerprint, standing)
 from harness.database import open_ledger
 from harness.ledger import STATUSES, FileLedger, clean_text
 from harness.plot import write_progress_png
@@ -251,7 +251,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             f"{_v(le.get('seed'))} — {last['num_steps'] if last['num_steps'] is not None else '?'} steps — "
             f"{_epochs(le) or '?'} epochs — "
             f"{clean_text(last['description'], 80)}"]
-    if last["status"] in ("crash", "interrupted") and le.get("error"):
+    if last["status"] in UNSCORED and le.get("error"):
         out.append(f"- reason: {clean_text(le['error'], 160)}")
     parent = parent_run(rows, index, last)
     if parent is not None and le:
@@ -299,7 +299,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         if several:
             host = f"{clean_text(e['host'], 30)}/" if hosts > 1 and e.get("host") else ""
             text = f"[{host}{e.get('branch') or '?'}] " + text
-        if r["status"] in ("crash", "interrupted") and e.get("error"):
+        if r["status"] in UNSCORED and e.get("error"):
             text += " — " + clean_text(e["error"], 70)
         steps = r["num_steps"] if r["num_steps"] is not None else ""
         out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.decide import ACCEPTED, SCORED, standing
+from harness.decide import ACCEPTED, SCORED, UNSCORED, standing
 from harness.util import atomic_path
 
 
@@ -41,7 +41,7 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path) -> Path | 
         ax.step(xs, best, where="post", c="#1f77b4", lw=1.2, label="best configuration (mean over seeds)")
         ax.fill_between(xs, [b - s for b, s in zip(best, band)], [b + s for b, s in zip(best, band)], step="post",
                         color="#1f77b4", alpha=0.12, label="± noise floor (sigma)")
-    crashes = [i for i, r in enumerate(cur) if r["status"] in ("crash", "interrupted")]
+    crashes = [i for i, r in enumerate(cur) if r["status"] in UNSCORED]
     if crashes and scored:
         top = max(r["val_bpb"] for _, r in scored)
         ax.scatter(crashes, [top] * len(crashes), marker="x", c="#d62728", s=24, label="crash / interrupted")
