@@ -543,7 +543,7 @@ def main():
     x, y, epoch = next(train_loader)
 
     # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---
-    clock = StepClock(device, budget, s.excluded_steps, world, control)
+    clock = StepClock(device, budget, s.excluded_steps, world, control, max_steps=s.max_steps)
     step, skipped, loader_wait = 0, 0, 0.0     # loader_wait: host seconds blocked on the loader
     clock.start()
     while True:

@@ -22,7 +22,7 @@ this list (a module imports only modules above it):
   ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
   plot          sessions/progress.png: the progress plot, redrawn after every run
-  memory        sessions/memory.md: the bounded digest regenerated after every run
+  memory        sessions/memory.md: the bounded digest regenerated after every run; the `next:` command
   record        a run's log, JSON record and ledger row; crashes and signals recorded
   cli           `uv run prepare.py ...`
 """

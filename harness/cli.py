@@ -19,8 +19,8 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.database import PostgresLedger, Unreachable, open_ledger
 from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
-from harness.memory import regenerate_memory
-from harness.record import next_step, record_crash_from_log
+from harness.memory import next_step, regenerate_memory
+from harness.record import record_crash_from_log
 from harness.settings import Settings, describe_changes, effective_model
 from harness.sources import load_manifest, prepare_data
 from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
@@ -74,7 +74,7 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
         print(f"model.json:  ok ({model_path()})")
         print(f"mode: {s.mode} ({s.mode_reason})")
         print(f"  max_seq_len {s.max_seq_len}, time_budget_s {s.time_budget_s:g}, eval_tokens {s.eval_tokens:,}, "
-              f"excluded_steps {s.excluded_steps}")
+              f"excluded_steps {s.excluded_steps}, max_steps {s.max_steps or 'none'}")
         for line in describe_changes(changes, s):
             print(f"  {line}")
         print("\n".join(platform_lines(p)))

@@ -36,9 +36,11 @@ class Lap:
 
 
 class StepClock:
-    def __init__(self, device: torch.device, budget_s: float, excluded_steps: int, world: int = 1, group=None):
+    def __init__(self, device: torch.device, budget_s: float, excluded_steps: int, world: int = 1, group=None,
+                 max_steps: int = 0):
         self.device, self.budget_s, self.excluded_steps = device, budget_s, excluded_steps
-        self.world, self.group = world, group
+        self.world, self.group, self.max_steps = world, group, max_steps
+        self.steps_queued = 0                  # steps handed to lap() so far
         self.training_seconds = 0.0            # counted steps only: what the budget bounds
         self._pending = None                   # (step, end event, loss, info) of a step not read yet
         self._last_event = None
@@ -51,8 +53,12 @@ class StepClock:
 
     @property
     def progress(self) -> float:
-        """Fraction of the budget spent, in [0, 1]: what the LR schedule reads."""
-        return min(self.training_seconds / self.budget_s, 1.0)
+        """Fraction of the run done, in [0, 1]: what the LR schedule reads. The budget's seconds, or with a step
+        cap (ground.json max_steps) the steps' share of it if that is further: whichever ends the run, the
+        schedule reaches its end with it (a cap alone would stop a time-based schedule before its warm-down)."""
+        by_time = self.training_seconds / self.budget_s
+        by_steps = self.steps_queued / self.max_steps if self.max_steps else 0.0
+        return min(max(by_time, by_steps), 1.0)
 
     def spent(self, steps_done: int) -> bool:
         """True once the warm-up is over and the counted steps have used the budget, or, whatever the warm-up,
@@ -69,6 +75,7 @@ class StepClock:
     def lap(self, step: int, loss: torch.Tensor, **info) -> list[Lap]:
         """Step `step` is queued (its loss a device tensor): returns the steps finished now, in order.
         Step 0 (compilation) is read at once, so its time is its own."""
+        self.steps_queued = step + 1
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)

@@ -147,6 +147,11 @@ def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str) -> int:
     return seed
 
 
+def requested_model(entry: dict) -> dict:
+    """model.json as written for a run: what it trained, with the values a mode's cap replaced put back."""
+    return {**(entry.get("model") or {}), **{k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()}}
+
+
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
     """The commit to return to after a discard or a crash: the last clean run on this branch of this host whose
     configuration is accepted (its baseline or keep; also a re-run of a configuration kept elsewhere, e.g. after
@@ -154,10 +159,12 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
     hosts are not in this checkout). Runs recorded without a host count as this host's."""
     entry = lambda r: index.get(r["run_id"], {})                                     # noqa: E731
     here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
-    good = {run_fingerprint(r, index) for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED}
+    good = {run_fingerprint(r, index): requested_model(entry(r)) for r in rows
+            if r["comparability_key"] == key and r["status"] in ACCEPTED}
     points = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")
               and (r["status"] in ACCEPTED
-                   or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good))]
+                   or (r["status"] in ("repeat", "rerun")                # the same files, not a cap-cancelled edit
+                       and good.get(run_fingerprint(r, index), False) == requested_model(entry(r))))]
     pick = points or [r for r in here if r["status"] in ACCEPTED]
     return pick[-1]["commit"] if pick else None
 
@@ -165,14 +172,15 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
 def parent_runs(rows: list[dict], index: dict) -> dict:
     """run_id -> the run it was built on, for every row, in one pass: for a run of uncommitted edits, the last clean
     run of the same commit; else the last clean run of its parent commit (the same after `git commit --amend`);
-    else the last accepted run of its key before it; None for a first run."""
+    else the last accepted run of its key before it; None for a first run. Only runs of the same comparability key
+    count: a run under other settings (another budget, max_steps) measured something else."""
     clean_by_commit, accepted_by_key, out = {}, {}, {}
     for r in rows:
-        entry = index.get(r["run_id"], {})
+        entry, key = index.get(r["run_id"], {}), r["comparability_key"]
         wanted = r["commit"] if entry.get("dirty") else entry.get("parent")
-        out[r["run_id"]] = clean_by_commit.get(wanted) or accepted_by_key.get(r["comparability_key"])
+        out[r["run_id"]] = clean_by_commit.get((key, wanted)) or accepted_by_key.get(key)
         if not entry.get("dirty"):
-            clean_by_commit[r["commit"]] = r
+            clean_by_commit[(key, r["commit"])] = r
         if r.get("status") in ACCEPTED:
             accepted_by_key[r["comparability_key"]] = r
     return out

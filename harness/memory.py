@@ -1,4 +1,5 @@
-"""Memory: sessions/memory.md, a bounded digest regenerated from the whole ledger after every run.
+"""Memory: sessions/memory.md, a bounded digest regenerated from the whole ledger after every run, and the
+`next:` command a run prints (both are what the agent reads before its next step).
 
     uv run prepare.py --memory        # regenerate it on demand
 
@@ -13,8 +14,8 @@ import time
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, next_seed, parent_run, parent_runs,
-                            return_commit, run_fingerprint, standing)
-from harness.database import open_ledger
+                            requested_model, return_commit, run_fingerprint, standing)
+from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, clean_text
 from harness.plot import write_progress_png
 from harness.settings import Settings
@@ -54,10 +55,8 @@ def _epochs(entry: dict) -> str:
 
 
 def _requested(entry: dict) -> dict:
-    """model.json as the agent wrote it (the run records what it trained, and what each cap replaced)."""
-    flat = _flat(entry.get("model"))
-    flat.update({k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()})
-    return flat
+    """model.json as the agent wrote it, flat (the run records what it trained, and what each cap replaced)."""
+    return _flat(requested_model(entry))
 
 
 def _value(entry: dict, key: str) -> str:
@@ -203,8 +202,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                  and len(st.configs[run_fingerprint(r, index)].values) > 1]
         if steps and max(steps) > 1.1 * min(steps):
             out.append(f"- !! the floor's runs trained {min(steps)}..{max(steps)} steps: the machine's speed varied, "
-                       "and that spread is in the floor; set `max_steps` in ground.json's profile so that steps, not "
-                       "seconds, end a run (a new comparability key)")
+                       f"and that spread is in the floor; set `max_steps` (e.g. {min(steps)}) in ground.json's profile "
+                       "so that steps, not seconds, end a run and its schedule (a new comparability key)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
@@ -326,22 +325,25 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             pm = _requested(entry(p)) if p is not None else {}
             blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
         config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
+        trained = _flat(e.get("model"))
         for k, val in m.items():
-            slot = tried.setdefault(k, {}).setdefault(_v(val), [None, 0, 0, 0])
+            label = _v(val) if trained.get(k, val) == val else f"{_v(val)} (capped to {_v(trained[k])})"
+            slot = tried.setdefault(k, {}).setdefault(label, [None, 0, 0, 0])
             slot[1] += 1
             if config is not None and (slot[0] is None or config.mean < slot[0][0]):
-                slot[0] = (config.mean, len(config.values))     # a configuration's mean, not one lucky seed
+                slot[0] = (config.mean, len(config.values), config.accepted)    # a mean, not one lucky seed
             if r["status"] == "crash" and k in blamed:
                 slot[3 if _killed(e) else 2] += 1
     varied = {k: v for k, v in tried.items() if len(v) > 1}
     if varied:
         out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its "
-                "seeds; runs; crashes, and runs killed outright, counted where the key changed; dead ends are values "
-                "never best)",
+                "seeds, `not kept` when that configuration was not; runs; crashes, and runs killed outright, counted "
+                "where the key changed; dead ends are values never best)",
                 "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, (kv[1][0] or (0.0,))[0], kv[0]))
-            cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}" if b else "—")
+            cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}{'' if b[2] else ' not kept'}"
+                                     if b else "—")
                      + f" ({n} run{'s' * (n > 1)}{', ' + str(c) + ' crash' if c else ''}"
                      + f"{', ' + str(kl) + ' killed' if kl else ''})"
                      for val, (b, n, c, kl) in items[:MEMORY_VALUES_PER_KEY]]
@@ -356,6 +358,47 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         text = "\n".join(out + ["(truncated to stay under 8 KB)", ""])
     return text + "\n" + (notes or f"{NOTES_HEADER}\n\n(Agent: keep your hypotheses, lessons and plans here; this "
                                    f"section is preserved.)\n")
+
+
+def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
+    """The first accepted run of the best configuration `best` (a decide.Config)."""
+    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED
+                and run_fingerprint(r, index) == best.fingerprint)
+
+
+def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
+    """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
+    the ledger with the run in it."""
+    status, key = row["status"], row["comparability_key"]
+    home = return_commit(rows, index, key, branch, host_name())
+    st = standing(rows, index, key)
+    back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
+            "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
+                               f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
+    if status in ACCEPTED and st.sigma is None:
+        return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
+                f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
+    if status in ACCEPTED:
+        return "keep this commit and build on it"
+    if status == "repeat":
+        return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
+    if status == "confirm":
+        fp = run_fingerprint(row, index)
+        return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
+                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
+    if status == "rerun":
+        me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
+        parent = parent_run(rows, index, me)
+        if parent is not None and cancelled_by_caps(index.get(parent["run_id"], {}), index.get(row["run_id"], {})):
+            return (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; "
+                    f"{back}, and try an edit the caps allow")
+        return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
+    if status == "discard":
+        return back
+    if str(index.get(row["run_id"], {}).get("error") or "").startswith("killed:"):
+        return (f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
+                f"and run again; if the host or you stopped it, run this commit again unchanged; or give up: {back}")
+    return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
 def read_notes(memory: Path) -> str:

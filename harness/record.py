@@ -29,10 +29,10 @@ from harness import settings
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import ACCEPTED, SCORED, next_seed, parent_run, return_commit, run_fingerprint, standing
+from harness.decide import SCORED, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
-from harness.memory import cancelled_by_caps, record, write_memory
+from harness.memory import cancelled_by_caps, next_step, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
@@ -62,15 +62,19 @@ def git_info() -> dict:
             "worktree": str(REPO_DIR)}
 
 
-def config_fingerprint(train_py: Path | None = None) -> str:
+def config_fingerprint(train_py: Path | None = None, capped: dict | None = None) -> str:
     """The configuration a run trains: model.json's values and train.py's code, so that a change in comments,
-    blank lines or key order is the same configuration (parsed where they parse, else their bytes)."""
+    blank lines or key order is the same configuration (parsed where they parse, else their bytes). `capped`:
+    the values the mode's caps train instead of model.json's, so that an edit a cap cancels is its parent's
+    configuration (a rerun or a repeat), not a new one judged on noise."""
     import ast
     h = hashlib.sha256()
     model, code = model_path(), train_py or REPO_DIR / "train.py"
     raw = [p.read_bytes() if p.exists() else b"" for p in (model, code)]
     try:
-        h.update(json.dumps(json.loads(raw[0]), sort_keys=True).encode())
+        values = json.loads(raw[0])
+        h.update(json.dumps({**values, **(capped or {})} if isinstance(values, dict) else values,
+                            sort_keys=True).encode())
     except ValueError:
         h.update(raw[0])
     try:
@@ -119,7 +123,9 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_s
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
                        "world": world_size, "max_steps": s.max_steps,
+                       **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
                        "caps": s.model_caps if s.mode == "test" else {},
+                       **({"fingerprint": "as trained"} if s.mode == "test" and s.model_caps else {}),
                        **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
                        **({"split_long_documents": True} if s.ground.data.split_long_documents else {})},
                       sort_keys=True)
@@ -144,7 +150,9 @@ def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, 
         lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
                      f"each {model.device_batch_size} rows per micro-step")
     lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
-                 f"eval_tokens={s.eval_tokens:,}")
+                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the budget or the steps, whichever "
+                                                     f"comes first, ends the run and its LR schedule)"
+                                                     if s.max_steps else ""))
     lines += [f"  {line}" for line in describe_changes(changes, s, world)]
     return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
 
@@ -196,7 +204,9 @@ class Run:
         self.record = {
             "run_id": self.run_id, "status": "running", "timestamp": self.timestamp, "description": self.description,
             "git": self.git, "comparability_key": self.key, "mode": s.mode, "mode_reason": s.mode_reason,
-            "fingerprint": config_fingerprint(), "seed": seed, "model": self.model, "train_py": train_py_functions(),
+            "fingerprint": config_fingerprint(capped={k: v for k, (_, v) in model_changes.items()
+                                                      if k in s.model_caps}),
+            "seed": seed, "model": self.model, "train_py": train_py_functions(),
             "model_changes_by_mode": {k: list(v) for k, v in model_changes.items()},
             "ground": dataclasses.asdict(s.ground), "platform": platform, "versions": library_versions(),
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
@@ -204,6 +214,7 @@ class Run:
             "argv": sys.argv, "host": host_name(), "files": trained_files(), **(extra or {}),
         }
         self.recorded = None
+        self.warnings = []                 # the start's `!!` lines, said again before `next:`
         self._finishing = False
         self.log_path = self.sessions / f"{self.run_id}.log"
         self.json_path = self.sessions / f"{self.run_id}.json"
@@ -221,10 +232,11 @@ class Run:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
         rows, index = self.store.read()
-        for line in self.cap_warnings(rows, index):
+        self.warnings = self.cap_warnings(rows, index)
+        for line in self.warnings:
             print(line)
         self._write_json()
-        self.announce(rows, index)
+        self.warnings += self.announce(rows, index)
         self._prev_hook = sys.excepthook
         sys.excepthook = self._excepthook
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -282,6 +294,8 @@ class Run:
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self._write_json()
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
+        for line in self.warnings:
+            print(line)
         self.next_step = next_step(self.recorded, *self.store.read(), self.git.get("branch"))
         print(f"next: {self.next_step}")
         return self.recorded
@@ -293,32 +307,36 @@ class Run:
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
                 "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name()}
 
-    def announce(self, rows: list[dict], index: dict) -> None:
+    def announce(self, rows: list[dict], index: dict) -> list[str]:
         """Claim the run in the ledger (other agents see it in memory.md's "Running now" until it is recorded or
-        expires), and print `!!` where its configuration is already running or already recorded."""
+        expires), and print `!!` where its configuration is already running or already recorded (returned)."""
         now = time.time()
         fp = self.record["fingerprint"]
         claim = {k: v for k, v in self._index_entry(None).items() if k not in ("error", "dirty", "parent", "commit")}
         claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
                      expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S)
+        lines = []
         for c in self.store.claims(now):
             if c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
-                print(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
-                      if c.get("seed") == self.seed else
-                      f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
+                lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
+                             if c.get("seed") == self.seed else
+                             f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
         done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp
                 and r["status"] in SCORED and r["val_bpb"] is not None]         # a crash does not make a rerun
         seeds = sorted({index.get(r["run_id"], {}).get("seed") for r in done}, key=str)
         if self.seed in seeds:
-            print(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
-                  f"{done[-1]['run_id']}, {done[-1]['status']}): this run will be a `rerun`, not judged")
+            lines.append(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
+                         f"{done[-1]['run_id']}, {done[-1]['status']}): this run will be a `rerun`, not judged")
         elif done:
-            print(f"another seed of a configuration already recorded under seeds {', '.join(map(str, seeds))} "
-                  f"(a confirmation, or a repeat)")
+            lines.append(f"another seed of a configuration already recorded under seeds {', '.join(map(str, seeds))} "
+                         f"(a confirmation, or a repeat)")
+        for line in lines:
+            print(line)
         self.store.claim(claim)
         with self.store.lock():              # memory.md's "Running now" as of this start, for every agent reading it
             write_memory(self.store)
+        return [line for line in lines if line.startswith("!!")]
 
     def cap_warnings(self, rows: list[dict], index: dict) -> list[str]:
         """`!!` lines for model.json edits from the parent run that the mode's caps cancel (nothing is trained
@@ -349,39 +367,6 @@ class Run:
     def crash(self, reason: str, metrics: dict | None = None) -> dict:
         print(f"CRASH: {reason}")
         return self.finish(metrics or {}, status="crash", error=reason)
-
-
-def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
-    """The first accepted run of the best configuration `best` (a decide.Config)."""
-    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED
-                and run_fingerprint(r, index) == best.fingerprint)
-
-
-def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
-    """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
-    the ledger with the run in it."""
-    status, key = row["status"], row["comparability_key"]
-    home = return_commit(rows, index, key, branch, host_name())
-    st = standing(rows, index, key)
-    back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
-            "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
-                               f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
-    if status in ACCEPTED and st.sigma is None:
-        return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
-                f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
-    if status in ACCEPTED:
-        return "keep this commit and build on it"
-    if status == "repeat":
-        return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
-    if status == "confirm":
-        fp = run_fingerprint(row, index)
-        return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
-                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
-    if status == "rerun":
-        return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
-    if status == "discard":
-        return back
-    return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,

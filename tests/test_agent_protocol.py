@@ -120,19 +120,21 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
         assert json.loads((clone / "model.json").read_text())["matrix_lr"] == 0.04
     home = git(clone, "rev-parse", "--short=7", "HEAD")
 
-    # 3. an edit the test profile's cap cancels (depth 8 -> 4, capped at 2): said at start and in memory.md
+    # 3. an edit the test profile's cap cancels (depth 8 -> 4, capped at 2): the configuration as trained is its
+    # parent's, so under the same seed it is a `rerun`, not judged; said at start and again just before `next:`
     m = json.loads((clone / "model.json").read_text())
     m["depth"] = 4
     write_json(clone / "model.json", m)
     git(clone, "commit", "-qam", "halve the depth")
     statuses, r = run_and_follow(clone, tmp_path)
-    first = ledger_rows(clone)[-len(statuses)]
-    log = (clone / "sessions" / f"{first['run_id']}.log").read_text()
-    assert "!! model.json depth 8 -> 4 trains as 2 either way (capped): this run trains its parent's model" in log
-    assert statuses[-1] in ("keep", "discard")
-    if statuses[-1] == "discard":
-        assert git(clone, "rev-parse", "--short=7", "HEAD") == home
-    home = git(clone, "rev-parse", "--short=7", "HEAD")
+    assert statuses == ["rerun"]
+    cap_line = "!! model.json depth 8 -> 4 trains as 2 either way (capped): this run trains its parent's model"
+    tail = r.stdout.split("\nrecorded: ", 1)[1]
+    assert cap_line in r.stdout.split("\nrecorded: ", 1)[0] and tail.splitlines()[1].startswith(cap_line)
+    assert next_line(r) == (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was "
+                            f"judged; git reset --hard {home}, and try an edit the caps allow")
+    assert ledger_rows(clone)[-1]["val_bpb"] is not None
+    git(clone, "reset", "-q", "--hard", home)
 
     # 4. a train.py edit that raises: the crash is charged to train.py's main only; fixed with --amend
     src = (clone / "train.py").read_text()

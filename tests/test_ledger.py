@@ -216,8 +216,8 @@ def test_memory_sections(tmp_path):
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" not in text
     assert "| r4 | crash | — |  | 42 | 10 |  | desc r4 — OutOfMemoryError: CUDA out of memory |" in text
     # a value's figure is its best configuration's mean over seeds (B: 0.70, 0.71, 0.69), never one lucky seed
-    assert ("| depth | 8 -> 0.700000 over 3 seeds (6 runs); 4 -> 0.950000 over 1 seed (1 run); 12 -> — (1 run, "
-            "1 crash) |") in text
+    assert ("| depth | 8 -> 0.700000 over 3 seeds (6 runs); 4 (capped to 2) -> 0.950000 over 1 seed not kept (1 run); "
+            "12 -> — (1 run, 1 crash) |") in text
     assert "| matrix_lr | 0.06 -> 0.700000 over 3 seeds (6 runs); 0.04 -> 1.010000 over 2 seeds (2 runs) |" in text
     memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
                                                               parent="c3", fn=dict(fns, **{"MLP.forward": "m2"})))
@@ -328,3 +328,38 @@ def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):
                                 "val_bpb, "
                                 "status, description; missing commit, val_bpb, status, description")
     assert not (run_dir / "sessions" / "memory.md").exists()
+
+
+def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
+    """A run's parent is a run of the same comparability key (a changed ground.json makes another key: its first
+    run has none); a run killed outright is told to re-run unchanged unless its edit made it too slow or large."""
+    from harness import decide
+    from harness.memory import next_step
+    rows = [dict(_row("old", 1.0, key="k1", commit="c1"), status="baseline", line=2),
+            dict(_row("new", 0.9, key="k2", commit="c2"), status="baseline", line=3),
+            dict(_row("edit", 0.8, key="k2", commit="c3"), status="discard", line=4),
+            dict(_row("dead", None, key="k2", commit="c4"), status="crash", line=5)]
+    index = {"old": _entry(commit="c1", parent="c0"), "new": _entry(commit="c2", parent="c1"),
+             "edit": _entry(commit="c3", parent="c2"), "dead": _entry(commit="c4", parent="c2", error="killed: Killed")}
+    parents = decide.parent_runs(rows, index)
+    assert parents["new"] is None                              # c1's run is of key k1: not this run's parent
+    assert parents["edit"]["run_id"] == "new" and parents["dead"]["run_id"] == "new"
+    said = next_step(rows[-1], rows, index, "main")
+    assert said.startswith("killed outright: if the edit made it too slow or too large, fix that, `git commit -a "
+                           "--amend` and run again; if the host or you stopped it, run this commit again unchanged")
+    assert said.endswith("git reset --hard c2")
+    index["dead"]["error"] = "RuntimeError: shapes"
+    assert next_step(rows[-1], rows, index, "main").startswith("fix a trivial bug")
+
+
+def test_a_capped_edit_has_its_parents_fingerprint(tmp_path, monkeypatch):
+    from harness.record import config_fingerprint
+    model = json.loads(config.model_path().read_text())
+    prints = []
+    for depth in (8, 4):
+        path = tmp_path / f"model_{depth}.json"
+        path.write_text(json.dumps(dict(model, depth=depth)))
+        monkeypatch.setenv("AUTORESEARCH_MODEL", str(path))
+        prints.append((config_fingerprint(), config_fingerprint(capped={"depth": 2})))
+    assert prints[0][0] != prints[1][0]                # as written: two configurations
+    assert prints[0][1] == prints[1][1]                # as trained under a depth cap of 2: one

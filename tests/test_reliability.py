@@ -156,6 +156,23 @@ def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
     assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
 
 
+def test_a_step_cap_ends_the_schedule_with_the_run():
+    """With ground.json max_steps the LR schedule's progress follows the steps when they end the run first, so
+    the warm-down finishes; without a cap it is the budget's share of seconds alone."""
+    capped = clock.StepClock(torch.device("cpu"), budget_s=1e6, excluded_steps=0, max_steps=4)
+    free = clock.StepClock(torch.device("cpu"), budget_s=1e6, excluded_steps=0)
+    seen = []
+    for step in range(4):
+        seen.append((capped.progress, free.progress))
+        for c in (capped, free):
+            c.lap(step, torch.tensor(1.0))
+    assert [p for p, _ in seen] == [0.0, 0.25, 0.5, 0.75]
+    assert all(0.0 <= f < 1e-3 for _, f in seen)
+    quick = clock.StepClock(torch.device("cpu"), budget_s=1e-9, excluded_steps=0, max_steps=1000)
+    quick.lap(0, torch.tensor(1.0))
+    assert quick.progress == 1.0                   # the seconds ran out first: the budget's share, capped at 1
+
+
 @pytest.mark.parametrize("bad,error", [
     ("{tmp}", "ground.json: key 'ledger.results': expected a file, got the folder {tmp}"),
     ("{tmp}/r\u0000.tsv", "ground.json: key 'ledger.results': not a usable path (ValueError: embedded null byte)"),

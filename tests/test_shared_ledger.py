@@ -100,7 +100,7 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
 def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):
     """Hosts do not share commits: an agent is sent back to a kept commit of its own host and branch (a re-run of
     a kept configuration counts, e.g. after --restore), never to another host's; with none, to --restore."""
-    from harness.record import next_step
+    from harness.memory import next_step
     st = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
     rec = lambda rid, v, fp, seed, host, commit: memory.record(   # noqa: E731
         st.results, st.sessions, _row(rid, v, commit=commit),
