@@ -325,9 +325,10 @@ class Run:
         done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp
                 and r["status"] in SCORED and r["val_bpb"] is not None]         # a crash does not make a rerun
         seeds = sorted({index.get(r["run_id"], {}).get("seed") for r in done}, key=str)
-        if self.seed in seeds:
-            lines.append(f"!! this configuration already ran under seed {self.seed} ({len(done)} run(s), the last "
-                         f"{done[-1]['run_id']}, {done[-1]['status']}): this run will be a `rerun`, not judged")
+        same = [r for r in done if index.get(r["run_id"], {}).get("seed") == self.seed]
+        if same:
+            lines.append(f"!! this configuration already ran under seed {self.seed} ({same[-1]['run_id']}, "
+                         f"{same[-1]['status']}): this run will be a `rerun`, not judged")
         elif done:
             lines.append(f"another seed of a configuration already recorded under seeds {', '.join(map(str, seeds))} "
                          f"(a confirmation, or a repeat)")

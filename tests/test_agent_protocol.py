@@ -134,6 +134,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     assert next_line(r) == (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was "
                             f"judged; git reset --hard {home}, and try an edit the caps allow")
     assert ledger_rows(clone)[-1]["val_bpb"] is not None
+    named = r.stdout.split("!! this configuration already ran under seed 42 (", 1)[1].split(",", 1)[0]
+    assert json.loads((clone / "sessions" / f"{named}.json").read_text())["seed"] == 42    # the seed-42 run
     git(clone, "reset", "-q", "--hard", home)
 
     # 4. a train.py edit that raises: the crash is charged to train.py's main only; fixed with --amend
