@@ -152,6 +152,14 @@ def requested_model(entry: dict) -> dict:
     return {**(entry.get("model") or {}), **{k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()}}
 
 
+def capped_apart(a: dict, b: dict) -> bool:
+    """Two runs of one configuration as trained whose model.json differ in a value a cap replaced (an edit the
+    cap cancelled): the same model, not the same files."""
+    keys = set(a.get("model_changes_by_mode") or {}) | set(b.get("model_changes_by_mode") or {})
+    ra, rb = requested_model(a), requested_model(b)
+    return any(ra.get(k) != rb.get(k) for k in keys)
+
+
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
     """The commit to return to after a discard or a crash: the last clean run on this branch of this host whose
     configuration is accepted (its baseline or keep; also a re-run of a configuration kept elsewhere, e.g. after
@@ -159,12 +167,12 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
     hosts are not in this checkout). Runs recorded without a host count as this host's."""
     entry = lambda r: index.get(r["run_id"], {})                                     # noqa: E731
     here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
-    good = {run_fingerprint(r, index): requested_model(entry(r)) for r in rows
+    good = {run_fingerprint(r, index): entry(r) for r in rows
             if r["comparability_key"] == key and r["status"] in ACCEPTED}
     points = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")
               and (r["status"] in ACCEPTED
-                   or (r["status"] in ("repeat", "rerun")                # the same files, not a cap-cancelled edit
-                       and good.get(run_fingerprint(r, index), False) == requested_model(entry(r))))]
+                   or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
+                       and not capped_apart(good[run_fingerprint(r, index)], entry(r))))]
     pick = points or [r for r in here if r["status"] in ACCEPTED]
     return pick[-1]["commit"] if pick else None
 

@@ -387,6 +387,11 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                 f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
     if status in ACCEPTED:
         return "keep this commit and build on it"
+    me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
+    parent = parent_run(rows, index, me) if status in ("repeat", "rerun") else None
+    if parent is not None and cancelled_by_caps(index.get(parent["run_id"], {}), index.get(row["run_id"], {})):
+        return (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; go back "
+                f"and try an edit the caps allow: {back}")
     if status == "repeat" and st.dof < 2:
         return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
                 f"degree of freedom asks for a wide margin: a third seed narrows it, usually: uv run train.py --seed "
@@ -398,11 +403,6 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
         return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
                 f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
     if status == "rerun":
-        me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
-        parent = parent_run(rows, index, me)
-        if parent is not None and cancelled_by_caps(index.get(parent["run_id"], {}), index.get(row["run_id"], {})):
-            return (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; "
-                    f"{back}, and try an edit the caps allow")
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
     if status == "discard":
         return back

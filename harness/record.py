@@ -124,8 +124,8 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_s
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
                        "world": world_size, "max_steps": s.max_steps,
                        **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
-                       "caps": s.model_caps if s.mode == "test" else {},
-                       **({"fingerprint": "as trained"} if s.mode == "test" and s.model_caps else {}),
+                       "caps": s.model_caps,
+                       **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
                        **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
                        **({"split_long_documents": True} if s.ground.data.split_long_documents else {})},
                       sort_keys=True)
@@ -414,13 +414,15 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
     reason = errs[-1] if errs else (f"no error message; last output: {lines[-1][:120]}" if lines
                                     else "no output at all")
+    raised = bool(errs) and re.search(r"\w(Error|Exception)\b", reason) and not re.search(r"[Kk]illed", reason)
+    error = reason if raised else f"killed: {reason}"      # a Python exception the run could not record itself
     git = rec.get("git", {})
     row = {"run_id": run_id, "commit": git.get("commit", ""), "val_bpb": None, "memory_gb": None,
            "description": rec.get("description", ""), "peak_vram_mb": None, "mfu_percent": None,
            "training_seconds": None, "total_tokens_M": None, "num_params_M": None, "num_steps": None,
            "mode": rec.get("mode", ""), "comparability_key": rec.get("comparability_key", LEGACY_KEY),
            "timestamp": rec.get("timestamp", "")}
-    entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": f"killed: {reason}",
+    entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": error,
              "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
              "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
              "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),

@@ -132,7 +132,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     tail = r.stdout.split("\nrecorded: ", 1)[1]
     assert cap_line in r.stdout.split("\nrecorded: ", 1)[0] and tail.splitlines()[1].startswith(cap_line)
     assert next_line(r) == (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was "
-                            f"judged; git reset --hard {home}, and try an edit the caps allow")
+                            f"judged; go back and try an edit the caps allow: git reset --hard {home}")
     assert ledger_rows(clone)[-1]["val_bpb"] is not None
     named = r.stdout.split("!! this configuration already ran under seed 42 (", 1)[1].split(",", 1)[0]
     assert json.loads((clone / "sessions" / f"{named}.json").read_text())["seed"] == 42    # the seed-42 run
@@ -182,6 +182,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     killed = ledger_rows(clone)[-1]
     assert (killed["run_id"], killed["status"], killed["description"]) == (run_id, "crash", "killed run")
     assert "killed run — killed: no error message; last output: " in memory(clone)
+    assert next_line(r).startswith("killed outright: if the edit made it too slow or too large, fix that")
+    assert "(1 killed)" in memory(clone).split("## Summary", 1)[1].split("\n", 2)[1]
 
     # final state: no keep from an unchanged re-run, tree clean, HEAD on an accepted commit
     rows = ledger_rows(clone)

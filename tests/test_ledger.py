@@ -291,8 +291,9 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
     rows = ledger.read_ledger(run_dir / "results.tsv")
     assert [(x["run_id"], x["status"], x["val_bpb"], x["commit"], x["comparability_key"]) for x in rows] == \
         [(rid, "crash", None, "abcdef0", "local-test-abc")]
+    # the log ends on an exception the run raised (it died before recording it): the edit's crash, not a kill
     assert (ledger.read_index(ses)[rid]["error"]
-            == "killed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+            == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert json.loads((ses / f"{rid}.json").read_text())["status"] == "crash"
     assert "CUDA out of memory" in (ses / "memory.md").read_text()
     again = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
@@ -381,3 +382,27 @@ def test_a_kept_value_shows_its_kept_configuration_not_a_luckier_one_that_was_no
         in text
     # depth 8 is in the kept configuration (1.01) and in the pending one (0.995): the kept one's mean is shown
     assert "| depth | 8 -> 1.010000 over 3 seeds (4 runs); 4 -> — (1 run, 1 crash) |" in text
+
+
+def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_home(tmp_path):
+    from harness import decide
+    from harness.memory import next_step
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    trained = {"depth": 2, "matrix_lr": 0.04}
+    cap8, cap4 = {"depth": [8, 2]}, {"depth": [4, 2]}
+    for rid, seed in (("a", 42), ("b", 43)):
+        memory.record(res, ses, _row(rid, 1.0 + seed / 1000, commit="c1"),
+                      _entry(trained, "A", seed=seed, commit="c1", parent="c0", model_changes_by_mode=cap8))
+    row = memory.record(res, ses, _row("c", 0.9, commit="c2"),
+                        _entry(trained, "A", seed=44, commit="c2", parent="c1", model_changes_by_mode=cap4))
+    assert row["status"] == "repeat"                    # depth 4 trains as 2: the kept configuration, another seed
+    store = ledger.FileLedger(res, ses)
+    rows, index = store.read()
+    assert decide.return_commit(rows, index, "k1", "main") == "c1"       # c2's files differ: not a return point
+    assert next_step(rows[-1], rows, index, "main") == (
+        "this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; go back and try an "
+        "edit the caps allow: git reset --hard c1")
+    memory.record(res, ses, _row("d", 1.0, commit="c1"),
+                  _entry(trained, "A", seed=45, commit="c1", parent="c0", model_changes_by_mode=cap8))
+    rows, index = store.read()
+    assert decide.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
