@@ -2,6 +2,7 @@
 
     uv run python tests/bench/bench_keep_rule.py [--nights 200] [--runs 100] [--gains 0.25] [--neutral 0.25]
         [--family]      # a grid of rules of the same shape (family_rule) instead: about 2 minutes for 100 nights
+        [--shared-seed-effect RHO]    # a share RHO of the noise is the seed's own, common to all configurations
 
 Each simulated night an agent makes edits to a configuration whose true val_bpb starts at 0. An
 edit's true effect, in units of the seed noise sigma: by default with probability 0.25 a gain of
@@ -31,6 +32,18 @@ SIGMA = 1.0
 
 
 MIX = {"gain": 0.25, "neutral": 0.25}    # the rest are losses; set by --gains / --neutral
+SHARED = {"rho": 0.0}                    # share of the noise variance that is the seed's own, common to every
+                                         # configuration run under that seed (--shared-seed-effect)
+
+
+def noise(rng: random.Random, seeds: dict, seed: int) -> float:
+    """A run's noise: the seed's effect (drawn once a night, shared by every configuration) plus its own."""
+    rho = SHARED["rho"]
+    if rho == 0:
+        return rng.gauss(0.0, SIGMA)          # independent runs (the default; the same draws as before the option)
+    if seed not in seeds:
+        seeds[seed] = rng.gauss(0.0, SIGMA)
+    return rho ** 0.5 * seeds[seed] + (1 - rho) ** 0.5 * rng.gauss(0.0, SIGMA)
 
 
 def edit_effect(rng: random.Random) -> float:
@@ -43,12 +56,13 @@ def edit_effect(rng: random.Random) -> float:
 
 
 def greedy_night(rng: random.Random, runs: int) -> dict:
-    true, best_seen = 0.0, rng.gauss(0.0, SIGMA)
+    seeds = {}
+    true, best_seen = 0.0, noise(rng, seeds, 42)          # upstream: seed 42 always
     keeps = false = edits = 0
     for _ in range(runs - 1):
         effect = edit_effect(rng)
         edits += 1
-        seen = true + effect + rng.gauss(0.0, SIGMA)
+        seen = true + effect + noise(rng, seeds, 42)
         if seen < best_seen:
             best_seen, true = seen, true + effect
             keeps += 1
@@ -71,18 +85,19 @@ def ours_night(rng: random.Random, runs: int) -> dict:
         return status
 
     true = 0.0
-    run("c0", 42, true + rng.gauss(0.0, SIGMA))
-    run("c0", 43, true + rng.gauss(0.0, SIGMA))
+    seeds = {}
+    run("c0", 42, true + noise(rng, seeds, 42))
+    run("c0", 43, true + noise(rng, seeds, 43))
     keeps = false = edits = confirmations = 0
     while used < runs:
         effect = edit_effect(rng)
         edits += 1
         fp, seed = f"c{edits}", 42
-        status = run(fp, seed, true + effect + rng.gauss(0.0, SIGMA))
+        status = run(fp, seed, true + effect + noise(rng, seeds, seed))
         while status == "confirm" and used < runs:
             seed += 1
             confirmations += 1
-            status = run(fp, seed, true + effect + rng.gauss(0.0, SIGMA))
+            status = run(fp, seed, true + effect + noise(rng, seeds, seed))
         if status == "keep":
             true += effect
             keeps += 1
@@ -134,8 +149,11 @@ def main():
     ap.add_argument("--gains", type=float, default=0.25, help="share of edits that are real gains")
     ap.add_argument("--neutral", type=float, default=0.25, help="share of edits with no effect (the rest are losses)")
     ap.add_argument("--family", action="store_true", help="search the rule family of family_rule() instead")
+    ap.add_argument("--shared-seed-effect", type=float, default=0.0,
+                    help="share of the noise variance common to all configurations under one seed (0: independent)")
     args = ap.parse_args()
     MIX.update(gain=args.gains, neutral=args.neutral)
+    SHARED.update(rho=args.shared_seed_effect)
     if args.family:
         print("| z_keep | z_confirm | seeds to keep / at most | true value at dawn | false keeps | keeps / night |")
         print("|---|---|---|---|---|---|")
