@@ -190,7 +190,7 @@ def parent_runs(rows: list[dict], index: dict) -> dict:
         if not entry.get("dirty"):
             clean_by_commit[(key, r["commit"])] = r
         if r.get("status") in ACCEPTED:
-            accepted_by_key[r["comparability_key"]] = r
+            accepted_by_key[key] = r
     return out
 
 

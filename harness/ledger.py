@@ -94,8 +94,7 @@ def read_ledger(path: Path, warn=None) -> list[dict]:
         if row["status"] not in STATUSES:
             warn(f"{path.name}:{n}: skipped: unknown status {row['status']!r}")
             continue
-        if row["status"] in UNSCORED or (row["val_bpb"] is not None
-                                                         and not math.isfinite(row["val_bpb"])):
+        if row["status"] in UNSCORED or (row["val_bpb"] is not None and not math.isfinite(row["val_bpb"])):
             row["val_bpb"] = None        # upstream wrote 0.000000 for crashes: never a best result
         row["run_id"] = row["run_id"] or f"line{n}-{row['commit']}"
         row["comparability_key"] = row["comparability_key"] or LEGACY_KEY

@@ -27,6 +27,7 @@ MEMORY_RECENT = 8
 MEMORY_VALUES_PER_KEY = 6
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
+KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.record.record_crash_from_log)
 
 
 # The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
@@ -112,7 +113,7 @@ def since_last_improvement(since: list[dict], index: dict) -> str:
 
 def _killed(entry: dict) -> bool:
     """A run killed outright (OOM killer, a timeout's SIGKILL, a machine reset), recorded from its log."""
-    return str(entry.get("error") or "").startswith("killed:")
+    return str(entry.get("error") or "").startswith(KILLED)
 
 
 def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None,
@@ -406,7 +407,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
     if status == "discard":
         return back
-    if str(index.get(row["run_id"], {}).get("error") or "").startswith("killed:"):
+    if _killed(index.get(row["run_id"], {})):
         return (f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
                 f"and run again; if the host or you stopped it, run this commit again unchanged; or give up: {back}")
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"

@@ -32,7 +32,7 @@ from harness.hardware import get_platform, platform_lines
 from harness.decide import SCORED, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
-from harness.memory import cancelled_by_caps, next_step, record, write_memory
+from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
@@ -415,7 +415,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     reason = errs[-1] if errs else (f"no error message; last output: {lines[-1][:120]}" if lines
                                     else "no output at all")
     raised = bool(errs) and re.search(r"\w(Error|Exception)\b", reason) and not re.search(r"[Kk]illed", reason)
-    error = reason if raised else f"killed: {reason}"      # a Python exception the run could not record itself
+    error = reason if raised else KILLED + reason      # a raised exception the run could not record is the edit's
     git = rec.get("git", {})
     row = {"run_id": run_id, "commit": git.get("commit", ""), "val_bpb": None, "memory_gb": None,
            "description": rec.get("description", ""), "peak_vram_mb": None, "mfu_percent": None,
