@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import settings
+from harness import settings, warm_eval
 from harness.attention import attention, prefer_cudnn_sdpa
 from harness.clock import StepClock
 from harness.config import ConfigError, fail, load_model
@@ -333,13 +333,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, param_groups, ortho_dtype=torch.bfloat16):
         super().__init__(param_groups, defaults={})
         self.ortho_dtype = ortho_dtype
-        # 0-d CPU tensors: changing a schedule value does not recompile the fused step
+        # The steps run uncompiled: compiling them cost ~12 s at every new model shape, for under 1% of a step
+        # (docs/PERFORMANCE.md). Their scalars are 0-d CPU tensors, read by the kernels without a device sync.
         self._t = {k: torch.tensor(0.0) for k in ("step", "lr", "b1", "b2", "eps", "wd", "mom", "mlr", "mwd", "mb2")}
-        self._adamw, self._muon = adamw_step, muon_step
-
-    def compile_steps(self):
-        self._adamw = torch.compile(adamw_step, dynamic=False, fullgraph=True)
-        self._muon = torch.compile(muon_step, dynamic=False, fullgraph=True)
 
     @staticmethod
     def moment_dtype(p):
@@ -362,8 +358,8 @@ class MuonAdamW(torch.optim.Optimizer):
             t["b2"].fill_(group["betas"][1])
             t["eps"].fill_(group["eps"])
             t["wd"].fill_(group["weight_decay"])
-            self._adamw(p, p.grad, state["exp_avg"], state["exp_avg_sq"], t["step"], t["lr"], t["b1"], t["b2"],
-                        t["eps"], t["wd"])
+            adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], t["step"], t["lr"], t["b1"], t["b2"],
+                       t["eps"], t["wd"])
 
     def _step_muon(self, group):
         params = [p for p in group["params"] if p.grad is not None]
@@ -385,8 +381,8 @@ class MuonAdamW(torch.optim.Optimizer):
         t["mb2"].fill_(group["beta2"] if group["beta2"] is not None else 0.0)
         t["mlr"].fill_(group["lr"] * max(1.0, shape[-2] / shape[-1]) ** 0.5)
         t["mwd"].fill_(group["weight_decay"])
-        self._muon(grads, stacked, state["momentum_buffer"], state["second_momentum_buffer"], t["mom"], t["mlr"],
-                   t["mwd"], t["mb2"], group["ns_steps"], red_dim, self.ortho_dtype)
+        muon_step(grads, stacked, state["momentum_buffer"], state["second_momentum_buffer"], t["mom"], t["mlr"],
+                  t["mwd"], t["mb2"], group["ns_steps"], red_dim, self.ortho_dtype)
         torch._foreach_copy_(params, list(stacked.unbind(0)))
 
     @torch.no_grad()
@@ -489,6 +485,7 @@ def main():
     ap.add_argument("--description", help="what this run changes (default: the HEAD commit subject)")
     ap.add_argument("--seed", type=int, default=42, help="initialization and data order (default 42); another seed "
                     "of the same code measures the noise")
+    ap.add_argument(warm_eval.FLAG, action="store_true", help=argparse.SUPPRESS)     # harness/warm_eval.py
     args = ap.parse_args()
     t_start = time.time()
 
@@ -510,7 +507,9 @@ def main():
     P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
                                     GPT._compute_window_sizes(config), device)
     config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
-    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) if rank == 0 else None
+    helper = args.compile_eval_only            # the second process of harness/warm_eval.py: no record, no training
+    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) \
+        if rank == 0 and not helper else None
 
     torch.manual_seed(args.seed)               # the only seed: initialization here, data order in the loader
     torch.set_float32_matmul_precision("high")
@@ -532,12 +531,13 @@ def main():
     scaler = torch.amp.GradScaler(device.type) if P["use_grad_scaler"] else None
     if P["compile"]:
         print(compile_caches(s))
-        optimizer.compile_steps()
         if P["compile_scope"] == "blocks":         # one graph per kind of block, reused by every layer
             for block in model.transformer.h:
                 block.compile(dynamic=False)
         else:
             model = torch.compile(model, dynamic=False)
+    if helper:
+        return warm_eval.compile_eval(model, tokenizer, m.device_batch_size, autocast)
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
                                    world_size=world, seed=args.seed)
     x, y, epoch = next(train_loader)
@@ -545,6 +545,7 @@ def main():
     # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---
     clock = StepClock(device, budget, s.excluded_steps, world, control, max_steps=s.max_steps)
     step, skipped, loader_wait = 0, 0, 0.0     # loader_wait: host seconds blocked on the loader
+    eval_graph = None                          # the process compiling the eval's graph meanwhile
     clock.start()
     while True:
         progress = clock.progress
@@ -575,6 +576,8 @@ def main():
             gc.collect()
             gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
             gc.disable()
+            if P["compile"] and device.type == "cuda":
+                eval_graph = warm_eval.start(model, m.device_batch_size, T, config.vocab_size, device, world)
         step += 1
         if clock.spent(step) or step == s.max_steps:
             break
@@ -587,6 +590,7 @@ def main():
     # -- final evaluation (harness/evaluate.py: the fixed metric) -------------------------------
     model.eval()
     t_eval = time.time()
+    warm_eval.finish(eval_graph)
     with autocast:
         val_bpb = evaluate_bpb(model, tokenizer, m.device_batch_size)
     eval_seconds = time.time() - t_eval

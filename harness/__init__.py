@@ -18,6 +18,7 @@ this list (a module imports only modules above it):
   tokenizer     BPE training (rustbpe) served by tiktoken; token_bytes; the token cache
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)
+  warm_eval     the eval's graph, compiled by a second process while the run trains
   decide        the keep rule: configurations' means over seeds, the noise floor, the margin
   ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue

@@ -209,24 +209,6 @@ def test_compiled_model_same_with_rope_kernels():
     assert grads[0].norm() > 0 and ((grads[0] - grads[1]).norm() / grads[0].norm()).item() < 3e-2
 
 
-def test_compiled_muon_matches_eager():
-    torch.manual_seed(0)
-    ws = [torch.nn.Parameter(torch.randn(256, 128, device="cuda")) for _ in range(2)]
-    ws2 = [torch.nn.Parameter(w.detach().clone()) for w in ws]
-    groups = lambda p: [dict(kind="muon", params=p, lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.1)]
-    eager = train.MuonAdamW(groups(ws), ortho_dtype=torch.bfloat16)
-    comp = train.MuonAdamW(groups(ws2), ortho_dtype=torch.bfloat16)
-    comp.compile_steps()
-    for _ in range(3):
-        g = [torch.randn_like(w) for w in ws]
-        for w, w2, gi in zip(ws, ws2, g):
-            w.grad, w2.grad = gi.clone(), gi.clone()
-        eager.step()
-        comp.step()
-    for w, w2 in zip(ws, ws2):
-        assert ((w - w2).norm() / w.norm()).item() < 1e-2
-
-
 if __name__ == "__main__":
     n = 0
     for backend in ("sdpa", "flex", "cudnn"):
@@ -244,11 +226,10 @@ if __name__ == "__main__":
             n += 1
     test_flex_gradients_match_reference()
     test_triton_cross_entropy_matches_torch()
-    test_compiled_muon_matches_eager()
     for shape in ((4, 512, 4, 128), (2, 100, 3, 64)):
         test_rope_norm_matches_reference(shape)
     test_compiled_model_same_with_rope_kernels()
-    n += 6
+    n += 5
     if torch.cuda.get_device_capability() >= (9, 0):
         for kernel in ("triton", "gluon"):
             for dtype in (torch.bfloat16, torch.float16):

@@ -9,7 +9,11 @@ synchronized: the model's first forward+backward (its compilation), the optimize
 AdamW/Muon steps' compilation), the eval forward's first call (no_grad, reduction="none": another graph), and
 the same calls once more (their steady cost, to subtract). A depth edit changes the width too (depth x
 aspect_ratio), so every shape changes. Variant `static` is train.py's own compilation; `dynamic-model`
-compiles the model with dynamic shapes (measured slower to compile and not reused: docs/PERFORMANCE.md).
+compiles the model with dynamic shapes (measured slower to compile and not reused: docs/PERFORMANCE.md);
+`compiled-opt` compiles the AdamW/Muon steps (train.py runs them uncompiled); `bg-eval` compiles the eval's
+graph in a thread while training steps run (fails: dynamo's FX tracing flag is process-wide). Also printed: a whole step's
+steady ms (fwd+bwd+optimizer, no sync between them), the training's peak memory and the eval forward's
+peak above the memory at rest.
 --tree measures another checkout (e.g. the commit before a change), with the same caches layout.
 """
 
@@ -41,7 +45,9 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = train.build_model(cfg, device, 1)
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
-    opt.compile_steps()
+    if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
+        train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
+        train.muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True)
     model = torch.compile(model, dynamic=variant == "dynamic-model")
     dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train", device=device)
     x, y, _ = next(dl)
@@ -71,9 +77,49 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     out["fwd_bwd_steady"] = timed(fwd_bwd)
     out["opt_steady"] = timed(opt.step)
     model.zero_grad(set_to_none=True)
+
+    def steps(n=5):
+        for _ in range(n):
+            fwd_bwd()
+            opt.step()
+            model.zero_grad(set_to_none=True)
+    out["step_steady"] = timed(steps) / 5                 # whole steps, no sync between the parts
+    if device.type == "cuda":
+        out["train_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        rest = torch.cuda.memory_allocated()
+    if variant == "bg-eval":             # compile the eval's graph in a thread while training steps go on
+        import threading
+        errors = []
+
+        def warm():
+            try:
+                with torch.no_grad(), torch.amp.autocast(device.type, dtype=getattr(torch, P["dtype"])):
+                    model(x, y, reduction="none")
+            except BaseException as e:  # noqa: BLE001 — reported in the table
+                errors.append(repr(e)[:100])
+
+        def synced_steps_while(alive):
+            n, t0 = 0, time.perf_counter()
+            while alive() or n == 0:
+                fwd_bwd()
+                opt.step()
+                model.zero_grad(set_to_none=True)
+                sync()
+                n += 1
+            return n, (time.perf_counter() - t0) / n
+        th = threading.Thread(target=warm, daemon=True)
+        th.start()
+        out["bg_steps"], out["bg_step"] = synced_steps_while(th.is_alive)
+        th.join()
+        end = time.perf_counter() + out["bg_steps"] * out["bg_step"] / 2
+        out["fg_steps"], out["fg_step"] = synced_steps_while(lambda: time.perf_counter() < end)
+        out["bg_errors"] = errors
     model.eval()
     out["eval_first"] = timed(evaluate)
     out["eval_steady"] = timed(evaluate)
+    if device.type == "cuda":
+        out["eval_extra_gb"] = (torch.cuda.max_memory_allocated() - rest) / 2**30
     return out
 
 
@@ -89,8 +135,8 @@ def main():
         print("RESULT " + json.dumps(child(int(depth), variant, Path(args.tree))), flush=True)
         os._exit(0)                                # triton's bindings print leak lines at teardown
     print("| variant | depth (order) | fwd+bwd compile s | optimizer compile s | eval compile s | fwd+bwd ms | "
-          "optimizer step ms |")
-    print("|---|---|---|---|---|---|---|")
+          "optimizer step ms | whole step ms | training peak GiB | eval above rest GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for variant in args.variants.split(","):
         root = Path(tempfile.mkdtemp(prefix=f"compile_{variant}_"))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), TRITON_CACHE_DIR=str(root / "triton"))
@@ -104,7 +150,14 @@ def main():
             d = json.loads(line[7:])
             print(f"| {variant} | {depth} ({i + 1}) | {d['fwd_bwd_first'] - d['fwd_bwd_steady']:.1f} | "
                   f"{d['opt_first'] - d['opt_steady']:.1f} | {d['eval_first'] - d['eval_steady']:.1f} | "
-                  f"{1000 * d['fwd_bwd_steady']:.1f} | {1000 * d['opt_steady']:.1f} |", flush=True)
+                  f"{1000 * d['fwd_bwd_steady']:.1f} | {1000 * d['opt_steady']:.1f} | "
+                  f"{1000 * d['step_steady']:.1f} | {d.get('train_peak_gb', 0):.1f} | "
+                  f"{d.get('eval_extra_gb', 0):.1f} |",
+                  flush=True)
+            if "bg_steps" in d:
+                print(f"|   | eval compiled in a thread: {d['bg_steps']} steps at {1000 * d['bg_step']:.1f} ms "
+                      f"while it compiled, {1000 * d['fg_step']:.1f} ms after (synced each step); "
+                      f"errors {d['bg_errors']} |")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ def main():
     model.to_empty(device="cuda")
     model.init_weights()
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
-    opt.compile_steps()
     model = torch.compile(model, dynamic=False)
     dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train")
     accum = m.total_batch_size // (m.device_batch_size * s.max_seq_len)
