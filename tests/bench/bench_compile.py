@@ -5,15 +5,15 @@
 
 For each variant, one subprocess per depth in --plan, sharing one set of inductor/triton caches (the first
 starts from empty ones: a fresh machine; a later depth is an agent's edit). Each times, with the GPU
-synchronized: the model's first forward+backward (its compilation), the optimizer's first step (the fused
-AdamW/Muon steps' compilation), the eval forward's first call (no_grad, reduction="none": another graph), and
-the same calls once more (their steady cost, to subtract). A depth edit changes the width too (depth x
-aspect_ratio), so every shape changes. Variant `static` is train.py's own compilation; `dynamic-model`
-compiles the model with dynamic shapes (measured slower to compile and not reused: docs/PERFORMANCE.md);
-`compiled-opt` compiles the AdamW/Muon steps (train.py runs them uncompiled); `bg-eval` compiles the eval's
-graph in a thread while training steps run (fails: dynamo's FX tracing flag is process-wide). Also printed: a whole step's
-steady ms (fwd+bwd+optimizer, no sync between them), the training's peak memory and the eval forward's
-peak above the memory at rest.
+synchronized: the model's first forward+backward (its compilation), the optimizer's first step, the eval
+forward's first call (no_grad, reduction="none": another graph), and the same calls once more (their steady
+cost, to subtract). A depth edit changes the width too (depth x aspect_ratio), so every shape changes.
+Variants: `static` is train.py's own compilation; `dynamic-model` compiles the model with dynamic shapes
+(measured slower to compile and not reused: docs/PERFORMANCE.md); `compiled-opt` compiles the AdamW/Muon
+steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off; `bg-eval`
+compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing flag is
+process-wide). Also printed: a whole step's steady ms (fwd+bwd+optimizer, no sync between them), one eval
+batch's steady ms, the training's peak memory and the eval forward's peak above the memory at rest.
 --tree measures another checkout (e.g. the commit before a change), with the same caches layout.
 """
 
@@ -45,6 +45,9 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = train.build_model(cfg, device, 1)
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
+    if variant == "no-pw-autotune":     # one heuristic config per pointwise kernel, no benchmarking at compile
+        import torch._inductor.config as inductor_config
+        inductor_config.triton.autotune_pointwise = False
     if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
         train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
         train.muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True)
@@ -135,8 +138,8 @@ def main():
         print("RESULT " + json.dumps(child(int(depth), variant, Path(args.tree))), flush=True)
         os._exit(0)                                # triton's bindings print leak lines at teardown
     print("| variant | depth (order) | fwd+bwd compile s | optimizer compile s | eval compile s | fwd+bwd ms | "
-          "optimizer step ms | whole step ms | training peak GiB | eval above rest GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "optimizer step ms | whole step ms | eval batch ms | training peak GiB | eval above rest GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for variant in args.variants.split(","):
         root = Path(tempfile.mkdtemp(prefix=f"compile_{variant}_"))
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(root / "inductor"), TRITON_CACHE_DIR=str(root / "triton"))
@@ -151,7 +154,7 @@ def main():
             print(f"| {variant} | {depth} ({i + 1}) | {d['fwd_bwd_first'] - d['fwd_bwd_steady']:.1f} | "
                   f"{d['opt_first'] - d['opt_steady']:.1f} | {d['eval_first'] - d['eval_steady']:.1f} | "
                   f"{1000 * d['fwd_bwd_steady']:.1f} | {1000 * d['opt_steady']:.1f} | "
-                  f"{1000 * d['step_steady']:.1f} | {d.get('train_peak_gb', 0):.1f} | "
+                  f"{1000 * d['step_steady']:.1f} | {1000 * d['eval_steady']:.1f} | {d.get('train_peak_gb', 0):.1f} | "
                   f"{d.get('eval_extra_gb', 0):.1f} |",
                   flush=True)
             if "bg_steps" in d:
