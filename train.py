@@ -485,7 +485,6 @@ def main():
     ap.add_argument("--description", help="what this run changes (default: the HEAD commit subject)")
     ap.add_argument("--seed", type=int, default=42, help="initialization and data order (default 42); another seed "
                     "of the same code measures the noise")
-    ap.add_argument(warm_eval.FLAG, action="store_true", help=argparse.SUPPRESS)     # harness/warm_eval.py
     args = ap.parse_args()
     t_start = time.time()
 
@@ -507,7 +506,7 @@ def main():
     P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
                                     GPT._compute_window_sizes(config), device)
     config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
-    helper = args.compile_eval_only            # the second process of harness/warm_eval.py: no record, no training
+    helper = warm_eval.second_process()        # harness/warm_eval.py's copy of this run: no record, no training
     run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) \
         if rank == 0 and not helper else None
 
@@ -537,7 +536,7 @@ def main():
         else:
             model = torch.compile(model, dynamic=False)
     if helper:
-        return warm_eval.compile_eval(model, tokenizer, m.device_batch_size, autocast)
+        return warm_eval.compile_eval(model, config, P, tokenizer, m.device_batch_size, autocast)
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
                                    world_size=world, seed=args.seed)
     x, y, epoch = next(train_loader)
@@ -577,7 +576,7 @@ def main():
             gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
             gc.disable()
             if P["compile"] and device.type == "cuda":
-                eval_graph = warm_eval.start(model, m.device_batch_size, T, config.vocab_size, device, world)
+                eval_graph = warm_eval.start(model, config, P, m.device_batch_size, device, world)
         step += 1
         if clock.spent(step) or step == s.max_steps:
             break

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from harness import settings
+from harness import settings, warm_eval
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
@@ -276,6 +276,7 @@ class Run:
         if self.recorded is not None or self._finishing:
             return self.recorded
         self._finishing = True
+        warm_eval.stop()                     # a run ending early leaves no second process behind
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"))
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
@@ -375,6 +376,9 @@ def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, des
     """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals. `platform` is
     PLATFORM as the run uses it (after confirm_attention); default get_platform().
     Bad input found here (data not prepared, source changed) exits 2 before anything is written."""
+    if settings.eval_graph_only():
+        fail("the second process of harness/warm_eval.py compiles the eval's graph and records nothing: train.py "
+             "must not call start_run there")
     try:
         run = Run(settings.current(), tokenizer, model, model_changes, description, platform or get_platform(), extra,
                   seed)

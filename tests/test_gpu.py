@@ -1,7 +1,7 @@
 """GPU checks (skipped without CUDA): attention backends against the reference in bf16 (cuDNN
 through cudnn-frontend where it loads: outputs, gradients, compiled), the loss kernels, the fused
-ReLU^2 MLP (CC >= 9.0: bf16/fp16 against float64, and inside a compiled model), the compiled
-optimizer steps against eager ones.
+ReLU^2 MLP (CC >= 9.0: bf16/fp16 against float64, and inside a compiled model), the optimizer's
+uncompiled steps on CUDA against the same steps on the CPU.
 
     uv run pytest tests/test_gpu.py          # on a CUDA machine
     python3 tests/test_gpu.py                # same checks without pytest
@@ -209,6 +209,31 @@ def test_compiled_model_same_with_rope_kernels():
     assert grads[0].norm() > 0 and ((grads[0] - grads[1]).norm() / grads[0].norm()).item() < 3e-2
 
 
+def test_optimizer_steps_on_cuda_match_the_cpu():
+    """MuonAdamW's steps run uncompiled: on CUDA (0-d CPU scalars into CUDA kernels, bf16 moments for a bf16
+    parameter) three steps land where the same steps land on the CPU (fp32 orthogonalization on both: bf16's
+    rounding would differ between the devices' matmuls)."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(256, 128, generator=g), torch.randn(256, 128, generator=g),
+            (0.01 * torch.randn(64, 32, generator=g)).bfloat16(), torch.randn(8, generator=g)]
+    grads = [[torch.randn(w.shape, generator=g).to(w.dtype) for w in init] for _ in range(3)]
+    out = {}
+    for device in ("cpu", "cuda"):
+        ws = [torch.nn.Parameter(w.clone().to(device)) for w in init]
+        opt = train.MuonAdamW([
+            dict(kind="muon", params=ws[:2], lr=0.02, momentum=0.95, ns_steps=5, beta2=0.95, weight_decay=0.1),
+            dict(kind="adamw", params=ws[2:3], lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0),
+            dict(kind="adamw", params=ws[3:], lr=0.5, betas=(0.96, 0.95), eps=1e-10, weight_decay=0.0)],
+            ortho_dtype=torch.float32)
+        for step in grads:
+            for w, gr in zip(ws, step):
+                w.grad = gr.to(device)
+            opt.step()
+        out[device] = [w.detach().float().cpu() for w in ws]
+    errors = [((a - b).norm() / (a - w.float()).norm()).item() for a, b, w in zip(out["cpu"], out["cuda"], init)]
+    assert max(errors[:2]) < 1e-2 and errors[2] < 2e-2 and errors[3] < 1e-5, errors
+
+
 if __name__ == "__main__":
     n = 0
     for backend in ("sdpa", "flex", "cudnn"):
@@ -226,10 +251,11 @@ if __name__ == "__main__":
             n += 1
     test_flex_gradients_match_reference()
     test_triton_cross_entropy_matches_torch()
+    test_optimizer_steps_on_cuda_match_the_cpu()
     for shape in ((4, 512, 4, 128), (2, 100, 3, 64)):
         test_rope_norm_matches_reference(shape)
     test_compiled_model_same_with_rope_kernels()
-    n += 5
+    n += 6
     if torch.cuda.get_device_capability() >= (9, 0):
         for kernel in ("triton", "gluon"):
             for dtype in (torch.bfloat16, torch.float16):
