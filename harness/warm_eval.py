@@ -2,7 +2,7 @@
 
 The eval (harness/evaluate.py) calls the model under no_grad with reduction="none": a graph of its own,
 which torch.compile would build at the first eval call, after training (6-9 s for a new model shape on an
-H200). After step 0, train.py's start() runs the same command again with AUTORESEARCH_EVAL_GRAPH_ONLY set:
+H200). After step 0, train.py calls start(): it runs the same command again with AUTORESEARCH_EVAL_GRAPH_ONLY set:
 that process sets up the same model the same way, runs one val batch through it as evaluate_bpb does and
 exits, leaving the compiled graph in the shared inductor/triton caches, where the eval finds it. It never
 trains or records (make_dataloader("train") and start_run refuse there), it checks that it built the same
