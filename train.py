@@ -506,9 +506,9 @@ def main():
     P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
                                     GPT._compute_window_sizes(config), device)
     config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
-    helper = warm_eval.second_process()        # harness/warm_eval.py's copy of this run: no record, no training
+    graph_only = warm_eval.second_process()    # harness/warm_eval.py's copy of this run: no record, no training
     run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) \
-        if rank == 0 and not helper else None
+        if rank == 0 and not graph_only else None
 
     torch.manual_seed(args.seed)               # the only seed: initialization here, data order in the loader
     torch.set_float32_matmul_precision("high")
@@ -535,7 +535,7 @@ def main():
                 block.compile(dynamic=False)
         else:
             model = torch.compile(model, dynamic=False)
-    if helper:
+    if graph_only:
         return warm_eval.compile_eval(model, config, P, tokenizer, m.device_batch_size, autocast)
     train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
                                    world_size=world, seed=args.seed)
