@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from harness import settings
-from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, ground_path, load_model, model_path
+from harness.config import (REPO_DIR, ConfigError, ModelConfig, agent_files, fail, ground_path, load_model,
+                            model_path)
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
@@ -25,6 +26,7 @@ from harness.settings import Settings, describe_changes, effective_model
 from harness.sources import load_manifest, prepare_data
 from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
 from harness.util import atomic_write_text
+
 
 def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
     """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits).
@@ -44,7 +46,7 @@ def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
     if git.stdout.strip():
         raise ConfigError("--restore: train.py or model.json has uncommitted edits; commit or discard them first")
     changed = []
-    for name, path in (("model.json", model_path()), ("train.py", REPO_DIR / "train.py")):
+    for name, path in agent_files().items():
         if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != files[name]:
             atomic_write_text(path, files[name])
             changed.append(name)

@@ -34,6 +34,11 @@ def model_path() -> Path:
     return Path(os.environ.get("AUTORESEARCH_MODEL", REPO_DIR / "model.json"))
 
 
+def agent_files() -> dict[str, Path]:
+    """The agent's two files by name: what a run's record keeps and `prepare.py --restore` writes back."""
+    return {"model.json": model_path(), "train.py": REPO_DIR / "train.py"}
+
+
 # ---------------------------------------------------------------------------
 # Errors: one type, one line, exit code 2
 # ---------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class Standing:
         return t_quantile(self.dof) * self.sigma * math.sqrt(1 / n + 1 / len(self.best.values))
 
 
+def is_scored(row: dict) -> bool:
+    """A run whose val_bpb enters its configuration's mean (a crash or an interrupted run never does)."""
+    return row["status"] in SCORED and row["val_bpb"] is not None
+
+
 def run_fingerprint(row: dict, index: dict) -> str:
     """A run's configuration: its fingerprint, or (ledgers without an index entry) a name of its own."""
     return index.get(row["run_id"], {}).get("fingerprint") or f"run:{row['run_id']}"
@@ -91,7 +96,7 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
     configs: dict = {}
     seen = set()
     for r in rows:
-        if r["comparability_key"] != key or r["status"] not in SCORED or r["val_bpb"] is None:
+        if r["comparability_key"] != key or not is_scored(r):
             continue
         fp = run_fingerprint(r, index)
         seed = index.get(r["run_id"], {}).get("seed")

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, next_seed, parent_run, parent_runs,
-                            requested_model, return_commit, run_fingerprint, standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, is_scored, next_seed, parent_run,
+                            parent_runs, requested_model, return_commit, run_fingerprint, standing)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, clean_text
 from harness.plot import write_progress_png
@@ -125,7 +125,7 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
     out = ["## Running now (started, not recorded yet; plan something else than these)"]
     recorded = {}
     for r in rows:
-        if r["status"] in SCORED and r["val_bpb"] is not None:      # a crash does not make a rerun
+        if is_scored(r):                                            # a crash does not make a rerun
             recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
     seen = set()
     for c in claims:
@@ -180,7 +180,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if best_cfg:
         runs = [r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint and r["status"] in ACCEPTED]
         best = runs[0]
-    scored = [r for r in cur if r["val_bpb"] is not None and r["status"] in SCORED]
+    scored = [r for r in cur if is_scored(r)]
     since = []                  # runs after the last improvement (keep or baseline), but its further seeds
     for r in reversed(cur):
         if r["status"] in ACCEPTED:
@@ -377,7 +377,7 @@ def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
 def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
     """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
     the ledger with the run in it."""
-    status, key = row["status"], row["comparability_key"]
+    status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
     home = return_commit(rows, index, key, branch, host_name())
     st = standing(rows, index, key)
     back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
@@ -385,7 +385,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
-                f"uv run train.py --seed {next_seed(rows, index, key, run_fingerprint(row, index))}")
+                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
     if status in ACCEPTED:
         return "keep this commit and build on it"
     me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
@@ -396,11 +396,10 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     if status == "repeat" and st.dof < 2:
         return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
                 f"degree of freedom asks for a wide margin: a third seed narrows it, usually: uv run train.py --seed "
-                f"{next_seed(rows, index, key, run_fingerprint(row, index))}")
+                f"{next_seed(rows, index, key, fp)}")
     if status == "repeat":
         return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
     if status == "confirm":
-        fp = run_fingerprint(row, index)
         return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
                 f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
     if status == "rerun":

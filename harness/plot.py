@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.decide import ACCEPTED, SCORED, UNSCORED, standing
+from harness.decide import ACCEPTED, UNSCORED, is_scored, standing
 from harness.util import atomic_path
 
 
@@ -24,7 +24,7 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path) -> Path | 
     key = rows[-1]["comparability_key"]
     cur = [r for r in rows if r["comparability_key"] == key]
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
-    scored = [(i, r) for i, r in enumerate(cur) if r["status"] in SCORED and r["val_bpb"] is not None]
+    scored = [(i, r) for i, r in enumerate(cur) if is_scored(r)]
     ax.scatter([i for i, r in scored if r["status"] not in ACCEPTED],
                [r["val_bpb"] for i, r in scored if r["status"] not in ACCEPTED], s=14, c="#bbbbbb", label="not kept")
     kept = [(i, r) for i, r in scored if r["status"] in ACCEPTED]

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from harness import settings, warm_eval
-from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, model_path
+from harness.config import REPO_DIR, ConfigError, ModelConfig, agent_files, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import SCORED, parent_run, run_fingerprint
+from harness.decide import is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -115,7 +115,7 @@ def train_py_functions(train_py: Path | None = None) -> dict:
 def trained_files() -> dict:
     """model.json and train.py as this run reads them: what another agent needs to build on it (--restore)."""
     return {name: path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-            for name, path in (("model.json", model_path()), ("train.py", REPO_DIR / "train.py"))}
+            for name, path in agent_files().items()}
 
 
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_size: int = 1) -> str:
@@ -324,7 +324,7 @@ class Run:
                              if c.get("seed") == self.seed else
                              f"this configuration is also running under seed {c.get('seed')}: {where} ({c['run_id']})")
         done = [r for r in rows if r["comparability_key"] == self.key and run_fingerprint(r, index) == fp
-                and r["status"] in SCORED and r["val_bpb"] is not None]         # a crash does not make a rerun
+                and is_scored(r)]                                               # a crash does not make a rerun
         seeds = sorted({index.get(r["run_id"], {}).get("seed") for r in done}, key=str)
         same = [r for r in done if index.get(r["run_id"], {}).get("seed") == self.seed]
         if same:
