@@ -575,8 +575,7 @@ def main():
             gc.collect()
             gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
             gc.disable()
-            if P["compile"] and device.type == "cuda":
-                eval_graph = warm_eval.start(model, config, P, m.device_batch_size, device, world)
+            eval_graph = warm_eval.start(model, config, P, m.device_batch_size, device, world)
         step += 1
         if clock.spent(step) or step == s.max_steps:
             break

@@ -52,16 +52,21 @@ def signature(config, platform: dict, batch_size: int) -> str:
 
 def start(model: torch.nn.Module, config, platform: dict, batch_size: int, device: torch.device,
           world: int) -> subprocess.Popen | None:
-    """Called after step 0, when the training's memory is reserved: start the second process if the GPU has room
-    for it (the model, an eval batch's logits: twice the bf16 logits with a compiled model, measured 1x; ten
-    times with the eager glue of compile_scope "blocks"; its context). Prints what it chose and why, on a line
-    of its own after step 0's."""
+    """Called after step 0, when the training's memory is reserved: on a compiled CUDA run, start the second
+    process if the GPU has room for it (the model, an eval batch's logits: twice the bf16 logits with a compiled
+    model, measured 1x; ten times with the eager glue of compile_scope "blocks"; its context). Prints what it
+    chose and why, on a line of its own after step 0's (nothing where there is no graph to compile)."""
     def no(why):
         print(f"\neval graph: compiled after training ({why})")
+    if not platform["compile"] or device.type != "cuda":
+        return None
     if world > 1:
         return no("a second process is started for one-process runs only")
     if not os.path.isfile(sys.argv[0]):
         return no(f"this process was not started from a script file ({sys.argv[0]!r})")
+    flags = sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]         # the interpreter's own options (-X, -O)
+    if sys.orig_argv[len(flags) + 1:] != sys.argv:     # e.g. a `python -c` driver that ran the script
+        return no(f"this process was not started as `python <script>` (it ran {sys.orig_argv[1:2]})")
     logits = batch_size * config.sequence_len * config.vocab_size
     need = (sum(p.numel() * p.element_size() for p in model.parameters()) + CONTEXT_BYTES
             + logits * (4 if platform["compile_scope"] == "model" else 20))
@@ -73,7 +78,7 @@ def start(model: torch.nn.Module, config, platform: dict, batch_size: int, devic
                                                    SIGNATURE: signature(config, platform, batch_size)})
     try:
         with tempfile.NamedTemporaryFile("w", prefix="eval_graph_", suffix=".log", delete=False) as log:
-            proc = subprocess.Popen([sys.executable, *sys.orig_argv[1:]], stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([sys.executable, *flags, *sys.argv], stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env)
     except (OSError, subprocess.SubprocessError) as e:
         return no(f"could not start a second process: {e}")

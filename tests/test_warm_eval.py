@@ -37,17 +37,19 @@ def _fake_gpu(monkeypatch, free_gib):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
 
 
-def _as_command(monkeypatch, tmp_path, body, *args):
-    """Make `python fake_train.py *args` this process's command line, fake_train.py running `body`."""
+def _as_command(monkeypatch, tmp_path, body, *args, flags=()):
+    """Make `python [flags] fake_train.py *args` this process's command line, fake_train.py running `body`."""
     script = tmp_path / "fake_train.py"
     script.write_text("import json, os, sys, time\n" + body)
     monkeypatch.setattr(sys, "argv", [str(script), *args])
-    monkeypatch.setattr(sys, "orig_argv", [sys.executable, str(script), *args])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, *flags, str(script), *args])
+
+
+CUDA = torch.device("cuda")       # a device object only: the GPU's free memory is faked
 
 
 def _start(world=1, scope="model"):
-    return warm_eval.start(torch.nn.Linear(4, 4), Config(), dict(PLATFORM, compile_scope=scope), 2,
-                           torch.device("cpu"), world)
+    return warm_eval.start(torch.nn.Linear(4, 4), Config(), dict(PLATFORM, compile_scope=scope), 2, CUDA, world)
 
 
 def test_start_runs_this_command_again_marked_and_nicer(tmp_path, monkeypatch, capsys):
@@ -55,9 +57,9 @@ def test_start_runs_this_command_again_marked_and_nicer(tmp_path, monkeypatch, c
     seen = tmp_path / "seen.json"
     _as_command(monkeypatch, tmp_path, "time.sleep(0.5)\n"
                 f"json.dump([sys.argv[1:], os.environ['{settings.EVAL_GRAPH_ONLY}'], os.getppid(), "
-                f"os.environ['{warm_eval.SIGNATURE}'], os.getpriority(os.PRIO_PROCESS, 0)], "
+                f"os.environ['{warm_eval.SIGNATURE}'], os.getpriority(os.PRIO_PROCESS, 0), sys.flags.utf8_mode], "
                 f"open({str(seen)!r}, 'w'))\n",
-                "--description", "x y", "--seed", "43")
+                "--description", "x y", "--seed", "43", flags=("-X", "utf8"))
     proc = _start()
     assert proc is not None and proc in warm_eval._RUNNING
     out = capsys.readouterr().out
@@ -66,8 +68,8 @@ def test_start_runs_this_command_again_marked_and_nicer(tmp_path, monkeypatch, c
     warm_eval.finish(proc)
     assert re.fullmatch(r"eval graph: compiled by the second process( \(waited \d+\.\ds for it\))?\n",
                         capsys.readouterr().out)
-    argv, marked, parent, sig, nice = json.loads(seen.read_text())
-    assert argv == ["--description", "x y", "--seed", "43"]
+    argv, marked, parent, sig, nice, utf8 = json.loads(seen.read_text())
+    assert argv == ["--description", "x y", "--seed", "43"] and utf8 == 1      # the interpreter's options too
     assert marked == str(os.getpid()) == str(parent)
     assert sig == warm_eval.signature(Config(), PLATFORM, 2)
     assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + warm_eval.NICENESS)
@@ -110,17 +112,24 @@ def test_no_second_process_without_room_a_script_or_one_process(tmp_path, monkey
     assert round(need_gib, 3) == 10.004
     _as_command(monkeypatch, tmp_path, "")
     _fake_gpu(monkeypatch, need_gib - 0.01)
-    assert warm_eval.start(model, config, PLATFORM, 128, torch.device("cpu"), 1) is None
+    assert warm_eval.start(model, config, PLATFORM, 128, CUDA, 1) is None
     assert capsys.readouterr().out == ("\neval graph: compiled after training (the GPU has 10.0 GiB free; a second "
                                        "process compiling it now would need about 10.0)\n")
     _fake_gpu(monkeypatch, 40)                                # the blocks scope runs the loss eagerly: 10x the logits
-    assert warm_eval.start(model, config, dict(PLATFORM, compile_scope="blocks"), 128, torch.device("cpu"), 1) is None
+    assert warm_eval.start(model, config, dict(PLATFORM, compile_scope="blocks"), 128, CUDA, 1) is None
     assert "would need about 42.0)" in capsys.readouterr().out
-    assert warm_eval.start(model, config, PLATFORM, 128, torch.device("cpu"), 2) is None
+    assert warm_eval.start(model, config, PLATFORM, 128, CUDA, 2) is None
     assert "a second process is started for one-process runs only" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["-c"])
-    assert warm_eval.start(model, config, PLATFORM, 128, torch.device("cpu"), 1) is None
+    assert warm_eval.start(model, config, PLATFORM, 128, CUDA, 1) is None
     assert "this process was not started from a script file ('-c')" in capsys.readouterr().out
+    _as_command(monkeypatch, tmp_path, "")                   # a script run by a `python -c` driver (a profiler)
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-c", "import runpy; runpy.run_path('fake_train.py')"])
+    assert warm_eval.start(model, config, PLATFORM, 128, CUDA, 1) is None
+    assert "this process was not started as `python <script>` (it ran ['-c'])" in capsys.readouterr().out
+    assert warm_eval.start(model, config, PLATFORM, 128, torch.device("cpu"), 1) is None   # no graph: silent
+    assert warm_eval.start(model, config, dict(PLATFORM, compile=False), 128, CUDA, 1) is None
+    assert capsys.readouterr().out == ""
     warm_eval.finish(None)                                    # nothing started: nothing to wait for
     assert capsys.readouterr().out == ""
 
