@@ -1,7 +1,7 @@
 """What the first step of a run compiles, part by part (not a test; for a CUDA GPU, runs on the CPU too).
 
     AUTORESEARCH_GROUND=<a prepared ground.json> python3 tests/bench/bench_compile.py [--plan 8,8,10]
-        [--variants static,dynamic-model] [--tree DIR]
+        [--variants static,dynamic-model] [--breakdown] [--tree DIR]
 
 For each variant, one subprocess per depth in --plan, sharing one set of inductor/triton caches (the first
 starts from empty ones: a fresh machine; a later depth is an agent's edit). Each times, with the GPU
@@ -10,10 +10,13 @@ forward's first call (no_grad, reduction="none": another graph), and the same ca
 cost, to subtract). A depth edit changes the width too (depth x aspect_ratio), so every shape changes.
 Variants: `static` is train.py's own compilation; `dynamic-model` compiles the model with dynamic shapes
 (measured slower to compile and not reused: docs/PERFORMANCE.md); `compiled-opt` compiles the AdamW/Muon
-steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off; `bg-eval`
-compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing flag is
-process-wide). Also printed: a whole step's steady ms (fwd+bwd+optimizer, no sync between them), one eval
-batch's steady ms, the training's peak memory and the eval forward's peak above the memory at rest.
+steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off and
+`no-patterns` its pattern-matcher passes; `warm-pool` starts inductor's compile workers before the model is
+built; `bg-eval` compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing
+flag is process-wide). Also printed: a whole step's steady ms (fwd+bwd+optimizer, no sync between them), one
+eval batch's steady ms, the training's peak memory and the eval forward's peak above the memory at rest.
+--breakdown adds where the first forward+backward's seconds went (dynamo's compile_times: tracing, AOT
+autograd, inductor's lowering, fusion, code generation, kernel compiles, autotuning).
 --tree measures another checkout (e.g. the commit before a change), with the same caches layout.
 """
 
@@ -32,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def child(depth: int, variant: str, tree: Path) -> dict:
     import torch
+    if variant == "warm-pool":
+        from torch._inductor.async_compile import maybe_warm_pool
+        maybe_warm_pool()
     sys.path.insert(0, str(tree))
     import train
     from harness import config, dataloader, hardware, settings, tokenizer
@@ -48,6 +54,9 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     if variant == "no-pw-autotune":     # one heuristic config per pointwise kernel, no benchmarking at compile
         import torch._inductor.config as inductor_config
         inductor_config.triton.autotune_pointwise = False
+    if variant == "no-patterns":        # inductor's pattern-matcher passes (joint and post-grad graphs) off
+        import torch._inductor.config as inductor_config
+        inductor_config.pattern_matcher = False
     if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
         train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
         train.muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True)
@@ -74,6 +83,8 @@ def child(depth: int, variant: str, tree: Path) -> dict:
 
     out = {"depth": depth, "variant": variant}
     out["fwd_bwd_first"] = timed(fwd_bwd)
+    from torch._dynamo.utils import compilation_time_metrics
+    out["breakdown"] = {k: sum(v) for k, v in compilation_time_metrics.items() if sum(v) >= 0.2}
     out["opt_first"] = timed(opt.step)
     model.zero_grad(set_to_none=True)
     fwd_bwd()
@@ -131,6 +142,7 @@ def main():
     ap.add_argument("--plan", default="8,8,10", help="depths in order, one subprocess each")
     ap.add_argument("--variants", default="static")
     ap.add_argument("--tree", default=str(REPO), help="the checkout whose train.py and harness/ to measure")
+    ap.add_argument("--breakdown", action="store_true", help="the first forward+backward's compile phases")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -161,6 +173,9 @@ def main():
                 print(f"|   | eval compiled in a thread: {d['bg_steps']} steps at {1000 * d['bg_step']:.1f} ms "
                       f"while it compiled, {1000 * d['fg_step']:.1f} ms after (synced each step); "
                       f"errors {d['bg_errors']} |")
+            if args.breakdown:
+                phases = sorted(d["breakdown"].items(), key=lambda kv: -kv[1])
+                print("|   | compile phases s: " + ", ".join(f"{k} {v:.1f}" for k, v in phases) + " |", flush=True)
 
 
 if __name__ == "__main__":
