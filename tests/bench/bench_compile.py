@@ -12,7 +12,8 @@ Variants: `static` is train.py's own compilation; `dynamic-model` compiles the m
 (measured slower to compile and not reused: docs/PERFORMANCE.md); `compiled-opt` compiles the AdamW/Muon
 steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off and
 `no-patterns` its pattern-matcher passes; `warm-pool` starts inductor's compile workers before the model is
-built; `bg-eval` compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing
+built; `blocks` is processor.compile = "blocks" and `regions` a candidate to replace it (compile_regions);
+`bg-eval` compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing
 flag is process-wide). Also printed: a whole step's steady ms (fwd+bwd+optimizer, no sync between them), one
 eval batch's steady ms, the training's peak memory and the eval forward's peak above the memory at rest.
 --breakdown adds where the first forward+backward's seconds went (dynamo's compile_times: tracing, AOT
@@ -31,6 +32,46 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def compile_regions(train, model) -> None:
+    """Variant `regions`, a candidate for processor.compile = "blocks": the stem, each layer with its residual mix
+    and value embedding (one graph per kind of layer, reused by every layer of that kind) and the head compiled
+    apart, so that only the loop over layers runs eagerly; train.py's blocks scope leaves the mix, the value
+    embeddings, the norms, lm_head and the loss eager (12.5% of the step, docs/PERFORMANCE.md)."""
+    import torch
+    import torch.nn.functional as F
+
+    def layer(self, x, x0, resid_lambda, x0_lambda, idx, ve_weight, cos_sin, window):
+        x = resid_lambda * x + x0_lambda * x0
+        ve = F.embedding(idx, ve_weight) if ve_weight is not None else None
+        x = x + self.attn(train.norm(x), ve, cos_sin, window)
+        return x + self.mlp(train.norm(x))
+
+    def head(x, targets, reduction):           # GPT.forward's tail
+        logits, softcap = model.lm_head(train.norm(x)), 15
+        if model.config.fused_loss and targets is not None and reduction == "mean":
+            return train.softcap_cross_entropy(logits, targets, softcap)
+        logits = softcap * torch.tanh(logits.float() / softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1,
+                               reduction=reduction)
+
+    stem = torch.compile(lambda idx: train.norm(model.transformer.wte(idx)), dynamic=False)
+    head = torch.compile(head, dynamic=False)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        cos_sin = self.cos[:, :idx.size(1)], self.sin[:, :idx.size(1)]
+        x = x0 = stem(idx)
+        for i, block in enumerate(self.transformer.h):
+            ve = self.value_embeds[str(i)].weight if str(i) in self.value_embeds else None
+            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], idx, ve, cos_sin, self.window_sizes[i])
+        return head(x, targets, reduction)
+
+    train.Block.forward, train.GPT.forward = layer, forward
+    for block in model.transformer.h:
+        block.compile(dynamic=False)
 
 
 def child(depth: int, variant: str, tree: Path) -> dict:
@@ -60,7 +101,13 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
         train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
         train.muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True)
-    model = torch.compile(model, dynamic=variant == "dynamic-model")
+    if variant == "blocks":             # train.py's processor.compile = "blocks"
+        for block in model.transformer.h:
+            block.compile(dynamic=False)
+    elif variant == "regions":
+        compile_regions(train, model)
+    else:
+        model = torch.compile(model, dynamic=variant == "dynamic-model")
     dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train", device=device)
     x, y, _ = next(dl)
     ac = torch.amp.autocast(device.type, dtype=getattr(torch, P["dtype"]))
