@@ -6,9 +6,11 @@
 Each variant runs train.py as a subprocess with its own model.json (or train.py) edit, in the order given,
 sharing one set of compile caches per scope: `cold` starts from empty caches (a fresh machine), `warm` re-runs
 the same files, `lr` changes matrix_lr, `depth` goes 8 -> 10 (a new graph), `code` changes the MLP's activation
-in a copy of the tree. For each: start-up (to step 0), the first step (compilation), evaluation, total minus
-training, and experiments per hour at a 300 s budget = 3600 / (300 + overhead). `--scopes` compares compiling
-the whole model with compiling each block (ground.json processor.compile = "blocks").
+in a copy of the tree. For each: start-up (to step 0), the first step (compilation), the other steps the budget
+does not count (ground.json's excluded_steps: they train at full speed), evaluation, the rest (recording, the
+clock's drain), total minus training (their sum), and experiments per hour at a 300 s budget = 3600 / (300 +
+overhead). `--scopes` compares compiling the whole model with compiling each block (ground.json
+processor.compile = "blocks").
 """
 
 import argparse
@@ -39,11 +41,13 @@ def run(tree: Path, ground: Path, model: dict, env: dict, name: str, out: Path) 
     g = json.loads(ground.read_text())
     rec = json.loads((Path(g["ledger"]["sessions_dir"]) / f"{summary['run_id']}.json").read_text())
     m = rec["metrics"]
-    steps = [float(x) for x in re.findall(r"dt: (\d+)ms", r.stdout)]
+    steps = [float(x) / 1000 for x in re.findall(r"dt: (\d+)ms", r.stdout)]
+    excluded = rec["ground"][rec["mode"]]["excluded_steps"]
     overhead = m["total_seconds"] - m["training_seconds"]
-    return {"name": name, "startup_s": m["startup_seconds"], "first_step_s": steps[0] / 1000 if steps else None,
-            "eval_s": m["eval_seconds"], "overhead_s": overhead, "tok_s": m["tokens_per_second"],
-            "per_hour_300s": 3600 / (300 + overhead)}
+    parts = {"startup_s": m["startup_seconds"], "first_step_s": steps[0] if steps else 0.0,
+             "warmup_s": sum(steps[1:excluded]), "eval_s": m["eval_seconds"]}
+    return {"name": name, **parts, "rest_s": overhead - sum(parts.values()), "overhead_s": overhead,
+            "tok_s": m["tokens_per_second"], "per_hour_300s": 3600 / (300 + overhead)}
 
 
 def main():
@@ -61,8 +65,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="overhead_"))
     base = json.loads((REPO / "model.json").read_text())
-    print("| scope | variant | start-up s | first step s | eval s | total - training s | tok/s | runs/hour at 300 s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scope | variant | start-up s | first step s | warm-up steps s | eval s | rest s | total - training s | "
+          "tok/s | runs/hour at 300 s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for scope in args.scopes.split(","):
         g = json.loads(Path(os.environ.get("AUTORESEARCH_GROUND", REPO / "ground.json")).read_text())
         g["train"]["time_budget_s"] = g["test"]["time_budget_s"] = args.budget     # whichever profile the mode picks
@@ -86,9 +91,9 @@ def main():
             if "error" in r:
                 print(f"| {scope} | {name} | error: {r['error']} |", flush=True)
                 continue
-            first = f"{r['first_step_s']:.1f}" if r["first_step_s"] is not None else ""
-            print(f"| {scope} | {name} | {r['startup_s']:.1f} | {first} | {r['eval_s']:.1f} | {r['overhead_s']:.1f} | "
-                  f"{r['tok_s'] / 1e6:.3f}M | {r['per_hour_300s']:.2f} |", flush=True)
+            print(f"| {scope} | {name} | {r['startup_s']:.1f} | {r['first_step_s']:.1f} | {r['warmup_s']:.1f} | "
+                  f"{r['eval_s']:.1f} | {r['rest_s']:.1f} | {r['overhead_s']:.1f} | {r['tok_s'] / 1e6:.3f}M | "
+                  f"{r['per_hour_300s']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
