@@ -1,8 +1,10 @@
 """Attention backends at the default shapes on the GPU: fwd+bwd time per layer (not a test).
 
-    python3 tests/bench/bench_attention.py [variant ...]       # e.g. cudnn, "cudnn plans", "flex default"
+    python3 tests/bench/bench_attention.py [variant ...]       # e.g. cudnn, fa4, "cudnn plans", "flex default"
 
-Prints one line per variant: window, variant, ms per fwd+bwd, TFLOP/s (causal/windowed FLOPs).
+Prints one line per variant: window, variant, ms per fwd+bwd, TFLOP/s (causal/windowed FLOPs). `fa4` is
+flash-attn-4 (the CuTe DSL kernels, package flash-attn-4 with nvidia-cutlass-dsl), when importable; its line adds
+the largest difference of its output from cuDNN's, the harness's backend on Hopper.
 """
 
 import sys
@@ -76,10 +78,11 @@ def main():
             if cudnn is None:
                 print(f"w={window:5d} cudnn-frontend          not loadable: {why}")
             else:
-                fn = lambda: cudnn_attention.cudnn_attention(*leaves, window).backward(g.transpose(1, 2))
-                print(f"w={window:5d} cudnn-frontend         {(ms := timed(fn)):7.2f} ms  {flops / ms / 1e9:6.0f} "
-                      f"TFLOP/s"
-                      f"  ({why})", flush=True)
+                ms = timed(lambda: cudnn_attention.cudnn_attention(*leaves, window).backward(g.transpose(1, 2)))
+                print(f"w={window:5d} cudnn-frontend         {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  ({why})",
+                      flush=True)
+        if not only or "fa4" in only:
+            fa4(leaves, g.transpose(1, 2), window, flops)
         if "cudnn plans" in only:
             cudnn_plans(leaves, g.transpose(1, 2).contiguous(), window)
         if window >= T - 1:
@@ -91,6 +94,30 @@ def main():
                     print(f"w={window:5d} sdpa {backend:17s} {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s", flush=True)
                 except RuntimeError as e:
                     print(f"w={window:5d} sdpa {backend:17s} failed: {str(e)[:100]}")
+
+
+def fa4(leaves, dout, window, flops):
+    """flash-attn-4 on the model's (B, T, H, D) layout, the window as (left, right) = (window, 0)."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as e:  # noqa: BLE001 - not installed (or its CuTe DSL not loadable) is a printed line
+        print(f"w={window:5d} flash-attn-4           not loadable: {type(e).__name__}: {str(e)[:100]}")
+        return
+    size = (window, 0) if window < T - 1 else (None, None)
+    t0 = time.time()
+    try:
+        diff = float("nan")
+        if cudnn_attention.load_cudnn_frontend()[0] is not None:
+            with torch.no_grad():
+                out = flash_attn_func(*leaves, causal=True, window_size=size)[0].float()
+                ref = cudnn_attention.cudnn_attention(*leaves, window).float()
+            diff = ((out - ref).abs().max() / ref.abs().max()).item()
+        ms = timed(lambda: flash_attn_func(*leaves, causal=True, window_size=size)[0].backward(dout))
+    except Exception as e:  # noqa: BLE001 - a shape or GPU it rejects is reported, not fatal
+        print(f"w={window:5d} flash-attn-4           failed: {type(e).__name__}: {str(e)[:100]}")
+        return
+    print(f"w={window:5d} flash-attn-4           {ms:7.2f} ms  {flops / ms / 1e9:6.0f} TFLOP/s  (max rel diff from "
+          f"cuDNN {diff:.1e}; first call {time.time() - t0:.0f}s)", flush=True)
 
 
 def cudnn_plans(leaves, dout, window):
@@ -118,7 +145,8 @@ def cudnn_plans(leaves, dout, window):
         for i in range(count):
             try:
                 ws = torch.empty(max(graph.get_workspace_size_plan_at_index(i), 1), dtype=torch.uint8, device="cuda")
-                run = lambda: graph.execute_plan_at_index(pack, ws, index=i, handle=handle)
+                def run(i=i, ws=ws):
+                    graph.execute_plan_at_index(pack, ws, index=i, handle=handle)
                 run()
                 got = [t.float().clone() for t in outs[kind]]
                 ms = timed(run, iters=20)
