@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness import corpus, settings, sources, tokenizer, util
+from harness import corpus, settings, sources, tokenizer, util  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Network: loopback only

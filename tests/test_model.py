@@ -126,7 +126,8 @@ def test_gluon_kernel_checked_on_first_use(capsys):
     to the Triton kernel. The kernel is a stand-in passed to the gate (its seam), so this runs on the CPU."""
     g = torch.Generator().manual_seed(3)
     a, b, aux = torch.randn(300, 40, generator=g), torch.randn(40, 96, generator=g), torch.rand(300, 96, generator=g)
-    right = lambda a, b, aux=None: (a @ b) * 2 * aux.sqrt() if aux is not None else torch.relu(a @ b).square()
+    def right(a, b, aux=None):
+        return (a @ b) * 2 * aux.sqrt() if aux is not None else torch.relu(a @ b).square()
     gate = relu2_gluon.GluonGate(kernel=right)
     zero = torch.zeros_like(b)                          # the MLP's c_proj starts at zero: nothing to compare yet
     assert torch.equal(gate(a, zero, aux), torch.zeros(300, 96))

@@ -194,7 +194,8 @@ def test_cudnn_shape_refusal_falls_back_with_reason():
     p = hardware.resolve_platform(h100, AUTO)
     p["dtype"] = "float32"                        # the probe tensor is made on this CPU
     cpu = torch.device("cpu")
-    record = lambda kind, q, w: built.append((kind, tuple(q.shape), w))
+    def record(kind, q, w):
+        built.append((kind, tuple(q.shape), w))
     assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu, build=record) == (p, None)
     assert built == [("fwd", (4, 2048, 4, 128), 1024), ("bwd", (4, 2048, 4, 128), 1024)] and p["attention"] == "cudnn"
 

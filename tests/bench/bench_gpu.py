@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "bench"))
-from harness import config, settings, sources, tokenizer, util
+from harness import config, settings, sources, tokenizer, util  # noqa: E402
 from bench_loader import loader_rate  # noqa: E402
 
 
