@@ -92,11 +92,10 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = train.build_model(cfg, device, 1)
     opt = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
+    import torch._inductor.config as inductor_config
     if variant == "no-pw-autotune":     # one heuristic config per pointwise kernel, no benchmarking at compile
-        import torch._inductor.config as inductor_config
         inductor_config.triton.autotune_pointwise = False
     if variant == "no-patterns":        # inductor's pattern-matcher passes (joint and post-grad graphs) off
-        import torch._inductor.config as inductor_config
         inductor_config.pattern_matcher = False
     if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
         train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
