@@ -52,7 +52,7 @@ class GPTConfig:
     n_kv_head: int = 4
     n_embd: int = 512
     window_pattern: str = "SSSL"
-    attention: str = "sdpa"          # fa3 | cudnn | flex | sdpa | reference (harness.attention; PLATFORM decides)
+    attention: str = "sdpa"          # fa4 | fa3 | cudnn | flex | sdpa | reference (harness.attention; PLATFORM decides)
     fused_mlp: bool = False          # ReLU^2 inside two Triton matmuls (harness.fused.relu2_mlp)
     fused_rope: bool = False         # rotary + QK-norm as Triton kernels (harness.fused.rope_norm)
     fused_loss: bool = False         # softcapped cross-entropy as Triton kernels (harness.fused.softcap_loss)

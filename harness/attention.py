@@ -1,10 +1,10 @@
-"""Attention: one call over several backends (cuDNN, FA3, FlexAttention, SDPA, a reference), chosen by PLATFORM.
+"""Attention: one call over several backends (FA4, cuDNN, FA3, FlexAttention, SDPA, a reference), chosen by PLATFORM.
 
     uv run pytest tests/test_model.py -k backend      # every backend against the reference, windows included
 
 q, k, v are (B, T, H, D) with as many k, v heads as q heads; key j is visible to query i iff
 0 <= i - j <= window. A window of T - 1 or more is full causal attention. Sliding windows never
-build a dense T x T mask: cuDNN and FA3 take a band, flex a block mask, SDPA blocks of the window.
+build a dense T x T mask: FA4, cuDNN and FA3 take a band, flex a block mask, SDPA blocks of the window.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.fused.cudnn_attention import cudnn_attention
+from harness.fused.fa4_attention import fa4_attention
 from harness.hardware import load_fa3
 
 # e.g. {"BLOCK_M": 128}; None = PyTorch's defaults, the fastest found (tests/bench/bench_attention.py)
@@ -140,4 +141,4 @@ def attention_cudnn(q, k, v, window):
 
 
 BACKENDS = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex, "fa3": attention_fa3,
-            "cudnn": attention_cudnn}
+            "cudnn": attention_cudnn, "fa4": fa4_attention}

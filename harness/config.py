@@ -129,8 +129,8 @@ class ProcessorConfig:
     dtype: str = _f("choice", "one of auto, bfloat16, float16, float32", choices=("auto", "bfloat16", "float16",
                                                                                   "float32"))
     compile: Any = _f("auto_bool", "\"auto\", true, false or \"blocks\"")
-    attention: str = _f("choice", "one of auto, fa3, cudnn, flex, sdpa", choices=("auto", "fa3", "cudnn", "flex",
-                                                                                  "sdpa"))
+    attention: str = _f("choice", "one of auto, fa4, fa3, cudnn, flex, sdpa", choices=("auto", "fa4", "fa3", "cudnn",
+                                                                                       "flex", "sdpa"))
     peak_flops: Any = _f("auto_num", "\"auto\" or a positive number of FLOP/s")
 
 

@@ -17,7 +17,7 @@ import torch
 
 from harness import settings
 from harness.config import ConfigError, ProcessorConfig, fail
-from harness.fused import cudnn_attention
+from harness.fused import cudnn_attention, fa4_attention
 from harness.fused.cudnn_attention import load_cudnn_frontend
 from harness.util import reachable
 
@@ -53,7 +53,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     """Pure decision: hardware facts + ground.json processor overrides -> PLATFORM dict.
 
     hw keys: cuda (bool), mps (bool), os, triton (bool), name, capability (tuple|None),
-    sm_count, clock_mhz, fa3 and cudnn ((ok, reason) or None when not probed), gluon, world_size.
+    sm_count, clock_mhz, fa4, fa3 and cudnn ((ok, reason) or None when not probed), gluon, world_size.
     """
     reasons = {}
     if proc.device != "auto":
@@ -110,19 +110,25 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
               f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else f"{device} (eager is faster for small runs)"
         reasons["compile"] = ("requested but unavailable: " if proc.compile in (True, "blocks") else "off: ") + why
 
-    # attention: FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention (compiled, needs triton) > SDPA
+    # attention: FA4 (flash-attn-4, Hopper/Blackwell) > FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) >
+    # FlexAttention (compiled, needs triton) > SDPA
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
     cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
     cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")   # what cuDNN attention and the fused MLP take
     cudnn_ok = cudnn_ok and cuda_16bit
     flex_ok = device == "cuda" and triton_ok and cc >= (8, 0)
+    fa4_ok, fa4_why = hw.get("fa4") or (False, "not probed")
+    fa4_arch = cuda_16bit and (cc or ())[:1] in ((9,), (10,))               # FA4's Hopper and Blackwell kernels
+    fa4_ok = fa4_ok and fa4_arch
     if proc.attention == "auto":
-        if device == "cuda" and cc >= (9, 0) and fa3_ok:
+        if fa4_ok:
+            attention, reasons["attention"] = "fa4", f"CC {cc[0]}.{cc[1]}: {fa4_why}, the fastest measured"
+        elif device == "cuda" and cc >= (9, 0) and fa3_ok:
             attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
         elif cc and cc >= (9, 0) and cudnn_ok:
             attention = "cudnn"
             reasons["attention"] = (f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel "
-                                    f"(FA3 not loadable: {fa3_why})")
+                                    f"(FA4: {fa4_why}; FA3 not loadable: {fa3_why})")
         elif flex_ok:
             attention = "flex"
             fa3_note = f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else ""
@@ -130,6 +136,10 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         else:
             attention = "sdpa"
             reasons["attention"] = f"{device}" + (f" CC {cc[0]}.{cc[1]}" if cc else "") + ": SDPA (no flex/FA3 here)"
+    elif proc.attention == "fa4" and not fa4_ok:
+        attention = "cudnn" if cudnn_ok and cc >= (9, 0) else "flex" if flex_ok else "sdpa"
+        why = fa4_why if fa4_arch else f"needs CUDA CC 9.x or 10.x and bf16/fp16, have {device} {dtype}"
+        reasons["attention"] = f"fa4 requested but not usable ({why}); falling back to {attention}"
     elif proc.attention == "fa3" and not (device == "cuda" and fa3_ok):
         attention = "flex" if flex_ok else "sdpa"
         reasons["attention"] = f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
@@ -142,7 +152,8 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
         reasons["attention"] = "flex requested but needs triton and CC >= 8.0 on CUDA; falling back to sdpa"
     else:
         attention = proc.attention
-        reasons["attention"] = f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
+        reasons["attention"] = f"forced by ground.json ({fa4_why})" if attention == "fa4" else \
+            f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
             f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else \
             "forced by ground.json processor.attention"
 
@@ -238,7 +249,10 @@ def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_
         if probe_fa3 and proc.attention in ("auto", "fa3") and (p.major >= 9 or proc.attention == "fa3"):
             mod, why = load_fa3((p.major, p.minor), probe_timeout_s)
             hw["fa3"] = (mod is not None, why)
-        if proc.attention in ("auto", "cudnn") and (p.major >= 9 or proc.attention == "cudnn"):
+        if proc.attention in ("auto", "fa4") and (p.major >= 9 or proc.attention == "fa4"):
+            mod, why = fa4_attention.load_fa4(settings.current().cache_dir / "compile" / "flash_attn_cute")
+            hw["fa4"] = (mod is not None, why)
+        if proc.attention in ("auto", "cudnn", "fa4") and (p.major >= 9 or proc.attention == "cudnn"):
             mod, why = load_cudnn_frontend()
             hw["cudnn"] = (mod is not None, why)
     return hw
@@ -287,23 +301,36 @@ def platform_lines(p: dict) -> list[str]:
 
 
 def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
-                      build=cudnn_attention.build_graph) -> tuple[dict, str | None]:
-    """Before compiling: build the cuDNN graphs the model needs ((B, T, H, D) per micro-step, each sliding
-    window). Returns (platform, line): when cuDNN cannot take this shape (head_dim, dtype, GPU), a copy of
-    PLATFORM that falls back to flex (sdpa without compile) with the reason, and the line to print; else
-    PLATFORM unchanged and None. `build` is the seam tests use to play a refusing cuDNN."""
-    if platform["attention"] != "cudnn":
+                      build=cudnn_attention.build_graph,
+                      warm_fa4=fa4_attention.warm_kernels) -> tuple[dict, str | None]:
+    """Before compiling: build the cuDNN graphs, or run FA4's kernels once, for the shapes the model needs
+    ((B, T, H, D) per micro-step, each sliding window). Returns (platform, line): when the backend cannot take
+    this shape (head_dim, dtype, GPU), a copy of PLATFORM that falls back (FA4 to cuDNN, cuDNN to flex, or sdpa
+    without compile) with the reason, and the line to print; else PLATFORM unchanged and None. `build` and
+    `warm_fa4` are the seams tests use to play a refusing backend."""
+    backend = platform["attention"]
+    if backend not in ("cudnn", "fa4"):
         return platform, None
     B, T, H, D = shape
-    probe = torch.empty(1, dtype=getattr(torch, platform["dtype"]), device=device).expand(B, T, H, D)
+    dtype = getattr(torch, platform["dtype"])
     try:
-        for window in sorted({w for w in windows if w < T - 1}):
-            for kind in ("fwd", "bwd"):
-                build(kind, probe, window)
-    except Exception as e:  # noqa: BLE001 - any cuDNN refusal means "use the next backend"
-        fallback = "flex" if platform["compile"] else "sdpa"
-        why = f"cuDNN cannot build attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
+        if backend == "fa4":
+            warm_fa4(shape, dtype, windows, device)
+        else:
+            probe = torch.empty(1, dtype=dtype, device=device).expand(B, T, H, D)
+            for window in sorted({w for w in windows if w < T - 1}):
+                for kind in ("fwd", "bwd"):
+                    build(kind, probe, window)
+    except Exception as e:  # noqa: BLE001 - any refusal means "use the next backend"
+        cudnn_next = backend == "fa4" and load_cudnn_frontend()[0] is not None
+        fallback = "cudnn" if cudnn_next else "flex" if platform["compile"] else "sdpa"
+        what = {"fa4": "FA4 cannot run", "cudnn": "cuDNN cannot build"}[backend]
+        why = f"{what} attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
         reasons = dict(platform["reasons"], attention=f"{why}; falling back to {fallback}")
         changed = dict(platform, attention=fallback, reasons=reasons)
-        return changed, f"attention: cudnn -> {fallback}: {why}"
+        line = f"attention: {backend} -> {fallback}: {why}"
+        if fallback == "cudnn":
+            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4)
+            line += f"\n!! {more}" if more else ""
+        return changed, line
     return platform, None

@@ -1,5 +1,5 @@
 """GPU checks (skipped without CUDA): attention backends against the reference in bf16 (cuDNN
-through cudnn-frontend where it loads: outputs, gradients, compiled), the loss kernels, the fused
+through cudnn-frontend and FA4 where they load: outputs, gradients, compiled), the loss kernels, the fused
 ReLU^2 MLP (CC >= 9.0: bf16/fp16 against float64, and inside a compiled model), the optimizer's
 uncompiled steps on CUDA against the same steps on the CPU.
 
@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from harness import attention, hardware  # noqa: E402
-from harness.fused import cudnn_attention, relu2_gluon, relu2_mlp, rope_norm, softcap_loss  # noqa: E402
+from harness.fused import cudnn_attention, fa4_attention, relu2_gluon, relu2_mlp, rope_norm, softcap_loss  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -29,9 +29,14 @@ def _qkv(B=4, T=512, H=4, D=128, dtype=torch.bfloat16, seed=0):
 def _need(backend):
     if backend == "cudnn" and cudnn_attention.load_cudnn_frontend()[0] is None:
         pytest.skip(cudnn_attention.load_cudnn_frontend()[1])
+    if backend == "fa4":
+        if torch.cuda.get_device_capability()[0] not in (9, 10):
+            pytest.skip("FA4 runs on CC 9.x and 10.x")
+        if fa4_attention.load_fa4()[0] is None:
+            pytest.skip(fa4_attention.load_fa4()[1])
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "cudnn"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "cudnn", "fa4"])
 @pytest.mark.parametrize("window", [511, 256, 100, 7])
 def test_backends_match_reference_bf16(backend, window):
     _need(backend)
@@ -61,20 +66,21 @@ def _grads(fn, q, k, v, g):
     return out.double(), [t.grad.double() for t in (q, k, v)]
 
 
+@pytest.mark.parametrize("backend", ["cudnn", "fa4"])
 @pytest.mark.parametrize("window", [255, 100, 7])
-def test_cudnn_gradients_match_reference(window):
-    """bf16 cuDNN forward and backward (eager, then compiled) against the float64 reference; a band
+def test_fused_gradients_match_reference(backend, window):
+    """bf16 cuDNN / FA4 forward and backward (eager, then compiled) against the float64 reference; a band
     one key too wide or too narrow would move window 7's output by ~10%."""
-    _need("cudnn")
+    _need(backend)
+    backend_fn = attention.BACKENDS[backend]
     q, k, v = _qkv(B=2, T=256, seed=window + 1)
     g = torch.randn_like(q)
     ref, ref_grads = _grads(lambda *t: attention.attention_reference(*t, window), q.double(), k.double(), v.double(),
                             g.double())
-    for name, fn in (("eager", attention.attention_cudnn), ("compiled", torch.compile(attention.attention_cudnn,
-                                                                                      fullgraph=True))):
+    for name, fn in (("eager", backend_fn), ("compiled", torch.compile(backend_fn, fullgraph=True))):
         out, grads = _grads(lambda *t: fn(*t, window), q, k, v, g)
         errs = [((a - b).norm() / b.norm()).item() for a, b in zip([out, *grads], [ref, *ref_grads])]
-        assert max(errs) < 2e-2, f"{name} window {window}: out/dq/dk/dv rel errors {errs}"
+        assert max(errs) < 2e-2, f"{backend} {name} window {window}: out/dq/dk/dv rel errors {errs}"
 
 
 def test_cudnn_refusal_falls_back():
@@ -87,6 +93,14 @@ def test_cudnn_refusal_falls_back():
     changed, line = hardware.confirm_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
     assert line.startswith("attention: cudnn -> flex: cuDNN cannot build attention for B=2 T=256 H=1 D=1024 (")
     assert changed["attention"] == "flex" and bad["attention"] == "cudnn"
+
+
+def test_fa4_start_up_check_runs_the_kernels():
+    """FA4's start-up check runs its kernels at the model's shape (both kinds of layer): it passes and leaves
+    the kernels compiled, so the first training step finds them."""
+    _need("fa4")
+    ok = {"attention": "fa4", "dtype": "bfloat16", "compile": True, "reasons": {}}
+    assert hardware.confirm_attention(ok, (2, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
 
 
 def test_triton_cross_entropy_matches_torch():
@@ -236,18 +250,20 @@ def test_optimizer_steps_on_cuda_match_the_cpu():
 
 if __name__ == "__main__":
     n = 0
-    for backend in ("sdpa", "flex", "cudnn"):
-        if backend == "cudnn" and cudnn_attention.load_cudnn_frontend()[0] is None:
-            print(f"cudnn checks skipped: {cudnn_attention.load_cudnn_frontend()[1]}")
+    for backend in ("sdpa", "flex", "cudnn", "fa4"):
+        try:
+            _need(backend)
+        except pytest.skip.Exception as e:
+            print(f"{backend} checks skipped: {e}")
             continue
         for window in (511, 256, 100, 7):
             test_backends_match_reference_bf16(backend, window)
             n += 1
-        if backend == "cudnn":
+        if backend in ("cudnn", "fa4"):
             for window in (255, 100, 7):
-                test_cudnn_gradients_match_reference(window)
+                test_fused_gradients_match_reference(backend, window)
                 n += 1
-            test_cudnn_refusal_falls_back()
+            (test_cudnn_refusal_falls_back if backend == "cudnn" else test_fa4_start_up_check_runs_the_kernels)()
             n += 1
     test_flex_gradients_match_reference()
     test_triton_cross_entropy_matches_torch()

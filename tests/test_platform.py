@@ -14,7 +14,8 @@ from harness import config, hardware, settings
 AUTO = config.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
 
 
-def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None, gluon=False):
+def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None, gluon=False,
+       fa4=None):
     h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "gluon": gluon, "world_size": 1}
     if cc is not None:
         h.update(name=name, capability=cc, sm_count=sms, clock_mhz=clock)
@@ -22,10 +23,13 @@ def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=No
         h["fa3"] = fa3
     if cudnn is not None:
         h["cudnn"] = cudnn
+    if fa4 is not None:
+        h["fa4"] = fa4
     return h
 
 
 CUDNN_OK = (True, "cudnn-frontend 1.28.0 on cuDNN 91900")
+FA4_OK = (True, "flash-attn-4 4.0.0b36")
 
 
 def proc(**kw):
@@ -58,6 +62,15 @@ ROWS = [
     ("H100 with FA3 and cudnn-frontend", hw((9, 0), "NVIDIA H100", 132, 1980, fa3=(True, "FA3 loaded"), cudnn=CUDNN_OK),
      ("bfloat16", False, "fa3", True, "bfloat16", "bfloat16", "triton")),
     ("A100 with cudnn-frontend", hw((8, 0), "NVIDIA A100", 108, 1410, cudnn=CUDNN_OK),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
+    ("H100 with FA4, FA3 and cudnn-frontend", hw((9, 0), "NVIDIA H100", 132, 1980, fa3=(True, "FA3 loaded"),
+                                                 cudnn=CUDNN_OK, fa4=FA4_OK),
+     ("bfloat16", False, "fa4", True, "bfloat16", "bfloat16", "triton")),
+    ("B200 with FA4", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x"), fa4=FA4_OK),
+     ("bfloat16", False, "fa4", True, "bfloat16", "bfloat16", "triton")),
+    ("RTX 5090 with FA4 installed", hw((12, 0), "NVIDIA GeForce RTX 5090", 170, 2400, fa4=FA4_OK),
+     ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
+    ("A100 with FA4 installed", hw((8, 0), "NVIDIA A100", 108, 1410, fa4=FA4_OK),
      ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
 ]
 
@@ -96,8 +109,7 @@ def test_cudnn_choice_and_fallbacks():
     h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "not loadable offline"), cudnn=CUDNN_OK)
     p = hardware.resolve_platform(h100, AUTO)
     assert p["reasons"]["attention"] == ("Hopper+: cudnn-frontend 1.28.0 on cuDNN 91900, windows on cuDNN's fused "
-                                         "kernel "
-                                         "(FA3 not loadable: not loadable offline)")
+                                         "kernel (FA4: not probed; FA3 not loadable: not loadable offline)")
     missing = dict(h100, cudnn=(False, "cudnn-frontend not loadable (ModuleNotFoundError: No module named 'cudnn')"))
     assert hardware.resolve_platform(missing, AUTO)["attention"] == "flex"
     p = hardware.resolve_platform(missing, proc(attention="cudnn"))
@@ -211,6 +223,55 @@ def test_cudnn_shape_refusal_falls_back_with_reason():
                                       build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
     a100 = hardware.resolve_platform(ROWS[1][1], AUTO)
     assert hardware.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)
+
+
+def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
+    """FA4 is chosen on Hopper/Blackwell when flash-attn-4 imports, and says so; forced where it cannot run
+    (not installed, Ampere, float32) it falls back with the reason; when its start-up run fails at the
+    model's shape the run moves to cuDNN (whose graphs are then built), or to flex without cudnn-frontend."""
+    h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK, fa4=FA4_OK)
+    p = hardware.resolve_platform(h100, AUTO)
+    assert (p["attention"], p["reasons"]["attention"]) == ("fa4", "CC 9.0: flash-attn-4 4.0.0b36, the fastest "
+                                                                  "measured")
+    missing = dict(h100, fa4=(False, "flash-attn-4 not loadable (ModuleNotFoundError: No module named 'flash_attn')"))
+    p = hardware.resolve_platform(missing, proc(attention="fa4"))
+    assert (p["attention"], p["reasons"]["attention"]) == (
+        "cudnn", "fa4 requested but not usable (flash-attn-4 not loadable (ModuleNotFoundError: No module named "
+                 "'flash_attn')); falling back to cudnn")
+    a100 = hw((8, 0), "NVIDIA A100", 108, 1410, fa4=FA4_OK)
+    p = hardware.resolve_platform(a100, proc(attention="fa4"))
+    assert (p["attention"], p["reasons"]["attention"]) == (
+        "flex", "fa4 requested but not usable (needs CUDA CC 9.x or 10.x and bf16/fp16, have cuda bfloat16); "
+                "falling back to flex")
+    p = hardware.resolve_platform(h100, proc(attention="fa4", dtype="float32"))
+    assert p["attention"] == "flex" and "have cuda float32" in p["reasons"]["attention"]
+    assert hardware.resolve_platform(h100, proc(attention="fa4"))["reasons"]["attention"] == \
+        "forced by ground.json (flash-attn-4 4.0.0b36)"
+
+    p = dict(hardware.resolve_platform(h100, AUTO), dtype="float32")
+    cpu, built, warmed = torch.device("cpu"), [], []
+    def warm(shape, dtype, windows, device):
+        warmed.append((shape, dtype, windows))
+    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024, 2048], cpu, warm_fa4=warm) == (p, None)
+    assert warmed == [((4, 2048, 4, 128), torch.float32, [1024, 2048])]
+
+    def fail(shape, dtype, windows, device):
+        raise RuntimeError("head_dim 320 not supported")
+    def record(kind, q, w):
+        built.append((kind, w))
+    monkeypatch.setattr(hardware, "load_cudnn_frontend", lambda: (object(), "ok"))
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=record, warm_fa4=fail)
+    why = "FA4 cannot run attention for B=4 T=2048 H=4 D=320 (RuntimeError: head_dim 320 not supported)"
+    assert (changed["attention"], line) == ("cudnn", f"attention: fa4 -> cudnn: {why}")
+    assert changed["reasons"]["attention"] == f"{why}; falling back to cudnn" and p["attention"] == "fa4"
+    assert built == [("fwd", 1024), ("bwd", 1024)]
+    def refuse(kind, q, w):
+        raise RuntimeError("No valid execution plans built.")
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, build=refuse, warm_fa4=fail)
+    assert changed["attention"] == "flex" and line.splitlines()[1].startswith("!! attention: cudnn -> flex: cuDNN ")
+    monkeypatch.setattr(hardware, "load_cudnn_frontend", lambda: (None, "not installed"))
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, warm_fa4=fail)
+    assert (changed["attention"], line) == ("flex", f"attention: fa4 -> flex: {why}")
 
 
 def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypatch):

@@ -77,9 +77,11 @@ def main():
         ground.parent.mkdir(parents=True)
         ground.write_text(json.dumps(g))
         caches = {"TORCHINDUCTOR_CACHE_DIR": str(root / scope / "inductor"),
-                  "TRITON_CACHE_DIR": str(root / scope / "triton")}
+                  "TRITON_CACHE_DIR": str(root / scope / "triton"),
+                  "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": str(root / scope / "flash_attn_cute")}
         edited = root / scope / "tree"
-        shutil.copytree(REPO, edited, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".device", ".whl"))
+        shutil.copytree(REPO, edited, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".device", ".whl",
+                                                                        ".fa4a", ".fa4b"))
         src = (edited / "train.py").read_text()
         src = src.replace("        if self.fused:\n", "        if False:\n", 1)
         (edited / "train.py").write_text(src.replace("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))", 1))

@@ -1,0 +1,106 @@
+"""Causal attention with a sliding window on flash-attn-4 (FlashAttention 4, written in NVIDIA's CuTe DSL).
+
+    uv sync --extra fa4              # Hopper (CC 9.x) and Blackwell (CC 10.x); PLATFORM prefers it there
+    python3 tests/test_gpu.py        # against the reference attention, outputs and gradients (CUDA)
+
+FA4 compiles each kernel the first time it meets a configuration (dtype, head_dim, causal or windowed, ...;
+not the batch, length, heads or window size), a few seconds each; with the persistent cache on (set by
+load_fa4) a later run of any shape loads them from disk. The kernels are called through a torch.library
+custom op, like cuDNN's, so a compiled graph that calls them stays in inductor's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+_FA4: dict = {}            # "module" -> (module|None, reason)
+
+
+def load_fa4(cache_dir: Path | None = None):
+    """Import flash-attn-4's kernels, with their on-disk cache in `cache_dir` unless the environment names one
+    (read once, at import). (module|None, reason); never raises."""
+    if "module" not in _FA4:
+        if cache_dir is not None and "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR" not in os.environ:
+            os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] = str(cache_dir)
+        os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+        # the CuTe DSL warns, at each kernel compile, that FA4's own aux_data argument is not a JIT argument
+        warnings.filterwarnings("ignore", message="Argument aux_data .* cannot be converted to a JitArgument")
+        try:
+            from importlib.metadata import version
+
+            from flash_attn.cute import interface
+            _FA4["module"] = (interface, f"flash-attn-4 {version('flash-attn-4')}")
+        except ModuleNotFoundError as e:
+            _FA4["module"] = (None, f"flash-attn-4 not installed (uv sync --extra fa4; {e})")
+        except Exception as e:  # noqa: BLE001 - missing package or library means "not loadable"
+            _FA4["module"] = (None, f"flash-attn-4 not loadable ({type(e).__name__}: {str(e)[:80]})")
+    return _FA4["module"]
+
+
+def _window(window: int, T: int) -> int | None:
+    """FA4's left window: keys j >= i - window; None for a full causal layer."""
+    return None if window >= T - 1 else window
+
+
+@torch.library.custom_op("autoresearch::fa4_attention", mutates_args=())
+def _fa4_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+    left = _window(window, q.size(1))
+    out, lse, *_ = load_fa4()[0]._flash_attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
+                                                 window_size_left=left, window_size_right=0 if left is not None
+                                                 else None, return_lse=True)
+    return out, lse
+
+
+@_fa4_attention_op.register_fake
+def _(q, k, v, window):
+    B, T, H, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("autoresearch::fa4_attention_backward", mutates_args=())
+def _fa4_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                               lse: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    left = _window(window, q.size(1))
+    dq, dk, dv, *_ = load_fa4()[0]._flash_attn_bwd(q, k, v, o, dout.contiguous(), lse, causal=True,
+                                                   window_size_left=left,
+                                                   window_size_right=0 if left is not None else None)
+    return dq, dk, dv
+
+
+@_fa4_attention_backward_op.register_fake
+def _(dout, q, k, v, o, lse, window):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _fa4_attention_setup(ctx, inputs, output):
+    q, k, v, window = inputs
+    ctx.save_for_backward(q.contiguous(), k.contiguous(), v.contiguous(), *output)
+    ctx.window = window
+
+
+def _fa4_attention_grad(ctx, dout, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    return (*_fa4_attention_backward_op(dout, q, k, v, o, lse, ctx.window), None)
+
+
+_fa4_attention_op.register_autograd(_fa4_attention_grad, setup_context=_fa4_attention_setup)
+
+
+def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """Causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on Hopper/Blackwell."""
+    return _fa4_attention_op(q, k, v, window)[0]
+
+
+def warm_kernels(shape: tuple, dtype: torch.dtype, windows: list, device: torch.device) -> None:
+    """Run forward and backward once per kind of layer at the model's (B, T, H, D): FA4 compiles (or loads) the
+    kernels these shapes pick, before training starts; raises what FA4 raises when it cannot run them."""
+    B, T, H, D = shape
+    q, k, v = (torch.randn(B, T, H, D, dtype=dtype, device=device, requires_grad=True) for _ in range(3))
+    for window in sorted({min(w, T - 1) for w in windows}):
+        fa4_attention(q, k, v, window).sum().backward()
+    torch.cuda.synchronize(device)
