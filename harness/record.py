@@ -118,11 +118,17 @@ def trained_files() -> dict:
             for name, path in agent_files().items()}
 
 
-def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, world_size: int = 1) -> str:
+# What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
+# attention: ~2% more steps) is another key, so that a faster machine is never read as a better model.
+PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
+
+
+def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
-                       "world": world_size, "max_steps": s.max_steps,
+                       "world": platform.get("world_size", 1), "max_steps": s.max_steps,
+                       "platform": {k: platform.get(k) for k in PLATFORM_KEYS},
                        **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
                        "caps": s.model_caps,
                        **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
@@ -195,7 +201,7 @@ class Run:
                    else self.git["subject"] or "(no description)")
         self.description = clean_text(description or default, 200)
         self.manifest = load_manifest(s)
-        self.key = comparability_key(s, tokenizer, self.manifest, platform["world_size"])
+        self.key = comparability_key(s, tokenizer, self.manifest, platform)
         self.store = open_ledger(s)
         self.results, self.sessions = self.store.results, self.store.sessions
         self.store.check()            # a ledger this run could not be added to: refused before training

@@ -406,3 +406,21 @@ def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_
                   _entry(trained, "A", seed=45, commit="c1", parent="c0", model_changes_by_mode=cap8))
     rows, index = store.read()
     assert decide.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
+
+
+def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
+    """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
+    differ there are another key, never compared; PLATFORM's other entries (reasons, peak FLOPs) do not count."""
+    from harness import record, settings, sources, tokenizer
+    s = settings.current()
+    tok, manifest = tokenizer.Tokenizer.from_directory(), sources.load_manifest(s)
+    h100 = {"device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "attention": "cudnn", "mlp": "triton",
+            "rope": "triton", "loss": "triton", "compile": True, "compile_scope": "model", "world_size": 1,
+            "peak_flops": 989.4e12, "reasons": {"attention": "x"}}
+    key = record.comparability_key(s, tok, manifest, h100)
+    assert key == record.comparability_key(s, tok, manifest, dict(h100, peak_flops=1.0, reasons={}))
+    others = [dict(h100, attention="fa4"), dict(h100, device_name="NVIDIA H200"), dict(h100, dtype="float16"),
+              dict(h100, compile_scope="blocks"), dict(h100, world_size=2), dict(h100, mlp="plain")]
+    keys = {record.comparability_key(s, tok, manifest, p) for p in others}
+    assert len(keys) == len(others) and key not in keys
+    assert key.startswith(f"{manifest['source']}-{s.mode}-")
