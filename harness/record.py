@@ -127,6 +127,7 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
+                       "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
                        "world": platform.get("world_size", 1), "max_steps": s.max_steps,
                        "platform": {k: platform.get(k) for k in PLATFORM_KEYS},
                        **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too

@@ -410,7 +410,8 @@ def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_
 
 def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
-    differ there are another key, never compared; PLATFORM's other entries (reasons, peak FLOPs) do not count."""
+    differ there are another key, never compared, as are runs with another number of warm-up steps outside the
+    budget (they train); PLATFORM's other entries (reasons, peak FLOPs) do not count."""
     from harness import record, settings, sources, tokenizer
     s = settings.current()
     tok, manifest = tokenizer.Tokenizer.from_directory(), sources.load_manifest(s)
@@ -424,3 +425,6 @@ def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     keys = {record.comparability_key(s, tok, manifest, p) for p in others}
     assert len(keys) == len(others) and key not in keys
     assert key.startswith(f"{manifest['source']}-{s.mode}-")
+    import dataclasses        # the warm-up steps outside the budget train too: another count, other tokens
+    assert record.comparability_key(dataclasses.replace(s, excluded_steps=s.excluded_steps + 1), tok, manifest,
+                                    h100) not in keys | {key}
