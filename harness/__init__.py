@@ -8,7 +8,7 @@ this list (a module imports only modules above it):
   config        ground.json / model.json -> frozen, typed objects; ConfigError (one line, exit 2)
   settings      the run's effective constants: mode, sequence length, budget, eval size, caps
   util          atomic writes, file hashes, a network probe
-  fused/        GPU kernels behind custom ops (cuDNN attention, softcap loss, rope + norm, ReLU^2 MLP)
+  fused/        GPU kernels behind custom ops (cuDNN and FA4 attention, softcap loss, rope + norm, ReLU^2 MLP)
   hardware      PLATFORM: device, dtype, attention backend, fused kernels, compile, peak FLOPs
   attention     one attention call over the backends PLATFORM chooses from
   distributed   torchrun: process group, gradient all-reduce, host-side agreement
