@@ -505,7 +505,7 @@ def main():
     config = build_config(m, T, tokenizer.get_vocab_size(), P)
     P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
                                     GPT._compute_window_sizes(config), device)
-    config.attention = P["attention"]          # flex/sdpa when cuDNN refused these shapes
+    config.attention = P["attention"]          # the next backend when FA4 or cuDNN refused these shapes
     graph_only = warm_eval.second_process()    # harness/warm_eval.py's copy of this run: no record, no training
     run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) \
         if rank == 0 and not graph_only else None

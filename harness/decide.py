@@ -41,6 +41,10 @@ UNSCORED = ("crash", "interrupted")     # runs recorded without a val_bpb (upstr
 MIN_RUNS_TO_KEEP = 3
 MAX_RUNS_PER_CONFIG = 4
 FIRST_SEED = 42                 # train.py's default --seed
+# What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
+# attention: ~2% more steps) is another comparability key (harness/record.py), so that a faster machine is never
+# read as a better model.
+PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
@@ -155,6 +159,19 @@ def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str) -> int:
 def requested_model(entry: dict) -> dict:
     """model.json as written for a run: what it trained, with the values a mode's cap replaced put back."""
     return {**(entry.get("model") or {}), **{k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()}}
+
+
+def key_differences(a: dict, b: dict) -> list[str]:
+    """Why runs a and b (their records) have different comparability keys, as far as the records say: PLATFORM's
+    GPU and kernel choices, the process count, and ground.json's data, tokenizer and profiles ("name: a -> b")."""
+    def flat(entry):
+        ground = {k: v for k, v in (entry.get("ground") or {}).items() if k not in ("ledger", "processor")}
+        out = {f"{k}.{k2}": v2 for k, v in ground.items() if isinstance(v, dict) for k2, v2 in v.items()}
+        out.update({k: v for k, v in ground.items() if not isinstance(v, dict)})
+        platform = entry.get("platform") or {}
+        return {**out, **{k: platform.get(k) for k in (*PLATFORM_KEYS, "world_size") if platform}}
+    fa, fb = flat(a), flat(b)
+    return [f"{k}: {fa.get(k)} -> {fb.get(k)}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 def capped_apart(a: dict, b: dict) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform as _platform
 import subprocess
+import sys
 
 import torch
 
@@ -122,7 +123,7 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     fa4_ok = fa4_ok and fa4_arch
     if proc.attention == "auto":
         if fa4_ok:
-            attention, reasons["attention"] = "fa4", f"CC {cc[0]}.{cc[1]}: {fa4_why}, the fastest measured"
+            attention, reasons["attention"] = "fa4", f"CC {cc[0]}.{cc[1]}: {fa4_why} (faster than cuDNN, measured)"
         elif device == "cuda" and cc >= (9, 0) and fa3_ok:
             attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
         elif cc and cc >= (9, 0) and cudnn_ok:
@@ -246,12 +247,14 @@ def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_
         p = torch.cuda.get_device_properties(0)
         hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,
                   clock_mhz=(getattr(p, "clock_rate", 0) / 1000) or _nvidia_smi_max_clock())
-        if probe_fa3 and proc.attention in ("auto", "fa3") and (p.major >= 9 or proc.attention == "fa3"):
-            mod, why = load_fa3((p.major, p.minor), probe_timeout_s)
-            hw["fa3"] = (mod is not None, why)
-        if proc.attention in ("auto", "fa4") and (p.major >= 9 or proc.attention == "fa4"):
+        if proc.attention in ("auto", "fa4") and (p.major in (9, 10) or proc.attention == "fa4"):
             mod, why = fa4_attention.load_fa4(settings.current().cache_dir / "compile" / "flash_attn_cute")
             hw["fa4"] = (mod is not None, why)
+        if proc.attention == "auto" and hw.get("fa4", (False,))[0]:
+            hw["fa3"] = (False, "not probed: FA4 loaded")          # no hub lookup for a backend FA4 outranks
+        elif probe_fa3 and proc.attention in ("auto", "fa3") and (p.major >= 9 or proc.attention == "fa3"):
+            mod, why = load_fa3((p.major, p.minor), probe_timeout_s)
+            hw["fa3"] = (mod is not None, why)
         if proc.attention in ("auto", "cudnn", "fa4") and (p.major >= 9 or proc.attention == "cudnn"):
             mod, why = load_cudnn_frontend()
             hw["cudnn"] = (mod is not None, why)
@@ -276,8 +279,8 @@ def get_platform() -> dict:
 
 def compile_caches(s) -> str:
     """Point inductor's and triton's on-disk caches at <cache_dir>/compile (unless the environment names its own),
-    so that compiled graphs and kernels outlive /tmp clean-ups and are shared by every run of this cache. Returns
-    the line to print."""
+    so that compiled graphs and kernels outlive /tmp clean-ups and are shared by every run of this cache (FA4's,
+    when loaded, were placed there by the probe). Returns the line to print."""
     root = s.cache_dir / "compile"
     chosen = []
     for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
@@ -286,6 +289,10 @@ def compile_caches(s) -> str:
         else:
             os.environ[var] = str(root / sub)
             chosen.append(f"{var}={root / sub}")
+    fa4_cache = sys.modules.get("flash_attn.cute.cache_utils")     # FA4 loaded: fa4_attention.load_fa4 set it
+    if fa4_cache is not None:
+        chosen.append(f"FA4 kernels {fa4_cache.get_cache_path()}" if fa4_cache.CUTE_DSL_CACHE_ENABLED
+                      else "FA4 kernels not cached (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0 in the environment)")
     return "compile caches: " + ", ".join(chosen)
 
 
@@ -301,18 +308,22 @@ def platform_lines(p: dict) -> list[str]:
 
 
 def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
-                      build=cudnn_attention.build_graph,
-                      warm_fa4=fa4_attention.warm_kernels) -> tuple[dict, str | None]:
+                      build=cudnn_attention.build_graph, warm_fa4=fa4_attention.warm_kernels,
+                      cudnn_loads=lambda: load_cudnn_frontend()[0] is not None) -> tuple[dict, str | None]:
     """Before compiling: build the cuDNN graphs, or run FA4's kernels once, for the shapes the model needs
     ((B, T, H, D) per micro-step, each sliding window). Returns (platform, line): when the backend cannot take
     this shape (head_dim, dtype, GPU), a copy of PLATFORM that falls back (FA4 to cuDNN, cuDNN to flex, or sdpa
-    without compile) with the reason, and the line to print; else PLATFORM unchanged and None. `build` and
-    `warm_fa4` are the seams tests use to play a refusing backend."""
+    without compile) with the reason, and the line to print; else PLATFORM unchanged and None. `build`,
+    `warm_fa4` and `cudnn_loads` are the seams tests use to play a refusing backend. Running out of memory and a
+    CUDA error (the context is lost) are raised, not fallen back from. The eval graph's second process skips FA4's
+    run: the training process ran the same kernels a moment before, and the GPU's memory is the training's."""
     backend = platform["attention"]
     if backend not in ("cudnn", "fa4"):
         return platform, None
     B, T, H, D = shape
     dtype = getattr(torch, platform["dtype"])
+    if backend == "fa4" and settings.eval_graph_only():
+        return platform, None
     try:
         if backend == "fa4":
             warm_fa4(shape, dtype, windows, device)
@@ -321,8 +332,10 @@ def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch
             for window in sorted({w for w in windows if w < T - 1}):
                 for kind in ("fwd", "bwd"):
                     build(kind, probe, window)
+    except (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError)):
+        raise
     except Exception as e:  # noqa: BLE001 - any refusal means "use the next backend"
-        cudnn_next = backend == "fa4" and load_cudnn_frontend()[0] is not None
+        cudnn_next = backend == "fa4" and cudnn_loads()
         fallback = "cudnn" if cudnn_next else "flex" if platform["compile"] else "sdpa"
         what = {"fa4": "FA4 cannot run", "cudnn": "cuDNN cannot build"}[backend]
         why = f"{what} attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
@@ -330,7 +343,7 @@ def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch
         changed = dict(platform, attention=fallback, reasons=reasons)
         line = f"attention: {backend} -> {fallback}: {why}"
         if fallback == "cudnn":
-            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4)
+            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4, cudnn_loads)
             line += f"\n!! {more}" if more else ""
         return changed, line
     return platform, None

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, is_scored, next_seed, parent_run,
-                            parent_runs, requested_model, return_commit, run_fingerprint, standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, is_scored, key_differences, next_seed,
+                            parent_run, parent_runs, requested_model, return_commit, run_fingerprint, standing)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, clean_text
 from harness.plot import write_progress_png
@@ -195,6 +195,9 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                 f" ({killed} killed)" if s == "crash" and killed else "") for s in STATUSES if counts[s])]
     if others:
         out.append("- other keys (not compared): " + ", ".join(f"`{k}` ({n})" for k, n in sorted(others.items())[:6]))
+        prev = next(r for r in reversed(rows) if r["comparability_key"] != key)
+        if diffs := key_differences(entry(prev), entry(cur[0])):
+            out.append(f"- this key against `{prev['comparability_key']}` (its latest run): " + "; ".join(diffs[:4]))
     if best:
         seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "

@@ -29,7 +29,7 @@ from harness import settings, warm_eval
 from harness.config import REPO_DIR, ConfigError, ModelConfig, agent_files, fail, model_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import is_scored, parent_run, run_fingerprint
+from harness.decide import PLATFORM_KEYS, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, clean_text
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -118,18 +118,13 @@ def trained_files() -> dict:
             for name, path in agent_files().items()}
 
 
-# What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
-# attention: ~2% more steps) is another key, so that a faster machine is never read as a better model.
-PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
-
-
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
     rows, _ = eval_rows(tokenizer, s)
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
                        "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
                        "world": platform.get("world_size", 1), "max_steps": s.max_steps,
-                       "platform": {k: platform.get(k) for k in PLATFORM_KEYS},
+                       "platform": {k: platform[k] for k in PLATFORM_KEYS},
                        **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
                        "caps": s.model_caps,
                        **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
@@ -142,7 +137,7 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
 def library_versions() -> dict:
     import importlib.metadata as md
     out = {"python": _platform.python_version(), "torch": torch.__version__}
-    for name in ("numpy", "tiktoken", "rustbpe", "pyarrow", "kernels", "triton"):
+    for name in ("numpy", "tiktoken", "rustbpe", "pyarrow", "kernels", "triton", "flash-attn-4", "nvidia-cutlass-dsl"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -202,7 +197,9 @@ class Run:
                    else self.git["subject"] or "(no description)")
         self.description = clean_text(description or default, 200)
         self.manifest = load_manifest(s)
-        self.key = comparability_key(s, tokenizer, self.manifest, platform)
+        # the key from this machine's PLATFORM, not the run's copy: a backend the model's shapes refused at start-up
+        # (confirm_attention) is the edit's doing, judged in its lineage's key; the record keeps what ran
+        self.key = comparability_key(s, tokenizer, self.manifest, get_platform())
         self.store = open_ledger(s)
         self.results, self.sessions = self.store.results, self.store.sessions
         self.store.check()            # a ledger this run could not be added to: refused before training

@@ -428,3 +428,35 @@ def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     import dataclasses        # the warm-up steps outside the budget train too: another count, other tokens
     assert record.comparability_key(dataclasses.replace(s, excluded_steps=s.excluded_steps + 1), tok, manifest,
                                     h100) not in keys | {key}
+
+
+def test_a_backend_refused_at_start_up_keeps_the_runs_key():
+    """confirm_attention may move a run to the next backend when the model's shapes are refused (an edit's doing):
+    the run stays in its lineage's key, computed from this machine's PLATFORM, and its record says what ran."""
+    from harness import hardware, record, settings, sources, tokenizer
+    s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
+    m, changes = settings.effective_model(config.load_model(), s)
+    P = hardware.get_platform()
+    fell_back = record.Run(s, tok, m, changes, "fallback", dict(P, attention="flex", mlp="plain", reasons={}), None, 42)
+    assert fell_back.key == record.comparability_key(s, tok, sources.load_manifest(s), P)
+    assert fell_back.key != record.comparability_key(s, tok, sources.load_manifest(s), dict(P, attention="flex"))
+    assert (fell_back.record["platform"]["attention"], fell_back.record["platform"]["mlp"]) == ("flex", "plain")
+
+
+def test_memory_says_why_the_key_changed():
+    """A new key (here: FA4 installed, and another GPU) starts a new baseline; memory.md says what separates it
+    from the key before, from the runs' records, so the agent does not read the fresh lineage as lost work."""
+    ground = {"mode": "train", "data": {"source": "builtin"}, "train": {"time_budget_s": 300}, "ledger": {"x": 1}}
+    h100 = {"device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "attention": "cudnn", "mlp": "triton",
+            "rope": "triton", "loss": "triton", "compile": True, "compile_scope": "model", "world_size": 1}
+    rows = [_row("a", 1.0, key="k1", status="baseline", line=2), _row("b", 0.99, key="k1", status="repeat", line=3),
+            _row("c", 0.98, key="k2", status="baseline", line=4)]
+    index = {"a": _entry(platform=h100, ground=ground), "b": _entry(platform=h100, ground=ground),
+             "c": _entry(platform=dict(h100, attention="fa4", device_name="NVIDIA H200"),
+                         ground=dict(ground, ledger={"x": 2}))}
+    text = memory.render_memory(rows, index, "")
+    assert ("- this key against `k1` (its latest run): attention: cudnn -> fa4; device_name: NVIDIA H100 80GB HBM3 "
+            "-> NVIDIA H200\n") in text
+    index["c"] = _entry(platform=h100, ground=dict(ground, train={"time_budget_s": 120}))
+    assert "(its latest run): train.time_budget_s: 300 -> 120\n" in memory.render_memory(rows, index, "")
+    assert "this key against" not in memory.render_memory(rows, {}, "")        # records without them: no line

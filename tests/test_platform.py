@@ -5,6 +5,7 @@ dtype, scaler, attention, compile and kernels; overrides, fallbacks and their pr
 """
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -231,8 +232,8 @@ def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
     model's shape the run moves to cuDNN (whose graphs are then built), or to flex without cudnn-frontend."""
     h100 = hw((9, 0), "NVIDIA H100 80GB HBM3", 132, 1980, fa3=(False, "x"), cudnn=CUDNN_OK, fa4=FA4_OK)
     p = hardware.resolve_platform(h100, AUTO)
-    assert (p["attention"], p["reasons"]["attention"]) == ("fa4", "CC 9.0: flash-attn-4 4.0.0b36, the fastest "
-                                                                  "measured")
+    assert (p["attention"], p["reasons"]["attention"]) == ("fa4", "CC 9.0: flash-attn-4 4.0.0b36 (faster than "
+                                                                  "cuDNN, measured)")
     missing = dict(h100, fa4=(False, "flash-attn-4 not loadable (ModuleNotFoundError: No module named 'flash_attn')"))
     p = hardware.resolve_platform(missing, proc(attention="fa4"))
     assert (p["attention"], p["reasons"]["attention"]) == (
@@ -259,19 +260,27 @@ def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
         raise RuntimeError("head_dim 320 not supported")
     def record(kind, q, w):
         built.append((kind, w))
-    monkeypatch.setattr(hardware, "load_cudnn_frontend", lambda: (object(), "ok"))
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=record, warm_fa4=fail)
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=record, warm_fa4=fail,
+                                               cudnn_loads=lambda: True)
     why = "FA4 cannot run attention for B=4 T=2048 H=4 D=320 (RuntimeError: head_dim 320 not supported)"
     assert (changed["attention"], line) == ("cudnn", f"attention: fa4 -> cudnn: {why}")
     assert changed["reasons"]["attention"] == f"{why}; falling back to cudnn" and p["attention"] == "fa4"
     assert built == [("fwd", 1024), ("bwd", 1024)]
     def refuse(kind, q, w):
         raise RuntimeError("No valid execution plans built.")
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, build=refuse, warm_fa4=fail)
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, build=refuse, warm_fa4=fail,
+                                               cudnn_loads=lambda: True)
     assert changed["attention"] == "flex" and line.splitlines()[1].startswith("!! attention: cudnn -> flex: cuDNN ")
-    monkeypatch.setattr(hardware, "load_cudnn_frontend", lambda: (None, "not installed"))
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, warm_fa4=fail)
+    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, warm_fa4=fail,
+                                               cudnn_loads=lambda: False)
     assert (changed["attention"], line) == ("flex", f"attention: fa4 -> flex: {why}")
+
+    def oom(shape, dtype, windows, device):         # no room is not a refusal: the run's memory is the problem
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(torch.OutOfMemoryError):
+        hardware.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom, cudnn_loads=lambda: True)
+    monkeypatch.setenv(settings.EVAL_GRAPH_ONLY, "1")     # the eval graph's process: the training ran the kernels
+    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom) == (p, None)
 
 
 def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypatch):
@@ -287,3 +296,46 @@ def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypa
     (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
     assert bytecode_note(mod) is None
     assert bytecode_note(types.SimpleNamespace(__name__="builtin")) is None      # no source, nothing to cache
+
+
+def test_compile_caches_line_names_fa4s_cache_when_loaded(monkeypatch, tmp_path):
+    """The start-up line says where every compiled artifact goes: inductor's and triton's caches, and FA4's kernels
+    when flash-attn-4 was loaded (or that they are not cached)."""
+    import sys
+    import types
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/i")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/t")
+    monkeypatch.delitem(sys.modules, "flash_attn.cute.cache_utils", raising=False)
+    s = settings.current()
+    assert hardware.compile_caches(s) == ("compile caches: TORCHINDUCTOR_CACHE_DIR=/i (from the environment), "
+                                          "TRITON_CACHE_DIR=/t (from the environment)")
+    fake = types.SimpleNamespace(CUTE_DSL_CACHE_ENABLED=True, get_cache_path=lambda: tmp_path / "fa4")
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.cache_utils", fake)
+    assert hardware.compile_caches(s).endswith(f"(from the environment), FA4 kernels {tmp_path / 'fa4'}")
+    fake.CUTE_DSL_CACHE_ENABLED = False
+    assert hardware.compile_caches(s).endswith(", FA4 kernels not cached (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0 "
+                                               "in the environment)")
+
+
+def test_fa4_loader_keeps_its_kernels_in_the_harness_cache(tmp_path):
+    """load_fa4 points FA4's persistent kernel cache into the harness's cache (read once, at import: so the loader
+    sets it before the first import); without the package it says how to install it. Fresh interpreters: the
+    loader and FA4's settings are per process."""
+    import importlib.util
+    import subprocess
+    import sys
+    from conftest import REPO
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASH_ATTENTION_CUTE_DSL")}
+    code = ("import sys; from pathlib import Path; {block}from harness.fused import fa4_attention as f; "
+            "m, why = f.load_fa4(Path(sys.argv[1])); print(why); "
+            "m is None or print(sys.modules['flash_attn.cute.cache_utils'].get_cache_path())")
+    missing = subprocess.run([sys.executable, "-c", code.format(block="sys.modules['flash_attn'] = None; "),
+                              str(tmp_path / "fa4")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert missing.stdout.startswith("flash-attn-4 not installed (uv sync --extra fa4; "), missing.stderr[-500:]
+    if importlib.util.find_spec("flash_attn") is None:
+        pytest.skip("flash-attn-4 not installed (the fa4 extra)")
+    r = subprocess.run([sys.executable, "-c", code.format(block=""), str(tmp_path / "fa4")], capture_output=True,
+                       text=True, env=env, cwd=REPO)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("flash-attn-4 4."), r.stderr[-500:]
+    assert lines[1].startswith(str(tmp_path / "fa4")) and (tmp_path / "fa4").is_dir()

@@ -3,9 +3,9 @@
     uv sync --extra fa4              # Hopper (CC 9.x) and Blackwell (CC 10.x); PLATFORM prefers it there
     python3 tests/test_gpu.py        # against the reference attention, outputs and gradients (CUDA)
 
-FA4 compiles each kernel the first time it meets a configuration (dtype, head_dim, causal or windowed, ...;
-not the batch, length, heads or window size), a few seconds each; with the persistent cache on (set by
-load_fa4) a later run of any shape loads them from disk. The kernels are called through a torch.library
+FA4 compiles each kernel the first time it meets a configuration (dtype, head_dim, causal or windowed, tiles;
+on Hopper at these shapes not the batch, length, heads or window size), a few seconds each; with the
+persistent cache on (set by load_fa4) a later run loads them from disk. The kernels are called through a torch.library
 custom op, like cuDNN's, so a compiled graph that calls them stays in inductor's on-disk cache.
 """
 
@@ -30,15 +30,27 @@ def load_fa4(cache_dir: Path | None = None):
         # the CuTe DSL warns, at each kernel compile, that FA4's own aux_data argument is not a JIT argument
         warnings.filterwarnings("ignore", message="Argument aux_data .* cannot be converted to a JitArgument")
         try:
-            from importlib.metadata import version
+            from importlib.metadata import PackageNotFoundError, version
 
             from flash_attn.cute import interface
-            _FA4["module"] = (interface, f"flash-attn-4 {version('flash-attn-4')}")
+            try:
+                release = version("flash-attn-4")
+            except PackageNotFoundError:            # flash_attn.cute from another distribution (a source build)
+                release = "(version unknown)"
+            _FA4["module"] = (interface, f"flash-attn-4 {release}")
         except ModuleNotFoundError as e:
             _FA4["module"] = (None, f"flash-attn-4 not installed (uv sync --extra fa4; {e})")
         except Exception as e:  # noqa: BLE001 - missing package or library means "not loadable"
             _FA4["module"] = (None, f"flash-attn-4 not loadable ({type(e).__name__}: {str(e)[:80]})")
     return _FA4["module"]
+
+
+def _kernels():
+    """FA4's interface module; a backend forced where it does not load says why."""
+    module, why = load_fa4()
+    if module is None:
+        raise RuntimeError(f"attention fa4: {why}")
+    return module
 
 
 def _window(window: int, T: int) -> int | None:
@@ -50,7 +62,7 @@ def _window(window: int, T: int) -> int | None:
 def _fa4_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor,
                                                                                               torch.Tensor]:
     left = _window(window, q.size(1))
-    out, lse, *_ = load_fa4()[0]._flash_attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
+    out, lse, *_ = _kernels()._flash_attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
                                                  window_size_left=left, window_size_right=0 if left is not None
                                                  else None, return_lse=True)
     return out, lse
@@ -66,7 +78,7 @@ def _(q, k, v, window):
 def _fa4_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                                lse: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     left = _window(window, q.size(1))
-    dq, dk, dv, *_ = load_fa4()[0]._flash_attn_bwd(q, k, v, o, dout.contiguous(), lse, causal=True,
+    dq, dk, dv, *_ = _kernels()._flash_attn_bwd(q, k, v, o, dout.contiguous(), lse, causal=True,
                                                    window_size_left=left,
                                                    window_size_right=0 if left is not None else None)
     return dq, dk, dv
@@ -104,3 +116,5 @@ def warm_kernels(shape: tuple, dtype: torch.dtype, windows: list, device: torch.
     for window in sorted({min(w, T - 1) for w in windows}):
         fa4_attention(q, k, v, window).sum().backward()
     torch.cuda.synchronize(device)
+    del q, k, v
+    torch.cuda.empty_cache()              # its ~2 GiB go back to the GPU (the eval graph's process checks room)
