@@ -161,15 +161,21 @@ def requested_model(entry: dict) -> dict:
     return {**(entry.get("model") or {}), **{k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()}}
 
 
+def flatten(d: dict | None) -> dict:
+    """One level of nesting as dotted keys: {"a": {"b": 1}, "c": 2} -> {"a.b": 1, "c": 2}."""
+    flat = {}
+    for k, v in (d or {}).items():
+        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
+    return flat
+
+
 def key_differences(a: dict, b: dict) -> list[str]:
     """Why runs a and b (their records) have different comparability keys, as far as the records say: PLATFORM's
     GPU and kernel choices, the process count, and ground.json's data, tokenizer and profiles ("name: a -> b")."""
     def flat(entry):
         ground = {k: v for k, v in (entry.get("ground") or {}).items() if k not in ("ledger", "processor")}
-        out = {f"{k}.{k2}": v2 for k, v in ground.items() if isinstance(v, dict) for k2, v2 in v.items()}
-        out.update({k: v for k, v in ground.items() if not isinstance(v, dict)})
         platform = entry.get("platform") or {}
-        return {**out, **{k: platform.get(k) for k in (*PLATFORM_KEYS, "world_size") if platform}}
+        return {**flatten(ground), **{k: platform.get(k) for k in (*PLATFORM_KEYS, "world_size") if platform}}
     fa, fb = flat(a), flat(b)
     return [f"{k}: {fa.get(k)} -> {fb.get(k)}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 

@@ -230,6 +230,30 @@ def claim_order(claim: dict) -> tuple:
     return claim["started"], claim["run_id"]
 
 
+def pid_namespace() -> str:
+    """This process's PID namespace (Linux; "" elsewhere): two containers may share a host name, never PIDs."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def claim_gone(claim: dict, host: str) -> bool:
+    """A claim made on this host, in this PID namespace, whose process has ended: its run was killed outright
+    (SIGKILL, the OOM killer) and could not record itself. Another host's claim, or one without a pid, is not
+    judged here (it lasts until recorded or expired)."""
+    pid, here = claim.get("pid"), (claim.get("host"), claim.get("pid_ns")) == (host, pid_namespace())
+    if os.name == "nt" or not isinstance(pid, int) or not here:
+        return False                           # (on Windows, signal 0 is CTRL_C_EVENT: never sent)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:                            # PermissionError: alive, another user's
+        return False
+    return False
+
+
 class FileLedger:
     """The default backend: results.tsv and sessions/index.jsonl under a file lock, on one host (or a real shared
     POSIX volume). harness.database.PostgresLedger has the same methods; memory and record use only these."""

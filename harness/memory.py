@@ -13,10 +13,11 @@ import json
 import time
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, is_scored, key_differences, next_seed,
-                            parent_run, parent_runs, requested_model, return_commit, run_fingerprint, standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, is_scored, key_differences,
+                            next_seed, parent_run, parent_runs, requested_model, return_commit, run_fingerprint,
+                            standing)
 from harness.database import host_name, open_ledger
-from harness.ledger import STATUSES, FileLedger, clean_text
+from harness.ledger import STATUSES, FileLedger, claim_gone, clean_text
 from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -33,16 +34,6 @@ KILLED = "killed: "            # the reason's prefix of a run killed outright (h
 # The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
 # step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
 STEPS_SPREAD = 1.03
-
-
-def _flat(model: dict) -> dict:
-    flat = {}
-    for k, v in (model or {}).items():
-        if isinstance(v, dict):
-            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            flat[k] = v
-    return flat
 
 
 def _v(v) -> str:
@@ -62,12 +53,12 @@ def _epochs(entry: dict) -> str:
 
 def _requested(entry: dict) -> dict:
     """model.json as the agent wrote it, flat (the run records what it trained, and what each cap replaced)."""
-    return _flat(requested_model(entry))
+    return flatten(requested_model(entry))
 
 
 def _value(entry: dict, key: str) -> str:
     """A model.json value as requested, with the value trained where a cap changed it."""
-    req, trained = _requested(entry).get(key), _flat(entry.get("model")).get(key)
+    req, trained = _requested(entry).get(key), flatten(entry.get("model")).get(key)
     return _v(req) + (f" (capped to {_v(trained)})" if trained != req else "")
 
 
@@ -91,7 +82,7 @@ def changes(a: dict, b: dict) -> list[str]:
 def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
     """model.json edits from the parent run that the mode's caps cancelled: requested values differ, trained do not."""
     ma, mb = _requested(parent), _requested(entry)
-    ea, eb = _flat(parent.get("model")), _flat(entry.get("model"))
+    ea, eb = flatten(parent.get("model")), flatten(entry.get("model"))
     return [f"{k} {_v(ma.get(k))} -> {_v(mb.get(k))} trains as {_v(eb.get(k))} either way (capped)"
             for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
 
@@ -138,6 +129,10 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
         elif c.get("comparability_key") != key:
             line += " — another comparability key"
         out.append(line)
+        if c.get("gone"):             # killed outright on this host: not in flight, and not in the ledger either
+            out.append(f"  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/"
+                       f"{c['run_id']}.log`")
+            continue
         same = (c.get("comparability_key"), c.get("fingerprint"))
         mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate
         if same in {k for k, _ in seen}:
@@ -335,7 +330,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             pm = _requested(entry(p)) if p is not None else {}
             blamed = {k for k in m if pm.get(k) != m.get(k)} if p is not None else set()
         config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
-        trained = _flat(e.get("model"))
+        trained = flatten(e.get("model"))
         for k, val in m.items():
             label = _v(val) if trained.get(k, val) == val else f"{_v(val)} (capped to {_v(trained[k])})"
             slot = tried.setdefault(k, {}).setdefault(label, [None, 0, 0, 0])
@@ -431,7 +426,8 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     memory = store.sessions / "memory.md"
     rows, index = store.read()
     now = time.time() if now is None else now
-    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), store.claims(now), now, store.note))
+    claims = [dict(c, gone=True) if claim_gone(c, host_name()) else c for c in store.claims(now)]
+    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note))
     if plot:
         write_progress_png(rows, index, store.sessions)
     return memory

@@ -31,7 +31,7 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.decide import PLATFORM_KEYS, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
-from harness.ledger import LEGACY_KEY, clean_text
+from harness.ledger import LEGACY_KEY, claim_gone, clean_text, pid_namespace
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
@@ -319,10 +319,13 @@ class Run:
         fp = self.record["fingerprint"]
         claim = {k: v for k, v in self._index_entry(None).items() if k not in ("error", "dirty", "parent", "commit")}
         claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
-                     expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S)
+                     expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, pid=os.getpid(), pid_ns=pid_namespace())
         lines = []
         for c in self.store.claims(now):
-            if c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
+            if claim_gone(c, host_name()):
+                print(f"a run started here is gone without a record (killed outright?): {c['run_id']}; record it: "
+                      f"uv run prepare.py --record-crash {self.store.sessions / (c['run_id'] + '.log')}")
+            elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
                 lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
                              if c.get("seed") == self.seed else

@@ -97,6 +97,26 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
             f"000base`; {h}main: `git reset --hard 000base`") in (store.sessions / "memory.md").read_text()
 
 
+def test_a_run_killed_outright_here_is_not_shown_as_running(store):
+    """A run killed with SIGKILL leaves its claim behind; on the host (and PID namespace) that made it, its ended
+    process shows: memory.md says it is gone, unrecorded, with the command that records it, and does not count it
+    as a configuration in flight. Claims of live processes, and other hosts' claims, are listed as before."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now, here, ns = time.time(), database.host_name(), ledger.pid_namespace()
+    store.claim(_claim("killed", "B", here, now - 120, pid=dead.pid, pid_ns=ns))
+    store.claim(_claim("alive", "B", here, now - 60, pid=os.getpid(), pid_ns=ns))
+    store.claim(_claim("elsewhere", "C", "another-host", now - 30, pid=dead.pid, pid_ns=ns))
+    assert [ledger.claim_gone(c, here) for c in store.claims(now)] == [True, False, False]
+    assert not ledger.claim_gone(_claim("x", "B", here, now, pid=dead.pid, pid_ns="pid:[1]"), here)  # a container
+    memory.write_memory(store, now=now)
+    running = (store.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0].splitlines()
+    assert running[1].startswith(f"- {here}/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42")
+    assert running[2] == "  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/killed.log`"
+    assert running[3].startswith(f"- {here}/autoresearch/gpu0 — 1 min — try B")
+    assert running[4].startswith("- another-host/autoresearch/gpu0 — 0 min — try C") and len(running) == 5  # no dup
+
+
 def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):
     """Hosts do not share commits: an agent is sent back to a kept commit of its own host and branch (a re-run of
     a kept configuration counts, e.g. after --restore), never to another host's; with none, to --restore."""

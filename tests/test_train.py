@@ -124,6 +124,33 @@ def test_sigint_records_interrupted(run_dir):
     assert rec["status"] == "interrupted" and rec["error"] == "SIGINT received"
 
 
+def test_a_run_killed_outright_is_not_left_running(run_dir):
+    """SIGKILL leaves no record and a claim behind. The next run on this host sees its process gone: it says how
+    to record it (and does not warn that the configuration is still running under the same seed), memory.md lists
+    it as gone, not in flight; once recorded with --record-crash it leaves "Running now"."""
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"), PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=env, cwd=run_dir)
+    seen, deadline = "", time.time() + 120
+    while "step 0000" not in seen and time.time() < deadline:
+        seen += p.stdout.read(1)
+    p.kill()
+    p.communicate(timeout=60)
+    killed = json.loads(seen.split("run_start: ", 1)[1].splitlines()[0])["run_id"]
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert (f"a run started here is gone without a record (killed outright?): {killed}; record it: uv run prepare.py "
+            f"--record-crash {run_dir / 'sessions' / (killed + '.log')}") in r.stdout
+    assert "already running" not in r.stdout
+    digest = (run_dir / "sessions" / "memory.md").read_text()
+    assert (f"  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/{killed}.log`"
+            in digest)
+    run_script("prepare.py", run_dir, "--record-crash", str(run_dir / "sessions" / f"{killed}.log"))
+    assert "## Running now" not in (run_dir / "sessions" / "memory.md").read_text()
+    assert [x["status"] for x in ledger.read_ledger(run_dir / "results.tsv")] == ["baseline", "crash"]
+
+
 UPSTREAM_STYLE_TRAIN = r"""
 import json, math, torch
 from prepare import (MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE, PLATFORM, Tokenizer, make_dataloader,
