@@ -1,6 +1,6 @@
 """The package layout README describes, against the code: harness modules in harness/__init__.py's order import
-only modules above them (no cycles), harness/fused imports only torch, triton, cudnn-frontend and flash-attn-4, no module
-passes ~450 lines, prepare.py stays a thin entry point.
+only modules above them (no cycles), harness/fused imports only torch, triton, cudnn-frontend and flash-attn-4,
+no module passes ~450 lines, prepare.py stays a thin entry point.
 
     uv run pytest tests/test_layout.py
 """

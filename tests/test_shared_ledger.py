@@ -112,7 +112,8 @@ def test_a_run_killed_outright_here_is_not_shown_as_running(store):
     memory.write_memory(store, now=now)
     running = (store.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0].splitlines()
     assert running[1].startswith(f"- {here}/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42")
-    assert running[2] == "  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/killed.log`"
+    assert running[2] == ("  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash "
+                          "sessions/killed.log`")
     assert running[3].startswith(f"- {here}/autoresearch/gpu0 — 1 min — try B")
     assert running[4].startswith("- another-host/autoresearch/gpu0 — 0 min — try C") and len(running) == 5  # no dup
 

@@ -46,7 +46,8 @@ def main():
     runs = {}
     for backend in backends:
         for i in (1, 2):
-            runs[f"{backend}#{i}"] = loss_and_grads(copy.deepcopy(model), backend, x[:, :-1].contiguous(), x[:, 1:].contiguous(), dtype)
+            inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+            runs[f"{backend}#{i}"] = loss_and_grads(copy.deepcopy(model), backend, inputs, targets, dtype)
     print(f"model depth {m.depth}, batch {B} x {T}, {P['dtype']}; loss and gradients, pair by pair")
     for (a, (la, ga)), (b, (lb, gb)) in itertools.combinations(runs.items(), 2):
         diff = sum((ga[n] - gb[n]).square().sum() for n in ga).sqrt() / sum(ga[n].square().sum() for n in ga).sqrt()
