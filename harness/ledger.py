@@ -230,28 +230,53 @@ def claim_order(claim: dict) -> tuple:
     return claim["started"], claim["run_id"]
 
 
-def pid_namespace() -> str:
-    """This process's PID namespace (Linux; "" elsewhere): two containers may share a host name, never PIDs."""
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a Linux process; None elsewhere, or when it is gone."""
     try:
-        return os.readlink("/proc/self/ns/pid")
+        text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
+        return None
+    rest = text[text.rindex(")") + 2:].split()
+    return rest[0], int(rest[19])
 
 
-def claim_gone(claim: dict, host: str) -> bool:
-    """A claim made on this host, in this PID namespace, whose process has ended: its run was killed outright
-    (SIGKILL, the OOM killer) and could not record itself. Another host's claim, or one without a pid, is not
-    judged here (it lasts until recorded or expired)."""
-    pid, here = claim.get("pid"), (claim.get("host"), claim.get("pid_ns")) == (host, pid_namespace())
-    if os.name == "nt" or not isinstance(pid, int) or not here:
-        return False                           # (on Windows, signal 0 is CTRL_C_EVENT: never sent)
+def machine_identity(host: str) -> str:
+    """The machine and PID namespace a process runs in: Linux's boot id and PID namespace (host names repeat
+    across machines and containers, and agents on one machine may name themselves apart); elsewhere the host."""
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()} {os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return f"host {host}"
+
+
+def process_claim(host: str) -> dict:
+    """What a run's claim records of its process, for claim_state: pid, machine, start time."""
+    stat = _proc_stat(os.getpid())
+    return {"pid": os.getpid(), "machine": machine_identity(host), "pid_start": stat[1] if stat else None}
+
+
+def claim_state(claim: dict, host: str) -> str:
+    """"gone": a claim made on this machine whose process has ended (killed outright: SIGKILL, the OOM killer)
+    while its record still says running; "alive": its process runs here; "unknown": another machine's claim, or
+    one without a pid (it lasts until recorded or expired)."""
+    pid, start = claim.get("pid"), claim.get("pid_start")
+    if os.name == "nt" or not isinstance(pid, int) or claim.get("machine") != machine_identity(host):
+        return "unknown"                       # (on Windows, signal 0 is CTRL_C_EVENT: never sent)
     try:
         os.kill(pid, 0)
+        stat = _proc_stat(pid)                 # a zombie, or the pid reused by another process: ended too
+        ended = stat is not None and (stat[0] == "Z" or (start is not None and stat[1] != start))
     except ProcessLookupError:
-        return True
+        ended = True
     except OSError:                            # PermissionError: alive, another user's
-        return False
-    return False
+        ended = False
+    if not ended:
+        return "alive"
+    try:                                       # recorded (or queued for the shared ledger) after all: not gone
+        status = json.loads(Path(claim["record"]).read_text(encoding="utf-8")).get("status")
+    except (KeyError, OSError, ValueError, AttributeError):
+        status = "running"
+    return "gone" if status == "running" else "unknown"
 
 
 class FileLedger:

@@ -17,7 +17,7 @@ from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatte
                             next_seed, parent_run, parent_runs, requested_model, return_commit, run_fingerprint,
                             standing)
 from harness.database import host_name, open_ledger
-from harness.ledger import STATUSES, FileLedger, claim_gone, clean_text
+from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -129,9 +129,9 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
         elif c.get("comparability_key") != key:
             line += " — another comparability key"
         out.append(line)
-        if c.get("gone"):             # killed outright on this host: not in flight, and not in the ledger either
-            out.append(f"  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/"
-                       f"{c['run_id']}.log`")
+        if c.get("gone"):             # killed outright on this machine: neither in flight nor in the ledger
+            out.append(f"  - its process ended without a record: `uv run prepare.py --record-crash "
+                       f"{c.get('log') or 'sessions/' + c['run_id'] + '.log'}`")
             continue
         same = (c.get("comparability_key"), c.get("fingerprint"))
         mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate
@@ -344,8 +344,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if varied:
         out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its "
                 "seeds — a kept one's if any, else `not kept`; runs; crashes, and runs killed outright, counted "
-                "where the key changed; dead ends are values never best)",
-                "| key | values |", "|---|---|"]
+                "where the key changed; dead ends are values never best)", "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, (kv[1][0] or (0.0,))[0], kv[0]))
             cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}{'' if b[2] else ' not kept'}"
@@ -404,9 +403,14 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
     if status == "discard":
         return back
-    if _killed(index.get(row["run_id"], {})):
-        return (f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
-                f"and run again; if the host or you stopped it, run this commit again unchanged; or give up: {back}")
+    if _killed(index.get(row["run_id"], {})):           # often recorded late: it may have been run again since
+        seed = index.get(row["run_id"], {}).get("seed")
+        done = [r for r in rows if r["comparability_key"] == key and is_scored(r) and run_fingerprint(r, index) == fp
+                and index.get(r["run_id"], {}).get("seed") == seed]
+        return (f"killed outright; this configuration has a result under seed {seed} already ({done[-1]['run_id']}, "
+                f"{done[-1]['status']}): nothing to re-run" if done else f"killed outright: if the edit made it too "
+                f"slow or too large, fix that, `git commit -a --amend` and run again; if the host or you stopped it, "
+                f"run this commit again unchanged: uv run train.py --seed {seed}; or give up: {back}")
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
@@ -426,7 +430,7 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     memory = store.sessions / "memory.md"
     rows, index = store.read()
     now = time.time() if now is None else now
-    claims = [dict(c, gone=True) if claim_gone(c, host_name()) else c for c in store.claims(now)]
+    claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)]
     atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note))
     if plot:
         write_progress_png(rows, index, store.sessions)

@@ -31,7 +31,7 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.decide import PLATFORM_KEYS, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
-from harness.ledger import LEGACY_KEY, claim_gone, clean_text, pid_namespace
+from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
 from harness.settings import Settings, describe_changes
 from harness.sources import load_manifest
@@ -319,12 +319,13 @@ class Run:
         fp = self.record["fingerprint"]
         claim = {k: v for k, v in self._index_entry(None).items() if k not in ("error", "dirty", "parent", "commit")}
         claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
-                     expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, pid=os.getpid(), pid_ns=pid_namespace())
+                     expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, log=str(self.log_path.resolve()),
+                     record=str(self.json_path.resolve()), **process_claim(host_name()))
         lines = []
         for c in self.store.claims(now):
-            if claim_gone(c, host_name()):
-                print(f"a run started here is gone without a record (killed outright?): {c['run_id']}; record it: "
-                      f"uv run prepare.py --record-crash {self.store.sessions / (c['run_id'] + '.log')}")
+            if claim_state(c, host_name()) == "gone":         # (no word here that --record-crash reads as a reason)
+                print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: uv run "
+                      f"prepare.py --record-crash {c.get('log') or self.store.sessions / (c['run_id'] + '.log')}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
                 lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
@@ -419,8 +420,10 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     except ValueError as e:
         raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
                           f"remove the log") from None
-    if any(r["run_id"] == run_id for r in store.read()[0]):
-        raise ConfigError(f"{results.name}: run {run_id} is already recorded")
+    if any(r["run_id"] == run_id for r in store.read()[0]) or rec.get("status", "running") != "running":
+        raise ConfigError(f"{results.name}: run {run_id} is already recorded ({rec.get('status')} in {rec_path.name})")
+    if any(c["run_id"] == run_id and claim_state(c, host_name()) == "alive" for c in store.claims(time.time())):
+        raise ConfigError(f"run {run_id} is still running on this machine: it records itself")
     lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]
     errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
     reason = errs[-1] if errs else (f"no error message; last output: {lines[-1][:120]}" if lines

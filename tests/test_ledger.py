@@ -286,6 +286,15 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
         "model": {"depth": 12}, "git": {"commit": "abcdef0", "branch": "main", "worktree": "/w", "dirty": False}}))
     (ses / f"{rid}.log").write_text("run_start: {}\nstep 00001 | loss 3.2\rstep 00002 | loss 3.1\n"
                                     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    import time
+    from harness import database            # a run still running on this machine records itself: refused
+    store, now = ledger.FileLedger(run_dir / "results.tsv", ses), time.time()
+    store.claim({"run_id": rid, "started": now, "expires": now + 600, **ledger.process_claim(database.host_name())})
+    alive = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
+    assert (alive.returncode, alive.stderr.strip()) == (2, f"error: run {rid} is still running on this machine: it "
+                                                           "records itself")
+    assert not (run_dir / "results.tsv").exists()
+    store.claims_path.unlink()
     r = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
     assert r.returncode == 0, r.stderr
     rows = ledger.read_ledger(run_dir / "results.tsv")
@@ -298,7 +307,7 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
     assert "CUDA out of memory" in (ses / "memory.md").read_text()
     again = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))
     assert again.returncode == 2
-    assert again.stderr.strip() == f"error: results.tsv: run {rid} is already recorded"
+    assert again.stderr.strip() == f"error: results.tsv: run {rid} is already recorded (crash in {rid}.json)"
     missing = run_script("prepare.py", run_dir, "--record-crash", str(ses / "nope.log"))
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: {ses / 'nope.log'}: no such log file"
 
@@ -342,14 +351,22 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
             dict(_row("edit", 0.8, key="k2", commit="c3"), status="discard", line=4),
             dict(_row("dead", None, key="k2", commit="c4"), status="crash", line=5)]
     index = {"old": _entry(commit="c1", parent="c0"), "new": _entry(commit="c2", parent="c1"),
-             "edit": _entry(commit="c3", parent="c2"), "dead": _entry(commit="c4", parent="c2", error="killed: Killed")}
+             "edit": _entry(commit="c3", parent="c2"),
+             "dead": _entry(commit="c4", parent="c2", error="killed: Killed", fp="fp-dead")}
     parents = decide.parent_runs(rows, index)
     assert parents["new"] is None                              # c1's run is of key k1: not this run's parent
     assert parents["edit"]["run_id"] == "new" and parents["dead"]["run_id"] == "new"
     said = next_step(rows[-1], rows, index, "main")
     assert said.startswith("killed outright: if the edit made it too slow or too large, fix that, `git commit -a "
-                           "--amend` and run again; if the host or you stopped it, run this commit again unchanged")
+                           "--amend` and run again; if the host or you stopped it, run this commit again unchanged: "
+                           "uv run train.py --seed 42; or give up: ")
     assert said.endswith("git reset --hard c2")
+    # recorded late, after the same configuration ran again under its seed: nothing left to re-run
+    late = rows[:3] + [dict(_row("again", 0.85, key="k2", commit="c4"), status="discard", line=5),
+                       dict(rows[3], line=6)]
+    index["again"] = _entry(commit="c4", parent="c2", fp="fp-dead")
+    assert next_step(late[-1], late, index, "main") == ("killed outright; this configuration has a result under seed "
+                                                        "42 already (again, discard): nothing to re-run")
     index["dead"]["error"] = "RuntimeError: shapes"
     assert next_step(rows[-1], rows, index, "main").startswith("fix a trivial bug")
 

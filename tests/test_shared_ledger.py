@@ -97,25 +97,32 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
             f"000base`; {h}main: `git reset --hard 000base`") in (store.sessions / "memory.md").read_text()
 
 
-def test_a_run_killed_outright_here_is_not_shown_as_running(store):
-    """A run killed with SIGKILL leaves its claim behind; on the host (and PID namespace) that made it, its ended
-    process shows: memory.md says it is gone, unrecorded, with the command that records it, and does not count it
-    as a configuration in flight. Claims of live processes, and other hosts' claims, are listed as before."""
+def test_a_run_killed_outright_here_is_not_shown_as_running(store, tmp_path):
+    """A run killed with SIGKILL leaves its claim behind; on the machine that made it (its boot and PID namespace,
+    whatever the host names), its ended process shows: memory.md says it ended without a record, with the command
+    that records it, and does not count it as a configuration in flight. Live processes, a pid reused by another
+    process, another machine's claims, and a run recorded (or queued) after all are judged as before."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    now, here, ns = time.time(), database.host_name(), ledger.pid_namespace()
-    store.claim(_claim("killed", "B", here, now - 120, pid=dead.pid, pid_ns=ns))
-    store.claim(_claim("alive", "B", here, now - 60, pid=os.getpid(), pid_ns=ns))
-    store.claim(_claim("elsewhere", "C", "another-host", now - 30, pid=dead.pid, pid_ns=ns))
-    assert [ledger.claim_gone(c, here) for c in store.claims(now)] == [True, False, False]
-    assert not ledger.claim_gone(_claim("x", "B", here, now, pid=dead.pid, pid_ns="pid:[1]"), here)  # a container
+    now, here = time.time(), database.host_name()
+    me = ledger.process_claim(here)
+    running, recorded = tmp_path / "running.json", tmp_path / "recorded.json"
+    running.write_text('{"status": "running"}')
+    recorded.write_text('{"status": "baseline"}')
+    killed = dict(me, pid=dead.pid, record=str(running), log="/logs/killed.log")
+    store.claim(_claim("killed", "B", "agent-gpu0", now - 120, **killed))
+    store.claim(_claim("alive", "B", "agent-gpu1", now - 60, **me, record=str(running)))
+    store.claim(_claim("elsewhere", "C", here, now - 30, **dict(killed, machine="another machine")))
+    assert [ledger.claim_state(c, here) for c in store.claims(now)] == ["gone", "alive", "unknown"]
+    assert ledger.claim_state(dict(killed, record=str(recorded)), here) == "unknown"   # queued, not killed
+    if me["pid_start"] is not None:                                                     # Linux: the pid reused
+        assert ledger.claim_state(dict(me, pid_start=me["pid_start"] - 1, record=str(running)), here) == "gone"
     memory.write_memory(store, now=now)
-    running = (store.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0].splitlines()
-    assert running[1].startswith(f"- {here}/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42")
-    assert running[2] == ("  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash "
-                          "sessions/killed.log`")
-    assert running[3].startswith(f"- {here}/autoresearch/gpu0 — 1 min — try B")
-    assert running[4].startswith("- another-host/autoresearch/gpu0 — 0 min — try C") and len(running) == 5  # no dup
+    lines = (store.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0].splitlines()
+    assert lines[1].startswith("- agent-gpu0/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42")
+    assert lines[2] == "  - its process ended without a record: `uv run prepare.py --record-crash /logs/killed.log`"
+    assert lines[3].startswith("- agent-gpu1/autoresearch/gpu0 — 1 min — try B")
+    assert lines[4].startswith(f"- {here}/autoresearch/gpu0 — 0 min — try C") and len(lines) == 5  # no duplicate
 
 
 def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):

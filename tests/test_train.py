@@ -125,9 +125,10 @@ def test_sigint_records_interrupted(run_dir):
 
 
 def test_a_run_killed_outright_is_not_left_running(run_dir):
-    """SIGKILL leaves no record and a claim behind. The next run on this host sees its process gone: it says how
-    to record it (and does not warn that the configuration is still running under the same seed), memory.md lists
-    it as gone, not in flight; once recorded with --record-crash it leaves "Running now"."""
+    """SIGKILL leaves no record and a claim behind. The next run on this machine sees its process ended: it says
+    how to record it (and does not warn that the configuration is still running under the same seed), memory.md
+    lists it as ended, not in flight; once recorded with --record-crash it leaves "Running now", and a second
+    --record-crash is refused."""
     env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
                AUTORESEARCH_MODEL=str(run_dir / "model.json"), PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, str(REPO / "train.py")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -140,13 +141,16 @@ def test_a_run_killed_outright_is_not_left_running(run_dir):
     killed = json.loads(seen.split("run_start: ", 1)[1].splitlines()[0])["run_id"]
     r = run_script("train.py", run_dir)
     assert r.returncode == 0, r.stdout[-2000:]
-    assert (f"a run started here is gone without a record (killed outright?): {killed}; record it: uv run prepare.py "
-            f"--record-crash {run_dir / 'sessions' / (killed + '.log')}") in r.stdout
+    log = (run_dir / "sessions" / f"{killed}.log").resolve()
+    assert (f"!! a run started on this machine ended without a record: {killed}; record it: uv run prepare.py "
+            f"--record-crash {log}") in r.stdout
     assert "already running" not in r.stdout
     digest = (run_dir / "sessions" / "memory.md").read_text()
-    assert (f"  - !! its process is gone, unrecorded: `uv run prepare.py --record-crash sessions/{killed}.log`"
-            in digest)
-    run_script("prepare.py", run_dir, "--record-crash", str(run_dir / "sessions" / f"{killed}.log"))
+    assert f"  - its process ended without a record: `uv run prepare.py --record-crash {log}`" in digest
+    crash = run_script("prepare.py", run_dir, "--record-crash", str(log))
+    assert crash.returncode == 0, crash.stdout[-1000:] + crash.stderr[-1000:]
+    again = run_script("prepare.py", run_dir, "--record-crash", str(log))       # recorded: refused, nothing added
+    assert again.returncode == 2 and f"run {killed} is already recorded (crash in {killed}.json)" in again.stderr
     assert "## Running now" not in (run_dir / "sessions" / "memory.md").read_text()
     assert [x["status"] for x in ledger.read_ledger(run_dir / "results.tsv")] == ["baseline", "crash"]
 
