@@ -113,8 +113,7 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
     one trains a configuration that is running twice or was recorded already."""
     if not claims:
         return []
-    out = ["## Running now (started, not recorded yet; plan something else than these)"]
-    recorded = {}
+    out, recorded = ["## Running now (started, not recorded yet; plan something else than these)"], {}
     for r in rows:
         if is_scored(r):                                            # a crash does not make a rerun
             recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
@@ -207,8 +206,9 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                  and len(st.configs[run_fingerprint(r, index)].values) > 1]
         if steps and max(steps) > STEPS_SPREAD * min(steps):
             out.append(f"- !! the floor's runs trained {min(steps)}..{max(steps)} steps: the machine's speed varied, "
-                       f"and that spread is in the floor; set `max_steps` (e.g. {min(steps)}) in ground.json's profile "
-                       "so that steps, not seconds, end a run and its schedule (a new comparability key)")
+                       f"and that spread is in the floor; set `max_steps` (e.g. {sorted(steps)[len(steps) // 4]}, "
+                       "their lower quartile) in ground.json's profile so that steps, not seconds, end a run and its "
+                       "schedule (a new comparability key)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")

@@ -111,7 +111,11 @@ def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
     assert "!! the floor's runs" not in (ses / "memory.md").read_text()         # within 3%: fine
     memory.record(res, ses, _row("c", 1.05, num_steps=192), _entry(fp="A", seed=44))
     assert ("- !! the floor's runs trained 192..205 steps: the machine's speed varied, and that spread is in the "
-            "floor; set `max_steps` (e.g. 192) in ground.json's profile") in (ses / "memory.md").read_text()
+            "floor; set `max_steps` (e.g. 192, their lower quartile) in ground.json's profile") in \
+        (ses / "memory.md").read_text()
+    memory.record(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
+    assert "trained 80..205 steps" in (ses / "memory.md").read_text()
+    assert "(e.g. 192, their lower quartile" in (ses / "memory.md").read_text()           # not the starved 80
 
 
 def test_description_tabs_and_newlines_are_neutralized(tmp_path):
