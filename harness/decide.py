@@ -41,6 +41,9 @@ UNSCORED = ("crash", "interrupted")     # runs recorded without a val_bpb (upstr
 MIN_RUNS_TO_KEEP = 3
 MAX_RUNS_PER_CONFIG = 4
 FIRST_SEED = 42                 # train.py's default --seed
+# The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
+# step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
+STEPS_SPREAD = 1.03
 # What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
 # attention: ~2% more steps) is another comparability key (harness/record.py), so that a faster machine is never
 # read as a better model.
@@ -167,6 +170,14 @@ def flatten(d: dict | None) -> dict:
     for k, v in (d or {}).items():
         flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
     return flat
+
+
+def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> tuple[int, int, int] | None:
+    """(fewest, most, lower quartile) of the step counts of the runs the noise floor rests on, when they differ by
+    more than STEPS_SPREAD (the machine's speed varied: the floor holds that spread, not the seeds'); else None."""
+    steps = sorted(r["num_steps"] for r in rows if r["comparability_key"] == key and is_scored(r)
+                   and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1)
+    return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None
 
 
 def key_differences(a: dict, b: dict) -> list[str]:

@@ -13,9 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, is_scored, key_differences,
-                            next_seed, parent_run, parent_runs, requested_model, return_commit, run_fingerprint,
-                            standing)
+from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
+                            key_differences, next_seed, parent_run, parent_runs, requested_model, return_commit,
+                            run_fingerprint, standing)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
@@ -30,10 +30,6 @@ MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to 
 NOTES_HEADER = "## Notes"
 KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.record.record_crash_from_log)
 
-
-# The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
-# step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
-STEPS_SPREAD = 1.03
 
 
 def _v(v) -> str:
@@ -202,13 +198,10 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
                    f"seeds (dof {st.dof}); a new configuration is kept when the mean of its {MIN_RUNS_TO_KEEP} seeds "
                    f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}")
-        steps = [r["num_steps"] for r in scored if r["num_steps"] is not None
-                 and len(st.configs[run_fingerprint(r, index)].values) > 1]
-        if steps and max(steps) > STEPS_SPREAD * min(steps):
-            out.append(f"- !! the floor's runs trained {min(steps)}..{max(steps)} steps: the machine's speed varied, "
-                       f"and that spread is in the floor; set `max_steps` (e.g. {sorted(steps)[len(steps) // 4]}, "
-                       "their lower quartile) in ground.json's profile so that steps, not seconds, end a run and its "
-                       "schedule (a new comparability key)")
+        if spread := floor_step_spread(rows, index, key, st):
+            out.append(f"- !! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed varied, "
+                       f"and that spread is in the floor; set `max_steps` (e.g. {spread[2]}, their lower quartile) in "
+                       "ground.json's profile so that steps, not seconds, end a run and its schedule (a new key)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    "until it is (`uv run train.py --seed 43` on the baseline's commit)")
@@ -390,6 +383,10 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     if parent is not None and cancelled_by_caps(index.get(parent["run_id"], {}), index.get(row["run_id"], {})):
         return (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; go back "
                 f"and try an edit the caps allow: {back}")
+    if status == "repeat" and (spread := floor_step_spread(rows, index, key, st)):
+        return (f"nothing decided (another seed of a kept configuration); the floor's runs trained {spread[0]}.."
+                f"{spread[1]} steps (the machine's speed varied): more seeds add that spread, not precision: set "
+                f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key)")
     if status == "repeat" and st.dof < 2:
         return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
                 f"degree of freedom asks for a wide margin: a third seed narrows it, usually: uv run train.py --seed "

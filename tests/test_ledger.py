@@ -113,6 +113,11 @@ def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
     assert ("- !! the floor's runs trained 192..205 steps: the machine's speed varied, and that spread is in the "
             "floor; set `max_steps` (e.g. 192, their lower quartile) in ground.json's profile") in \
         (ses / "memory.md").read_text()
+    rows, index = ledger.FileLedger(res, ses).read()                  # next: says the same, not "a third seed"
+    assert memory.next_step(rows[-1], rows, index, "main") == (
+        "nothing decided (another seed of a kept configuration); the floor's runs trained 192..205 steps (the "
+        "machine's speed varied): more seeds add that spread, not precision: set max_steps (e.g. 192) in "
+        "ground.json's profile, in a commit of its own (a new key)")
     memory.record(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
     assert "trained 80..205 steps" in (ses / "memory.md").read_text()
     assert "(e.g. 192, their lower quartile" in (ses / "memory.md").read_text()           # not the starved 80
