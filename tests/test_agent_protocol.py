@@ -182,7 +182,13 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     killed = ledger_rows(clone)[-1]
     assert (killed["run_id"], killed["status"], killed["description"]) == (run_id, "crash", "killed run")
     assert "killed run — killed: no error message; last output: " in memory(clone)
-    assert next_line(r).startswith("killed outright: if the edit made it too slow or too large, fix that")
+    # HEAD's configuration already has a result under seed 42 (the baseline's, or the kept edit's first run): the
+    # kill cost nothing to re-run
+    index = ledger.read_index(clone / "sessions")
+    done = [x for x in ledger_rows(clone)[:-1] if x["status"] in ("baseline", "keep", "confirm", "discard", "repeat")
+            and (index[x["run_id"]]["fingerprint"], index[x["run_id"]]["seed"]) == (index[run_id]["fingerprint"], 42)]
+    assert done and next_line(r) == (f"killed outright; this configuration has a result under seed 42 already "
+                                     f"({done[-1]['run_id']}, {done[-1]['status']}): nothing to re-run")
     assert "(1 killed)" in memory(clone).split("## Summary", 1)[1].split("\n", 2)[1]
 
     # final state: no keep from an unchanged re-run, tree clean, HEAD on an accepted commit
