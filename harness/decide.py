@@ -218,7 +218,8 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
 
 def parent_runs(rows: list[dict], index: dict) -> dict:
     """run_id -> the run it was built on, for every row, in one pass: for a run of uncommitted edits, the last clean
-    run of the same commit; else the last clean run of its parent commit (the same after `git commit --amend`);
+    run of the same commit; else the last clean run of its parent commit (the same after `git commit --amend`; a
+    scored one before a crash: `--record-crash` often records a killed run after later runs of its commit);
     else the last accepted run of its key before it; None for a first run. Only runs of the same comparability key
     count: a run under other settings (another budget, max_steps) measured something else."""
     clean_by_commit, accepted_by_key, out = {}, {}, {}
@@ -226,7 +227,8 @@ def parent_runs(rows: list[dict], index: dict) -> dict:
         entry, key = index.get(r["run_id"], {}), r["comparability_key"]
         wanted = r["commit"] if entry.get("dirty") else entry.get("parent")
         out[r["run_id"]] = clean_by_commit.get((key, wanted)) or accepted_by_key.get(key)
-        if not entry.get("dirty"):
+        prev = clean_by_commit.get((key, r["commit"]))      # a crash recorded late does not hide a scored run
+        if not entry.get("dirty") and (prev is None or is_scored(r) or not is_scored(prev)):
             clean_by_commit[(key, r["commit"])] = r
         if r.get("status") in ACCEPTED:
             accepted_by_key[key] = r

@@ -171,11 +171,11 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         runs = [r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint and r["status"] in ACCEPTED]
         best = runs[0]
     scored = [r for r in cur if is_scored(r)]
-    since = []                  # runs after the last improvement (keep or baseline), but its further seeds
+    since = []                  # runs after the last improvement (keep or baseline), but its further seeds (killed too)
     for r in reversed(cur):
         if r["status"] in ACCEPTED:
             break
-        if r["status"] != "repeat":
+        if r["status"] != "repeat" and not getattr(st.configs.get(run_fingerprint(r, index)), "accepted", False):
             since.append(r)
     branch = entry(last).get("branch")
 

@@ -261,6 +261,11 @@ def test_since_last_improvement_counts_configurations_and_keeps_kills_apart(tmp_
             "1 killed)") in text
     assert "| depth | 8 -> 1.010000 over 3 seeds (5 runs); 10 -> — (1 run, 1 crash); 12 -> — (1 run, 1 killed) |" \
         in text
+    # a run of the best configuration killed and recorded late (another of its seeds): not a try either
+    memory.record(res, ses, _row("h", None, commit="c1"),
+                  _entry(base, "A", seed=45, commit="c1", parent="c0", error="killed: Killed"))
+    assert ("- since the last improvement: 3 configurations tried in 4 runs (1 confirm, 1 discard, 1 crash, "
+            "1 killed)") in (ses / "memory.md").read_text()
 
 
 def test_cap_that_cancels_an_edit_is_said(tmp_path):
@@ -376,6 +381,15 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
     index["again"] = _entry(commit="c4", parent="c2", fp="fp-dead")
     assert next_step(late[-1], late, index, "main") == ("killed outright; this configuration has a result under seed "
                                                         "42 already (again, discard): nothing to re-run")
+    # a killed run of the best commit, recorded late (after another seed of it): the next commit's parent is the
+    # scored run of that commit, not the crash (its diff and val_bpb are what the agent built on)
+    late = [dict(_row("base", 1.0, key="k2", commit="c2"), status="baseline", line=2),
+            dict(_row("seed43", 0.99, key="k2", commit="c2"), status="repeat", line=3),
+            dict(_row("killed", None, key="k2", commit="c2"), status="crash", line=4),
+            dict(_row("next", 0.98, key="k2", commit="c5"), status="confirm", line=5)]
+    idx = {"base": _entry(commit="c2"), "seed43": _entry(commit="c2", seed=43),
+           "killed": _entry(commit="c2", seed=44, error="killed: Killed"), "next": _entry(commit="c5", parent="c2")}
+    assert decide.parent_runs(late, idx)["next"]["run_id"] == "seed43"
     index["dead"]["error"] = "RuntimeError: shapes"
     assert next_step(rows[-1], rows, index, "main").startswith("fix a trivial bug")
 
