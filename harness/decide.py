@@ -91,7 +91,7 @@ class Standing:
 
 def is_scored(row: dict) -> bool:
     """A run whose val_bpb enters its configuration's mean (a crash or an interrupted run never does)."""
-    return row["status"] in SCORED and row["val_bpb"] is not None
+    return row.get("status") in SCORED and row.get("val_bpb") is not None      # a run not yet recorded: no
 
 
 def run_fingerprint(row: dict, index: dict) -> str:
