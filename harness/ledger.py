@@ -250,7 +250,8 @@ def machine_identity(host: str) -> str:
 
 
 def process_claim(host: str) -> dict:
-    """What a run's claim records of its process, for claim_state: pid, machine, start time."""
+    """What a run's claim records of its process, for claim_state: pid, machine, start time (the claim adds its
+    log and record paths: every claim claim_state can find gone has them)."""
     stat = _proc_stat(os.getpid())
     return {"pid": os.getpid(), "machine": machine_identity(host), "pid_start": stat[1] if stat else None}
 

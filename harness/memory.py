@@ -125,8 +125,7 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
             line += " — another comparability key"
         out.append(line)
         if c.get("gone"):             # killed outright on this machine: neither in flight nor in the ledger
-            out.append(f"  - its process ended without a record: `uv run prepare.py --record-crash "
-                       f"{c.get('log') or 'sessions/' + c['run_id'] + '.log'}`")
+            out.append(f"  - its process ended without a record: `uv run prepare.py --record-crash {c['log']}`")
             continue
         same = (c.get("comparability_key"), c.get("fingerprint"))
         mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate

@@ -123,7 +123,7 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
     blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
                        "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
                        "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
-                       "world": platform.get("world_size", 1), "max_steps": s.max_steps,
+                       "world": platform["world_size"], "max_steps": s.max_steps,
                        "platform": {k: platform[k] for k in PLATFORM_KEYS},
                        **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
                        "caps": s.model_caps,
@@ -325,7 +325,7 @@ class Run:
         for c in self.store.claims(now):
             if claim_state(c, host_name()) == "gone":         # (no word here that --record-crash reads as a reason)
                 print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: uv run "
-                      f"prepare.py --record-crash {c.get('log') or self.store.sessions / (c['run_id'] + '.log')}")
+                      f"prepare.py --record-crash {c['log']}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
                 lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
