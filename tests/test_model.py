@@ -14,7 +14,7 @@ import torch
 
 import train
 from harness import attention, config, hardware
-from harness.fused import relu2_gluon
+from harness.fused import attention_op, relu2_gluon
 
 
 def _qkv(B=2, T=48, H=2, D=16, dtype=torch.float32, seed=0):
@@ -31,6 +31,43 @@ def test_backend_matches_reference(backend, window):
     assert out.shape == ref.shape
     rel = (out - ref).norm() / ref.norm()
     assert rel < 1e-5, f"{backend} window={window}: rel err {rel:.2e}"
+
+
+
+def _ref_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out = attention.attention_reference(q, k, v, window)
+    return out, out.new_full((q.size(0), q.size(2), q.size(1)), float(window), dtype=torch.float32)
+
+
+def _ref_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                  stats: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    assert int(stats.flatten()[0]) == window and torch.equal(o, attention.attention_reference(q, k, v, window))
+    _, vjp = torch.func.vjp(lambda *t: attention.attention_reference(*t, window), q, k, v)
+    return vjp(dout)
+
+
+_ref_op = attention_op.attention_op("test_reference_attention", _ref_forward, _ref_backward, lambda B, H, T: (B, H, T))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_attention_op_plumbing(compiled):
+    """The custom-op wiring cuDNN's and FA4's kernels share (harness.fused.attention_op), around the reference: the
+    backward op gets the forward's inputs, output, statistics and window, and the gradients are the reference's,
+    eager and under torch.compile (fake shapes)."""
+    q, k, v = (t.requires_grad_() for t in _qkv(T=40, seed=3))
+    fn = torch.compile(_ref_op, fullgraph=True, backend="aot_eager") if compiled else _ref_op
+    dout = torch.randn(2, 40, 2, 16, generator=torch.Generator().manual_seed(4))
+    out = fn(q, k, v, 9)
+    out.backward(dout)
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    ref = attention.attention_reference(q, k, v, 9)
+    ref.backward(dout)
+    assert (out - ref).abs().max().item() == 0.0
+    for g, t in zip(grads, (q, k, v)):
+        assert (g - t.grad).norm() / t.grad.norm() < 1e-6
+    assert torch.ops.autoresearch.test_reference_attention_backward.default is not None
 
 
 CE_TRITON_SCRIPT = r"""

@@ -8,6 +8,7 @@ Every kernel sits behind a torch.library custom op, so a compiled graph that cal
 inductor's on-disk cache. Modules:
   cudnn_attention   causal attention with a sliding window on cuDNN's fused kernel (cudnn-frontend)
   fa4_attention     the same on FlashAttention 4's CuTe DSL kernels (flash-attn-4; Hopper, Blackwell)
+  attention_op      the custom-op wiring (forward, backward, fake shapes, autograd) both attention kernels share
   softcap_loss      softcapped cross-entropy as two Triton row kernels
   rope_norm         rotary embedding + QK-norm as two Triton row kernels
   relu2_mlp         the ReLU^2 MLP with its activation inside two persistent TMA Triton matmuls

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.fused.attention_op import attention_op
+
 _CUDNN: dict = {}          # "module" -> (module|None, reason); (kind, shapes, window, device) -> built graph
 
 
@@ -87,9 +89,7 @@ def _cudnn_execute(kind: str, window: int, **tensors: torch.Tensor) -> None:
     graph.execute({names[n]: t for n, t in tensors.items()}, workspace, handle=handle)
 
 
-@torch.library.custom_op("autoresearch::cudnn_attention", mutates_args=())
-def _cudnn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor,
-                                                                                                 torch.Tensor]:
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, T, H, _ = q.shape
     o, stats = torch.empty_like(q), torch.empty(B, H, T, 1, dtype=torch.float32, device=q.device)
@@ -97,40 +97,13 @@ def _cudnn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windo
     return o, stats
 
 
-@_cudnn_attention_op.register_fake
-def _(q, k, v, window):
-    B, T, H, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, T, 1, dtype=torch.float32)
-
-
-@torch.library.custom_op("autoresearch::cudnn_attention_backward", mutates_args=())
-def _cudnn_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                                 stats: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              stats: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, o, dout = (t.contiguous() for t in (q, k, v, o, dout))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _cudnn_execute("bwd", window, q=q, k=k, v=v, o=o, dO=dout, stats=stats.contiguous(), dq=dq, dk=dk, dv=dv)
     return dq, dk, dv
 
 
-@_cudnn_attention_backward_op.register_fake
-def _(dout, q, k, v, o, stats, window):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-def _cudnn_attention_setup(ctx, inputs, output):
-    q, k, v, window = inputs
-    ctx.save_for_backward(q, k, v, *output)
-    ctx.window = window
-
-
-def _cudnn_attention_grad(ctx, dout, _dstats):
-    q, k, v, o, stats = ctx.saved_tensors
-    return (*_cudnn_attention_backward_op(dout, q, k, v, o, stats, ctx.window), None)
-
-
-_cudnn_attention_op.register_autograd(_cudnn_attention_grad, setup_context=_cudnn_attention_setup)
-
-
-def cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on CUDA."""
-    return _cudnn_attention_op(q, k, v, window)[0]
+# causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on CUDA
+cudnn_attention = attention_op("cudnn_attention", _forward, _backward, lambda B, H, T: (B, H, T, 1))

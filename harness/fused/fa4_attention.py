@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from harness.fused.attention_op import attention_op
+
 _FA4: dict = {}            # "module" -> (module|None, reason)
 
 
@@ -53,59 +55,29 @@ def _kernels():
     return module
 
 
-def _window(window: int, T: int) -> int | None:
-    """FA4's left window: keys j >= i - window; None for a full causal layer."""
-    return None if window >= T - 1 else window
+def _window(window: int, T: int) -> tuple[int | None, int | None]:
+    """FA4's (left, right) window: keys i - left <= j <= i; (None, None) for a full causal layer."""
+    return (None, None) if window >= T - 1 else (window, 0)
 
 
-@torch.library.custom_op("autoresearch::fa4_attention", mutates_args=())
-def _fa4_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor,
-                                                                                              torch.Tensor]:
-    left = _window(window, q.size(1))
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    left, right = _window(window, q.size(1))
     out, lse, *_ = _kernels()._flash_attn_fwd(q.contiguous(), k.contiguous(), v.contiguous(), causal=True,
-                                                 window_size_left=left, window_size_right=0 if left is not None
-                                                 else None, return_lse=True)
+                                                 window_size_left=left, window_size_right=right, return_lse=True)
     return out, lse
 
 
-@_fa4_attention_op.register_fake
-def _(q, k, v, window):
-    B, T, H, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(B, H, T, dtype=torch.float32)
-
-
-@torch.library.custom_op("autoresearch::fa4_attention_backward", mutates_args=())
-def _fa4_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                               lse: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    left = _window(window, q.size(1))
-    dq, dk, dv, *_ = _kernels()._flash_attn_bwd(q, k, v, o, dout.contiguous(), lse, causal=True,
-                                                   window_size_left=left,
-                                                   window_size_right=0 if left is not None else None)
+def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    left, right = _window(window, q.size(1))
+    q, k, v, dout = (t.contiguous() for t in (q, k, v, dout))
+    dq, dk, dv, *_ = _kernels()._flash_attn_bwd(q, k, v, o, dout, lse, causal=True, window_size_left=left,
+                                                   window_size_right=right)
     return dq, dk, dv
 
 
-@_fa4_attention_backward_op.register_fake
-def _(dout, q, k, v, o, lse, window):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-def _fa4_attention_setup(ctx, inputs, output):
-    q, k, v, window = inputs
-    ctx.save_for_backward(q.contiguous(), k.contiguous(), v.contiguous(), *output)
-    ctx.window = window
-
-
-def _fa4_attention_grad(ctx, dout, _dlse):
-    q, k, v, o, lse = ctx.saved_tensors
-    return (*_fa4_attention_backward_op(dout, q, k, v, o, lse, ctx.window), None)
-
-
-_fa4_attention_op.register_autograd(_fa4_attention_grad, setup_context=_fa4_attention_setup)
-
-
-def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """Causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on Hopper/Blackwell."""
-    return _fa4_attention_op(q, k, v, window)[0]
+# causal attention over keys i - window <= j <= i, (B, T, H, D) in and out, bf16/fp16 on Hopper/Blackwell
+fa4_attention = attention_op("fa4_attention", _forward, _backward, lambda B, H, T: (B, H, T))
 
 
 def warm_kernels(shape: tuple, dtype: torch.dtype, windows: list, device: torch.device) -> None:
