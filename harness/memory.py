@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
@@ -29,7 +30,6 @@ MEMORY_VALUES_PER_KEY = 6
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
 KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.record.record_crash_from_log)
-
 
 
 def _v(v) -> str:
@@ -52,10 +52,21 @@ def _requested(entry: dict) -> dict:
     return flatten(requested_model(entry))
 
 
+def _as_trained(entry: dict, key: str, req, trained) -> str:
+    """Why a run trained another value than model.json's: the mode's cap, or for device_batch_size torchrun's split
+    of one batch over its processes (the same model in smaller micro-steps)."""
+    world = (entry.get("platform") or {}).get("world_size") or 1
+    if key != "device_batch_size" or world <= 1:
+        return f"capped to {_v(trained)}"
+    cap = flatten((entry.get("ground") or {}).get(entry.get("mode"))).get(f"model_caps.{key}")
+    return (f"capped to {_v(cap)}, then " if cap is not None and req > cap else "") + \
+        f"{_v(trained)} per process x {world} processes"
+
+
 def _value(entry: dict, key: str) -> str:
-    """A model.json value as requested, with the value trained where a cap changed it."""
+    """A model.json value as requested, with the value trained where a cap or torchrun's split changed it."""
     req, trained = _requested(entry).get(key), flatten(entry.get("model")).get(key)
-    return _v(req) + (f" (capped to {_v(trained)})" if trained != req else "")
+    return _v(req) + (f" ({_as_trained(entry, key, req, trained)})" if trained != req else "")
 
 
 def changes(a: dict, b: dict) -> list[str]:
@@ -157,18 +168,13 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     key = last["comparability_key"]
     cur = [r for r in rows if r["comparability_key"] == key]
     entry = lambda r: index.get(r["run_id"], {})                              # noqa: E731
-    others = {}
-    for r in rows:
-        if r["comparability_key"] != key:
-            others[r["comparability_key"]] = others.get(r["comparability_key"], 0) + 1
+    others = Counter(r["comparability_key"] for r in rows if r["comparability_key"] != key)
     counts = {st: sum(r["status"] == st for r in cur) for st in STATUSES}
     killed = sum(r["status"] == "crash" and _killed(entry(r)) for r in cur)
     st = standing(rows, index, key)
     best_cfg = st.best
-    best = None
-    if best_cfg:
-        runs = [r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint and r["status"] in ACCEPTED]
-        best = runs[0]
+    best = next(r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint
+                and r["status"] in ACCEPTED) if best_cfg else None
     scored = [r for r in cur if is_scored(r)]
     since = []                  # runs after the last improvement (keep or baseline), but its further seeds (killed too)
     for r in reversed(cur):
@@ -324,7 +330,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
         trained = flatten(e.get("model"))
         for k, val in m.items():
-            label = _v(val) if trained.get(k, val) == val else f"{_v(val)} (capped to {_v(trained[k])})"
+            label = _v(val) if trained.get(k, val) == val else f"{_v(val)} ({_as_trained(e, k, val, trained[k])})"
             slot = tried.setdefault(k, {}).setdefault(label, [None, 0, 0, 0])
             slot[1] += 1
             if config is not None and (slot[0] is None or (not config.accepted, config.mean)
@@ -411,12 +417,10 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
 
 
 def read_notes(memory: Path) -> str:
-    if not memory.exists():
-        return ""
-    text = memory.read_text(encoding="utf-8", errors="replace")
-    i = text.find("\n" + NOTES_HEADER)
+    text = memory.read_text(encoding="utf-8", errors="replace") if memory.exists() else ""
     if text.startswith(NOTES_HEADER):
         return text
+    i = text.find("\n" + NOTES_HEADER)
     return text[i + 1:] if i >= 0 else ""
 
 

@@ -280,6 +280,28 @@ def test_cap_that_cancels_an_edit_is_said(tmp_path):
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" in text
 
 
+
+def test_torchrun_split_is_not_called_a_cap(tmp_path):
+    """Under torchrun device_batch_size is split over the processes (the same batch, smaller micro-steps): memory.md
+    says so rather than "capped", and says both where a mode's cap applied first."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    m = {"depth": 8, "device_batch_size": 32}
+    four = {"world_size": 4}
+    test_caps = {"train": {"model_caps": {}}, "test": {"model_caps": {"device_batch_size": 16}}}
+    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(m, "A", commit="c1", parent="c0", platform=four,
+                                                               mode="train", ground=test_caps,
+                                                               model_changes_by_mode={"device_batch_size": [128, 32]}))
+    memory.record(res, ses, _row("q", 1.01, commit="c2"), _entry(dict(m, device_batch_size=4), "B", commit="c2",
+                                                                parent="c1", platform=four, mode="test",
+                                                                ground=test_caps,
+                                                                model_changes_by_mode={"device_batch_size": [64, 4]}))
+    text = (ses / "memory.md").read_text()
+    assert ("- vs its parent run p (baseline, 1.000000): device_batch_size: 128 (32 per process x 4 processes) -> "
+            "64 (capped to 16, then 4 per process x 4 processes)") in text
+    assert "| device_batch_size | 128 (32 per process x 4 processes) -> 1.000000 over 1 seed (1 run)" in text
+    assert "capped to 32" not in text
+
+
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
     rows = [dict(_row(f"run{i:05d}", 1.0 - i * 1e-6, description="x" * 150), line=i + 2, status="discard")
             for i in range(10000)]
