@@ -20,6 +20,7 @@ this list (a module imports only modules above it):
   evaluate      evaluate_bpb: the fixed metric (do not change)
   warm_eval     the eval's graph, compiled by a second process while the run trains
   decide        the keep rule: configurations' means over seeds, the noise floor, the margin
+  identity      what identifies a run: commit, configuration fingerprint, the comparability key and its parts
   ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
   plot          sessions/progress.png: the progress plot, redrawn after every run

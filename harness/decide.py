@@ -45,9 +45,10 @@ FIRST_SEED = 42                 # train.py's default --seed
 # step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
 STEPS_SPREAD = 1.03
 # What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
-# attention: ~2% more steps) is another comparability key (harness/record.py), so that a faster machine is never
+# attention: ~2% more steps) is another comparability key (harness/identity.py), so that a faster machine is never
 # read as a better model.
 PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
+KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
@@ -181,12 +182,15 @@ def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> 
 
 
 def key_differences(a: dict, b: dict) -> list[str]:
-    """Why runs a and b (their records) have different comparability keys, as far as the records say: PLATFORM's
-    GPU and kernel choices, the process count, and ground.json's data, tokenizer and profiles ("name: a -> b")."""
+    """Why runs a and b (their index entries) have different comparability keys: the parts of the key that differ
+    ("name: a -> b"; harness.identity.key_parts: data, tokenizer, profile, processes, PLATFORM's GPU and kernel
+    choices). Empty where either run predates the parts' being recorded."""
     def flat(entry):
-        ground = {k: v for k, v in (entry.get("ground") or {}).items() if k not in ("ledger", "processor")}
-        platform = entry.get("platform") or {}
-        return {**flatten(ground), **{k: platform.get(k) for k in (*PLATFORM_KEYS, "world_size") if platform}}
+        parts = entry["key_parts"]
+        shown = {k: str(v)[:12] if k in KEY_HASHES else v for k, v in parts.items() if k != "platform"}
+        return {**flatten(shown), **(parts.get("platform") or {})}
+    if not (a.get("key_parts") and b.get("key_parts")):
+        return []
     fa, fb = flat(a), flat(b)
     return [f"{k}: {fa.get(k)} -> {fb.get(k)}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 

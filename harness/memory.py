@@ -55,12 +55,12 @@ def _requested(entry: dict) -> dict:
 def _as_trained(entry: dict, key: str, req, trained) -> str:
     """Why a run trained another value than model.json's: the mode's cap, or for device_batch_size torchrun's split
     of one batch over its processes (the same model in smaller micro-steps)."""
-    world = (entry.get("platform") or {}).get("world_size") or 1
-    if key != "device_batch_size" or world <= 1:
+    parts = entry.get("key_parts") or {}
+    world, cap = parts.get("world") or 1, (parts.get("caps") or {}).get(key)
+    capped = cap is not None and req is not None and req > cap
+    if key != "device_batch_size" or world <= 1 or trained >= (cap if capped else req):
         return f"capped to {_v(trained)}"
-    cap = flatten((entry.get("ground") or {}).get(entry.get("mode"))).get(f"model_caps.{key}")
-    return (f"capped to {_v(cap)}, then " if cap is not None and req > cap else "") + \
-        f"{_v(trained)} per process x {world} processes"
+    return (f"capped to {_v(cap)}, then " if capped else "") + f"{_v(trained)} per process x {world} processes"
 
 
 def _value(entry: dict, key: str) -> str:

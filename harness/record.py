@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
-import platform as _platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,10 +23,12 @@ from pathlib import Path
 import torch
 
 from harness import settings, warm_eval
-from harness.config import REPO_DIR, ConfigError, ModelConfig, agent_files, fail, model_path
+from harness.config import ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.decide import PLATFORM_KEYS, is_scored, parent_run, run_fingerprint
+from harness.identity import (comparability_key, config_fingerprint, git_info, key_parts, library_versions,
+                               train_py_functions, trained_files)
+from harness.decide import is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -42,108 +41,8 @@ CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (harness.c
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
 
 # ---------------------------------------------------------------------------
-# What identifies a run: commit, configuration fingerprint, comparability key, versions
+# What the run prints at start (its identity: harness/identity.py)
 # ---------------------------------------------------------------------------
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def git_info() -> dict:
-    return {"commit": _git("rev-parse", "--short=7", "HEAD") or "nocommit",
-            "parent": _git("rev-parse", "--short=7", "HEAD~1") or None,
-            "subject": _git("log", "-1", "--format=%s"),
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-            "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
-            "worktree": str(REPO_DIR)}
-
-
-def config_fingerprint(train_py: Path | None = None, capped: dict | None = None) -> str:
-    """The configuration a run trains: model.json's values and train.py's code, so that a change in comments,
-    blank lines or key order is the same configuration (parsed where they parse, else their bytes). `capped`:
-    the values the mode's caps train instead of model.json's, so that an edit a cap cancels is its parent's
-    configuration (a rerun or a repeat), not a new one judged on noise."""
-    import ast
-    h = hashlib.sha256()
-    model, code = model_path(), train_py or REPO_DIR / "train.py"
-    raw = [p.read_bytes() if p.exists() else b"" for p in (model, code)]
-    try:
-        values = json.loads(raw[0])
-        h.update(json.dumps({**values, **(capped or {})} if isinstance(values, dict) else values,
-                            sort_keys=True).encode())
-    except ValueError:
-        h.update(raw[0])
-    try:
-        h.update(ast.dump(ast.parse(raw[1])).encode())
-    except (SyntaxError, ValueError):
-        h.update(raw[1])
-    return h.hexdigest()[:12]
-
-
-def train_py_functions(train_py: Path | None = None) -> dict:
-    """A short hash of each top-level function, class and method of train.py ("GPT.forward"), and of the
-    module-level statements together: what memory.md compares to say which parts of train.py a run changed."""
-    import ast
-    path = train_py or REPO_DIR / "train.py"
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:8]        # noqa: E731
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return {"(train.py does not parse)": digest(text)}
-    out, module = {}, []
-    for node in tree.body:
-        seg = ast.get_source_segment(text, node) or ""
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            out[node.name] = digest(seg)
-        elif isinstance(node, ast.ClassDef):
-            methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-            for m in methods:
-                out[f"{node.name}.{m.name}"] = digest(ast.get_source_segment(text, m) or "")
-            out[node.name] = digest("\n".join(ast.get_source_segment(text, n) or "" for n in node.body
-                                              if n not in methods))
-        else:
-            module.append(seg)
-    out["(module level)"] = digest("\n".join(module))
-    return out
-
-
-def trained_files() -> dict:
-    """model.json and train.py as this run reads them: what another agent needs to build on it (--restore)."""
-    return {name: path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-            for name, path in agent_files().items()}
-
-
-def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
-    rows, _ = eval_rows(tokenizer, s)
-    blob = json.dumps({"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
-                       "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
-                       "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
-                       "world": platform["world_size"], "max_steps": s.max_steps,
-                       "platform": {k: platform[k] for k in PLATFORM_KEYS},
-                       **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
-                       "caps": s.model_caps,
-                       **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
-                       **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
-                       **({"split_long_documents": True} if s.ground.data.split_long_documents else {})},
-                      sort_keys=True)
-    return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-def library_versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": _platform.python_version(), "torch": torch.__version__}
-    for name in ("numpy", "tiktoken", "rustbpe", "pyarrow", "kernels", "triton", "flash-attn-4", "nvidia-cutlass-dsl"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
 
 def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
     """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
@@ -199,6 +98,7 @@ class Run:
         self.manifest = load_manifest(s)
         # the key from this machine's PLATFORM, not the run's copy: a backend the model's shapes refused at start-up
         # (confirm_attention) is the edit's doing, judged in its lineage's key; the record keeps what ran
+        self.key_parts = key_parts(s, tokenizer, self.manifest, get_platform())
         self.key = comparability_key(s, tokenizer, self.manifest, get_platform())
         self.store = open_ledger(s)
         self.results, self.sessions = self.store.results, self.store.sessions
@@ -310,14 +210,16 @@ class Run:
         return {"model": self.model, "fingerprint": self.record["fingerprint"], "seed": self.seed, "error": error,
                 "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
-                "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name()}
+                "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name(),
+                "key_parts": self.key_parts}
 
     def announce(self, rows: list[dict], index: dict) -> list[str]:
         """Claim the run in the ledger (other agents see it in memory.md's "Running now" until it is recorded or
         expires), and print `!!` where its configuration is already running or already recorded (returned)."""
         now = time.time()
         fp = self.record["fingerprint"]
-        claim = {k: v for k, v in self._index_entry(None).items() if k not in ("error", "dirty", "parent", "commit")}
+        claim = {k: v for k, v in self._index_entry(None).items()
+                 if k not in ("error", "dirty", "parent", "commit", "key_parts")}
         claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
                      expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, log=str(self.log_path.resolve()),
                      record=str(self.json_path.resolve()), **process_claim(host_name()))

@@ -12,6 +12,7 @@ import pytest
 
 from harness import config, ledger, memory
 from conftest import run_script
+from harness.hardware import get_platform as hardware_platform
 
 HEADER = "\t".join(ledger.LEDGER_COLUMNS)
 
@@ -283,23 +284,27 @@ def test_cap_that_cancels_an_edit_is_said(tmp_path):
 
 def test_torchrun_split_is_not_called_a_cap(tmp_path):
     """Under torchrun device_batch_size is split over the processes (the same batch, smaller micro-steps): memory.md
-    says so rather than "capped", and says both where a mode's cap applied first."""
+    says so rather than "capped", says both where a mode's cap applied first, and only a cap where no split
+    followed it."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     m = {"depth": 8, "device_batch_size": 32}
-    four = {"world_size": 4}
-    test_caps = {"train": {"model_caps": {}}, "test": {"model_caps": {"device_batch_size": 16}}}
-    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(m, "A", commit="c1", parent="c0", platform=four,
-                                                               mode="train", ground=test_caps,
+    four = {"world": 4, "caps": {}}
+    test_four = {"world": 4, "caps": {"device_batch_size": 16}}
+    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(m, "A", commit="c1", parent="c0", key_parts=four,
                                                                model_changes_by_mode={"device_batch_size": [128, 32]}))
     memory.record(res, ses, _row("q", 1.01, commit="c2"), _entry(dict(m, device_batch_size=4), "B", commit="c2",
-                                                                parent="c1", platform=four, mode="test",
-                                                                ground=test_caps,
+                                                                parent="c1", key_parts=test_four,
                                                                 model_changes_by_mode={"device_batch_size": [64, 4]}))
+    memory.record(res, ses, _row("r", 1.02, commit="c3"), _entry(dict(m, device_batch_size=16), "C", commit="c3",
+                                                                parent="c1", key_parts=test_four,
+                                                                model_changes_by_mode={"device_batch_size": [64, 16]}))
     text = (ses / "memory.md").read_text()
     assert ("- vs its parent run p (baseline, 1.000000): device_batch_size: 128 (32 per process x 4 processes) -> "
-            "64 (capped to 16, then 4 per process x 4 processes)") in text
-    assert "| device_batch_size | 128 (32 per process x 4 processes) -> 1.000000 over 1 seed (1 run)" in text
-    assert "capped to 32" not in text
+            "64 (capped to 16)\n") in text
+    row = next(line for line in text.splitlines() if line.startswith("| device_batch_size |"))
+    assert "128 (32 per process x 4 processes) -> 1.000000 over 1 seed (1 run)" in row
+    assert "64 (capped to 16, then 4 per process x 4 processes) -> " in row and "64 (capped to 16) -> " in row
+    assert "capped to 32" not in text and "capped to 4)" not in text
 
 
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
@@ -417,7 +422,7 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
 
 
 def test_a_capped_edit_has_its_parents_fingerprint(tmp_path, monkeypatch):
-    from harness.record import config_fingerprint
+    from harness.identity import config_fingerprint
     model = json.loads(config.model_path().read_text())
     prints = []
     for depth in (8, 4):
@@ -474,51 +479,76 @@ def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
     differ there are another key, never compared, as are runs with another number of warm-up steps outside the
     budget (they train); PLATFORM's other entries (reasons, peak FLOPs) do not count."""
-    from harness import record, settings, sources, tokenizer
+    from harness import identity, settings, sources, tokenizer
     s = settings.current()
     tok, manifest = tokenizer.Tokenizer.from_directory(), sources.load_manifest(s)
     h100 = {"device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "attention": "cudnn", "mlp": "triton",
             "rope": "triton", "loss": "triton", "compile": True, "compile_scope": "model", "world_size": 1,
             "peak_flops": 989.4e12, "reasons": {"attention": "x"}}
-    key = record.comparability_key(s, tok, manifest, h100)
-    assert key == record.comparability_key(s, tok, manifest, dict(h100, peak_flops=1.0, reasons={}))
+    key = identity.comparability_key(s, tok, manifest, h100)
+    assert key == identity.comparability_key(s, tok, manifest, dict(h100, peak_flops=1.0, reasons={}))
     others = [dict(h100, attention="fa4"), dict(h100, device_name="NVIDIA H200"), dict(h100, dtype="float16"),
               dict(h100, compile_scope="blocks"), dict(h100, world_size=2), dict(h100, mlp="plain")]
-    keys = {record.comparability_key(s, tok, manifest, p) for p in others}
+    keys = {identity.comparability_key(s, tok, manifest, p) for p in others}
     assert len(keys) == len(others) and key not in keys
     assert key.startswith(f"{manifest['source']}-{s.mode}-")
     import dataclasses        # the warm-up steps outside the budget train too: another count, other tokens
-    assert record.comparability_key(dataclasses.replace(s, excluded_steps=s.excluded_steps + 1), tok, manifest,
+    assert identity.comparability_key(dataclasses.replace(s, excluded_steps=s.excluded_steps + 1), tok, manifest,
                                     h100) not in keys | {key}
 
 
 def test_a_backend_refused_at_start_up_keeps_the_runs_key():
     """confirm_attention may move a run to the next backend when the model's shapes are refused (an edit's doing):
     the run stays in its lineage's key, computed from this machine's PLATFORM, and its record says what ran."""
-    from harness import hardware, record, settings, sources, tokenizer
+    from harness import hardware, identity, record, settings, sources, tokenizer
     s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
     m, changes = settings.effective_model(config.load_model(), s)
     P = hardware.get_platform()
     fell_back = record.Run(s, tok, m, changes, "fallback", dict(P, attention="flex", mlp="plain", reasons={}), None, 42)
-    assert fell_back.key == record.comparability_key(s, tok, sources.load_manifest(s), P)
-    assert fell_back.key != record.comparability_key(s, tok, sources.load_manifest(s), dict(P, attention="flex"))
+    assert fell_back.key == identity.comparability_key(s, tok, sources.load_manifest(s), P)
+    assert fell_back.key != identity.comparability_key(s, tok, sources.load_manifest(s), dict(P, attention="flex"))
     assert (fell_back.record["platform"]["attention"], fell_back.record["platform"]["mlp"]) == ("flex", "plain")
 
 
 def test_memory_says_why_the_key_changed():
     """A new key (here: FA4 installed, and another GPU) starts a new baseline; memory.md says what separates it
-    from the key before, from the runs' records, so the agent does not read the fresh lineage as lost work."""
-    ground = {"mode": "train", "data": {"source": "builtin"}, "train": {"time_budget_s": 300}, "ledger": {"x": 1}}
+    from the key before, from the parts of the key each run's index entry keeps, so the agent does not read the
+    fresh lineage as lost work."""
+    import dataclasses
+    from harness import identity, settings, sources, tokenizer
+    s = settings.current()
+    tok, manifest = tokenizer.Tokenizer.from_directory(), sources.load_manifest(s)
     h100 = {"device_name": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "attention": "cudnn", "mlp": "triton",
             "rope": "triton", "loss": "triton", "compile": True, "compile_scope": "model", "world_size": 1}
+    h200_fa4 = dict(h100, attention="fa4", device_name="NVIDIA H200")
     rows = [_row("a", 1.0, key="k1", status="baseline", line=2), _row("b", 0.99, key="k1", status="repeat", line=3),
             _row("c", 0.98, key="k2", status="baseline", line=4)]
-    index = {"a": _entry(platform=h100, ground=ground), "b": _entry(platform=h100, ground=ground),
-             "c": _entry(platform=dict(h100, attention="fa4", device_name="NVIDIA H200"),
-                         ground=dict(ground, ledger={"x": 2}))}
+    parts = lambda p, s=s: identity.key_parts(s, tok, manifest, p)                    # noqa: E731
+    index = {"a": _entry(key_parts=parts(h100)), "b": _entry(key_parts=parts(h100)),
+             "c": _entry(key_parts=parts(h200_fa4))}
     text = memory.render_memory(rows, index, "")
     assert ("- this key against `k1` (its latest run): attention: cudnn -> fa4; device_name: NVIDIA H100 80GB HBM3 "
             "-> NVIDIA H200\n") in text
-    index["c"] = _entry(platform=h100, ground=dict(ground, train={"time_budget_s": 120}))
-    assert "(its latest run): train.time_budget_s: 300 -> 120\n" in memory.render_memory(rows, index, "")
-    assert "this key against" not in memory.render_memory(rows, {}, "")        # records without them: no line
+    index["c"] = _entry(key_parts=parts(dict(h100, world_size=2), dataclasses.replace(s, time_budget_s=120.0)))
+    assert (f"(its latest run): budget: {s.time_budget_s} -> 120.0; world: 1 -> 2\n"
+            in memory.render_memory(rows, index, ""))
+    index["b"] = _entry()                                                # a run recorded before the parts were kept
+    assert "this key against" not in memory.render_memory(rows, index, "")
+
+
+def test_recorded_runs_keep_the_parts_of_their_key():
+    """The index entry a real run writes holds the parts its key hashes (what memory.md compares across keys)."""
+    import dataclasses
+    from harness import identity, record, settings, sources, tokenizer
+    s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
+    m, changes = settings.effective_model(config.load_model(), s)
+    for steps in (s.excluded_steps, s.excluded_steps + 1):
+        run = record.Run(dataclasses.replace(s, excluded_steps=steps), tok, m, changes, f"steps {steps}",
+                         hardware_platform(), None, 42)
+        run.finish({"val_bpb": 1.0, "num_steps": 10})
+    rows, index = run.store.read()
+    assert [index[r["run_id"]]["key_parts"]["excluded_steps"] for r in rows[-2:]] == [s.excluded_steps,
+                                                                                     s.excluded_steps + 1]
+    assert run.key == identity.comparability_key(run.s, tok, sources.load_manifest(s), hardware_platform())
+    text = (run.sessions / "memory.md").read_text()
+    assert f"(its latest run): excluded_steps: {s.excluded_steps} -> {s.excluded_steps + 1}\n" in text

@@ -228,7 +228,7 @@ def test_epochs_in_summary_and_a_warning_when_the_data_repeats(tmp_path, run_dir
 def test_configuration_fingerprint_ignores_comments_and_key_order(tmp_path, monkeypatch):
     """A configuration is what trains: comments, blank lines and model.json's key order do not make a new one;
     a code or value change does."""
-    from harness import record
+    from harness import identity
     src = (REPO / "train.py").read_text()
     model = json.loads((REPO / "model.json").read_text())
     variants = {"same": (src, model),
@@ -242,6 +242,6 @@ def test_configuration_fingerprint_ignores_comments_and_key_order(tmp_path, monk
         (tmp_path / f"{name}.py").write_text(code)
         write_json(tmp_path / f"{name}.json", m)
         monkeypatch.setenv("AUTORESEARCH_MODEL", str(tmp_path / f"{name}.json"))
-        prints[name] = record.config_fingerprint(tmp_path / f"{name}.py")
+        prints[name] = identity.config_fingerprint(tmp_path / f"{name}.py")
     assert prints["comments"] == prints["same"]
     assert len({prints["same"], prints["code"], prints["value"]}) == 3

@@ -1,0 +1,130 @@
+"""What identifies a run: its commit, its configuration's fingerprint (model.json + train.py), the hash of each
+train.py function, the comparability key and what it is made of, the library versions.
+
+    uv run pytest tests/test_ledger.py -k "fingerprint or key"
+
+Two runs are compared only under one comparability key: the same data, tokenizer, sequence length, eval size,
+budget, mode, process count, GPU model and kernel choices (key_parts). Within a key, runs of one fingerprint
+are one configuration under several seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as _platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from harness.config import REPO_DIR, agent_files, model_path
+from harness.decide import PLATFORM_KEYS
+from harness.evaluate import eval_rows
+from harness.settings import Settings
+from harness.tokenizer import Tokenizer
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_info() -> dict:
+    return {"commit": _git("rev-parse", "--short=7", "HEAD") or "nocommit",
+            "parent": _git("rev-parse", "--short=7", "HEAD~1") or None,
+            "subject": _git("log", "-1", "--format=%s"),
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+            "worktree": str(REPO_DIR)}
+
+
+def config_fingerprint(train_py: Path | None = None, capped: dict | None = None) -> str:
+    """The configuration a run trains: model.json's values and train.py's code, so that a change in comments,
+    blank lines or key order is the same configuration (parsed where they parse, else their bytes). `capped`:
+    the values the mode's caps train instead of model.json's, so that an edit a cap cancels is its parent's
+    configuration (a rerun or a repeat), not a new one judged on noise."""
+    import ast
+    h = hashlib.sha256()
+    model, code = model_path(), train_py or REPO_DIR / "train.py"
+    raw = [p.read_bytes() if p.exists() else b"" for p in (model, code)]
+    try:
+        values = json.loads(raw[0])
+        h.update(json.dumps({**values, **(capped or {})} if isinstance(values, dict) else values,
+                            sort_keys=True).encode())
+    except ValueError:
+        h.update(raw[0])
+    try:
+        h.update(ast.dump(ast.parse(raw[1])).encode())
+    except (SyntaxError, ValueError):
+        h.update(raw[1])
+    return h.hexdigest()[:12]
+
+
+def train_py_functions(train_py: Path | None = None) -> dict:
+    """A short hash of each top-level function, class and method of train.py ("GPT.forward"), and of the
+    module-level statements together: what memory.md compares to say which parts of train.py a run changed."""
+    import ast
+    path = train_py or REPO_DIR / "train.py"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:8]        # noqa: E731
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {"(train.py does not parse)": digest(text)}
+    out, module = {}, []
+    for node in tree.body:
+        seg = ast.get_source_segment(text, node) or ""
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[node.name] = digest(seg)
+        elif isinstance(node, ast.ClassDef):
+            methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            for m in methods:
+                out[f"{node.name}.{m.name}"] = digest(ast.get_source_segment(text, m) or "")
+            out[node.name] = digest("\n".join(ast.get_source_segment(text, n) or "" for n in node.body
+                                              if n not in methods))
+        else:
+            module.append(seg)
+    out["(module level)"] = digest("\n".join(module))
+    return out
+
+
+def trained_files() -> dict:
+    """model.json and train.py as this run reads them: what another agent needs to build on it (--restore)."""
+    return {name: path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+            for name, path in agent_files().items()}
+
+
+def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> dict:
+    """What makes two runs comparable: hashed into the comparability key, and kept in each run's index entry so
+    that memory.md can say what separates one key from another."""
+    rows, _ = eval_rows(tokenizer, s)
+    return {"source": manifest["source"], "val": manifest["val_sha256"], "tok": tokenizer.fingerprint(),
+            "T": s.max_seq_len, "eval": rows * s.max_seq_len, "budget": s.time_budget_s, "mode": s.mode,
+            "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
+            "world": platform["world_size"], "max_steps": s.max_steps,
+            "platform": {k: platform[k] for k in PLATFORM_KEYS},
+            **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
+            "caps": s.model_caps,
+            **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
+            **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
+            **({"split_long_documents": True} if s.ground.data.split_long_documents else {})}
+
+
+def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
+    blob = json.dumps(key_parts(s, tokenizer, manifest, platform), sort_keys=True)
+    return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": _platform.python_version(), "torch": torch.__version__}
+    for name in ("numpy", "tiktoken", "rustbpe", "pyarrow", "kernels", "triton", "flash-attn-4", "nvidia-cutlass-dsl"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
