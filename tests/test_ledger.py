@@ -281,7 +281,6 @@ def test_cap_that_cancels_an_edit_is_said(tmp_path):
     assert "- !! depth 8 -> 4 trains as 2 either way (capped): this run trained its parent's model" in text
 
 
-
 def test_torchrun_split_is_not_called_a_cap(tmp_path):
     """Under torchrun device_batch_size is split over the processes (the same batch, smaller micro-steps): memory.md
     says so rather than "capped", says both where a mode's cap applied first, and only a cap where no split

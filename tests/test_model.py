@@ -33,9 +33,8 @@ def test_backend_matches_reference(backend, window):
     assert rel < 1e-5, f"{backend} window={window}: rel err {rel:.2e}"
 
 
-
 def _ref_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    out = attention.attention_reference(q, k, v, window)
+    out = attention.attention_reference(q, k, v, window).contiguous()      # as the fake says
     return out, out.new_full((q.size(0), q.size(2), q.size(1)), float(window), dtype=torch.float32)
 
 
@@ -53,7 +52,7 @@ _ref_op = attention_op.attention_op("test_reference_attention", _ref_forward, _r
 def test_attention_op_plumbing(compiled):
     """The custom-op wiring cuDNN's and FA4's kernels share (harness.fused.attention_op), around the reference: the
     backward op gets the forward's inputs, output, statistics and window, and the gradients are the reference's,
-    eager and under torch.compile (fake shapes)."""
+    eager and traced by torch.compile (the fake shapes; aot_eager: no code generated)."""
     q, k, v = (t.requires_grad_() for t in _qkv(T=40, seed=3))
     fn = torch.compile(_ref_op, fullgraph=True, backend="aot_eager") if compiled else _ref_op
     dout = torch.randn(2, 40, 2, 16, generator=torch.Generator().manual_seed(4))
@@ -67,7 +66,6 @@ def test_attention_op_plumbing(compiled):
     assert (out - ref).abs().max().item() == 0.0
     for g, t in zip(grads, (q, k, v)):
         assert (g - t.grad).norm() / t.grad.norm() < 1e-6
-    assert torch.ops.autoresearch.test_reference_attention_backward.default is not None
 
 
 CE_TRITON_SCRIPT = r"""

@@ -41,4 +41,6 @@ def attention_op(name: str, forward: Callable, backward: Callable, stats_shape: 
 
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
         return fwd(q, k, v, window)[0]
+    attention.__name__ = attention.__qualname__ = name
+    attention.__doc__ = f"Causal attention over keys i - window <= j <= i, (B, T, H, D) in and out ({name} kernels)."
     return attention

@@ -7,8 +7,8 @@ The builtin corpus's val split holds far fewer than the 20,971,520 tokens of tra
 capped, loudly), so the eval's time at full size needs another corpus where nothing can be downloaded. This one
 cuts every .py file under the interpreter's prefix into documents of DOC_CHARS characters, each longer than a
 2048-token row (best-fit packing crops it: one document, one row), and writes `train.jsonl` (--train-docs of
-them) and `val.jsonl` (--val-rows, cycling over the files with a shifted cut when they run out). For timing
-only: its val_bpb means nothing (val and train may share text).
+them) and `val.jsonl` (--val-rows; when the files run out, they are cut again at a third and at two thirds of
+DOC_CHARS), each whole or not at all. For timing only: its val_bpb means nothing (val and train share text).
 """
 
 import argparse
@@ -38,23 +38,25 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     want = {"train.jsonl": args.train_docs, "val.jsonl": args.val_rows}
-    files = {name: (out / name).open("w", encoding="utf-8") for name in want}
-    written = dict.fromkeys(want, 0)
-    offset = 0
-    while written["val.jsonl"] < want["val.jsonl"]:
-        before = sum(written.values())
+    docs = {name: [] for name in want}
+    for offset in range(0, DOC_CHARS, DOC_CHARS // 3):       # three cuts of every file, then the text is used up
         for doc in documents(offset):
-            name = "train.jsonl" if written["train.jsonl"] < want["train.jsonl"] else "val.jsonl"
-            files[name].write(json.dumps({"text": doc}) + "\n")
-            written[name] += 1
-            if written["val.jsonl"] >= want["val.jsonl"]:
+            name = "train.jsonl" if len(docs["train.jsonl"]) < want["train.jsonl"] else "val.jsonl"
+            docs[name].append(json.dumps({"text": doc}))
+            if len(docs["val.jsonl"]) >= want["val.jsonl"]:
                 break
-        if sum(written.values()) == before:
-            sys.exit(f"make_local_corpus: no .py file of {DOC_CHARS}+ characters under {sys.prefix}")
-        offset += DOC_CHARS // 3
-    for f in files.values():
-        f.close()
-    print(f"{out}: " + ", ".join(f"{name} {n} documents of {DOC_CHARS} characters" for name, n in written.items()))
+        else:
+            continue
+        break
+    if len(docs["val.jsonl"]) < want["val.jsonl"]:
+        sys.exit(f"make_local_corpus: the .py files under {sys.prefix} give {sum(map(len, docs.values()))} "
+                 f"documents of {DOC_CHARS} characters, fewer than {sum(want.values())}; nothing written")
+    for name, lines in docs.items():                        # written whole, then renamed: no half corpus
+        tmp = out / f".{name}.tmp"
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(out / name)
+    print(f"{out}: " + ", ".join(f"{name} {len(lines)} documents of {DOC_CHARS} characters"
+                                 for name, lines in docs.items()))
 
 
 if __name__ == "__main__":
