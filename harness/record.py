@@ -107,7 +107,8 @@ class Run:
         self.model["adam_betas"] = list(self.model["adam_betas"])
         self.record = {
             "run_id": self.run_id, "status": "running", "timestamp": self.timestamp, "description": self.description,
-            "git": self.git, "comparability_key": self.key, "mode": s.mode, "mode_reason": s.mode_reason,
+            "git": self.git, "comparability_key": self.key, "key_parts": self.key_parts, "mode": s.mode,
+            "mode_reason": s.mode_reason,
             "fingerprint": config_fingerprint(capped={k: v for k, (_, v) in model_changes.items()
                                                       if k in s.model_caps}),
             "seed": seed, "model": self.model, "train_py": train_py_functions(),
@@ -342,7 +343,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
              "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
              "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
              "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),
-             "host": rec.get("host")}
+             "host": rec.get("host"), "key_parts": rec.get("key_parts")}
     row = record(results, sessions, row, entry, status="crash", store=store)
     rec.update(status="crash", error=entry["error"])
     atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))

@@ -153,6 +153,9 @@ def test_a_run_killed_outright_is_not_left_running(run_dir):
     assert again.returncode == 2 and f"run {killed} is already recorded (crash in {killed}.json)" in again.stderr
     assert "## Running now" not in (run_dir / "sessions" / "memory.md").read_text()
     assert [x["status"] for x in ledger.read_ledger(run_dir / "results.tsv")] == ["baseline", "crash"]
+    index = ledger.read_index(run_dir / "sessions")              # both entries hold the parts of their one key
+    parts = [index[rid]["key_parts"] for rid in (r.stdout.split("run_id:")[-1].split()[0], killed)]
+    assert parts[0] == parts[1] and parts[0]["mode"] == "test" and "attention" in parts[0]["platform"]
 
 
 UPSTREAM_STYLE_TRAIN = r"""
