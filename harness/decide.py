@@ -49,6 +49,8 @@ STEPS_SPREAD = 1.03
 # read as a better model.
 PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
 KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
+KEY_LABELS = {"val": "val file", "tok": "tokenizer", "T": "max_seq_len", "eval": "eval tokens",
+              "budget": "time_budget_s", "world": "processes", "corpus": "builtin corpus"}    # as memory.md names them
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
@@ -187,7 +189,8 @@ def key_differences(a: dict, b: dict) -> list[str]:
     choices). Empty where either run predates the parts' being recorded."""
     def flat(entry):
         parts = entry["key_parts"]
-        shown = {k: str(v)[:12] if k in KEY_HASHES else v for k, v in parts.items() if k != "platform"}
+        shown = {KEY_LABELS.get(k, k): str(v)[:12] if k in KEY_HASHES else v for k, v in parts.items()
+                 if k != "platform"}
         return {**flatten(shown), **(parts.get("platform") or {})}
     if not (a.get("key_parts") and b.get("key_parts")):
         return []

@@ -529,7 +529,7 @@ def test_memory_says_why_the_key_changed():
     assert ("- this key against `k1` (its latest run): attention: cudnn -> fa4; device_name: NVIDIA H100 80GB HBM3 "
             "-> NVIDIA H200\n") in text
     index["c"] = _entry(key_parts=parts(dict(h100, world_size=2), dataclasses.replace(s, time_budget_s=120.0)))
-    assert (f"(its latest run): budget: {s.time_budget_s} -> 120.0; world: 1 -> 2\n"
+    assert (f"(its latest run): processes: 1 -> 2; time_budget_s: {s.time_budget_s} -> 120.0\n"
             in memory.render_memory(rows, index, ""))
     index["b"] = _entry()                                                # a run recorded before the parts were kept
     assert "this key against" not in memory.render_memory(rows, index, "")
