@@ -206,6 +206,34 @@ def capped_apart(a: dict, b: dict) -> bool:
     return any(ra.get(k) != rb.get(k) for k in keys)
 
 
+def unjudged_baseline(rows: list[dict], index: dict, key: str) -> dict | None:
+    """The key before's best run, where no run of this key has its files: a key's first run is its baseline,
+    judged against nothing, so an edit made together with a key change (another GPU or kernel, a ground.json
+    edit) was never compared; running that best under this key compares them."""
+    first = next((i for i, r in enumerate(rows) if r["comparability_key"] == key), None)
+    before = [r for r in rows[:first] if r["comparability_key"] != key] if first else []
+    best = standing(rows, index, before[-1]["comparability_key"]).best if before else None
+    if best is None:
+        return None
+    run = next(r for r in rows if r["comparability_key"] == before[-1]["comparability_key"]
+               and r["status"] in ACCEPTED and run_fingerprint(r, index) == best.fingerprint)
+    files = lambda r: (requested_model(index.get(r["run_id"], {})), index.get(r["run_id"], {}).get("train_py"))  # noqa: E731
+    return None if any(files(r) == files(run) for r in rows[first:] if r["comparability_key"] == key) else run
+
+
+def train_command(entry: dict, seed: int | None = None) -> str:
+    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed."""
+    launch = entry.get("launch") or {}
+    world, local = launch.get("processes", 1), launch.get("per_node", 1)
+    arg = "" if seed is None else f" --seed {seed}"
+    if world <= 1:
+        return f"uv run train.py{arg}"
+    if local >= world:
+        return f"uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
+    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<each node's> "
+            f"--master_addr=<node 0> --master_port=29500 train.py{arg} (on each node, as this run)")
+
+
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
     """The commit to return to after a discard or a crash: the last clean run on this branch of this host whose
     configuration is accepted (its baseline or keep; also a re-run of a configuration kept elsewhere, e.g. after

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform as _platform
 import subprocess
 from pathlib import Path
@@ -117,6 +118,13 @@ def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict)
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
     blob = json.dumps(key_parts(s, tokenizer, manifest, platform), sort_keys=True)
     return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def launch_info() -> dict:
+    """How train.py was started: its processes in all and per node (torchrun's environment; 1 and 1 without it), so
+    that the next command the digest gives starts the next run the same way."""
+    return {"processes": int(os.environ.get("WORLD_SIZE", "1")),
+            "per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))}
 
 
 def library_versions() -> dict:

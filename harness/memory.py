@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
                             key_differences, next_seed, parent_run, parent_runs, requested_model, return_commit,
-                            run_fingerprint, standing)
+                            run_fingerprint, standing, train_command, unjudged_baseline)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
@@ -99,10 +99,8 @@ def since_last_improvement(since: list[dict], index: dict) -> str:
     another try; the improvement's own further seeds, `repeat`, are left out), with the runs by status; a run
     killed outright is counted apart from a crash (the host may have killed it, not the edit)."""
     tried = {run_fingerprint(r, index) for r in since if r["status"] != "rerun"}
-    counts = {}
-    for r in since:
-        st = "killed" if r["status"] == "crash" and _killed(index.get(r["run_id"], {})) else r["status"]
-        counts[st] = counts.get(st, 0) + 1
+    counts = Counter("killed" if r["status"] == "crash" and _killed(index.get(r["run_id"], {})) else r["status"]
+                     for r in since)
     order = [st for s in STATUSES for st in ((s, "killed") if s == "crash" else (s,))]
     runs = ", ".join(f"{counts[st]} {st}" for st in order if st in counts)
     return (f"- since the last improvement: {len(tried)} configuration{'s' * (len(tried) != 1)} tried in "
@@ -186,13 +184,17 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
 
     # -- summary ---------------------------------------------------------------------------
     out += ["## Summary",
-            f"- comparability key: `{key}` — {len(cur)} runs: " + ", ".join(f"{counts[s]} {s}" + (
+            f"- comparability key: `{key}` — {len(cur)} run{'s' * (len(cur) != 1)}: " + ", ".join(f"{counts[s]} {s}" + (
                 f" ({killed} killed)" if s == "crash" and killed else "") for s in STATUSES if counts[s])]
     if others:
         out.append("- other keys (not compared): " + ", ".join(f"`{k}` ({n})" for k, n in sorted(others.items())[:6]))
         prev = next(r for r in reversed(rows) if r["comparability_key"] != key)
         if diffs := key_differences(entry(prev), entry(cur[0])):
             out.append(f"- this key against `{prev['comparability_key']}` (its latest run): " + "; ".join(diffs[:4]))
+        if (old := unjudged_baseline(rows, index, key)) is not None:
+            out.append(f"- !! this key's baseline is not the best configuration of the key before ({old['run_id']}: "
+                       + "; ".join(changes(entry(old), entry(cur[0]))[:3]) + "): what it changed was never judged; "
+                       f"run that one here too: `uv run prepare.py --restore {old['run_id']}`, commit, run it")
     if best:
         seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
@@ -209,7 +211,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                        "ground.json's profile so that steps, not seconds, end a run and its schedule (a new key)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
-                   "until it is (`uv run train.py --seed 43` on the baseline's commit)")
+                   f"until it is (`{train_command(entry(last), 43)}` on the baseline's commit)")
     out.append(since_last_improvement(since, index))
     agents = sorted({(entry(r).get("host"), entry(r).get("branch")) for r in cur if entry(r).get("branch")},
                     key=lambda hb: (str(hb[0]), str(hb[1])))
@@ -224,13 +226,9 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     elif (home := return_commit(rows, index, key, branch, entry(last).get("host"))):
         out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
                    f"commit{' of ' + branch if branch else ''})")
-    places = {}
-    for r in cur:
-        e = entry(r)
-        if e.get("branch") or e.get("worktree"):
-            host = f"{e['host']}:" if e.get("host") else ""
-            where = f"{e.get('branch') or '?'} @ {host}{e.get('worktree') or '?'}"
-            places[where] = places.get(where, 0) + 1
+    where = lambda e: (f"{e.get('branch') or '?'} @ {e['host'] + ':' if e.get('host') else ''}"     # noqa: E731
+                       f"{e.get('worktree') or '?'}")
+    places = Counter(where(entry(r)) for r in cur if entry(r).get("branch") or entry(r).get("worktree"))
     several = len(places) > 1
     hosts = len({entry(r).get("host") for r in cur})
     if several:                                            # several agents share this ledger
@@ -275,7 +273,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if last["status"] == "confirm":
         seed = next_seed(rows, index, key, run_fingerprint(last, index))
         out.append(f"- pending: better than the best, not yet by the margin over {MIN_RUNS_TO_KEEP} seeds; re-run this "
-                   f"commit unchanged: `uv run train.py --seed {seed}`")
+                   f"commit unchanged: `{train_command(le, seed)}`")
     out.append("")
 
     # -- top runs, recent runs -----------------------------------------------------------------
@@ -373,14 +371,17 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
     the ledger with the run in it."""
     status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
+    again = lambda seed: train_command(index.get(row["run_id"], {}), seed)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
     st = standing(rows, index, key)
     back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
             "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
     if status in ACCEPTED and st.sigma is None:
+        old = unjudged_baseline(rows, index, key) if status == "baseline" else None
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
-                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
+                f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
+                f"({old['run_id']}): its edits were never judged (memory.md)" if old else ""))
     if status in ACCEPTED:
         return "keep this commit and build on it"
     me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
@@ -394,13 +395,13 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                 f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key)")
     if status == "repeat" and st.dof < 2:
         return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
-                f"degree of freedom asks for a wide margin: a third seed narrows it, usually: uv run train.py --seed "
-                f"{next_seed(rows, index, key, fp)}")
+                f"degree of freedom asks for a wide margin: a third seed narrows it, usually: "
+                f"{again(next_seed(rows, index, key, fp))}")
     if status == "repeat":
         return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
     if status == "confirm":
         return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
-                f"uv run train.py --seed {next_seed(rows, index, key, fp)}")
+                f"{again(next_seed(rows, index, key, fp))}")
     if status == "rerun":
         return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
     if status == "discard":
@@ -412,7 +413,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
         return (f"killed outright; this configuration has a result under seed {seed} already ({done[-1]['run_id']}, "
                 f"{done[-1]['status']}): nothing to re-run" if done else f"killed outright: if the edit made it too "
                 f"slow or too large, fix that, `git commit -a --amend` and run again; if the host or you stopped it, "
-                f"run this commit again unchanged: uv run train.py --seed {seed}; or give up: {back}")
+                f"run this commit again unchanged: {again(seed)}; or give up: {back}")
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
@@ -438,8 +439,7 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
 
 
 def regenerate_memory(s: Settings | None = None) -> Path:
-    store = open_ledger(s)
-    with store.lock():
+    with (store := open_ledger(s)).lock():
         return write_memory(store, plot=True)
 
 

@@ -26,8 +26,8 @@ from harness import settings, warm_eval
 from harness.config import ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (comparability_key, config_fingerprint, git_info, key_parts, library_versions,
-                               train_py_functions, trained_files)
+from harness.identity import (comparability_key, config_fingerprint, git_info, key_parts, launch_info,
+                               library_versions, train_py_functions, trained_files)
 from harness.decide import is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
@@ -107,8 +107,8 @@ class Run:
         self.model["adam_betas"] = list(self.model["adam_betas"])
         self.record = {
             "run_id": self.run_id, "status": "running", "timestamp": self.timestamp, "description": self.description,
-            "git": self.git, "comparability_key": self.key, "key_parts": self.key_parts, "mode": s.mode,
-            "mode_reason": s.mode_reason,
+            "git": self.git, "comparability_key": self.key, "key_parts": self.key_parts, "launch": launch_info(),
+            "mode": s.mode, "mode_reason": s.mode_reason,
             "fingerprint": config_fingerprint(capped={k: v for k, (_, v) in model_changes.items()
                                                       if k in s.model_caps}),
             "seed": seed, "model": self.model, "train_py": train_py_functions(),
@@ -212,7 +212,7 @@ class Run:
                 "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
                 "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name(),
-                "key_parts": self.key_parts}
+                "key_parts": self.key_parts, "launch": self.record["launch"]}
 
     def announce(self, rows: list[dict], index: dict) -> list[str]:
         """Claim the run in the ledger (other agents see it in memory.md's "Running now" until it is recorded or
@@ -220,7 +220,7 @@ class Run:
         now = time.time()
         fp = self.record["fingerprint"]
         claim = {k: v for k, v in self._index_entry(None).items()
-                 if k not in ("error", "dirty", "parent", "commit", "key_parts")}
+                 if k not in ("error", "dirty", "parent", "commit", "key_parts", "launch")}
         claim.update(run_id=self.run_id, comparability_key=self.key, description=self.description, started=now,
                      expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, log=str(self.log_path.resolve()),
                      record=str(self.json_path.resolve()), **process_claim(host_name()))
@@ -343,7 +343,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
              "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
              "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
              "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),
-             "host": rec.get("host"), "key_parts": rec.get("key_parts")}
+             "host": rec.get("host"), "key_parts": rec.get("key_parts"), "launch": rec.get("launch")}
     row = record(results, sessions, row, entry, status="crash", store=store)
     rec.update(status="crash", error=entry["error"])
     atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))

@@ -85,6 +85,9 @@ def test_two_gloo_processes_match_one_process(run_dir):
     assert rows[0]["comparability_key"] != rows[1]["comparability_key"]     # more GPUs is another key
     rec = json.loads((run_dir / "sessions" / f"{rows[1]['run_id']}.json").read_text())
     assert rec["world_size"] == 2 and rec["metrics"]["world_size"] == 2
+    # the next command starts the next run as this one was started (a plain `uv run train.py` is another key)
+    assert one["next"].endswith("uv run train.py --seed 43")
+    assert two["next"].endswith("uv run torchrun --standalone --nproc_per_node=2 train.py --seed 43")
 
 
 @pytest.mark.slow
@@ -116,3 +119,5 @@ def test_two_nodes_with_torchrun_rendezvous_match_one_process(run_dir, tmp_path_
     assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)
     assert [r["description"] for r in ledger.read_ledger(run_dir / "results.tsv")] == ["1 proc", "2 nodes"]
     assert not (node1 / "results.tsv").exists()                 # node 1's rank records nothing
+    assert ("uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<each node's> --master_addr=<node 0> "
+            "--master_port=29500 train.py --seed 43 (on each node, as this run)") in two["next"]

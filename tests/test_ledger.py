@@ -306,6 +306,52 @@ def test_torchrun_split_is_not_called_a_cap(tmp_path):
     assert "capped to 32" not in text and "capped to 4)" not in text
 
 
+
+def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
+    """A run started by torchrun gets its next commands for torchrun: a plain `uv run train.py` would be another
+    key (the process count is in it), and its seed a `rerun` or a stray baseline there."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    four = {"processes": 4, "per_node": 4}
+    memory.record(res, ses, _row("a", 1.0, commit="c1"), _entry(None, "A", commit="c1", parent="c0", launch=four))
+    text = (ses / "memory.md").read_text()
+    assert "(`uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43` on the baseline's commit)" in text
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert memory.next_step(rows[-1], rows, index, "main").endswith(
+        "re-run it unchanged under another seed: uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43")
+    memory.record(res, ses, _row("b", 1.0, commit="c1"), _entry(None, "A", seed=43, commit="c1", parent="c0"))
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)     # an entry from before launches were kept
+    assert memory.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
+                                                             "--seed 44")
+
+
+def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
+    """A key's first run is its baseline, compared with nothing: when it also carries an edit (FA4 installed, then
+    an edit run), next: and memory.md say the edit was never judged and how to judge it; once the key before's
+    best has run under the new key, they stop saying it."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    fn = {"GPT.forward": "f1"}
+    memory.record(res, ses, _row("a", 1.00, commit="c1"), _entry({"depth": 8}, "A", commit="c1", train_py=fn))
+    memory.record(res, ses, _row("b", 0.99, commit="c1"), _entry({"depth": 8}, "A", seed=43, commit="c1",
+                                                                train_py=fn))
+    edit = _entry({"depth": 10}, "B", commit="c2", parent="c1", train_py=fn)
+    memory.record(res, ses, _row("c", 0.95, key="k2", commit="c2"), edit)
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert [r["status"] for r in rows] == ["baseline", "repeat", "baseline"]
+    assert memory.next_step(rows[-1], rows, index, "main").endswith(
+        "--seed 43; !! a new key's baseline, not the key before's best (a): its edits were never judged (memory.md)")
+    text = (ses / "memory.md").read_text()
+    assert ("- !! this key's baseline is not the best configuration of the key before (a: depth: 8 -> 10): what it "
+            "changed was never judged; run that one here too: `uv run prepare.py --restore a`, commit, run it") in text
+    memory.record(res, ses, _row("d", 0.97, key="k2", commit="c3"), _entry({"depth": 8}, "A", commit="c3",
+                                                                          parent="c2", train_py=fn))
+    assert "never judged" not in (ses / "memory.md").read_text()        # the old best ran under k2: compared
+    # a key change made alone (k2's best, c, run unchanged) leaves nothing unjudged
+    memory.record(res, ses, _row("e", 0.96, key="k3", commit="c2"), _entry({"depth": 10}, "B", commit="c2",
+                                                                          train_py=fn))
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
+    assert "never judged" not in (ses / "memory.md").read_text()
+
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
     rows = [dict(_row(f"run{i:05d}", 1.0 - i * 1e-6, description="x" * 150), line=i + 2, status="discard")
             for i in range(10000)]
