@@ -195,7 +195,8 @@ def key_differences(a: dict, b: dict) -> list[str]:
     if not (a.get("key_parts") and b.get("key_parts")):
         return []
     fa, fb = flat(a), flat(b)
-    return [f"{k}: {fa.get(k)} -> {fb.get(k)}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    show = lambda v: "(unset)" if v is None else v                                   # noqa: E731
+    return [f"{k}: {show(fa.get(k))} -> {show(fb.get(k))}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
 
 
 def capped_apart(a: dict, b: dict) -> bool:

@@ -272,8 +272,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                    f"(seeds {', '.join(_v(s) for s in mine.seeds)})")
     if last["status"] == "confirm":
         seed = next_seed(rows, index, key, run_fingerprint(last, index))
-        out.append(f"- pending: better than the best, not yet by the margin over {MIN_RUNS_TO_KEEP} seeds; re-run this "
-                   f"commit unchanged: `{train_command(le, seed)}`")
+        out.append(f"- pending: better than the best, not yet by the margin with {MIN_RUNS_TO_KEEP}+ seeds; re-run "
+                   f"this commit unchanged: `{train_command(le, seed)}`")
     out.append("")
 
     # -- top runs, recent runs -----------------------------------------------------------------

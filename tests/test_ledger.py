@@ -322,6 +322,12 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)     # an entry from before launches were kept
     assert memory.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
                                                              "--seed 44")
+    memory.record(res, ses, _row("c", 0.9, commit="c2"), _entry({"depth": 9}, "C", commit="c2", parent="c1",
+                                                               launch={"processes": 2, "per_node": 1}))
+    assert [r["status"] for r in ledger.read_ledger(res)][-1] == "confirm"
+    assert ("- pending: better than the best, not yet by the margin with 3+ seeds; re-run this commit unchanged: "
+            "`uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<each node's> --master_addr=<node 0> "
+            "--master_port=29500 train.py --seed 43 (on each node, as this run)`") in (ses / "memory.md").read_text()
 
 
 def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
@@ -576,6 +582,9 @@ def test_memory_says_why_the_key_changed():
             "-> NVIDIA H200\n") in text
     index["c"] = _entry(key_parts=parts(dict(h100, world_size=2), dataclasses.replace(s, time_budget_s=120.0)))
     assert (f"(its latest run): processes: 1 -> 2; time_budget_s: {s.time_budget_s} -> 120.0\n"
+            in memory.render_memory(rows, index, ""))
+    index["c"] = _entry(key_parts=parts(h100, dataclasses.replace(s, max_steps=22)))
+    assert (f"(its latest run): max_steps: {s.max_steps} -> 22; schedule: (unset) -> steps or seconds\n"
             in memory.render_memory(rows, index, ""))
     index["b"] = _entry()                                                # a run recorded before the parts were kept
     assert "this key against" not in memory.render_memory(rows, index, "")
