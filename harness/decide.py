@@ -210,9 +210,11 @@ def capped_apart(a: dict, b: dict) -> bool:
 def unjudged_baseline(rows: list[dict], index: dict, key: str) -> dict | None:
     """The key before's best run, where no run of this key has its files: a key's first run is its baseline,
     judged against nothing, so an edit made together with a key change (another GPU or kernel, a ground.json
-    edit) was never compared; running that best under this key compares them."""
+    edit) was never compared; running that best under this key compares them. The key before: the last one this
+    host ran before (on a shared ledger other hosts' keys are theirs)."""
     first = next((i for i, r in enumerate(rows) if r["comparability_key"] == key), None)
-    before = [r for r in rows[:first] if r["comparability_key"] != key] if first else []
+    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
+    before = [r for r in rows[:first or 0] if r["comparability_key"] != key and host(r) == host(rows[first])]
     best = standing(rows, index, before[-1]["comparability_key"]).best if before else None
     if best is None:
         return None

@@ -357,6 +357,11 @@ def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
     assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
     assert "never judged" not in (ses / "memory.md").read_text()
+    # another host's first run on a shared ledger: the keys before are this ledger's other hosts', not its own
+    memory.record(res, ses, _row("f", 0.99, key="k4", commit="c9"), _entry({"depth": 6}, "F", commit="c9",
+                                                                          train_py=fn, host="other"))
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
 
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
     rows = [dict(_row(f"run{i:05d}", 1.0 - i * 1e-6, description="x" * 150), line=i + 2, status="discard")
