@@ -207,34 +207,44 @@ def capped_apart(a: dict, b: dict) -> bool:
     return any(ra.get(k) != rb.get(k) for k in keys)
 
 
-def unjudged_baseline(rows: list[dict], index: dict, key: str) -> dict | None:
-    """The key before's best run, where no run of this key has its files: a key's first run is its baseline,
-    judged against nothing, so an edit made together with a key change (another GPU or kernel, a ground.json
-    edit) was never compared; running that best under this key compares them. The key before: the last one this
-    host ran before (on a shared ledger other hosts' keys are theirs)."""
+def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, dict] | None:
+    """(the key before's best run, this key's baseline) where no scored run of this key has the former's files: a
+    key's first scored run is its baseline, judged against nothing, so an edit made together with a key change
+    (another GPU or kernel, a ground.json edit) was never compared; running that best under this key compares
+    them. The key before: the last key with a best that this host ran before this key's first run (on a shared
+    ledger other hosts' keys are theirs; runs recorded without a host count as this host's)."""
     first = next((i for i, r in enumerate(rows) if r["comparability_key"] == key), None)
+    base = next((r for r in rows if r["comparability_key"] == key and r["status"] == "baseline"), None)
+    if not first or base is None:
+        return None
     host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
-    before = [r for r in rows[:first or 0] if r["comparability_key"] != key and host(r) == host(rows[first])]
-    best = standing(rows, index, before[-1]["comparability_key"]).best if before else None
+    earlier = rows[:first]
+    keys = [r["comparability_key"] for r in reversed(earlier)          # none of them has this key
+            if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
+    prev, best = next(((k, b) for k in dict.fromkeys(keys) if (b := standing(earlier, index, k).best)), (None, None))
     if best is None:
         return None
-    run = next(r for r in rows if r["comparability_key"] == before[-1]["comparability_key"]
-               and r["status"] in ACCEPTED and run_fingerprint(r, index) == best.fingerprint)
+    run = next(r for r in earlier if r["comparability_key"] == prev and r["status"] in ACCEPTED
+               and run_fingerprint(r, index) == best.fingerprint)
     files = lambda r: (requested_model(index.get(r["run_id"], {})), index.get(r["run_id"], {}).get("train_py"))  # noqa: E731
-    return None if any(files(r) == files(run) for r in rows[first:] if r["comparability_key"] == key) else run
+    ran = any(files(r) == files(run) for r in rows[first:] if r["comparability_key"] == key and is_scored(r))
+    return None if ran else (run, base)
 
 
 def train_command(entry: dict, seed: int | None = None) -> str:
-    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed."""
-    launch = entry.get("launch") or {}
+    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process,
+    torchrun on one node, or torchrun on each of several (README's form). A run recorded before launches were kept:
+    its key's process count, on one node."""
+    world = (entry.get("key_parts") or {}).get("world") or 1
+    launch = entry.get("launch") or {"processes": world, "per_node": world}
     world, local = launch.get("processes", 1), launch.get("per_node", 1)
     arg = "" if seed is None else f" --seed {seed}"
     if world <= 1:
         return f"uv run train.py{arg}"
     if local >= world:
         return f"uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
-    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<each node's> "
-            f"--master_addr=<node 0> --master_port=29500 train.py{arg} (on each node, as this run)")
+    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
+            f"--master_addr=<node 0> --master_port=29500 train.py{arg}")
 
 
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:

@@ -191,10 +191,10 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         prev = next(r for r in reversed(rows) if r["comparability_key"] != key)
         if diffs := key_differences(entry(prev), entry(cur[0])):
             out.append(f"- this key against `{prev['comparability_key']}` (its latest run): " + "; ".join(diffs[:4]))
-        if (old := unjudged_baseline(rows, index, key)) is not None:
-            out.append(f"- !! this key's baseline is not the best configuration of the key before ({old['run_id']}: "
-                       + "; ".join(changes(entry(old), entry(cur[0]))[:3]) + "): what it changed was never judged; "
-                       f"run that one here too: `uv run prepare.py --restore {old['run_id']}`, commit, run it")
+        if (pair := unjudged_baseline(rows, index, key)) is not None:      # (the key before's best, this baseline)
+            out.append(f"- !! this key's baseline is not the best configuration of the key before ({pair[0]['run_id']}"
+                       f": {'; '.join(changes(entry(pair[0]), entry(pair[1]))[:3])}): what it changed was never judged"
+                       f"; run that one here too: `uv run prepare.py --restore {pair[0]['run_id']}`, commit, run it")
     if best:
         seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
@@ -378,7 +378,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
             "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
     if status in ACCEPTED and st.sigma is None:
-        old = unjudged_baseline(rows, index, key) if status == "baseline" else None
+        old = (unjudged_baseline(rows, index, key) or (None,))[0] if status == "baseline" else None
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
                 f"({old['run_id']}): its edits were never judged (memory.md)" if old else ""))

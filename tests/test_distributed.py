@@ -119,5 +119,5 @@ def test_two_nodes_with_torchrun_rendezvous_match_one_process(run_dir, tmp_path_
     assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)
     assert [r["description"] for r in ledger.read_ledger(run_dir / "results.tsv")] == ["1 proc", "2 nodes"]
     assert not (node1 / "results.tsv").exists()                 # node 1's rank records nothing
-    assert ("uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<each node's> --master_addr=<node 0> "
-            "--master_port=29500 train.py --seed 43 (on each node, as this run)") in two["next"]
+    assert two["next"].endswith("uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> "
+                                "--master_addr=<node 0> --master_port=29500 train.py --seed 43")

@@ -10,7 +10,7 @@ import multiprocessing as mp
 
 import pytest
 
-from harness import config, ledger, memory
+from harness import config, decide, ledger, memory
 from conftest import run_script
 from harness.hardware import get_platform as hardware_platform
 
@@ -326,8 +326,10 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
                                                                launch={"processes": 2, "per_node": 1}))
     assert [r["status"] for r in ledger.read_ledger(res)][-1] == "confirm"
     assert ("- pending: better than the best, not yet by the margin with 3+ seeds; re-run this commit unchanged: "
-            "`uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<each node's> --master_addr=<node 0> "
-            "--master_port=29500 train.py --seed 43 (on each node, as this run)`") in (ses / "memory.md").read_text()
+            "`uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> --master_addr=<node 0> "
+            "--master_port=29500 train.py --seed 43`") in (ses / "memory.md").read_text()
+    old = {"key_parts": {"world": 2}}                    # recorded before launches were kept: its key's processes
+    assert decide.train_command(old, 44) == "uv run torchrun --standalone --nproc_per_node=2 train.py --seed 44"
 
 
 def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
@@ -357,11 +359,44 @@ def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
     assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
     assert "never judged" not in (ses / "memory.md").read_text()
-    # another host's first run on a shared ledger: the keys before are this ledger's other hosts', not its own
-    memory.record(res, ses, _row("f", 0.99, key="k4", commit="c9"), _entry({"depth": 6}, "F", commit="c9",
-                                                                          train_py=fn, host="other"))
+    # keys that alternate: k2 is judged by the k1 best it had when it started, not by a k1 keep made later
+    memory.record(res, ses, _row("g", 0.90, commit="c7"), _entry({"depth": 12}, "G", commit="c7", parent="c1",
+                                                                train_py=fn))
+    memory.record(res, ses, _row("g2", 0.91, commit="c7"), _entry({"depth": 12}, "G", seed=43, commit="c7",
+                                                                 parent="c1", train_py=fn))
+    memory.record(res, ses, _row("g3", 0.905, commit="c7"), _entry({"depth": 12}, "G", seed=44, commit="c7",
+                                                                  parent="c1", train_py=fn))
+    memory.record(res, ses, _row("h", 0.96, key="k2", commit="c2"), _entry({"depth": 10}, "B", seed=44, commit="c2",
+                                                                          train_py=fn))
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert rows[-2]["status"] == "keep" and "never judged" not in (ses / "memory.md").read_text()
+    # a shared ledger: another host's first run on its own GPU's key is not judged by this host's keys
+    res, ses = tmp_path / "shared.tsv", tmp_path / "shared"
+    for rid, seed in (("s1", 42), ("s2", 43)):
+        memory.record(res, ses, _row(rid, 1.0, commit="c1"), _entry({"depth": 8}, "A", seed=seed, commit="c1",
+                                                                   train_py=fn, host="h100-box"))
+    memory.record(res, ses, _row("t", 0.99, key="k9", commit="c9"), _entry({"depth": 6}, "F", commit="c9",
+                                                                          train_py=fn, host="h200-box"))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
     assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
+
+
+def test_a_crash_neither_hides_nor_stands_for_an_unjudged_baseline(tmp_path):
+    """The new key's first run crashes with the old best's files, then an edit becomes its baseline: still unjudged,
+    and the change named is the baseline's. A key with only a crash in between is skipped for the one before."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    fn = {"GPT.forward": "f1"}
+    run = lambda rid, v, key, model, fp, **kw: memory.record(  # noqa: E731
+        res, ses, _row(rid, v, key=key, commit=f"c{rid}"), _entry(model, fp, commit=f"c{rid}", train_py=fn, **kw))
+    run("a", 1.0, "k1", {"depth": 8}, "A")
+    run("z", None, "k2", {"depth": 8}, "A", error="RuntimeError: x")          # the old best, crashed under k2
+    run("y", 0.9, "k2", {"depth": 10}, "Y")
+    text = (ses / "memory.md").read_text()
+    assert "configuration of the key before (a: depth: 8 -> 10): what it changed was never judged" in text
+    run("q", None, "k3", {"depth": 8}, "A", error="RuntimeError: x")          # k3: a crash only, no best
+    run("w", 0.95, "k4", {"depth": 9}, "W")
+    assert "the key before (a: depth: 8 -> 9)" not in (ses / "memory.md").read_text()   # k2's best (y) is before
+    assert "the key before (y: depth: 10 -> 9)" in (ses / "memory.md").read_text()
 
 def test_memory_bounded_for_a_huge_ledger(tmp_path):
     rows = [dict(_row(f"run{i:05d}", 1.0 - i * 1e-6, description="x" * 150), line=i + 2, status="discard")
