@@ -155,8 +155,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                   note: str | None = None) -> str:
     """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes)."""
     out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
-    if note:
-        out += [f"!! {note}", ""]
+    out += [f"!! {note}", ""] if note else []
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
                 "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
@@ -378,10 +377,10 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
             "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
     if status in ACCEPTED and st.sigma is None:
-        old = (unjudged_baseline(rows, index, key) or (None,))[0] if status == "baseline" else None
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
-                f"({old['run_id']}): its edits were never judged (memory.md)" if old else ""))
+                f"({old[0]['run_id']}): its edits were never judged (memory.md)" if status == "baseline" and
+                (old := unjudged_baseline(rows, index, key)) else ""))
     if status in ACCEPTED:
         return "keep this commit and build on it"
     me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
@@ -392,7 +391,8 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     if status == "repeat" and (spread := floor_step_spread(rows, index, key, st)):
         return (f"nothing decided (another seed of a kept configuration); the floor's runs trained {spread[0]}.."
                 f"{spread[1]} steps (the machine's speed varied): more seeds add that spread, not precision: set "
-                f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key)")
+                f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key), and run "
+                f"that commit unchanged, its baseline: {again(None)}")
     if status == "repeat" and st.dof < 2:
         return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
                 f"degree of freedom asks for a wide margin: a third seed narrows it, usually: "

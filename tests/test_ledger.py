@@ -118,7 +118,8 @@ def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
     assert memory.next_step(rows[-1], rows, index, "main") == (
         "nothing decided (another seed of a kept configuration); the floor's runs trained 192..205 steps (the "
         "machine's speed varied): more seeds add that spread, not precision: set max_steps (e.g. 192) in "
-        "ground.json's profile, in a commit of its own (a new key)")
+        "ground.json's profile, in a commit of its own (a new key), and run that commit unchanged, its baseline: "
+        "uv run train.py")
     memory.record(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
     assert "trained 80..205 steps" in (ses / "memory.md").read_text()
     assert "(e.g. 192, their lower quartile" in (ses / "memory.md").read_text()           # not the starved 80
