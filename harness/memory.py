@@ -169,7 +169,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     counts = {st: sum(r["status"] == st for r in cur) for st in STATUSES}
     killed = sum(r["status"] == "crash" and _killed(entry(r)) for r in cur)
     st = standing(rows, index, key)
-    best_cfg = st.best
+    best_cfg, pending = st.best, run_fingerprint(last, index) if last["status"] == "confirm" else None
     best = next(r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint
                 and r["status"] in ACCEPTED) if best_cfg else None
     scored = [r for r in cur if is_scored(r)]
@@ -279,7 +279,6 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if scored:
         out += ["## Top runs (reverted = its configuration was not kept)",
                 "| # | val_bpb | status | seed | run_id | description |", "|---|---|---|---|---|---|"]
-        pending = run_fingerprint(last, index) if last["status"] == "confirm" else None
         for i, r in enumerate(sorted(scored, key=lambda r: (r["val_bpb"], r["line"]))[:MEMORY_TOP], 1):
             fp = run_fingerprint(r, index)
             reverted = not st.configs[fp].accepted and fp != pending if fp in st.configs else False
@@ -332,18 +331,19 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             slot[1] += 1
             if config is not None and (slot[0] is None or (not config.accepted, config.mean)
                                        < (not slot[0][2], slot[0][0])):   # a kept configuration's mean first
-                slot[0] = (config.mean, len(config.values), config.accepted)
+                slot[0] = (config.mean, len(config.values), config.accepted, config.fingerprint == pending)
             if r["status"] == "crash" and k in blamed:
                 slot[3 if _killed(e) else 2] += 1
     varied = {k: v for k, v in tried.items() if len(v) > 1}
     if varied:
         out += ["## Hyperparameters tried (value -> the best mean val_bpb of a configuration with it, over its "
-                "seeds — a kept one's if any, else `not kept`; runs; crashes, and runs killed outright, counted "
-                "where the key changed; dead ends are values never best)", "| key | values |", "|---|---|"]
+                "seeds — a kept one's if any, else `not kept` (`pending` while its confirm runs); runs; crashes, and "
+                "runs killed outright, counted where the key changed; dead ends are values never best)",
+                "| key | values |", "|---|---|"]
         for k in sorted(varied):
             items = sorted(varied[k].items(), key=lambda kv: (kv[1][0] is None, (kv[1][0] or (0.0,))[0], kv[0]))
-            cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}{'' if b[2] else ' not kept'}"
-                                     if b else "—")
+            cells = [f"{val} -> " + (f"{b[0]:.6f} over {b[1]} seed{'s' * (b[1] > 1)}"
+                                     f"{'' if b[2] else ' pending' if b[3] else ' not kept'}" if b else "—")
                      + f" ({n} run{'s' * (n > 1)}{', ' + str(c) + ' crash' if c else ''}"
                      + f"{', ' + str(kl) + ' killed' if kl else ''})"
                      for val, (b, n, c, kl) in items[:MEMORY_VALUES_PER_KEY]]

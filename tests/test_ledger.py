@@ -329,6 +329,9 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     assert ("- pending: better than the best, not yet by the margin with 3+ seeds; re-run this commit unchanged: "
             "`uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> --master_addr=<node 0> "
             "--master_port=29500 train.py --seed 43`") in (ses / "memory.md").read_text()
+    # its value is pending, not "not kept", while the confirm runs
+    assert "| depth | 9 -> 0.900000 over 1 seed pending (1 run); 8 -> 1.000000 over 2 seeds (2 runs) |" in \
+        (ses / "memory.md").read_text()
     old = {"key_parts": {"world": 2}}                    # recorded before launches were kept: its key's processes
     assert decide.train_command(old, 44) == "uv run torchrun --standalone --nproc_per_node=2 train.py --seed 44"
 
