@@ -236,8 +236,7 @@ def train_command(entry: dict, seed: int | None = None) -> str:
     torchrun on one node, or torchrun on each of several (README's form). A run recorded before launches were kept:
     its key's process count, on one node."""
     world = (entry.get("key_parts") or {}).get("world") or 1
-    launch = entry.get("launch") or {"processes": world, "per_node": world}
-    world, local = launch.get("processes", 1), launch.get("per_node", 1)
+    local = (entry.get("launch") or {}).get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
     if world <= 1:
         return f"uv run train.py{arg}"

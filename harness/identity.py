@@ -115,16 +115,21 @@ def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict)
             **({"split_long_documents": True} if s.ground.data.split_long_documents else {})}
 
 
+def key_of(parts: dict) -> str:
+    """The comparability key of key_parts: source and mode, readable, then a hash of all the parts."""
+    blob = json.dumps(parts, sort_keys=True)
+    return f"{parts['source']}-{parts['mode']}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
-    blob = json.dumps(key_parts(s, tokenizer, manifest, platform), sort_keys=True)
-    return f"{manifest['source']}-{s.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    return key_of(key_parts(s, tokenizer, manifest, platform))
 
 
 def launch_info() -> dict:
-    """How train.py was started: its processes in all and per node (torchrun's environment; 1 and 1 without it), so
-    that the next command the digest gives starts the next run the same way."""
-    return {"processes": int(os.environ.get("WORLD_SIZE", "1")),
-            "per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))}
+    """How train.py was started beyond what its key says (the process count, key_parts' `world`): processes per
+    node (torchrun's environment; all of them without it), so that the digest's next command starts the next run
+    the same way."""
+    return {"per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))}
 
 
 def library_versions() -> dict:

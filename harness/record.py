@@ -26,8 +26,8 @@ from harness import settings, warm_eval
 from harness.config import ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (comparability_key, config_fingerprint, git_info, key_parts, launch_info,
-                               library_versions, train_py_functions, trained_files)
+from harness.identity import (config_fingerprint, git_info, key_of, key_parts, launch_info, library_versions,
+                               train_py_functions, trained_files)
 from harness.decide import is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
@@ -99,7 +99,7 @@ class Run:
         # the key from this machine's PLATFORM, not the run's copy: a backend the model's shapes refused at start-up
         # (confirm_attention) is the edit's doing, judged in its lineage's key; the record keeps what ran
         self.key_parts = key_parts(s, tokenizer, self.manifest, get_platform())
-        self.key = comparability_key(s, tokenizer, self.manifest, get_platform())
+        self.key = key_of(self.key_parts)
         self.store = open_ledger(s)
         self.results, self.sessions = self.store.results, self.store.sessions
         self.store.check()            # a ledger this run could not be added to: refused before training

@@ -312,8 +312,8 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     """A run started by torchrun gets its next commands for torchrun: a plain `uv run train.py` would be another
     key (the process count is in it), and its seed a `rerun` or a stray baseline there."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    four = {"processes": 4, "per_node": 4}
-    memory.record(res, ses, _row("a", 1.0, commit="c1"), _entry(None, "A", commit="c1", parent="c0", launch=four))
+    four = {"key_parts": {"world": 4}, "launch": {"per_node": 4}}
+    memory.record(res, ses, _row("a", 1.0, commit="c1"), _entry(None, "A", commit="c1", parent="c0", **four))
     text = (ses / "memory.md").read_text()
     assert "(`uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43` on the baseline's commit)" in text
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
@@ -324,7 +324,7 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     assert memory.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
                                                              "--seed 44")
     memory.record(res, ses, _row("c", 0.9, commit="c2"), _entry({"depth": 9}, "C", commit="c2", parent="c1",
-                                                               launch={"processes": 2, "per_node": 1}))
+                                                               key_parts={"world": 2}, launch={"per_node": 1}))
     assert [r["status"] for r in ledger.read_ledger(res)][-1] == "confirm"
     assert ("- pending: better than the best, not yet by the margin with 3+ seeds; re-run this commit unchanged: "
             "`uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> --master_addr=<node 0> "
