@@ -605,7 +605,8 @@ def main():
                "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
                "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
                "tokens_per_second": tok_s, "world_size": world, "loader_wait_seconds": loader_wait,
-               "epochs": step * m.total_batch_size / train_tokens(tokenizer)}
+               "epochs": step * m.total_batch_size / train_tokens(tokenizer),
+               "compiled_in_budget": clock.compiled_in_budget}     # graphs compiled in counted steps: a recompile
     shutdown(world)
     if rank != 0:
         return

@@ -9,6 +9,10 @@ the GPU never idles waiting for Python, and a host that runs late does not shift
 step to the next. Idle gaps on the GPU (a loader stall, a slow host) still count in full. Other
 devices run a step to its end before the host goes on (MPS is synchronized), so each step is read
 at once, on the host's clock.
+
+A graph torch.compile compiles once counted steps have begun (a recompile: a guard that fails at a later step)
+spends the budget's seconds on compiling; the clock counts such graphs (`compiled_in_budget`), and the run
+says so (harness/record.py), so that a run cut short by its compiles is not read as its idea's result.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from harness.distributed import agree
 LOSS_SMOOTHING = 0.9           # EMA of the printed train loss (debiased), as upstream
 HARD_LIMIT_FACTOR = 2          # wall time from step 0 past which a run stops whatever the warm-up steps:
 HARD_LIMIT_EXTRA_S = 120       # HARD_LIMIT_FACTOR x budget + HARD_LIMIT_EXTRA_S (compilation included)
+
+
+def graphs_compiled() -> int:
+    """Graphs torch.compile (dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
 
 
 @dataclass
@@ -46,10 +56,14 @@ class StepClock:
         self._last_event = None
         self._t_last = self.started = time.time()
         self._ema = 0.0
+        self._graphs_before_counted = None     # graphs compiled before the first counted step was queued
+        self.compiled_in_budget = 0            # graphs compiled while counted steps ran (set by drain)
 
     def start(self) -> None:
         """The clock starts now (call just before step 0)."""
         self._t_last = self.started = time.time()
+        if self.excluded_steps == 0:
+            self._graphs_before_counted = graphs_compiled()
 
     @property
     def progress(self) -> float:
@@ -76,6 +90,8 @@ class StepClock:
         """Step `step` is queued (its loss a device tensor): returns the steps finished now, in order.
         Step 0 (compilation) is read at once, so its time is its own."""
         self.steps_queued = step + 1
+        if step + 1 == self.excluded_steps:    # the next step is the first the budget counts
+            self._graphs_before_counted = graphs_compiled()
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
@@ -89,9 +105,11 @@ class StepClock:
         return laps
 
     def drain(self) -> list[Lap]:
-        """The last step, still unread (call after the loop)."""
+        """The last step, still unread (call after the loop, before anything else compiles)."""
         laps = [self._read(*self._pending)] if self._pending is not None else []
         self._pending = None
+        if self._graphs_before_counted is not None:
+            self.compiled_in_budget = graphs_compiled() - self._graphs_before_counted
         return laps
 
     def _read(self, step, event, loss, info) -> Lap:

@@ -53,8 +53,7 @@ def _requested(entry: dict) -> dict:
 
 
 def _as_trained(entry: dict, key: str, req, trained) -> str:
-    """Why a run trained another value than model.json's: the mode's cap, or for device_batch_size torchrun's split
-    of one batch over its processes (the same model in smaller micro-steps)."""
+    """Why a run trained another value than model.json's: the mode's cap, or torchrun's split of device_batch_size."""
     parts = entry.get("key_parts") or {}
     world, cap = parts.get("world") or 1, (parts.get("caps") or {}).get(key)
     capped = cap is not None and req is not None and req > cap
@@ -95,9 +94,8 @@ def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
 
 
 def since_last_improvement(since: list[dict], index: dict) -> str:
-    """What was tried after the last improvement: configurations, not runs (another seed of one edit is not
-    another try; the improvement's own further seeds, `repeat`, are left out), with the runs by status; a run
-    killed outright is counted apart from a crash (the host may have killed it, not the edit)."""
+    """What was tried after the last improvement: configurations, not runs (another seed of one edit is not another
+    try; `repeat`s are left out), with the runs by status; a run killed outright (by the host?) apart from a crash."""
     tried = {run_fingerprint(r, index) for r in since if r["status"] != "rerun"}
     counts = Counter("killed" if r["status"] == "crash" and _killed(index.get(r["run_id"], {})) else r["status"]
                      for r in since)
@@ -299,6 +297,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             text = f"[{host}{e.get('branch') or '?'}] " + text
         if r["status"] in UNSCORED and e.get("error"):
             text += " — " + clean_text(e["error"], 70)
+        if e.get("compiled_in_budget"):        # a recompile took budget seconds: fewer steps than the code does
+            text += f" !! {e['compiled_in_budget']} graph(s) compiled in the budget"
         steps = r["num_steps"] if r["num_steps"] is not None else ""
         out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "
                    f"{steps} | {_epochs(e)} | {text} |")

@@ -183,10 +183,16 @@ class Run:
         self._finishing = True
         warm_eval.stop()                     # a run ending early leaves no second process behind
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
-        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"))
+        compiled = int(metrics.get("compiled_in_budget") or 0)
+        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"), compiled_in_budget=compiled)
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
             print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
                   f"measures memorization as much as learning, and what wins here may not transfer")
+        if compiled:                         # said again before `next:`, and marked in memory.md
+            self.warnings.append(f"!! torch.compile compiled {compiled} graph(s) after the warm-up steps: their "
+                                 f"compile time counted as training time, so this run trained fewer steps than its "
+                                 f"code does once compiled (a recompile; `TORCH_LOGS=recompiles` names its cause)")
+            print(self.warnings[-1])
         self.record.update(metrics=metrics, error=error, row=self._row(metrics), index_entry=index_entry)
         try:
             self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True,

@@ -650,3 +650,27 @@ def test_recorded_runs_keep_the_parts_of_their_key():
     assert run.key == identity.comparability_key(run.s, tok, sources.load_manifest(s), hardware_platform())
     text = (run.sessions / "memory.md").read_text()
     assert f"(its latest run): excluded_steps: {s.excluded_steps} -> {s.excluded_steps + 1}\n" in text
+
+
+def test_a_run_that_compiled_in_its_budget_says_so(capsys):
+    """A recompile after the warm-up steps spends budget seconds on compiling: the run prints it among the lines
+    said again before `next:`, its index entry keeps the count, and memory.md's recent runs mark it."""
+    from harness import record, settings, tokenizer
+    s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
+    m, changes = settings.effective_model(config.load_model(), s)
+    run = record.Run(s, tok, m, changes, "recompiles", hardware_platform(), None, 42)
+    run.finish({"val_bpb": 1.0, "num_steps": 10, "compiled_in_budget": 3})
+    out = capsys.readouterr().out
+    line = ("!! torch.compile compiled 3 graph(s) after the warm-up steps: their compile time counted as training "
+            "time, so this run trained fewer steps than its code does once compiled (a recompile; "
+            "`TORCH_LOGS=recompiles` names its cause)")
+    assert out.count(line) == 2 and out.index(line, out.index("recorded: ")) < out.index("next: ")
+    rows, index = run.store.read()
+    assert index[run.run_id]["compiled_in_budget"] == 3
+    recent = [x for x in (run.sessions / "memory.md").read_text().splitlines() if x.startswith(f"| {run.run_id} |")]
+    assert recent and "| recompiles" in recent[0] and recent[0].endswith(" !! 3 graph(s) compiled in the budget |")
+    clean = record.Run(s, tok, m, changes, "no recompiles", hardware_platform(), None, 43)
+    clean.finish({"val_bpb": 1.0, "num_steps": 10, "compiled_in_budget": 0})
+    assert "torch.compile compiled" not in capsys.readouterr().out
+    assert "compiled in the budget" not in [x for x in (run.sessions / "memory.md").read_text().splitlines()
+                                            if x.startswith(f"| {clean.run_id} |")][0]

@@ -173,6 +173,23 @@ def test_a_step_cap_ends_the_schedule_with_the_run():
     assert quick.progress == 1.0                   # the seconds ran out first: the budget's share, capped at 1
 
 
+@pytest.mark.parametrize("excluded,in_budget", [(0, 2), (1, 1), (2, 0)])
+def test_the_clock_counts_graphs_compiled_in_counted_steps(excluded, in_budget):
+    """A graph torch.compile builds once counted steps have begun (here: a new function at each of steps 0 and 1,
+    as a recompile would) is counted, and only those; what compiles after the loop (the eval) is not."""
+    torch._dynamo.reset()                              # no graph cached by an earlier case
+    c = clock.StepClock(torch.device("cpu"), budget_s=1e6, excluded_steps=excluded)
+    c.start()
+    x = torch.ones(3)
+    for step in range(3):
+        if step < 2:
+            torch.compile(lambda t, k=step: t * (k + 2), backend="eager")(x)
+        c.lap(step, torch.tensor(1.0))
+    c.drain()
+    torch.compile(lambda t: t - 1, backend="eager")(x)
+    assert c.compiled_in_budget == in_budget
+
+
 @pytest.mark.parametrize("bad,error", [
     ("{tmp}", "ground.json: key 'ledger.results': expected a file, got the folder {tmp}"),
     ("{tmp}/r\u0000.tsv", "ground.json: key 'ledger.results': not a usable path (ValueError: embedded null byte)"),

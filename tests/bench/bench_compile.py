@@ -13,6 +13,8 @@ Variants: `static` is train.py's own compilation; `dynamic-model` compiles the m
 steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off and
 `no-patterns` its pattern-matcher passes; `warm-pool` starts inductor's compile workers before the model is
 built; `blocks` is processor.compile = "blocks" and `regions` a candidate to replace it (compile_regions);
+`nested` compiles the whole model with each Block.forward a nested compile region (torch's hierarchical
+compilation: one graph, each kind of block traced and compiled once, then stamped out for every layer);
 `bg-eval` compiles the eval's graph in a thread while training steps run (fails: dynamo's FX tracing
 flag is process-wide). Also printed: a whole step's steady ms (fwd+bwd+optimizer, no sync between them), one
 eval batch's steady ms, the training's peak memory and the eval forward's peak above the memory at rest.
@@ -105,6 +107,9 @@ def child(depth: int, variant: str, tree: Path) -> dict:
             block.compile(dynamic=False)
     elif variant == "regions":
         compile_regions(train, model)
+    elif variant == "nested":
+        train.Block.forward = torch.compiler.nested_compile_region(train.Block.forward)
+        model = torch.compile(model, dynamic=False)
     else:
         model = torch.compile(model, dynamic=variant == "dynamic-model")
     dl = dataloader.make_dataloader(tok, m.device_batch_size, s.max_seq_len, "train", device=device)
