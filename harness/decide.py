@@ -50,7 +50,8 @@ STEPS_SPREAD = 1.03
 PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
 KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
 KEY_LABELS = {"val": "val file", "tok": "tokenizer", "T": "max_seq_len", "eval": "eval tokens",
-              "budget": "time_budget_s", "world": "processes", "corpus": "builtin corpus"}    # as memory.md names them
+              "budget": "time_budget_s", "world": "processes", "corpus": "builtin corpus",
+              "threads": "CPU threads (OMP_NUM_THREADS)"}                    # as memory.md names them
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}

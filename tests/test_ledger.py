@@ -674,3 +674,28 @@ def test_a_run_that_compiled_in_its_budget_says_so(capsys):
     assert "torch.compile compiled" not in capsys.readouterr().out
     assert "compiled in the budget" not in [x for x in (run.sessions / "memory.md").read_text().splitlines()
                                             if x.startswith(f"| {clean.run_id} |")][0]
+
+
+def test_cpu_threads_are_part_of_a_cpu_runs_key():
+    """On a CPU the thread count sets the speed (steps in the budget) and the order of the sums: runs on 1 and on 2
+    threads are another key, and memory.md names the difference; a GPU's key does not hold it."""
+    import torch
+    from harness import identity, settings, sources, tokenizer
+    s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
+    manifest, cpu = sources.load_manifest(s), dict(hardware_platform(), device="cpu")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = identity.key_parts(s, tok, manifest, cpu)
+        torch.set_num_threads(2)
+        two = identity.key_parts(s, tok, manifest, cpu)
+        gpu = identity.key_parts(s, tok, manifest, dict(cpu, device="cuda"))
+    finally:
+        torch.set_num_threads(before)
+    assert (one["threads"], two["threads"]) == (1, 2) and identity.key_of(one) != identity.key_of(two)
+    assert "threads" not in gpu
+    rows = [_row("a", 1.0, key=identity.key_of(one), status="baseline", line=2),
+            _row("b", 1.0, key=identity.key_of(two), status="baseline", line=3)]
+    text = memory.render_memory(rows, {"a": _entry(key_parts=one), "b": _entry(key_parts=two)}, "")
+    assert (f"- this key against `{identity.key_of(one)}` (its latest run): CPU threads (OMP_NUM_THREADS): "
+            "1 -> 2\n") in text
