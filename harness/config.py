@@ -302,6 +302,10 @@ def load_ground(path: Path | None = None) -> GroundConfig:
             if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
                 raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got "
                                   f"{_show(cap)}")
+        prof = getattr(cfg, name)
+        if 0 < prof.max_steps <= prof.excluded_steps:       # no step would count: no budget, no tok/s
+            raise ConfigError(f"{path.name}: key '{name}.max_steps': expected 0 (no cap) or more than "
+                              f"{name}.excluded_steps ({prof.excluded_steps}), got {prof.max_steps}")
     bos_index = int(re.fullmatch(r"<\|reserved_(\d+)\|>", cfg.tokenizer.bos_token).group(1))
     if bos_index >= cfg.tokenizer.num_reserved_tokens:
         raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of "
