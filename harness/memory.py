@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
-                            key_differences, next_seed, parent_run, parent_runs, requested_model, return_commit,
-                            run_fingerprint, standing, train_command, unjudged_baseline)
+                            key_differences, next_seed, parent_run, parent_runs, recompiled, requested_model,
+                            return_commit, run_fingerprint, standing, train_command, unjudged_baseline)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
@@ -237,8 +237,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
 
     if best:
         bm = _requested(entry(best))
-        out += ["## Best configuration",
-                "`" + ", ".join(f"{k}={_value(entry(best), k)}" for k in sorted(bm)) + "`", ""]
+        out += ["## Best configuration", "`" + ", ".join(f"{k}={_value(entry(best), k)}" for k in sorted(bm)) + "`", ""]
 
     # -- the last run: what it changed, against its parent and against the best ------------------
     le = entry(last)
@@ -367,8 +366,7 @@ def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
 
 
 def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
-    """The protocol's next command for this outcome (program.md, the loop), printed after every run; rows and index:
-    the ledger with the run in it."""
+    """The protocol's next command for this outcome (program.md, the loop); rows, index: the ledger, this run in it."""
     status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
     again = lambda seed: train_command(index.get(row["run_id"], {}), seed)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
@@ -376,6 +374,8 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
             "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
+    if status in SCORED and (graphs := index.get(row["run_id"], {}).get("compiled_in_budget")):
+        return recompiled(int(graphs), status, again(index.get(row["run_id"], {}).get("seed")))
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
