@@ -10,13 +10,15 @@ step to the next. Idle gaps on the GPU (a loader stall, a slow host) still count
 devices run a step to its end before the host goes on (MPS is synchronized), so each step is read
 at once, on the host's clock.
 
-A graph torch.compile compiles once counted steps have begun (a recompile: a guard that fails at a later step)
-spends the budget's seconds on compiling; the clock counts such graphs (`compiled_in_budget`), and the run
-says so (harness/record.py), so that a run cut short by its compiles is not read as its idea's result.
+A graph torch.compile compiles once counted steps have begun, after step 0 (a recompile: a guard that fails at a
+later step), spends the budget's seconds on compiling, more of them on an empty compile cache than on a warm one;
+the clock counts such graphs (`compiled_in_budget`), and harness/record.py records such a run as a crash, not as
+its idea's result.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -56,14 +58,12 @@ class StepClock:
         self._last_event = None
         self._t_last = self.started = time.time()
         self._ema = 0.0
-        self._graphs_before_counted = None     # graphs compiled before the first counted step was queued
+        self._graphs_before_counted = None     # graphs compiled before the first counted step after step 0
         self.compiled_in_budget = 0            # graphs compiled while counted steps ran (set by drain)
 
     def start(self) -> None:
         """The clock starts now (call just before step 0)."""
         self._t_last = self.started = time.time()
-        if self.excluded_steps == 0:
-            self._graphs_before_counted = graphs_compiled()
 
     @property
     def progress(self) -> float:
@@ -90,7 +90,7 @@ class StepClock:
         """Step `step` is queued (its loss a device tensor): returns the steps finished now, in order.
         Step 0 (compilation) is read at once, so its time is its own."""
         self.steps_queued = step + 1
-        if step + 1 == self.excluded_steps:    # the next step is the first the budget counts
+        if step + 1 == max(self.excluded_steps, 1):     # the next step is counted, and step 0's compile is done
             self._graphs_before_counted = graphs_compiled()
         event = None
         if self.device.type == "cuda":
@@ -108,8 +108,9 @@ class StepClock:
         """The last step, still unread (call after the loop, before anything else compiles)."""
         laps = [self._read(*self._pending)] if self._pending is not None else []
         self._pending = None
-        if self._graphs_before_counted is not None:
-            self.compiled_in_budget = graphs_compiled() - self._graphs_before_counted
+        if self._graphs_before_counted is not None:         # any rank's recompile (every rank drains)
+            mine = max(0, graphs_compiled() - self._graphs_before_counted)
+            self.compiled_in_budget = math.ceil(agree([float(mine)], self.world, self.group)[0])
         return laps
 
     def _read(self, step, event, loss, info) -> Lap:

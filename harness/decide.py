@@ -180,17 +180,17 @@ def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> 
     """(fewest, most, lower quartile) of the step counts of the runs the noise floor rests on, when they differ by
     more than STEPS_SPREAD (the machine's speed varied: the floor holds that spread, not the seeds'); else None."""
     steps = sorted(r["num_steps"] for r in rows if r["comparability_key"] == key and is_scored(r)
-                   and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1
-                   and not index.get(r["run_id"], {}).get("compiled_in_budget"))    # their own cause: recompiled()
+                   and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1)
     return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None
 
 
-def recompiled(graphs: int, status: str, command: str) -> str:
-    """`next:` for a run whose budget paid for graphs compiled after the warm-up (harness/clock.py): the fix first."""
-    return (f"!! {graphs} graph(s) compiled after the warm-up took this run's budget seconds (a recompile): its "
-            f"val_bpb understates its code, more so on an empty compile cache, and its status ({status}) rests on it; "
-            f"find the cause (`TORCH_LOGS=recompiles uv run train.py`: a value the model reads that changes between "
-            f"steps), make it a tensor or a constant, `git commit -a --amend`, and run again: {command}")
+def recompiled(back: str) -> str:
+    """`next:` for a run recorded as a crash because graphs compiled after the warm-up took its budget's seconds (its
+    val_bpb depends on the compile cache; harness/clock.py)."""
+    return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the run "
+            "command prints it; that run is recorded too), make the value that changes between steps a tensor or a "
+            "constant (a shape meant to change: torch._dynamo.mark_dynamic, or run every shape within the warm-up "
+            f"steps), `git commit -a --amend`, and run again; or give up on it: {back}")
 
 
 def key_differences(a: dict, b: dict) -> list[str]:

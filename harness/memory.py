@@ -296,8 +296,6 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             text = f"[{host}{e.get('branch') or '?'}] " + text
         if r["status"] in UNSCORED and e.get("error"):
             text += " — " + clean_text(e["error"], 70)
-        if e.get("compiled_in_budget"):        # a recompile took budget seconds: fewer steps than the code does
-            text += f" !! {e['compiled_in_budget']} graph(s) compiled in the budget"
         steps = r["num_steps"] if r["num_steps"] is not None else ""
         out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "
                    f"{steps} | {_epochs(e)} | {text} |")
@@ -374,8 +372,6 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
             "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
                                f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
-    if status in SCORED and (graphs := index.get(row["run_id"], {}).get("compiled_in_budget")):
-        return recompiled(int(graphs), status, again(index.get(row["run_id"], {}).get("seed")))
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
@@ -414,6 +410,8 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                 f"{done[-1]['status']}): nothing to re-run" if done else f"killed outright: if the edit made it too "
                 f"slow or too large, fix that, `git commit -a --amend` and run again; if the host or you stopped it, "
                 f"run this commit again unchanged: {again(seed)}; or give up: {back}")
+    if index.get(row["run_id"], {}).get("compiled_in_budget"):      # harness/record.py: not judged
+        return recompiled(back)
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 

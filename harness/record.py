@@ -183,17 +183,21 @@ class Run:
         self._finishing = True
         warm_eval.stop()                     # a run ending early leaves no second process behind
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
-        compiled = int(metrics.get("compiled_in_budget") or 0)
-        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"), compiled_in_budget=compiled)
+        compiled = metrics.get("compiled_in_budget")           # None: not measured (a crash, an interrupt)
+        row = self._row(metrics)
+        if compiled and status is None:      # a compile's cost depends on the cache: not a measure of the idea
+            status, row["val_bpb"] = "crash", None
+            error = (f"recompiled after the warm-up: {int(compiled)} graph(s) compiled in counted steps (val_bpb "
+                     f"{metrics['val_bpb']:.6f}, not judged: the compile took budget seconds)")
+            print(f"!! {error}")
+        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"),
+                           compiled_in_budget=None if compiled is None else int(compiled))
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
             print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
                   f"measures memorization as much as learning, and what wins here may not transfer")
-        if compiled:                         # `next:` asks for the fix (decide.recompiled); memory.md marks the run
-            print(f"!! torch.compile compiled {compiled} graph(s) after the warm-up steps: their compile time counted "
-                  f"as training time, so this run trained fewer steps than its code does once compiled")
-        self.record.update(metrics=metrics, error=error, row=self._row(metrics), index_entry=index_entry)
+        self.record.update(metrics=metrics, error=error, row=row, index_entry=index_entry)
         try:
-            self.recorded = record(self.results, self.sessions, self._row(metrics), index_entry, status, plot=True,
+            self.recorded = record(self.results, self.sessions, row, index_entry, status, plot=True,
                                    store=self.store, files=self.record["files"])
         except (ConfigError, OSError) as e:  # a ledger damaged by hand, a full disk
             self.recorded = {"status": "unrecorded"}
