@@ -68,16 +68,16 @@ class StepClock:
     @property
     def progress(self) -> float:
         """Fraction of the run done, in [0, 1]: what the LR schedule reads. The budget's seconds, or with a step
-        cap (ground.json max_steps) the steps' share of it if that is further: whichever ends the run, the
-        schedule reaches its end with it (a cap alone would stop a time-based schedule before its warm-down)."""
-        by_time = self.training_seconds / self.budget_s
-        by_steps = self.steps_queued / self.max_steps if self.max_steps else 0.0
-        return min(max(by_time, by_steps), 1.0)
+        count (ground.json max_steps) the steps': what ends the run ends its schedule."""
+        if self.max_steps:
+            return min(self.steps_queued / self.max_steps, 1.0)
+        return min(self.training_seconds / self.budget_s, 1.0)
 
     def spent(self, steps_done: int) -> bool:
-        """True once the warm-up is over and the counted steps have used the budget, or, whatever the warm-up,
-        once the wall time since step 0 passes the hard limit (printed: the budget bounds every run)."""
-        if steps_done > self.excluded_steps and self.training_seconds >= self.budget_s:
+        """True once the warm-up is over and the counted steps have used the budget (not with max_steps: there the
+        steps end the run, so that a slow host trains the same steps), or, whatever the warm-up and the steps, once
+        the wall time since step 0 passes the hard limit (printed: the budget bounds every run)."""
+        if not self.max_steps and steps_done > self.excluded_steps and self.training_seconds >= self.budget_s:
             return True
         limit = HARD_LIMIT_FACTOR * self.budget_s + HARD_LIMIT_EXTRA_S
         if time.time() - self.started > limit:

@@ -242,14 +242,16 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
 
 
 def train_command(entry: dict, seed: int | None = None) -> str:
-    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process,
-    torchrun on one node, or torchrun on each of several (README's form). A run recorded before launches were kept:
-    its key's process count, on one node."""
-    world = (entry.get("key_parts") or {}).get("world") or 1
-    local = (entry.get("launch") or {}).get("per_node", world)
+    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process
+    (on a CPU with the OMP_NUM_THREADS it was given: its key holds the thread count), torchrun on one node, or
+    torchrun on each of several (README's form). A run recorded before launches were kept: its key's process count,
+    on one node."""
+    parts, launch = entry.get("key_parts") or {}, entry.get("launch") or {}
+    world, omp = parts.get("world") or 1, launch.get("omp_num_threads")
+    local = launch.get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
     if world <= 1:
-        return f"uv run train.py{arg}"
+        return ("" if omp is None or "threads" not in parts else f"OMP_NUM_THREADS={omp} ") + f"uv run train.py{arg}"
     if local >= world:
         return f"uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
     return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "

@@ -98,17 +98,22 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
                                                              else "fp32 (bf16 not native here)")
 
     triton_ok = hw["triton"] and hw["os"] != "Windows"
-    # compile: needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing, CPU or MPS by default
+    # compile: on CUDA needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing by default; on
+    # the CPU when asked for (inductor's C++ backend: a new graph costs many seconds of start-up there); not on MPS
     if proc.compile is False:
         compile_ = False
         reasons["compile"] = "disabled by ground.json processor.compile"
     elif device == "cuda" and triton_ok and (proc.compile in (True, "blocks") or cc >= (8, 0)):
         compile_ = True
         reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
+    elif device == "cpu" and proc.compile in (True, "blocks") and hw["os"] != "Windows":
+        compile_ = True
+        reasons["compile"] = "forced by ground.json (inductor's C++ backend)"
     else:
         compile_ = False
         why = "Windows" if hw["os"] == "Windows" else "triton missing" if device == "cuda" and not hw["triton"] else \
-              f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else f"{device} (eager is faster for small runs)"
+              f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else "mps" if device == "mps" else \
+              "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
         reasons["compile"] = ("requested but unavailable: " if proc.compile in (True, "blocks") else "off: ") + why
 
     # attention: FA4 (flash-attn-4, Hopper/Blackwell) > FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) >
@@ -176,9 +181,9 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
 
     # rotary + QK-norm and the softcapped loss as Triton row kernels: wherever the model is compiled
     # (which needs CUDA and triton); eager runs keep plain ops, whose fused log_softmax is lighter there
-    row_kernels = "triton" if compile_ else "plain"
+    row_kernels = "triton" if compile_ and device == "cuda" else "plain"
     for key, what in (("rope", "rotary + QK-norm"), ("loss", "softcapped cross-entropy")):
-        reasons[key] = (f"{what} as Triton row kernels (compiled CUDA run)" if compile_
+        reasons[key] = (f"{what} as Triton row kernels (compiled CUDA run)" if row_kernels == "triton"
                         else f"plain ops: the {what} kernels run in compiled CUDA runs only")
 
     if proc.peak_flops != "auto":

@@ -108,7 +108,7 @@ def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict)
             "excluded_steps": s.excluded_steps,          # they train: more of them, more tokens
             "world": platform["world_size"], "max_steps": s.max_steps,
             "platform": {k: platform[k] for k in PLATFORM_KEYS},
-            **({"schedule": "steps or seconds"} if s.max_steps else {}),    # the cap ends the schedule too
+            **({"schedule": "steps"} if s.max_steps else {}),    # the steps, not the budget, end the run
             "caps": s.model_caps,
             **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
             **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
@@ -128,9 +128,11 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
 
 def launch_info() -> dict:
     """How train.py was started beyond what its key says (the process count, key_parts' `world`): processes per
-    node (torchrun's environment; all of them without it), so that the digest's next command starts the next run
-    the same way."""
-    return {"per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))}
+    node (torchrun's environment; all of them without it), and OMP_NUM_THREADS where it was set (a CPU key holds
+    the thread count), so that the digest's next command starts the next run the same way."""
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return {"per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))),
+            **({"omp_num_threads": omp} if omp else {})}
 
 
 def library_versions() -> dict:

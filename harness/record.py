@@ -51,9 +51,8 @@ def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, 
         lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
                      f"each {model.device_batch_size} rows per micro-step")
     lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
-                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the budget or the steps, whichever "
-                                                     f"comes first, ends the run and its LR schedule)"
-                                                     if s.max_steps else ""))
+                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the steps, not the budget, end "
+                                                     f"the run and its LR schedule)" if s.max_steps else ""))
     lines += [f"  {line}" for line in describe_changes(changes, s, world)]
     return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
 
@@ -185,10 +184,8 @@ class Run:
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         compiled = metrics.get("compiled_in_budget")           # None: not measured (a crash, an interrupt)
         row = self._row(metrics)
-        if compiled and status is None:      # a compile's cost depends on the cache: not a measure of the idea
-            status, row["val_bpb"] = "crash", None
-            error = (f"recompiled after the warm-up: {int(compiled)} graph(s) compiled in counted steps (val_bpb "
-                     f"{metrics['val_bpb']:.6f}, not judged: the compile took budget seconds)")
+        if status is None and (short := self._not_comparable(metrics)):      # not a measure of the idea
+            status, row["val_bpb"], error = "crash", None, short
             print(f"!! {error}")
         index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"),
                            compiled_in_budget=None if compiled is None else int(compiled))
@@ -221,6 +218,18 @@ class Run:
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
                 "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name(),
                 "key_parts": self.key_parts, "launch": self.record["launch"]}
+
+    def _not_comparable(self, metrics: dict) -> str | None:
+        """Why a finished run measured something else than its configuration, or None: under max_steps it stopped
+        short of them (the hard limit); under a time budget a graph compiled in counted steps took budget seconds,
+        as many as the compile cache made it (harness/clock.py). Recorded as a crash with this reason."""
+        steps, v = metrics.get("num_steps") or 0, "?" if metrics.get("val_bpb") is None else f"{metrics['val_bpb']:.6f}"
+        if self.s.max_steps and steps < self.s.max_steps:
+            return f"stopped at step {steps} of max_steps {self.s.max_steps} (val_bpb {v}, not judged)"
+        if metrics.get("compiled_in_budget") and not self.s.max_steps:
+            return (f"recompiled after the warm-up: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted "
+                    f"steps (val_bpb {v}, not judged: the compile took budget seconds)")
+        return None
 
     def announce(self, rows: list[dict], index: dict) -> list[str]:
         """Claim the run in the ledger (other agents see it in memory.md's "Running now" until it is recorded or

@@ -42,7 +42,7 @@ class Settings:
     ground: GroundConfig
     cache_dir: Path
     ground_dir: Path
-    max_steps: int = 0        # optimizer steps cap (0 = none): stop at the budget or the cap, whichever first
+    max_steps: int = 0        # optimizer steps (0 = none): they end the run, not the budget (its hard limit stays)
 
     def path(self, p: str) -> Path:
         """A ground.json path: ~ expanded, relative paths taken from ground.json's folder."""

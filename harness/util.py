@@ -63,13 +63,13 @@ def reachable(url: str, timeout_s: float) -> bool:
 
 
 def bytecode_note(module) -> str | None:
-    """A `!!` line when `module`'s bytecode is not cached: then every process recompiles its Python sources
-    (for torch, seconds of each run's start-up). None when the cached file is there."""
+    """A note when `module`'s bytecode is not cached: then every process recompiles its Python sources (for torch,
+    seconds of each run's start-up; not `!!`: it costs time, the metric is the same). None when it is cached."""
     cached = getattr(module, "__cached__", None)
     if not cached or os.path.exists(cached):
         return None
     why = ("PYTHONDONTWRITEBYTECODE is set" if os.environ.get("PYTHONDONTWRITEBYTECODE")
            else "its folder is not writable" if not os.access(os.path.dirname(cached) or ".", os.W_OK)
            else "it could not be written")
-    return (f"!! {module.__name__}'s bytecode is not cached ({why}): each run recompiles its sources at start-up; "
+    return (f"note: {module.__name__}'s bytecode is not cached ({why}): each run recompiles its sources at start-up; "
             f"`uv sync --compile-bytecode` once, or PYTHONPYCACHEPREFIX=<a writable folder>, fixes it")

@@ -628,7 +628,7 @@ def test_memory_says_why_the_key_changed():
     assert (f"(its latest run): processes: 1 -> 2; time_budget_s: {s.time_budget_s} -> 120.0\n"
             in memory.render_memory(rows, index, ""))
     index["c"] = _entry(key_parts=parts(h100, dataclasses.replace(s, max_steps=22)))
-    assert (f"(its latest run): max_steps: {s.max_steps} -> 22; schedule: (unset) -> steps or seconds\n"
+    assert (f"(its latest run): max_steps: {s.max_steps} -> 22; schedule: (unset) -> steps\n"
             in memory.render_memory(rows, index, ""))
     index["b"] = _entry()                                                # a run recorded before the parts were kept
     assert "this key against" not in memory.render_memory(rows, index, "")
@@ -682,6 +682,23 @@ def test_a_run_that_compiled_in_its_budget_is_not_judged(capsys):
     assert broke.store.read()[1][broke.run_id]["compiled_in_budget"] is None
 
 
+def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
+    """With max_steps the steps end the run: a run stopped short of them (the hard limit on a loaded host) trained
+    another model and is not judged; a recompile costs it wall time, not steps, and is judged as usual."""
+    import dataclasses
+    from harness import record, settings, tokenizer
+    s = dataclasses.replace(settings.current(), max_steps=22)
+    tok = tokenizer.Tokenizer.from_directory()
+    m, changes = settings.effective_model(config.load_model(), s)
+    short = record.Run(s, tok, m, changes, "cut short", hardware_platform(), None, 9101)
+    row = short.finish({"val_bpb": 2.5, "num_steps": 8, "compiled_in_budget": 0})
+    assert (row["status"], row["val_bpb"]) == ("crash", None)
+    assert "!! stopped at step 8 of max_steps 22 (val_bpb 2.500000, not judged)\n" in capsys.readouterr().out
+    full = record.Run(s, tok, m, changes, "recompiled, all steps", hardware_platform(), None, 9102)
+    assert full.finish({"val_bpb": 2.25, "num_steps": 22, "compiled_in_budget": 1})["status"] != "crash"
+    assert "not judged" not in capsys.readouterr().out
+
+
 def test_cpu_threads_are_part_of_a_cpu_runs_key():
     """On a CPU the thread count sets the speed (steps in the budget) and the order of the sums: runs on 1 and on 2
     threads are another key, and memory.md names the difference; a GPU's key does not hold it."""
@@ -705,3 +722,16 @@ def test_cpu_threads_are_part_of_a_cpu_runs_key():
     text = memory.render_memory(rows, {"a": _entry(key_parts=one), "b": _entry(key_parts=two)}, "")
     assert (f"- this key against `{identity.key_of(one)}` (its latest run): CPU threads (OMP_NUM_THREADS): "
             "1 -> 2\n") in text
+    # the next command keeps the thread count the run was given, or the key it asks for would be another one
+    one_thread = {"key_parts": one, "launch": {"per_node": 1, "omp_num_threads": "1"}}
+    assert decide.train_command(one_thread, 43) == "OMP_NUM_THREADS=1 uv run train.py --seed 43"
+    assert decide.train_command({"key_parts": two, "launch": {"per_node": 1}}, 43) == "uv run train.py --seed 43"
+    assert decide.train_command({"key_parts": gpu, "launch": one_thread["launch"]}, 43) == "uv run train.py --seed 43"
+
+
+def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
+    from harness import identity
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert identity.launch_info() == {"per_node": 1}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1"}

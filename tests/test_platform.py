@@ -158,6 +158,13 @@ def test_overrides_win():
                                                                                            attention="flex"))
     assert p["compile"] is False and p["reasons"]["compile"] == "requested but unavailable: triton missing"
     assert p["attention"] == "sdpa" and "falling back to sdpa" in p["reasons"]["attention"]
+    # on the CPU compile is off by default and on when asked for (inductor's C++ backend), without the CUDA kernels
+    p = hardware.resolve_platform(hw(), AUTO)
+    assert p["compile"] is False and p["reasons"]["compile"].startswith("off: cpu (a new graph's compile costs")
+    p = hardware.resolve_platform(hw(), proc(compile=True))
+    assert (p["device"], p["compile"], p["reasons"]["compile"]) == ("cpu", True, "forced by ground.json (inductor's "
+                                                                                 "C++ backend)")
+    assert (p["attention"], p["mlp"], p["rope"], p["loss"]) == ("sdpa", "plain", "plain", "plain")
 
 
 def test_fused_mlp_follows_dtype_and_triton():
@@ -290,7 +297,7 @@ def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypa
     mod = types.SimpleNamespace(__name__="torch", __cached__=str(tmp_path / "__pycache__" / "x.cpython-311.pyc"))
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     note = bytecode_note(mod)
-    assert note.startswith("!! torch's bytecode is not cached (PYTHONDONTWRITEBYTECODE is set): ")
+    assert note.startswith("note: torch's bytecode is not cached (PYTHONDONTWRITEBYTECODE is set): ")
     assert "`uv sync --compile-bytecode`" in note
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")

@@ -156,9 +156,9 @@ def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
     assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
 
 
-def test_a_step_cap_ends_the_schedule_with_the_run():
-    """With ground.json max_steps the LR schedule's progress follows the steps when they end the run first, so
-    the warm-down finishes; without a cap it is the budget's share of seconds alone."""
+def test_max_steps_end_the_run_and_its_schedule():
+    """With ground.json max_steps the steps, not the budget, end the run and its LR schedule (a slow host trains
+    the same steps); without it the budget's share of seconds alone; the hard limit bounds both."""
     capped = clock.StepClock(torch.device("cpu"), budget_s=1e6, excluded_steps=0, max_steps=4)
     free = clock.StepClock(torch.device("cpu"), budget_s=1e6, excluded_steps=0)
     seen = []
@@ -168,9 +168,12 @@ def test_a_step_cap_ends_the_schedule_with_the_run():
             c.lap(step, torch.tensor(1.0))
     assert [p for p, _ in seen] == [0.0, 0.25, 0.5, 0.75]
     assert all(0.0 <= f < 1e-3 for _, f in seen)
-    quick = clock.StepClock(torch.device("cpu"), budget_s=1e-9, excluded_steps=0, max_steps=1000)
-    quick.lap(0, torch.tensor(1.0))
-    assert quick.progress == 1.0                   # the seconds ran out first: the budget's share, capped at 1
+    slow = clock.StepClock(torch.device("cpu"), budget_s=1e-9, excluded_steps=0, max_steps=1000)
+    slow.lap(0, torch.tensor(1.0))
+    assert slow.training_seconds > slow.budget_s and not slow.spent(1)      # the budget's seconds do not end it
+    assert slow.progress == 0.001
+    slow.started = time.time() - (clock.HARD_LIMIT_FACTOR * 1e-9 + clock.HARD_LIMIT_EXTRA_S + 1)
+    assert slow.spent(2)                                                    # the hard limit does
 
 
 @pytest.mark.parametrize("excluded,in_budget", [(0, 1), (1, 1), (2, 0)])

@@ -248,3 +248,36 @@ def test_configuration_fingerprint_ignores_comments_and_key_order(tmp_path, monk
         prints[name] = identity.config_fingerprint(tmp_path / f"{name}.py")
     assert prints["comments"] == prints["same"]
     assert len({prints["same"], prints["code"], prints["value"]}) == 3
+
+
+@pytest.mark.slow
+def test_a_compiled_cpu_run_that_recompiles_in_its_budget_is_not_judged(run_dir):
+    """processor.compile true compiles on the CPU (inductor's C++ backend); a model that reads a module-level
+    number turning from int 1 to float 1.0 at step 3 recompiles in a counted step: the run is recorded as a crash
+    naming it, its val_bpb kept in its JSON only, and `next:` says how to find the cause."""
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["processor"]["compile"] = True
+    g["test"].update(time_budget_s=4, excluded_steps=2)
+    write_json(run_dir / "ground.json", g)
+    src = (REPO / "train.py").read_text()
+    src = src.replace("def norm(x):", "RC_ONE = 1\n\n\ndef norm(x):", 1)
+    embed = "        x = norm(self.transformer.wte(idx))"
+    src = src.replace(embed + "\n", embed + " * RC_ONE\n")
+    flip = "        globals()['RC_ONE'] = 1.0 if step >= 3 else 1\n"
+    src = src.replace("        step += 1\n", "        step += 1\n" + flip)
+    assert src.count("RC_ONE") == 3
+    (run_dir / "train_rc.py").write_text(src)
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), PYTHONPATH=str(REPO),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"), PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, str(run_dir / "train_rc.py"), "--description", "recompiles"], env=env,
+                       capture_output=True, text=True, cwd=run_dir, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "  compile          True  (forced by ground.json (inductor's C++ backend))" in r.stdout
+    summary = parse_summary(r.stdout)
+    assert summary["status"] == "crash" and summary["next"].startswith("recompiled after the warm-up: not judged")
+    assert "!! recompiled after the warm-up: 1 graph(s) compiled in counted steps (val_bpb " in r.stdout
+    row = ledger.read_ledger(run_dir / "results.tsv")[-1]
+    assert (row["status"], row["val_bpb"]) == ("crash", None)
+    rec = json.loads((run_dir / "sessions" / f"{row['run_id']}.json").read_text())
+    assert rec["platform"]["compile"] is True and rec["metrics"]["compiled_in_budget"] == 1
+    assert math.isfinite(rec["metrics"]["val_bpb"]) and float(summary["val_bpb"]) == round(rec["metrics"]["val_bpb"], 6)
