@@ -60,6 +60,7 @@ class StepClock:
         self._ema = 0.0
         self._graphs_before_counted = None     # graphs compiled before the first counted step after step 0
         self.compiled_in_budget = 0            # graphs compiled while counted steps ran (set by drain)
+        self._elapsed = 0.0                    # wall time since step 0 at the last step read, agreed over ranks
 
     def start(self) -> None:
         """The clock starts now (call just before step 0)."""
@@ -86,7 +87,8 @@ class StepClock:
         if not self.max_steps and steps_done > self.excluded_steps and self.training_seconds >= self.budget_s:
             return True
         limit = HARD_LIMIT_FACTOR * self.budget_s + HARD_LIMIT_EXTRA_S
-        if time.time() - self.started > limit:
+        elapsed = time.time() - self.started if self.world == 1 else self._elapsed   # ranks: one verdict, one step
+        if elapsed > limit:
             print(f"\n!! stopped at the hard limit of {limit:g} s of wall time ({HARD_LIMIT_FACTOR} x budget + "
                   f"{HARD_LIMIT_EXTRA_S} s) after {steps_done} steps, {self.training_seconds:.1f} s of them counted")
             return True
@@ -130,7 +132,7 @@ class StepClock:
         else:
             dt = now - self._t_last
         self._t_last, self._last_event = now, event
-        dt, loss_f = agree([dt, loss.item()], self.world, self.group)     # one clock, one verdict
+        dt, loss_f, self._elapsed = agree([dt, loss.item(), now - self.started], self.world, self.group)   # one clock
         if step >= self.excluded_steps:
             self.training_seconds += dt
         self._ema = LOSS_SMOOTHING * self._ema + (1 - LOSS_SMOOTHING) * loss_f

@@ -184,13 +184,22 @@ def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> 
     return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None
 
 
-def recompiled(back: str) -> str:
-    """`next:` for a run recorded as a crash because graphs compiled after the warm-up took its budget's seconds (its
-    val_bpb depends on the compile cache; harness/clock.py)."""
-    return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the run "
-            "command prints it; that run is recorded too), make the value that changes between steps a tensor or a "
-            "constant (a shape meant to change: torch._dynamo.mark_dynamic, or run every shape within the warm-up "
-            f"steps), `git commit -a --amend`, and run again; or give up on it: {back}")
+RECOMPILED, STOPPED_SHORT = "recompiled after the warm-up", "stopped at step"   # harness/record.py's not-comparable
+
+
+def not_judged(error: str, back: str) -> str | None:
+    """`next:` for a finished run recorded as a crash because it measured something else than its configuration
+    (harness/record.py `_not_comparable`, from its reason), with `back` the way back; None for any other crash."""
+    if error.startswith(RECOMPILED):     # a value that changes between steps, read by the compiled model
+        return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the "
+                "run command prints it; that run is recorded too), make the value that changes between steps a "
+                "tensor or a constant (a shape meant to change: torch._dynamo.mark_dynamic, or run every shape "
+                f"within the warm-up steps), `git commit -a --amend`, and run again; or give up on it: {back}")
+    if error.startswith(STOPPED_SHORT):  # the hard limit, under max_steps: a slower step or a loaded host
+        return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster "
+                f"and run again, or give up on it: {back}; if the commit you return to stops short too, lower "
+                f"max_steps in ground.json's profile, in a commit of its own (a new key), and run that commit")
+    return None
 
 
 def key_differences(a: dict, b: dict) -> list[str]:
@@ -251,7 +260,8 @@ def train_command(entry: dict, seed: int | None = None) -> str:
     local = launch.get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
     if world <= 1:
-        return ("" if omp is None or "threads" not in parts else f"OMP_NUM_THREADS={omp} ") + f"uv run train.py{arg}"
+        env = "" if omp is None or "threads" not in parts else f"env OMP_NUM_THREADS={omp} "   # `timeout`-safe
+        return f"{env}uv run train.py{arg}"
     if local >= world:
         return f"uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
     return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "

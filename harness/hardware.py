@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform as _platform
+import shutil
 import subprocess
 import sys
 
@@ -106,13 +107,14 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     elif device == "cuda" and triton_ok and (proc.compile in (True, "blocks") or cc >= (8, 0)):
         compile_ = True
         reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
-    elif device == "cpu" and proc.compile in (True, "blocks") and hw["os"] != "Windows":
+    elif device == "cpu" and proc.compile in (True, "blocks") and hw["os"] != "Windows" and hw.get("cxx"):
         compile_ = True
         reasons["compile"] = "forced by ground.json (inductor's C++ backend)"
     else:
         compile_ = False
         why = "Windows" if hw["os"] == "Windows" else "triton missing" if device == "cuda" and not hw["triton"] else \
               f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else "mps" if device == "mps" else \
+              "cpu: no C++ compiler (g++, c++, clang++ or $CXX) for inductor" if proc.compile in (True, "blocks") else \
               "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
         reasons["compile"] = ("requested but unavailable: " if proc.compile in (True, "blocks") else "off: ") + why
 
@@ -247,7 +249,8 @@ def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_
     mps = getattr(torch.backends, "mps", None)
     hw = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "os": _platform.system(),
           "triton": _importable("triton"), "gluon": _importable("triton") and _importable("triton.experimental.gluon"),
-          "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+          "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+          "cxx": any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++"))}  # inductor's CPU
     if hw["cuda"] and proc.device in ("auto", "cuda"):
         p = torch.cuda.get_device_properties(0)
         hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
-                            key_differences, next_seed, parent_run, parent_runs, recompiled, requested_model,
+                            key_differences, next_seed, not_judged, parent_run, parent_runs, requested_model,
                             return_commit, run_fingerprint, standing, train_command, unjudged_baseline)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
@@ -410,8 +410,8 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                 f"{done[-1]['status']}): nothing to re-run" if done else f"killed outright: if the edit made it too "
                 f"slow or too large, fix that, `git commit -a --amend` and run again; if the host or you stopped it, "
                 f"run this commit again unchanged: {again(seed)}; or give up: {back}")
-    if index.get(row["run_id"], {}).get("compiled_in_budget"):      # harness/record.py: not judged
-        return recompiled(back)
+    if said := not_judged(str(index.get(row["run_id"], {}).get("error") or ""), back):   # measured something else
+        return said
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 

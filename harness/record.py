@@ -28,7 +28,7 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.identity import (config_fingerprint, git_info, key_of, key_parts, launch_info, library_versions,
                                train_py_functions, trained_files)
-from harness.decide import is_scored, parent_run, run_fingerprint
+from harness.decide import RECOMPILED, STOPPED_SHORT, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -54,6 +54,9 @@ def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, 
                  f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the steps, not the budget, end "
                                                      f"the run and its LR schedule)" if s.max_steps else ""))
     lines += [f"  {line}" for line in describe_changes(changes, s, world)]
+    if platform["compile"] and s.excluded_steps == 0 and not s.max_steps:      # harness/clock.py counts from step 1
+        lines.append("!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache "
+                     "makes it (a configuration's first run pays more than its repeats)")
     return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
 
 
@@ -225,10 +228,10 @@ class Run:
         as many as the compile cache made it (harness/clock.py). Recorded as a crash with this reason."""
         steps, v = metrics.get("num_steps") or 0, "?" if metrics.get("val_bpb") is None else f"{metrics['val_bpb']:.6f}"
         if self.s.max_steps and steps < self.s.max_steps:
-            return f"stopped at step {steps} of max_steps {self.s.max_steps} (val_bpb {v}, not judged)"
+            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} (val_bpb {v}, not judged)"
         if metrics.get("compiled_in_budget") and not self.s.max_steps:
-            return (f"recompiled after the warm-up: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted "
-                    f"steps (val_bpb {v}, not judged: the compile took budget seconds)")
+            return (f"{RECOMPILED}: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted steps (val_bpb "
+                    f"{v}, not judged: the compile took budget seconds)")
         return None
 
     def announce(self, rows: list[dict], index: dict) -> list[str]:

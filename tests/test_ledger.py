@@ -682,6 +682,18 @@ def test_a_run_that_compiled_in_its_budget_is_not_judged(capsys):
     assert broke.store.read()[1][broke.run_id]["compiled_in_budget"] is None
 
 
+def test_a_compiled_run_without_warm_up_steps_says_its_compile_is_counted():
+    import dataclasses
+    from harness import record, settings
+    s, m = settings.current(), config.load_model()
+    compiled = dict(hardware_platform(), compile=True)
+    said = "!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache makes it"
+    assert any(x.startswith(said) for x in record.setup_lines(dataclasses.replace(s, excluded_steps=0), m, {},
+                                                              compiled, 1))
+    for quiet in (dataclasses.replace(s, excluded_steps=1), dataclasses.replace(s, excluded_steps=0, max_steps=9)):
+        assert not any(x.startswith("!! excluded_steps") for x in record.setup_lines(quiet, m, {}, compiled, 1))
+
+
 def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
     """With max_steps the steps end the run: a run stopped short of them (the hard limit on a loaded host) trained
     another model and is not judged; a recompile costs it wall time, not steps, and is judged as usual."""
@@ -693,7 +705,11 @@ def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
     short = record.Run(s, tok, m, changes, "cut short", hardware_platform(), None, 9101)
     row = short.finish({"val_bpb": 2.5, "num_steps": 8, "compiled_in_budget": 0})
     assert (row["status"], row["val_bpb"]) == ("crash", None)
-    assert "!! stopped at step 8 of max_steps 22 (val_bpb 2.500000, not judged)\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "!! stopped at step 8 of max_steps 22 (val_bpb 2.500000, not judged)\n" in out
+    assert "\nnext: stopped at step 8 of max_steps 22, by the hard limit: not judged; if your edit slowed the step, " \
+           "make it faster and run again, or give up on it: git reset --hard" in out
+    assert "lower max_steps in ground.json's profile, in a commit of its own (a new key), and run that commit\n" in out
     full = record.Run(s, tok, m, changes, "recompiled, all steps", hardware_platform(), None, 9102)
     assert full.finish({"val_bpb": 2.25, "num_steps": 22, "compiled_in_budget": 1})["status"] != "crash"
     assert "not judged" not in capsys.readouterr().out
@@ -724,7 +740,7 @@ def test_cpu_threads_are_part_of_a_cpu_runs_key():
             "1 -> 2\n") in text
     # the next command keeps the thread count the run was given, or the key it asks for would be another one
     one_thread = {"key_parts": one, "launch": {"per_node": 1, "omp_num_threads": "1"}}
-    assert decide.train_command(one_thread, 43) == "OMP_NUM_THREADS=1 uv run train.py --seed 43"
+    assert decide.train_command(one_thread, 43) == "env OMP_NUM_THREADS=1 uv run train.py --seed 43"   # timeout-safe
     assert decide.train_command({"key_parts": two, "launch": {"per_node": 1}}, 43) == "uv run train.py --seed 43"
     assert decide.train_command({"key_parts": gpu, "launch": one_thread["launch"]}, 43) == "uv run train.py --seed 43"
 

@@ -16,8 +16,9 @@ AUTO = config.ProcessorConfig(device="auto", dtype="auto", compile="auto", atten
 
 
 def hw(cc=None, name="", sms=0, clock=None, triton=True, os_name="Linux", fa3=None, mps=False, cudnn=None, gluon=False,
-       fa4=None):
-    h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "gluon": gluon, "world_size": 1}
+       fa4=None, cxx=True):
+    h = {"cuda": cc is not None, "mps": mps, "os": os_name, "triton": triton, "gluon": gluon, "world_size": 1,
+         "cxx": cxx}
     if cc is not None:
         h.update(name=name, capability=cc, sm_count=sms, clock_mhz=clock)
     if fa3 is not None:
@@ -165,6 +166,9 @@ def test_overrides_win():
     assert (p["device"], p["compile"], p["reasons"]["compile"]) == ("cpu", True, "forced by ground.json (inductor's "
                                                                                  "C++ backend)")
     assert (p["attention"], p["mlp"], p["rope"], p["loss"]) == ("sdpa", "plain", "plain", "plain")
+    p = hardware.resolve_platform(hw(cxx=False), proc(compile=True))     # inductor's CPU backend needs one
+    assert p["compile"] is False and p["reasons"]["compile"] == ("requested but unavailable: cpu: no C++ compiler "
+                                                                 "(g++, c++, clang++ or $CXX) for inductor")
 
 
 def test_fused_mlp_follows_dtype_and_triton():

@@ -156,6 +156,19 @@ def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
     assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
 
 
+def test_ranks_stop_at_the_hard_limit_on_one_agreed_time(monkeypatch):
+    """With several ranks the hard limit is judged on the wall time agreed at the last step read (the mean over
+    ranks), not each rank's own clock: a rank that stopped alone would leave the others in a collective."""
+    seen = []
+    monkeypatch.setattr(clock, "agree", lambda values, world, group: seen.append(values) or [v + 0 for v in values])
+    c = clock.StepClock(torch.device("cpu"), budget_s=1.0, excluded_steps=0, world=2, max_steps=100)
+    c.started = time.time() - (clock.HARD_LIMIT_FACTOR * 1.0 + clock.HARD_LIMIT_EXTRA_S + 1)
+    assert not c.spent(1)                       # past the limit on this rank's clock, but nothing agreed yet
+    c.lap(0, torch.tensor(1.0))
+    assert len(seen[-1]) == 3 and seen[-1][2] > clock.HARD_LIMIT_EXTRA_S    # the elapsed time went through agree
+    assert c.spent(2)
+
+
 def test_max_steps_end_the_run_and_its_schedule():
     """With ground.json max_steps the steps, not the budget, end the run and its LR schedule (a slow host trains
     the same steps); without it the budget's share of seconds alone; the hard limit bounds both."""
