@@ -30,6 +30,7 @@ A new scored run, its configuration's scored runs (this one included) n with mea
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 ACCEPTED = ("baseline", "keep")
@@ -192,14 +193,27 @@ def not_judged(error: str, back: str) -> str | None:
     (harness/record.py `_not_comparable`, from its reason), with `back` the way back; None for any other crash."""
     if error.startswith(RECOMPILED):     # a value that changes between steps, read by the compiled model
         return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the "
-                "run command prints it; that run is recorded too), make the value that changes between steps a "
-                "tensor or a constant (a shape meant to change: torch._dynamo.mark_dynamic, or run every shape "
-                f"within the warm-up steps), `git commit -a --amend`, and run again; or give up on it: {back}")
+                "run command prints it, beside the eval's expected one, grad_mode; that run is recorded too), make "
+                "the value that changes between steps a tensor or a constant (a shape meant to change: "
+                "torch._dynamo.mark_dynamic, or run every shape within the warm-up steps), `git commit -a --amend`, "
+                f"and run again; or give up on it: {back}")
     if error.startswith(STOPPED_SHORT):  # the hard limit, under max_steps: a slower step or a loaded host
+        fit = re.search(r"about (\d+) steps fit", error)
         return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster "
                 f"and run again, or give up on it: {back}; if the commit you return to stops short too, lower "
-                f"max_steps in ground.json's profile, in a commit of its own (a new key), and run that commit")
+                f"max_steps in ground.json's profile (e.g. {fit.group(1) if fit else 'fewer'}: the steps that fit the "
+                f"budget at this run's pace), in a commit of its own (a new key), and run that commit")
     return None
+
+
+def way_back(home: str | None, entry: dict, best_run: str | None) -> str:
+    """The `git reset` after a discard or a crash: to `home` (return_commit); with nothing kept in this key on this
+    host, to the commit the run's own was made on (the run's commit itself when its edit was never committed)."""
+    if home:
+        return f"git reset --hard {home}"
+    start = entry.get("commit") if entry.get("dirty") else entry.get("parent")
+    return (f"git reset --hard {start or '<the commit you started from>'} (nothing kept in this key on this host yet"
+            + (f"; to build on the best: uv run prepare.py --restore {best_run})" if best_run else ")"))
 
 
 def key_differences(a: dict, b: dict) -> list[str]:

@@ -104,6 +104,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     row_ids = torch.arange(batch_size, device=device)[:, None]
     done = 0                                                         # global rows before this batch
     t0 = shown = time.time()
+    first = None                                                     # (time, rows) after the first batch's compile
     while done < rows:
         x, y, _ = next(loader)
         loss = model(x, y, reduction="none").view(batch_size, T).float()
@@ -112,9 +113,10 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
         total[0] += (loss * (nbytes > 0)).sum(dtype=torch.float64)
         total[1] += nbytes.sum(dtype=torch.float64)
         done += batch_size * world
-        if time.time() - shown > EVAL_PROGRESS_EVERY_S and done < rows:       # host time: on CUDA it runs ahead
+        first = first or (time.time(), done)
+        if time.time() - shown > EVAL_PROGRESS_EVERY_S and done < rows and done > first[1]:   # host time: runs ahead
             shown = time.time()
-            eta = (shown - t0) / done * (rows - done)
+            eta = (shown - first[0]) / (done - first[1]) * (rows - done)
             print(f"\reval: {done:,}/{rows:,} rows, about {eta:.0f}s left   ", end="", flush=True)
     if shown > t0:
         print()

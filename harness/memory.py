@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
                             key_differences, next_seed, not_judged, parent_run, parent_runs, requested_model,
-                            return_commit, run_fingerprint, standing, train_command, unjudged_baseline)
+                            return_commit, run_fingerprint, standing, train_command, unjudged_baseline, way_back)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
@@ -191,7 +191,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         if (pair := unjudged_baseline(rows, index, key)) is not None:      # (the key before's best, this baseline)
             out.append(f"- !! this key's baseline is not the best configuration of the key before ({pair[0]['run_id']}"
                        f": {'; '.join(changes(entry(pair[0]), entry(pair[1]))[:3])}): what it changed was never judged"
-                       f"; run that one here too: `uv run prepare.py --restore {pair[0]['run_id']}`, commit, run it")
+                       f"; run that one here too: `uv run prepare.py --restore {pair[0]['run_id']}`, commit, run it: "
+                       f"`{train_command(entry(pair[1]))}`")
     if best:
         seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
@@ -206,6 +207,8 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             out.append(f"- !! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed varied, "
                        f"and that spread is in the floor; set `max_steps` (e.g. {spread[2]}, their lower quartile) in "
                        "ground.json's profile so that steps, not seconds, end a run and its schedule (a new key)")
+    elif not scored:
+        out.append("- noise floor: not measured yet: no run of this key has a val_bpb yet (the last run says why)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
                    f"until it is (`{train_command(entry(last), 43)}` on the baseline's commit)")
@@ -369,9 +372,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     again = lambda seed: train_command(index.get(row["run_id"], {}), seed)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
     st = standing(rows, index, key)
-    back = (f"git reset --hard {home}" if home else "git reset --hard <the commit you started from> (nothing kept on "
-            "this host yet" + (f"; to build on the best: uv run prepare.py --restore "
-                               f"{_best_run(rows, index, key, st.best)})" if st.best else ")"))
+    back = way_back(home, index.get(row["run_id"], {}), _best_run(rows, index, key, st.best) if st.best else None)
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
@@ -386,7 +387,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
                 f"and try an edit the caps allow: {back}")
     if status == "repeat" and (spread := floor_step_spread(rows, index, key, st)):
         return (f"nothing decided (another seed of a kept configuration); the floor's runs trained {spread[0]}.."
-                f"{spread[1]} steps (the machine's speed varied): more seeds add that spread, not precision: set "
+                f"{spread[1]} steps (the machine's speed varied): the floor mixes that spread with the seeds': set "
                 f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key), and run "
                 f"that commit unchanged, its baseline: {again(None)}")
     if status == "repeat" and st.dof < 2:

@@ -228,7 +228,9 @@ class Run:
         as many as the compile cache made it (harness/clock.py). Recorded as a crash with this reason."""
         steps, v = metrics.get("num_steps") or 0, "?" if metrics.get("val_bpb") is None else f"{metrics['val_bpb']:.6f}"
         if self.s.max_steps and steps < self.s.max_steps:
-            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} (val_bpb {v}, not judged)"
+            pace = metrics.get("training_seconds") or 0.0                # the steps that fit the budget at its pace
+            fit = f"about {max(1, int(steps * self.s.time_budget_s / pace))} steps fit the budget; " if pace else ""
+            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} ({fit}val_bpb {v}, not judged)"
         if metrics.get("compiled_in_budget") and not self.s.max_steps:
             return (f"{RECOMPILED}: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted steps (val_bpb "
                     f"{v}, not judged: the compile took budget seconds)")

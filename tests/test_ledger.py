@@ -117,7 +117,7 @@ def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
     rows, index = ledger.FileLedger(res, ses).read()                  # next: says the same, not "a third seed"
     assert memory.next_step(rows[-1], rows, index, "main") == (
         "nothing decided (another seed of a kept configuration); the floor's runs trained 192..205 steps (the "
-        "machine's speed varied): more seeds add that spread, not precision: set max_steps (e.g. 192) in "
+        "machine's speed varied): the floor mixes that spread with the seeds': set max_steps (e.g. 192) in "
         "ground.json's profile, in a commit of its own (a new key), and run that commit unchanged, its baseline: "
         "uv run train.py")
     memory.record(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
@@ -353,7 +353,8 @@ def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
         "--seed 43; !! a new key's baseline, not the key before's best (a): its edits were never judged (memory.md)")
     text = (ses / "memory.md").read_text()
     assert ("- !! this key's baseline is not the best configuration of the key before (a: depth: 8 -> 10): what it "
-            "changed was never judged; run that one here too: `uv run prepare.py --restore a`, commit, run it") in text
+            "changed was never judged; run that one here too: `uv run prepare.py --restore a`, commit, run it: "
+            "`uv run train.py`") in text
     memory.record(res, ses, _row("d", 0.97, key="k2", commit="c3"), _entry({"depth": 8}, "A", commit="c3",
                                                                           parent="c2", train_py=fn))
     assert "never judged" not in (ses / "memory.md").read_text()        # the old best ran under k2: compared
@@ -703,13 +704,15 @@ def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
     tok = tokenizer.Tokenizer.from_directory()
     m, changes = settings.effective_model(config.load_model(), s)
     short = record.Run(s, tok, m, changes, "cut short", hardware_platform(), None, 9101)
-    row = short.finish({"val_bpb": 2.5, "num_steps": 8, "compiled_in_budget": 0})
+    row = short.finish({"val_bpb": 2.5, "num_steps": 8, "compiled_in_budget": 0,
+                        "training_seconds": 4 * s.time_budget_s})             # 8 steps in 4 budgets: 2 fit one
     assert (row["status"], row["val_bpb"]) == ("crash", None)
     out = capsys.readouterr().out
-    assert "!! stopped at step 8 of max_steps 22 (val_bpb 2.500000, not judged)\n" in out
+    assert "!! stopped at step 8 of max_steps 22 (about 2 steps fit the budget; val_bpb 2.500000, not judged)\n" in out
     assert "\nnext: stopped at step 8 of max_steps 22, by the hard limit: not judged; if your edit slowed the step, " \
            "make it faster and run again, or give up on it: git reset --hard" in out
-    assert "lower max_steps in ground.json's profile, in a commit of its own (a new key), and run that commit\n" in out
+    assert ("lower max_steps in ground.json's profile (e.g. 2: the steps that fit the budget at this run's pace), in "
+            "a commit of its own (a new key), and run that commit\n") in out
     full = record.Run(s, tok, m, changes, "recompiled, all steps", hardware_platform(), None, 9102)
     assert full.finish({"val_bpb": 2.25, "num_steps": 22, "compiled_in_budget": 1})["status"] != "crash"
     assert "not judged" not in capsys.readouterr().out
@@ -751,3 +754,23 @@ def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
     assert identity.launch_info() == {"per_node": 1}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1"}
+
+
+def test_a_new_keys_first_run_that_crashed_is_sent_back_to_a_real_commit(tmp_path):
+    """A key whose first run crashed (e.g. a max_steps commit stopped short) has nothing kept: the way back is the
+    commit the run's own was made on (its commit itself when the edit was not committed), not a placeholder, and
+    memory.md does not send the agent to a baseline that does not exist."""
+    res, ses = tmp_path / "r.tsv", tmp_path / "s"
+    memory.record(res, ses, _row("a", None, status="crash", commit="c1"),
+                  _entry(fp="A", commit="c1", parent="c0", error="stopped at step 141 of max_steps 5000 (about 24 "
+                         "steps fit the budget; val_bpb 2.1, not judged)"), status="crash")
+    rows, index = ledger.FileLedger(res, ses).read()
+    said = memory.next_step(rows[-1], rows, index, "main")
+    assert "give up on it: git reset --hard c0 (nothing kept in this key on this host yet);" in said
+    assert "lower max_steps in ground.json's profile (e.g. 24: the steps that fit the budget" in said
+    text = (ses / "memory.md").read_text()
+    assert "- noise floor: not measured yet: no run of this key has a val_bpb yet (the last run says why)\n" in text
+    assert "on the baseline's commit" not in text
+    assert decide.way_back(None, {"commit": "c1", "parent": "c0", "dirty": True}, None) == (
+        "git reset --hard c1 (nothing kept in this key on this host yet)")
+    assert decide.way_back("c9", {"commit": "c1", "parent": "c0"}, "x") == "git reset --hard c9"
