@@ -470,7 +470,7 @@ def check_and_print(lap, run, clock, m, flops_per_token, peak_flops):
         sys.exit(1)
     tok_s = m.total_batch_size / lap.seconds
     mfu = 100 * flops_per_token * tok_s / peak_flops if peak_flops else 0.0
-    left = clock.remaining()                   # the budget's seconds, or the steps under max_steps
+    left = clock.remaining(lap.step)           # the budget's seconds, or the steps under max_steps
     print(f"\rstep {lap.step:05d} ({100 * lap.info['progress']:.1f}%) | loss: {lap.smooth_loss:.6f} | "
           f"lrm: {lap.info['lrm']:.2f} | dt: {lap.seconds * 1000:.0f}ms | tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | "
           f"epoch: {lap.info['epoch']} | remaining: {left}    ", end="", flush=True)

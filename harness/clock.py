@@ -74,10 +74,10 @@ class StepClock:
             return min(self.steps_queued / self.max_steps, 1.0)
         return min(self.training_seconds / self.budget_s, 1.0)
 
-    def remaining(self) -> str:
-        """What is left of the run for the step line: the budget's seconds, or with max_steps the steps."""
+    def remaining(self, step: int) -> str:
+        """What is left after step `step`, for its line: the budget's seconds, or with max_steps the steps."""
         if self.max_steps:
-            return f"{max(0, self.max_steps - self.steps_queued)} steps"
+            return f"{max(0, self.max_steps - step - 1)} steps"
         return f"{max(0.0, self.budget_s - self.training_seconds):.0f}s"
 
     def spent(self, steps_done: int) -> bool:

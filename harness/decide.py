@@ -199,20 +199,21 @@ def not_judged(error: str, back: str) -> str | None:
                 f"and run again; or give up on it: {back}")
     if error.startswith(STOPPED_SHORT):  # the hard limit, under max_steps: a slower step or a loaded host
         fit = re.search(r"about (\d+) steps fit", error)
-        return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster "
-                f"and run again, or give up on it: {back}; if the commit you return to stops short too, lower "
-                f"max_steps in ground.json's profile (e.g. {fit.group(1) if fit else 'fewer'}: the steps that fit the "
-                f"budget at this run's pace), in a commit of its own (a new key), and run that commit")
+        example = f" (e.g. {fit.group(1)}, the steps that fit the budget at this run's pace)" if fit else ""
+        return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster, "
+                f"`git commit -a --amend` and run again, or give up on it: {back}; if the commit you return to stops "
+                f"short too, lower max_steps in ground.json's profile{example}, in a commit of its own (a new key), "
+                f"and run that commit")
     return None
 
 
-def way_back(home: str | None, entry: dict, best_run: str | None) -> str:
+def way_back(home: str | None, best_run: str | None) -> str:
     """The `git reset` after a discard or a crash: to `home` (return_commit); with nothing kept in this key on this
-    host, to the commit the run's own was made on (the run's commit itself when its edit was never committed)."""
+    host, no commit the ledger knows is the right one (a first run's commit is the harness's; a key can change
+    with ground.json or the machine), so the agent is told what to return to, not a guessed commit."""
     if home:
         return f"git reset --hard {home}"
-    start = entry.get("commit") if entry.get("dirty") else entry.get("parent")
-    return (f"git reset --hard {start or '<the commit you started from>'} (nothing kept in this key on this host yet"
+    return ("return to the commit you started from with `git reset --hard` (nothing kept in this key on this host yet"
             + (f"; to build on the best: uv run prepare.py --restore {best_run})" if best_run else ")"))
 
 

@@ -372,7 +372,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> s
     again = lambda seed: train_command(index.get(row["run_id"], {}), seed)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
     st = standing(rows, index, key)
-    back = way_back(home, index.get(row["run_id"], {}), _best_run(rows, index, key, st.best) if st.best else None)
+    back = way_back(home, _best_run(rows, index, key, st.best) if st.best else None)
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "

@@ -228,9 +228,12 @@ class Run:
         as many as the compile cache made it (harness/clock.py). Recorded as a crash with this reason."""
         steps, v = metrics.get("num_steps") or 0, "?" if metrics.get("val_bpb") is None else f"{metrics['val_bpb']:.6f}"
         if self.s.max_steps and steps < self.s.max_steps:
-            pace = metrics.get("training_seconds") or 0.0                # the steps that fit the budget at its pace
-            fit = f"about {max(1, int(steps * self.s.time_budget_s / pace))} steps fit the budget; " if pace else ""
-            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} ({fit}val_bpb {v}, not judged)"
+            pace, graphs = metrics.get("training_seconds") or 0.0, int(metrics.get("compiled_in_budget") or 0)
+            timed = steps - self.s.excluded_steps                        # the steps training_seconds holds
+            fit = self.s.excluded_steps + int(timed * self.s.time_budget_s / pace) if pace and timed > 0 else 0
+            why = (f"{graphs} graph(s) compiled in counted steps; " if graphs else          # their seconds, not a pace
+                   f"about {fit} steps fit the budget; " if 0 < fit < self.s.max_steps else "")
+            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} ({why}val_bpb {v}, not judged)"
         if metrics.get("compiled_in_budget") and not self.s.max_steps:
             return (f"{RECOMPILED}: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted steps (val_bpb "
                     f"{v}, not judged: the compile took budget seconds)")

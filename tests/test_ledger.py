@@ -710,9 +710,18 @@ def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
     out = capsys.readouterr().out
     assert "!! stopped at step 8 of max_steps 22 (about 2 steps fit the budget; val_bpb 2.500000, not judged)\n" in out
     assert "\nnext: stopped at step 8 of max_steps 22, by the hard limit: not judged; if your edit slowed the step, " \
-           "make it faster and run again, or give up on it: git reset --hard" in out
-    assert ("lower max_steps in ground.json's profile (e.g. 2: the steps that fit the budget at this run's pace), in "
+           "make it faster, `git commit -a --amend` and run again, or give up on it: " in out
+    assert ("lower max_steps in ground.json's profile (e.g. 2, the steps that fit the budget at this run's pace), in "
             "a commit of its own (a new key), and run that commit\n") in out
+    # a pace inflated by compiles, or time spent before the counted steps, gives no number to lower max_steps to
+    for seed, extra, why in ((9103, {"compiled_in_budget": 2}, "2 graph(s) compiled in counted steps; "),
+                             (9104, {"training_seconds": 0.001}, "")):
+        run = record.Run(s, tok, m, changes, "short", hardware_platform(), None, seed)
+        metrics = {"val_bpb": 2.5, "num_steps": 8, "compiled_in_budget": 0, "training_seconds": 4 * s.time_budget_s}
+        run.finish({**metrics, **extra})
+        out = capsys.readouterr().out
+        assert f"!! stopped at step 8 of max_steps 22 ({why}val_bpb 2.500000, not judged)\n" in out
+        assert "lower max_steps in ground.json's profile, in a commit of its own" in out and "(e.g." not in out
     full = record.Run(s, tok, m, changes, "recompiled, all steps", hardware_platform(), None, 9102)
     assert full.finish({"val_bpb": 2.25, "num_steps": 22, "compiled_in_budget": 1})["status"] != "crash"
     assert "not judged" not in capsys.readouterr().out
@@ -756,21 +765,20 @@ def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
     assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1"}
 
 
-def test_a_new_keys_first_run_that_crashed_is_sent_back_to_a_real_commit(tmp_path):
-    """A key whose first run crashed (e.g. a max_steps commit stopped short) has nothing kept: the way back is the
-    commit the run's own was made on (its commit itself when the edit was not committed), not a placeholder, and
-    memory.md does not send the agent to a baseline that does not exist."""
+def test_a_new_keys_first_run_that_crashed_is_told_what_to_return_to(tmp_path):
+    """A key whose first run crashed (e.g. a max_steps commit stopped short) has nothing kept: the agent is told
+    what to return to, not a guessed commit (a first run's git parent is the harness's own history), in words no
+    shell reads as a redirect, and memory.md does not send it to a baseline that does not exist."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     memory.record(res, ses, _row("a", None, status="crash", commit="c1"),
                   _entry(fp="A", commit="c1", parent="c0", error="stopped at step 141 of max_steps 5000 (about 24 "
                          "steps fit the budget; val_bpb 2.1, not judged)"), status="crash")
     rows, index = ledger.FileLedger(res, ses).read()
     said = memory.next_step(rows[-1], rows, index, "main")
-    assert "give up on it: git reset --hard c0 (nothing kept in this key on this host yet);" in said
-    assert "lower max_steps in ground.json's profile (e.g. 24: the steps that fit the budget" in said
+    assert ("give up on it: return to the commit you started from with `git reset --hard` (nothing kept in this "
+            "key on this host yet);") in said                  # not its git parent: a first run's is the harness's
+    assert "lower max_steps in ground.json's profile (e.g. 24, the steps that fit the budget" in said
     text = (ses / "memory.md").read_text()
     assert "- noise floor: not measured yet: no run of this key has a val_bpb yet (the last run says why)\n" in text
     assert "on the baseline's commit" not in text
-    assert decide.way_back(None, {"commit": "c1", "parent": "c0", "dirty": True}, None) == (
-        "git reset --hard c1 (nothing kept in this key on this host yet)")
-    assert decide.way_back("c9", {"commit": "c1", "parent": "c0"}, "x") == "git reset --hard c9"
+    assert decide.way_back("c9", "x") == "git reset --hard c9"

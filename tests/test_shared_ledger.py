@@ -144,8 +144,8 @@ def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):
     os.environ["AUTORESEARCH_HOST"] = "h3"
     try:
         assert next_step(rows[-1], rows, index, "autoresearch/gpu0") == (
-            "git reset --hard <the commit you started from> (nothing kept in this key on this host yet; to build on "
-            "the best: uv run prepare.py --restore base)")
+            "return to the commit you started from with `git reset --hard` (nothing kept in this key on this host "
+            "yet; to build on the best: uv run prepare.py --restore base)")
     finally:
         os.environ.pop("AUTORESEARCH_HOST")
 
