@@ -225,7 +225,7 @@ def key_differences(a: dict, b: dict) -> list[str]:
         parts = entry["key_parts"]
         shown = {KEY_LABELS.get(k, k): str(v)[:12] if k in KEY_HASHES else v for k, v in parts.items()
                  if k != "platform"}
-        return {**flatten(shown), **(parts.get("platform") or {})}
+        return {"schedule": "seconds", **flatten(shown), **(parts.get("platform") or {})}   # no max_steps: seconds
     if not (a.get("key_parts") and b.get("key_parts")):
         return []
     fa, fb = flat(a), flat(b)

@@ -629,7 +629,7 @@ def test_memory_says_why_the_key_changed():
     assert (f"(its latest run): processes: 1 -> 2; time_budget_s: {s.time_budget_s} -> 120.0\n"
             in memory.render_memory(rows, index, ""))
     index["c"] = _entry(key_parts=parts(h100, dataclasses.replace(s, max_steps=22)))
-    assert (f"(its latest run): max_steps: {s.max_steps} -> 22; schedule: (unset) -> steps\n"
+    assert (f"(its latest run): max_steps: {s.max_steps} -> 22; schedule: seconds -> steps\n"
             in memory.render_memory(rows, index, ""))
     index["b"] = _entry()                                                # a run recorded before the parts were kept
     assert "this key against" not in memory.render_memory(rows, index, "")
