@@ -241,6 +241,18 @@ def capped_apart(a: dict, b: dict) -> bool:
     return any(ra.get(k) != rb.get(k) for k in keys)
 
 
+def key_before(rows: list[dict], index: dict, key: str) -> tuple[dict, str]:
+    """The run memory.md compares this key with, and how it was chosen: the last run of another key that this key's
+    first run's host made before it (the key this agent came from; on a shared ledger other hosts' keys are theirs;
+    runs without a host count as this host's), else the ledger's latest run of another key."""
+    first = next(i for i, r in enumerate(rows) if r["comparability_key"] == key)
+    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
+    mine = [r for r in rows[:first] if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
+    if mine:
+        return mine[-1], "the key this host ran before it"
+    return next(r for r in reversed(rows) if r["comparability_key"] != key), "its latest run"
+
+
 def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, dict] | None:
     """(the key before's best run, this key's baseline) where no scored run of this key has the former's files: a
     key's first scored run is its baseline, judged against nothing, so an edit made together with a key change

@@ -15,8 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
-                            key_differences, next_seed, not_judged, parent_run, parent_runs, requested_model,
-                            return_commit, run_fingerprint, standing, train_command, unjudged_baseline, way_back)
+                            key_before, key_differences, next_seed, not_judged, parent_run, parent_runs,
+                            requested_model, return_commit, run_fingerprint, standing, train_command,
+                            unjudged_baseline, way_back)
 from harness.database import host_name, open_ledger
 from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
 from harness.plot import write_progress_png
@@ -185,9 +186,9 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                 f" ({killed} killed)" if s == "crash" and killed else "") for s in STATUSES if counts[s])]
     if others:
         out.append("- other keys (not compared): " + ", ".join(f"`{k}` ({n})" for k, n in sorted(others.items())[:6]))
-        prev = next(r for r in reversed(rows) if r["comparability_key"] != key)
+        prev, how = key_before(rows, index, key)
         if diffs := key_differences(entry(prev), entry(cur[0])):
-            out.append(f"- this key against `{prev['comparability_key']}` (its latest run): " + "; ".join(diffs[:4]))
+            out.append(f"- this key against `{prev['comparability_key']}` ({how}): " + "; ".join(diffs[:4]))
         if (pair := unjudged_baseline(rows, index, key)) is not None:      # (the key before's best, this baseline)
             out.append(f"- !! this key's baseline is not the best configuration of the key before ({pair[0]['run_id']}"
                        f": {'; '.join(changes(entry(pair[0]), entry(pair[1]))[:3])}): what it changed was never judged"
