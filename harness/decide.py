@@ -241,13 +241,17 @@ def capped_apart(a: dict, b: dict) -> bool:
     return any(ra.get(k) != rb.get(k) for k in keys)
 
 
+def _before_on_host(rows: list[dict], index: dict, first: int) -> list[dict]:
+    """The runs before rows[first] that its host made (on a shared ledger other hosts' keys are theirs; runs
+    recorded without a host count as this host's)."""
+    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
+    return [r for r in rows[:first] if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
+
+
 def key_before(rows: list[dict], index: dict, key: str) -> tuple[dict, str]:
     """The run memory.md compares this key with, and how it was chosen: the last run of another key that this key's
-    first run's host made before it (the key this agent came from; on a shared ledger other hosts' keys are theirs;
-    runs without a host count as this host's), else the ledger's latest run of another key."""
-    first = next(i for i, r in enumerate(rows) if r["comparability_key"] == key)
-    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
-    mine = [r for r in rows[:first] if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
+    first run's host made before it (the key this agent came from), else the ledger's latest run of another key."""
+    mine = _before_on_host(rows, index, next(i for i, r in enumerate(rows) if r["comparability_key"] == key))
     if mine:
         return mine[-1], "the key this host ran before it"
     return next(r for r in reversed(rows) if r["comparability_key"] != key), "its latest run"
@@ -257,16 +261,14 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
     """(the key before's best run, this key's baseline) where no scored run of this key has the former's files: a
     key's first scored run is its baseline, judged against nothing, so an edit made together with a key change
     (another GPU or kernel, a ground.json edit) was never compared; running that best under this key compares
-    them. The key before: the last key with a best that this host ran before this key's first run (on a shared
-    ledger other hosts' keys are theirs; runs recorded without a host count as this host's)."""
+    them. The key before: the last key with a best that this host ran before this key's first run
+    (_before_on_host)."""
     first = next((i for i, r in enumerate(rows) if r["comparability_key"] == key), None)
     base = next((r for r in rows if r["comparability_key"] == key and r["status"] == "baseline"), None)
     if not first or base is None:
         return None
-    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
     earlier = rows[:first]
-    keys = [r["comparability_key"] for r in reversed(earlier)          # none of them has this key
-            if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
+    keys = [r["comparability_key"] for r in reversed(_before_on_host(rows, index, first))]   # none has this key
     prev, best = next(((k, b) for k in dict.fromkeys(keys) if (b := standing(earlier, index, k).best)), (None, None))
     if best is None:
         return None
