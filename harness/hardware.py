@@ -101,22 +101,28 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     triton_ok = hw["triton"] and hw["os"] != "Windows"
     # compile: on CUDA needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing by default; on
     # the CPU when asked for (inductor's C++ backend: a new graph costs many seconds of start-up there); not on MPS
+    asked = proc.compile in (True, "blocks")
+    compile_ = False
     if proc.compile is False:
-        compile_ = False
         reasons["compile"] = "disabled by ground.json processor.compile"
-    elif device == "cuda" and triton_ok and (proc.compile in (True, "blocks") or cc >= (8, 0)):
+    elif device == "cuda" and triton_ok and (asked or cc >= (8, 0)):
         compile_ = True
         reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
-    elif device == "cpu" and proc.compile in (True, "blocks") and hw["os"] != "Windows" and hw.get("cxx"):
+    elif device == "cpu" and asked and hw["os"] != "Windows" and hw.get("cxx"):
         compile_ = True
         reasons["compile"] = "forced by ground.json (inductor's C++ backend)"
     else:
-        compile_ = False
-        why = "Windows" if hw["os"] == "Windows" else "triton missing" if device == "cuda" and not hw["triton"] else \
-              f"CC {cc[0]}.{cc[1]} (pre-Ampere)" if device == "cuda" else "mps" if device == "mps" else \
-              "cpu: no C++ compiler (g++, c++, clang++ or $CXX) for inductor" if proc.compile in (True, "blocks") else \
-              "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
-        reasons["compile"] = ("requested but unavailable: " if proc.compile in (True, "blocks") else "off: ") + why
+        if hw["os"] == "Windows":
+            why = "Windows"
+        elif device == "cuda":
+            why = "triton missing" if not hw["triton"] else f"CC {cc[0]}.{cc[1]} (pre-Ampere)"
+        elif device == "mps":
+            why = "mps"
+        elif asked:
+            why = "cpu: no C++ compiler (g++, c++, clang++ or $CXX) for inductor"
+        else:
+            why = "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
+        reasons["compile"] = ("requested but unavailable: " if asked else "off: ") + why
 
     # attention: FA4 (flash-attn-4, Hopper/Blackwell) > FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) >
     # FlexAttention (compiled, needs triton) > SDPA
