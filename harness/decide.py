@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 
 ACCEPTED = ("baseline", "keep")
@@ -282,18 +283,21 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
 def train_command(entry: dict, seed: int | None = None) -> str:
     """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process
     (on a CPU with the OMP_NUM_THREADS it was given: its key holds the thread count), torchrun on one node, or
-    torchrun on each of several (README's form). A run recorded before launches were kept: its key's process count,
-    on one node."""
+    torchrun on each of several (README's form), under the harness's variables it was started with (another
+    ground.json or model.json, another host name: identity.launch_info). A run recorded before launches were kept:
+    its key's process count, on one node."""
     parts, launch = entry.get("key_parts") or {}, entry.get("launch") or {}
     world, omp = parts.get("world") or 1, launch.get("omp_num_threads")
     local = launch.get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
+    env = {**({"OMP_NUM_THREADS": omp} if omp is not None and "threads" in parts and world <= 1 else {}),
+           **launch.get("env", {})}
+    env = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " if env else ""   # `timeout`-safe
     if world <= 1:
-        env = "" if omp is None or "threads" not in parts else f"env OMP_NUM_THREADS={omp} "   # `timeout`-safe
         return f"{env}uv run train.py{arg}"
     if local >= world:
-        return f"uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
-    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
+        return f"{env}uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
+    return (f"{env}uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
             f"--master_addr=<node 0> --master_port=29500 train.py{arg}")
 
 

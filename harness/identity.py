@@ -126,13 +126,20 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
     return key_of(key_parts(s, tokenizer, manifest, platform))
 
 
+HARNESS_ENV = ("AUTORESEARCH_GROUND", "AUTORESEARCH_MODEL", "AUTORESEARCH_HOST")   # which files, which host
+
+
 def launch_info() -> dict:
     """How train.py was started beyond what its key says (the process count, key_parts' `world`): processes per
-    node (torchrun's environment; all of them without it), and OMP_NUM_THREADS where it was set (a CPU key holds
-    the thread count), so that the digest's next command starts the next run the same way."""
+    node (torchrun's environment; all of them without it), OMP_NUM_THREADS where it was set (a CPU key holds
+    the thread count), and the harness's variables that were set (the ground.json and model.json read, paths made
+    absolute; the host's name in the ledger), so that the digest's next command starts the next run the same way:
+    without them the next run reads other files, or counts as another host's."""
     omp = os.environ.get("OMP_NUM_THREADS")
+    env = {v: os.path.abspath(os.environ[v]) if v != "AUTORESEARCH_HOST" else os.environ[v]
+           for v in HARNESS_ENV if os.environ.get(v)}
     return {"per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))),
-            **({"omp_num_threads": omp} if omp else {})}
+            **({"omp_num_threads": omp} if omp else {}), **({"env": env} if env else {})}
 
 
 def library_versions() -> dict:

@@ -8,6 +8,8 @@ memory.md after each step, and the final git state.
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -59,6 +61,14 @@ def next_line(r):
     return r.stdout.split("\nnext:", 1)[1].splitlines()[0].strip()
 
 
+def printed_command(nxt):
+    """The variables and train.py's arguments of the `[env V=x ...] uv run train.py ...` that ends a next: line,
+    split as a shell splits them."""
+    words = shlex.split(re.search(r"((?:env )?[^:]*uv run train\.py.*)$", nxt).group(1))
+    env = dict(w.split("=", 1) for w in words[1:words.index("uv")]) if words[0] == "env" else {}
+    return env, words[words.index("train.py") + 1:]
+
+
 def run_and_follow(clone, tmp_path, *args):
     """One experiment as program.md says: run, then do what `next:` says until the outcome is decided:
     confirm -> the printed re-run; discard or crash -> the printed `git reset --hard`. Returns the statuses."""
@@ -70,8 +80,9 @@ def run_and_follow(clone, tmp_path, *args):
         statuses.append(status)
         if status != "confirm":
             break
-        cmd = nxt.split("uv run train.py ", 1)[1].split()            # e.g. --seed 43
+        env, cmd = printed_command(nxt)                                # e.g. --seed 43
         assert cmd[0] == "--seed" and int(cmd[1]) >= 43
+        assert env == {"AUTORESEARCH_GROUND": str(tmp_path / "ground.json")}    # the ground this run read
         assert git(clone, "status", "--porcelain") == ""              # a confirmation re-runs the same commit
         r = train(clone, tmp_path, *cmd)
     if statuses[-1] in ("discard", "crash"):
@@ -87,7 +98,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     r = train(clone, tmp_path, "--description", "baseline")
     assert r.returncode == 0, r.stderr[-2000:]
     assert next_line(r) == ("keep this commit; first measure the noise floor: re-run it unchanged under another "
-                            "seed: uv run train.py --seed 43")                # program.md's first hour, said by the run
+                            f"seed: env AUTORESEARCH_GROUND={tmp_path / 'ground.json'} uv run train.py --seed 43")
+    # program.md's first hour, said by the run, with the ground.json this run was started with
     rows = ledger_rows(clone)
     assert [(x["status"], x["commit"], x["description"]) for x in rows] == [("baseline", base_commit, "baseline")]
     base = rows[0]

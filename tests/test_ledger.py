@@ -7,6 +7,7 @@ keep rule; the strict parser on ours, upstream's and the fork's ledgers; memory.
 
 import json
 import multiprocessing as mp
+import shlex
 
 import pytest
 
@@ -768,10 +769,39 @@ def test_cpu_threads_are_part_of_a_cpu_runs_key():
 
 def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
     from harness import identity
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for var in ("OMP_NUM_THREADS", *identity.HARNESS_ENV):
+        monkeypatch.delenv(var, raising=False)
     assert identity.launch_info() == {"per_node": 1}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1"}
+
+
+def test_the_next_command_repeats_the_files_and_host_a_run_was_started_with(monkeypatch, tmp_path):
+    """`AUTORESEARCH_GROUND=g.json uv run train.py` typed once: the next command must name g.json again, or the
+    second seed it asks for reads the default ground.json (other data, another key) and is recorded in another
+    ledger; a model.json elsewhere, or a host name, likewise. Relative paths are kept absolute."""
+    from harness import decide, identity
+    monkeypatch.chdir(tmp_path)
+    for var in ("OMP_NUM_THREADS", *identity.HARNESS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AUTORESEARCH_GROUND", "my ground.json")
+    monkeypatch.setenv("AUTORESEARCH_HOST", "gpu-7")
+    launch = identity.launch_info()
+    assert launch == {"per_node": 1, "env": {"AUTORESEARCH_GROUND": str(tmp_path / "my ground.json"),
+                                             "AUTORESEARCH_HOST": "gpu-7"}}
+    ground = shlex.quote(str(tmp_path / "my ground.json"))
+    assert decide.train_command({"key_parts": {"world": 1}, "launch": launch}, 43) == (
+        f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 43")
+    # with a CPU key's thread count first, and for torchrun (the variables reach every process through it)
+    threads = dict(launch, omp_num_threads="1")
+    assert decide.train_command({"key_parts": {"world": 1, "threads": 1}, "launch": threads}, 44) == (
+        f"env OMP_NUM_THREADS=1 AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 44")
+    assert decide.train_command({"key_parts": {"world": 2}, "launch": dict(launch, per_node=2)}, 43) == (
+        f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run torchrun --standalone "
+        "--nproc_per_node=2 train.py --seed 43")
+    # the command runs: a shell splits it back into the same variables and arguments
+    words = shlex.split(decide.train_command({"key_parts": {"world": 1}, "launch": launch}, 43))
+    assert words[:3] == ["env", f"AUTORESEARCH_GROUND={tmp_path / 'my ground.json'}", "AUTORESEARCH_HOST=gpu-7"]
 
 
 def test_a_new_keys_first_run_that_crashed_is_told_what_to_return_to(tmp_path):

@@ -11,7 +11,8 @@ cost, to subtract). A depth edit changes the width too (depth x aspect_ratio), s
 Variants: `static` is train.py's own compilation; `dynamic-model` compiles the model with dynamic shapes
 (measured slower to compile and not reused: docs/PERFORMANCE.md); `compiled-opt` compiles the AdamW/Muon
 steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off and
-`no-patterns` its pattern-matcher passes; `warm-pool` starts inductor's compile workers before the model is
+`no-patterns` its pattern-matcher passes, `no-loop-order` its loop re-ordering after fusion, `lean` both;
+`warm-pool` starts inductor's compile workers before the model is
 built; `blocks` is processor.compile = "blocks" and `regions` a candidate to replace it (compile_regions);
 `nested` compiles the whole model with each Block.forward a nested compile region (torch's hierarchical
 compilation: one graph, each kind of block traced and compiled once, then stamped out for every layer);
@@ -97,8 +98,10 @@ def child(depth: int, variant: str, tree: Path) -> dict:
     import torch._inductor.config as inductor_config
     if variant == "no-pw-autotune":     # one heuristic config per pointwise kernel, no benchmarking at compile
         inductor_config.triton.autotune_pointwise = False
-    if variant == "no-patterns":        # inductor's pattern-matcher passes (joint and post-grad graphs) off
+    if variant in ("no-patterns", "lean"):        # inductor's pattern-matcher passes (joint and post-grad graphs) off
         inductor_config.pattern_matcher = False
+    if variant in ("no-loop-order", "lean"):      # no second pass re-ordering loops after fusion
+        inductor_config.loop_ordering_after_fusion = False
     if variant == "compiled-opt":       # as train.py did before 2026-11-28: one graph per parameter shape
         train.adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True)
         train.muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True)
