@@ -280,18 +280,19 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
     return None if ran else (run, base)
 
 
-def train_command(entry: dict, seed: int | None = None) -> str:
+def train_command(entry: dict, seed: int | None = None, host: str | None = None) -> str:
     """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process
     (on a CPU with the OMP_NUM_THREADS it was given: its key holds the thread count), torchrun on one node, or
-    torchrun on each of several (README's form), under the harness's variables it was started with (another
-    ground.json or model.json, another host name: identity.launch_info). A run recorded before launches were kept:
-    its key's process count, on one node."""
+    torchrun on each of several (README's form). For the agent of `host` (the host reading it), a run of its own
+    (or recorded without a host) also repeats the harness's variables it was started with (another ground.json or
+    model.json, another host name: identity.launch_info); another host's paths and name are not this agent's. A run
+    recorded before launches were kept: its key's process count, on one node."""
     parts, launch = entry.get("key_parts") or {}, entry.get("launch") or {}
     world, omp = parts.get("world") or 1, launch.get("omp_num_threads")
     local = launch.get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
     env = {**({"OMP_NUM_THREADS": omp} if omp is not None and "threads" in parts and world <= 1 else {}),
-           **launch.get("env", {})}
+           **(launch.get("env", {}) if entry.get("host") in (None, host) else {})}
     env = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " if env else ""   # `timeout`-safe
     if world <= 1:
         return f"{env}uv run train.py{arg}"

@@ -799,6 +799,10 @@ def test_the_next_command_repeats_the_files_and_host_a_run_was_started_with(monk
     assert decide.train_command({"key_parts": {"world": 2}, "launch": dict(launch, per_node=2)}, 43) == (
         f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run torchrun --standalone "
         "--nproc_per_node=2 train.py --seed 43")
+    # memory.md, read on every host of a shared ledger: another host's paths and name are not this agent's
+    theirs = {"key_parts": {"world": 1}, "launch": launch, "host": "gpu-7"}
+    assert decide.train_command(theirs, 43, host="gpu-7").startswith(f"env AUTORESEARCH_GROUND={ground} ")
+    assert decide.train_command(theirs, 43, host="gpu-8") == "uv run train.py --seed 43"
     # the command runs: a shell splits it back into the same variables and arguments
     words = shlex.split(decide.train_command({"key_parts": {"world": 1}, "launch": launch}, 43))
     assert words[:3] == ["env", f"AUTORESEARCH_GROUND={tmp_path / 'my ground.json'}", "AUTORESEARCH_HOST=gpu-7"]
