@@ -18,6 +18,7 @@ from harness.config import (REPO_DIR, ConfigError, ModelConfig, agent_files, fai
 from harness.dataloader import packing_report
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
+from harness.identity import harness_env
 from harness.database import PostgresLedger, Unreachable, open_ledger
 from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
 from harness.memory import next_step, regenerate_memory
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         if args.record_crash:
             row = record_crash_from_log(Path(args.record_crash), s)
             print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
-            print(f"next: {next_step(row, *open_ledger(s).read(), None)}")
+            print(f"next: {next_step(row, *open_ledger(s).read(), None, harness_env())}")
             return 0
         t0 = time.time()
         print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")

@@ -208,14 +208,15 @@ def not_judged(error: str, back: str) -> str | None:
     return None
 
 
-def way_back(home: str | None, best_run: str | None) -> str:
+def way_back(home: str | None, best_run: str | None, env: dict | None = None) -> str:
     """The `git reset` after a discard or a crash: to `home` (return_commit); with nothing kept in this key on this
     host, no commit the ledger knows is the right one (a first run's commit is the harness's; a key can change
     with ground.json or the machine), so the agent is told what to return to, not a guessed commit."""
     if home:
         return f"git reset --hard {home}"
     return ("return to the commit you started from with `git reset --hard` (nothing kept in this key on this host yet"
-            + (f"; to build on the best: uv run prepare.py --restore {best_run})" if best_run else ")"))
+            + (f"; to build on the best: {env_prefix(env or {})}uv run prepare.py --restore {best_run})"
+               if best_run else ")"))
 
 
 def key_differences(a: dict, b: dict) -> list[str]:
@@ -280,26 +281,28 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
     return None if ran else (run, base)
 
 
-def train_command(entry: dict, seed: int | None = None, host: str | None = None) -> str:
+def env_prefix(env: dict) -> str:
+    """`env A=x B=y ` before a command (shell-quoted; `env` also works after `timeout`), or nothing."""
+    return "env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()) + " " if env else ""
+
+
+def train_command(entry: dict, seed: int | None = None, env: dict | None = None) -> str:
     """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process
     (on a CPU with the OMP_NUM_THREADS it was given: its key holds the thread count), torchrun on one node, or
-    torchrun on each of several (README's form). For the agent of `host` (the host reading it), a run of its own
-    (or recorded without a host) also repeats the harness's variables it was started with (another ground.json or
-    model.json, another host name: identity.launch_info); another host's paths and name are not this agent's. A run
-    recorded before launches were kept: its key's process count, on one node."""
+    torchrun on each of several (README's form). `env`: variables to set first, on one node (the printing
+    process's harness variables, identity.harness_env: its agent typed them; memory.md, which every agent of a
+    ledger reads, gives none). A run recorded before launches were kept: its key's process count, on one node."""
     parts, launch = entry.get("key_parts") or {}, entry.get("launch") or {}
     world, omp = parts.get("world") or 1, launch.get("omp_num_threads")
     local = launch.get("per_node", world)
     arg = "" if seed is None else f" --seed {seed}"
-    env = {**({"OMP_NUM_THREADS": omp} if omp is not None and "threads" in parts and world <= 1 else {}),
-           **(launch.get("env", {}) if entry.get("host") in (None, host) else {})}
-    env = "env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " if env else ""   # `timeout`-safe
+    threads = {"OMP_NUM_THREADS": omp} if omp is not None and "threads" in parts and world <= 1 else {}
     if world <= 1:
-        return f"{env}uv run train.py{arg}"
+        return f"{env_prefix({**threads, **(env or {})})}uv run train.py{arg}"
     if local >= world:
-        return f"{env}uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
-    return (f"{env}uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
-            f"--master_addr=<node 0> --master_port=29500 train.py{arg}")
+        return f"{env_prefix(env or {})}uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
+    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
+            f"--master_addr=<node 0> --master_port=29500 train.py{arg}")      # on each node, with its own variables
 
 
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import REPO_DIR, agent_files, model_path
+from harness.config import REPO_DIR, ConfigError, agent_files, model_path
 from harness.decide import PLATFORM_KEYS
 from harness.evaluate import eval_rows
 from harness.settings import Settings
@@ -129,17 +129,28 @@ def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platfor
 HARNESS_ENV = ("AUTORESEARCH_GROUND", "AUTORESEARCH_MODEL", "AUTORESEARCH_HOST")   # which files, which host
 
 
+def harness_env() -> dict:
+    """The harness's variables this process was started with (paths made absolute): the commands it prints for its
+    agent repeat them, or the run they ask for would read other files, or count as another host's."""
+    env = {}
+    for var in HARNESS_ENV:
+        value = os.environ.get(var)
+        if not value:
+            continue
+        if any(ord(c) < 32 for c in value):             # it would break the printed commands and memory.md's lines
+            raise ConfigError(f"{var}: a control character in {value!r}")
+        env[var] = value if var == "AUTORESEARCH_HOST" else os.path.abspath(value)
+    return env
+
+
 def launch_info() -> dict:
     """How train.py was started beyond what its key says (the process count, key_parts' `world`): processes per
-    node (torchrun's environment; all of them without it), OMP_NUM_THREADS where it was set (a CPU key holds
-    the thread count), and the harness's variables that were set (the ground.json and model.json read, paths made
-    absolute; the host's name in the ledger), so that the digest's next command starts the next run the same way:
-    without them the next run reads other files, or counts as another host's."""
+    node (torchrun's environment; all of them without it), OMP_NUM_THREADS where it was set (a CPU key holds the
+    thread count), so that the digest's next command starts the next run the same way, and the harness's variables
+    (`env`: a later --record-crash of the run must read the same ledger as the same host)."""
     omp = os.environ.get("OMP_NUM_THREADS")
-    env = {v: os.path.abspath(os.environ[v]) if v != "AUTORESEARCH_HOST" else os.environ[v]
-           for v in HARNESS_ENV if os.environ.get(v)}
     return {"per_node": int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))),
-            **({"omp_num_threads": omp} if omp else {}), **({"env": env} if env else {})}
+            **({"omp_num_threads": omp} if omp else {}), "env": harness_env()}
 
 
 def library_versions() -> dict:

@@ -193,7 +193,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             out.append(f"- !! this key's baseline is not the best configuration of the key before ({pair[0]['run_id']}"
                        f": {'; '.join(changes(entry(pair[0]), entry(pair[1]))[:3])}): what it changed was never judged"
                        f"; run that one here too: `uv run prepare.py --restore {pair[0]['run_id']}`, commit, run it: "
-                       f"`{train_command(entry(pair[1]), host=host_name())}`")
+                       f"`{train_command(entry(pair[1]))}`")
     if best:
         seeds = f"mean of {len(best_cfg.values)} seeds" if len(best_cfg.values) > 1 else "1 seed"
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
@@ -212,7 +212,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append("- noise floor: not measured yet: no run of this key has a val_bpb yet (the last run says why)")
     else:
         out.append("- noise floor: not measured yet: no configuration has run under two seeds; no gain can be kept "
-                   f"until it is (`{train_command(entry(last), 43, host_name())}` on the baseline's commit)")
+                   f"until it is (`{train_command(entry(last), 43)}` on the baseline's commit)")
     out.append(since_last_improvement(since, index))
     agents = sorted({(entry(r).get("host"), entry(r).get("branch")) for r in cur if entry(r).get("branch")},
                     key=lambda hb: (str(hb[0]), str(hb[1])))
@@ -273,7 +273,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     if last["status"] == "confirm":
         seed = next_seed(rows, index, key, run_fingerprint(last, index))
         out.append(f"- pending: better than the best, not yet by the margin with {MIN_RUNS_TO_KEEP}+ seeds; re-run "
-                   f"this commit unchanged: `{train_command(le, seed, host_name())}`")
+                   f"this commit unchanged: `{train_command(le, seed)}`")
     out.append("")
 
     # -- top runs, recent runs -----------------------------------------------------------------
@@ -367,13 +367,13 @@ def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
                 and run_fingerprint(r, index) == best.fingerprint)
 
 
-def next_step(row: dict, rows: list[dict], index: dict, branch: str | None) -> str:
-    """The protocol's next command for this outcome (program.md, the loop); rows, index: the ledger, this run in it."""
+def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env: dict | None = None) -> str:
+    """The protocol's next command for this run (the ledger's row); env: the printing process's harness variables."""
     status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
-    again = lambda seed: train_command(index.get(row["run_id"], {}), seed, host_name())   # noqa: E731 - as it started
+    again = lambda seed: train_command(index.get(row["run_id"], {}), seed, env)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
     st = standing(rows, index, key)
-    back = way_back(home, _best_run(rows, index, key, st.best) if st.best else None)
+    back = way_back(home, _best_run(rows, index, key, st.best) if st.best else None, env)
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
                 f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,9 @@ from harness import settings, warm_eval
 from harness.config import ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (config_fingerprint, git_info, key_of, key_parts, launch_info, library_versions,
-                               train_py_functions, trained_files)
-from harness.decide import RECOMPILED, STOPPED_SHORT, is_scored, parent_run, run_fingerprint
+from harness.identity import (config_fingerprint, git_info, harness_env, key_of, key_parts, launch_info,
+                               library_versions, train_py_functions, trained_files)
+from harness.decide import RECOMPILED, STOPPED_SHORT, env_prefix, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -210,7 +211,7 @@ class Run:
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
         for line in self.warnings:
             print(line)
-        self.next_step = next_step(self.recorded, *self.store.read(), self.git.get("branch"))
+        self.next_step = next_step(self.recorded, *self.store.read(), self.git.get("branch"), harness_env())
         print(f"next: {self.next_step}")
         return self.recorded
 
@@ -252,8 +253,8 @@ class Run:
         lines = []
         for c in self.store.claims(now):
             if claim_state(c, host_name()) == "gone":         # (no word here that --record-crash reads as a reason)
-                print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: uv run "
-                      f"prepare.py --record-crash {c['log']}")
+                print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: "
+                      f"{env_prefix(harness_env())}uv run prepare.py --record-crash {c['log']}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
                 lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"
@@ -348,6 +349,13 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     except ValueError as e:
         raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
                           f"remove the log") from None
+    started, here = (rec.get("launch") or {}).get("env"), harness_env()     # None: recorded before launches kept it
+    if started is not None and started != here:         # another ledger, model.json or host than the run's
+        said = lambda env: env_prefix(env).removeprefix("env ").strip() or "no AUTORESEARCH_ variables"  # noqa: E731
+        unset = "".join(f"-u {var} " for var in here if var not in started)
+        raise ConfigError(f"{rec_path.name}: run {run_id} was started with {said(started)}, this process with "
+                          f"{said(here)}; record it as it ran: env {unset}{env_prefix(started).removeprefix('env ')}"
+                          f"uv run prepare.py --record-crash {shlex.quote(str(log))}")
     if any(r["run_id"] == run_id for r in store.read()[0]) or rec.get("status", "running") != "running":
         raise ConfigError(f"{results.name}: run {run_id} is already recorded ({rec.get('status')} in {rec_path.name})")
     if any(c["run_id"] == run_id and claim_state(c, host_name()) == "alive" for c in store.claims(time.time())):

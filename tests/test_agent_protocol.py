@@ -42,11 +42,17 @@ def clone(tmp_path, workspace):
     return c
 
 
-def train(clone, tmp_path, *args, budget=None):
+def agent_env(tmp_path):
+    """The agent's environment: the test's ground.json; the clone's model.json, this host, no thread setting."""
     env = dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / "ground.json"), PYTHONUNBUFFERED="1")
-    env.pop("AUTORESEARCH_MODEL", None)          # the clone's own model.json
+    for var in ("AUTORESEARCH_MODEL", "AUTORESEARCH_HOST", "OMP_NUM_THREADS"):
+        env.pop(var, None)
+    return env
+
+
+def train(clone, tmp_path, *args, budget=None):
     return subprocess.run([sys.executable, "train.py", *args], cwd=clone, capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=agent_env(tmp_path), timeout=300)
 
 
 def ledger_rows(clone):
@@ -177,8 +183,7 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     n = len(ledger_rows(clone))
 
     # 5. a run killed outright (SIGKILL): nothing recorded until --record-crash reads its log
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / "ground.json"), PYTHONUNBUFFERED="1")
-    env.pop("AUTORESEARCH_MODEL", None)
+    env = agent_env(tmp_path)
     p = subprocess.Popen([sys.executable, "train.py", "--description", "killed run"], cwd=clone, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, deadline = "", time.time() + 120

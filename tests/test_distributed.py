@@ -85,9 +85,11 @@ def test_two_gloo_processes_match_one_process(run_dir):
     assert rows[0]["comparability_key"] != rows[1]["comparability_key"]     # more GPUs is another key
     rec = json.loads((run_dir / "sessions" / f"{rows[1]['run_id']}.json").read_text())
     assert rec["world_size"] == 2 and rec["metrics"]["world_size"] == 2
-    # the next command starts the next run as this one was started (a plain `uv run train.py` is another key)
-    assert one["next"].endswith("uv run train.py --seed 43")
-    assert two["next"].endswith("uv run torchrun --standalone --nproc_per_node=2 train.py --seed 43")
+    # the next command starts the next run as this one was started (a plain `uv run train.py` is another key), with
+    # the variables the agent set (one process on a CPU: the thread count, part of its key)
+    typed = f"AUTORESEARCH_GROUND={run_dir / 'ground.json'} AUTORESEARCH_MODEL={run_dir / 'model.json'}"
+    assert one["next"].endswith(f"seed: env OMP_NUM_THREADS=1 {typed} uv run train.py --seed 43")
+    assert two["next"].endswith(f"seed: env {typed} uv run torchrun --standalone --nproc_per_node=2 train.py --seed 43")
 
 
 @pytest.mark.slow
@@ -119,5 +121,5 @@ def test_two_nodes_with_torchrun_rendezvous_match_one_process(run_dir, tmp_path_
     assert float(two["val_bpb"]) == pytest.approx(float(one["val_bpb"]), abs=1e-5)
     assert [r["description"] for r in ledger.read_ledger(run_dir / "results.tsv")] == ["1 proc", "2 nodes"]
     assert not (node1 / "results.tsv").exists()                 # node 1's rank records nothing
-    assert two["next"].endswith("uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> "
-                                "--master_addr=<node 0> --master_port=29500 train.py --seed 43")
+    assert two["next"].endswith("seed: uv run torchrun --nnodes=2 --nproc_per_node=1 --node_rank=<this node's rank> "
+                                "--master_addr=<node 0> --master_port=29500 train.py --seed 43")   # each node's own

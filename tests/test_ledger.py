@@ -771,41 +771,49 @@ def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
     from harness import identity
     for var in ("OMP_NUM_THREADS", *identity.HARNESS_ENV):
         monkeypatch.delenv(var, raising=False)
-    assert identity.launch_info() == {"per_node": 1}
+    assert identity.launch_info() == {"per_node": 1, "env": {}}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1"}
+    assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1", "env": {}}
 
 
-def test_the_next_command_repeats_the_files_and_host_a_run_was_started_with(monkeypatch, tmp_path):
-    """`AUTORESEARCH_GROUND=g.json uv run train.py` typed once: the next command must name g.json again, or the
-    second seed it asks for reads the default ground.json (other data, another key) and is recorded in another
-    ledger; a model.json elsewhere, or a host name, likewise. Relative paths are kept absolute."""
+def test_the_next_command_repeats_the_variables_its_agent_typed(monkeypatch, tmp_path):
+    """`AUTORESEARCH_GROUND=g.json uv run train.py` typed once: the commands that run prints for its agent must name
+    g.json again, or the second seed they ask for reads the default ground.json (other data, another key) into
+    another ledger; a model.json elsewhere, or a host name, likewise. memory.md, read by every agent of a ledger
+    (several per host, one per GPU), repeats none: one agent's host name would make another's runs its own."""
     from harness import decide, identity
     monkeypatch.chdir(tmp_path)
     for var in ("OMP_NUM_THREADS", *identity.HARNESS_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AUTORESEARCH_GROUND", "my ground.json")
     monkeypatch.setenv("AUTORESEARCH_HOST", "gpu-7")
-    launch = identity.launch_info()
-    assert launch == {"per_node": 1, "env": {"AUTORESEARCH_GROUND": str(tmp_path / "my ground.json"),
-                                             "AUTORESEARCH_HOST": "gpu-7"}}
+    env = identity.harness_env()
+    assert env == {"AUTORESEARCH_GROUND": str(tmp_path / "my ground.json"), "AUTORESEARCH_HOST": "gpu-7"}
+    assert identity.launch_info()["env"] == env                      # kept in the run's record
     ground = shlex.quote(str(tmp_path / "my ground.json"))
-    assert decide.train_command({"key_parts": {"world": 1}, "launch": launch}, 43) == (
+    one = {"key_parts": {"world": 1}, "launch": {"per_node": 1}}
+    assert decide.train_command(one, 43, env) == (
         f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 43")
-    # with a CPU key's thread count first, and for torchrun (the variables reach every process through it)
-    threads = dict(launch, omp_num_threads="1")
-    assert decide.train_command({"key_parts": {"world": 1, "threads": 1}, "launch": threads}, 44) == (
+    assert decide.train_command(one, 43) == "uv run train.py --seed 43"          # memory.md's form
+    # a CPU key's thread count first; torchrun on one node passes them to every process; on several nodes the
+    # command runs on each, from its own checkout with its own variables: none
+    threads = {"key_parts": {"world": 1, "threads": 1}, "launch": {"per_node": 1, "omp_num_threads": "1"}}
+    assert decide.train_command(threads, 44, env) == (
         f"env OMP_NUM_THREADS=1 AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 44")
-    assert decide.train_command({"key_parts": {"world": 2}, "launch": dict(launch, per_node=2)}, 43) == (
+    assert decide.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 2}}, 43, env) == (
         f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run torchrun --standalone "
         "--nproc_per_node=2 train.py --seed 43")
-    # memory.md, read on every host of a shared ledger: another host's paths and name are not this agent's
-    theirs = {"key_parts": {"world": 1}, "launch": launch, "host": "gpu-7"}
-    assert decide.train_command(theirs, 43, host="gpu-7").startswith(f"env AUTORESEARCH_GROUND={ground} ")
-    assert decide.train_command(theirs, 43, host="gpu-8") == "uv run train.py --seed 43"
+    assert decide.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 1}}, 43, env).startswith(
+        "uv run torchrun --nnodes=2 ")
+    assert decide.way_back(None, "r1", env).endswith(f"to build on the best: env AUTORESEARCH_GROUND={ground} "
+                                                     "AUTORESEARCH_HOST=gpu-7 uv run prepare.py --restore r1)")
     # the command runs: a shell splits it back into the same variables and arguments
-    words = shlex.split(decide.train_command({"key_parts": {"world": 1}, "launch": launch}, 43))
+    words = shlex.split(decide.train_command(one, 43, env))
     assert words[:3] == ["env", f"AUTORESEARCH_GROUND={tmp_path / 'my ground.json'}", "AUTORESEARCH_HOST=gpu-7"]
+    # a value no command line can carry is refused where it is read, naming the variable
+    monkeypatch.setenv("AUTORESEARCH_HOST", "gpu-7\n## Notes")
+    with pytest.raises(config.ConfigError, match=r"^AUTORESEARCH_HOST: a control character"):
+        identity.harness_env()
 
 
 def test_a_new_keys_first_run_that_crashed_is_told_what_to_return_to(tmp_path):

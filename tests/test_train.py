@@ -142,11 +142,19 @@ def test_a_run_killed_outright_is_not_left_running(run_dir):
     r = run_script("train.py", run_dir)
     assert r.returncode == 0, r.stdout[-2000:]
     log = (run_dir / "sessions" / f"{killed}.log").resolve()
-    assert (f"!! a run started on this machine ended without a record: {killed}; record it: uv run prepare.py "
-            f"--record-crash {log}") in r.stdout
+    typed = f"AUTORESEARCH_GROUND={run_dir / 'ground.json'} AUTORESEARCH_MODEL={run_dir / 'model.json'}"
+    assert (f"!! a run started on this machine ended without a record: {killed}; record it: env {typed} uv run "
+            f"prepare.py --record-crash {log}") in r.stdout              # the variables this run's agent typed
     assert "already running" not in r.stdout
-    digest = (run_dir / "sessions" / "memory.md").read_text()
+    digest = (run_dir / "sessions" / "memory.md").read_text()        # read by every agent of the ledger: none
     assert f"  - its process ended without a record: `uv run prepare.py --record-crash {log}`" in digest
+    # recorded under another host name (or ledger) than the run's: refused, nothing written, the command said
+    other = run_script("prepare.py", run_dir, "--record-crash", str(log), env_extra={"AUTORESEARCH_HOST": "elsewhere"})
+    assert (other.returncode, other.stderr.strip()) == (2, (
+        f"error: {killed}.json: run {killed} was started with {typed}, this process with {typed} "
+        f"AUTORESEARCH_HOST=elsewhere; record it as it ran: env -u AUTORESEARCH_HOST {typed} uv run prepare.py "
+        f"--record-crash {log}"))
+    assert [x["status"] for x in ledger.read_ledger(run_dir / "results.tsv")] == ["baseline"]
     crash = run_script("prepare.py", run_dir, "--record-crash", str(log))
     assert crash.returncode == 0, crash.stdout[-1000:] + crash.stderr[-1000:]
     again = run_script("prepare.py", run_dir, "--record-crash", str(log))       # recorded: refused, nothing added
