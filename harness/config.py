@@ -250,8 +250,9 @@ MAX_SHOWN_CHARS = 60        # of a bad value or key quoted in an error line: the
 
 
 def _show(value: Any) -> str:
-    """A value for an error line: JSON, on one line, cut short."""
-    text = json.dumps(value, ensure_ascii=True)
+    """A value for an error line: JSON, on one line, cut short, a URL's password masked (a database URL pasted into
+    ground.json must not reach the terminal and the logs)."""
+    text = re.sub(r"(\w+://[^:/@\s\"]*:)[^\s\"]*@", r"\1***@", json.dumps(value, ensure_ascii=True))
     return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
 
 
