@@ -46,6 +46,7 @@ CONNECT_TIMEOUT_S = 3
 RETRY_DELAYS_S = (0.5, 1.5)    # a server restarting answers again within a few seconds
 DOWN_MEMORY_S = 20             # after a failed retry: the rest of this record (memory.md, claims) does not wait again
 _REFUSED = ("28P01", "28000", "3D000")     # bad password, no such role / not authorized, no such database
+_BAD_VALUE = re.compile(r"connection is bad: invalid ")   # libpq refusing a value of the URL (not "invalid" in a host)
 
 
 class Unreachable(Exception):
@@ -89,6 +90,19 @@ class PostgresLedger:
                 text = text.replace(piece, "***")
         return text[:limit]
 
+    def check_url(self) -> None:
+        """What no wait will mend, before any connection: a URL psycopg cannot read, a port that is not a number
+        (psycopg would report it as a host it cannot resolve, and the run would queue forever)."""
+        from psycopg import Error, conninfo
+        try:
+            info = conninfo.conninfo_to_dict(self.url)
+        except Error as e:
+            raise ConfigError(f"ground.json: key 'ledger.database_url_env': ${self.env} is not a usable "
+                              f"postgresql:// URL ({self._say(e, 120)})") from None
+        if any(not p.strip().isdigit() for p in str(info.get("port", "5432")).split(",")):
+            raise ConfigError(f"ground.json: key 'ledger.database_url_env': the port in ${self.env} is not a number "
+                              f"({self._say(ValueError(info['port']), 40)})")
+
     def _connect(self):
         import psycopg
         try:
@@ -99,7 +113,7 @@ class PostgresLedger:
         except psycopg.OperationalError as e:
             text = self._say(e)
             if (getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text
-                    or "invalid" in text):                 # wrong credentials or URL: waiting will not help
+                    or _BAD_VALUE.match(text)):            # wrong credentials or URL: waiting will not help
                 raise ConfigError(f"ground.json: key 'ledger.database_url_env': the database named by ${self.env} "
                                   f"refused the connection (check the user, password and database name in "
                                   f"${self.env}; the database must exist): {text}") from None
@@ -318,5 +332,7 @@ def open_ledger(s: Settings | None = None):
     except ImportError:
         raise ConfigError("ground.json: key 'ledger.backend': \"postgres\" needs psycopg: "
                           "`uv sync --extra shared`") from None
-    return PostgresLedger(url, local, cfg.database_url_env)
+    store = PostgresLedger(url, local, cfg.database_url_env)
+    store.check_url()
+    return store
 

@@ -329,6 +329,23 @@ def test_errors_never_show_the_url_or_its_password(tmp_path):
     assert "topsecret" not in str(e.value) and "127.0.0.1" in str(e.value)
 
 
+def test_a_bad_port_stops_the_run_and_an_unresolved_host_queues_it(tmp_path):
+    """What waiting cannot mend stops the run (exit 2): a port that is not a number, which psycopg reports as a host
+    it cannot resolve; a host that does not resolve now (DNS down, a host named *.invalid) is unreachable: the run
+    is recorded locally and queued, as when the server is down."""
+    pytest.importorskip("psycopg")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    with pytest.raises(config.ConfigError) as e:
+        database.PostgresLedger("postgresql://agent:topsecret@localhost:notaport/x", local).check_url()
+    assert str(e.value) == ("ground.json: key 'ledger.database_url_env': the port in $AUTORESEARCH_DATABASE_URL is "
+                            "not a number (notaport)")
+    unresolved = database.PostgresLedger("postgresql://agent:topsecret@nohost.invalid:5432/x", local)
+    unresolved.check_url()                                       # a well-formed URL
+    with pytest.raises(database.Unreachable) as e:
+        unresolved._retry(lambda conn: None)
+    assert "nohost.invalid" in str(e.value) and "topsecret" not in str(e.value)
+
+
 def test_a_queued_run_the_database_refuses_is_set_aside_not_blocking(postgres, tmp_path):
     local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
     store = database.PostgresLedger(postgres.new_database("poison"), local)
