@@ -306,20 +306,26 @@ def train_command(entry: dict, seed: int | None = None, env: dict | None = None)
 
 
 def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
-    """The commit to return to after a discard or a crash: the last clean run on this branch of this host whose
-    configuration is accepted (its baseline or keep; also a re-run of a configuration kept elsewhere, e.g. after
-    --restore), else the last accepted run's commit on this host. None when this host has none (commits of other
-    hosts are not in this checkout). Runs recorded without a host count as this host's."""
+    """The commit to return to after a discard or a crash: the last clean commit on this branch of this host that
+    holds an accepted configuration (a run's, when it is a baseline or keep, or a re-run of a configuration kept
+    elsewhere; a run's parent, when the parent holds an accepted run's files byte for byte: the commit
+    `prepare.py --restore` wrote another host's kept run into), else the last accepted run's commit on this host.
+    None when this host has none (commits of other hosts are not in this checkout). Runs recorded without a host
+    count as this host's."""
     entry = lambda r: index.get(r["run_id"], {})                                     # noqa: E731
     here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
-    good = {run_fingerprint(r, index): entry(r) for r in rows
-            if r["comparability_key"] == key and r["status"] in ACCEPTED}
-    points = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")
-              and (r["status"] in ACCEPTED
-                   or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
-                       and not capped_apart(good[run_fingerprint(r, index)], entry(r))))]
-    pick = points or [r for r in here if r["status"] in ACCEPTED]
-    return pick[-1]["commit"] if pick else None
+    accepted = [r for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED]
+    good = {run_fingerprint(r, index): entry(r) for r in accepted}
+    kept_files = {entry(r).get("files_sha") for r in accepted} - {None}
+    points = []
+    for r in (r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")):
+        if entry(r).get("parent") and entry(r).get("parent_files_sha") in kept_files:
+            points.append(entry(r)["parent"])                  # before the run's own commit: a keep there is later
+        if r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
+                                       and not capped_apart(good[run_fingerprint(r, index)], entry(r))):
+            points.append(r["commit"])
+    pick = points or [r["commit"] for r in here if r["status"] in ACCEPTED]
+    return pick[-1] if pick else None
 
 
 def parent_runs(rows: list[dict], index: dict) -> dict:

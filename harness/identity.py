@@ -37,6 +37,7 @@ def _git(*args: str) -> str:
 def git_info() -> dict:
     return {"commit": _git("rev-parse", "--short=7", "HEAD") or "nocommit",
             "parent": _git("rev-parse", "--short=7", "HEAD~1") or None,
+            "files_sha": files_digest(trained_files()), "parent_files_sha": files_digest(parent_files()),
             "subject": _git("log", "-1", "--format=%s"),
             "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
             "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
@@ -91,6 +92,36 @@ def train_py_functions(train_py: Path | None = None) -> dict:
             module.append(seg)
     out["(module level)"] = digest("\n".join(module))
     return out
+
+
+def files_digest(files: dict | None) -> str | None:
+    """model.json and train.py, byte for byte, as one short hash: the commit `prepare.py --restore` wrote a kept
+    run's files into has that run's digest (decide.return_commit returns to it)."""
+    return None if files is None else hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parent_files() -> dict | None:
+    """model.json and train.py as the parent commit holds them, when HEAD changed nothing else (a reset to the parent
+    then undoes only the agent's edit, not a ground.json or harness change); None without a parent, for a file
+    outside this checkout, or when HEAD changed other files."""
+    root = REPO_DIR.resolve()
+    paths = {name: path.resolve() for name, path in agent_files().items()}
+    if not all(p.is_relative_to(root) for p in paths.values()):
+        return None
+    rel = {name: p.relative_to(root).as_posix() for name, p in paths.items()}
+    changed = _git("diff", "--name-only", "HEAD~1", "HEAD")
+    if not _git("rev-parse", "--verify", "--quiet", "HEAD~1") or not set(changed.splitlines()) <= set(rel.values()):
+        return None
+    files = {}
+    for name, path in rel.items():
+        try:
+            out = subprocess.run(["git", "show", f"HEAD~1:{path}"], cwd=REPO_DIR, capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode != 0:
+            return None
+        files[name] = out.stdout.decode("utf-8", errors="replace")
+    return files
 
 
 def trained_files() -> dict:

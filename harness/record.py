@@ -220,6 +220,7 @@ class Run:
         return {"model": self.model, "fingerprint": self.record["fingerprint"], "seed": self.seed, "error": error,
                 "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
                 "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
+                "files_sha": self.git.get("files_sha"), "parent_files_sha": self.git.get("parent_files_sha"),
                 "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name(),
                 "key_parts": self.key_parts, "launch": self.record["launch"]}
 
@@ -375,6 +376,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": error,
              "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
              "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
+             "files_sha": git.get("files_sha"), "parent_files_sha": git.get("parent_files_sha"),
              "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),
              "host": rec.get("host"), "key_parts": rec.get("key_parts"), "launch": rec.get("launch")}
     row = record(results, sessions, row, entry, status="crash", store=store)

@@ -572,6 +572,56 @@ def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_
     assert decide.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
 
 
+def test_after_a_restore_a_discard_returns_to_the_restored_commit(monkeypatch):
+    """Host b restores host a's kept run (`prepare.py --restore`), commits it (r1) and runs an edit on top without
+    running r1 first: the discard must send b back to r1, whose files are the kept run's byte for byte, not to b's
+    own baseline (a configuration the best has left behind, against which b's next edits would be judged wrongly).
+    A parent whose commit also changed other files (ground.json) is no such point: going back would undo them."""
+    from harness import decide
+    rows = [_row("a-base", 1.00, commit="a0", status="baseline"), _row("b-base", 1.00, commit="b0", status="baseline"),
+            _row("a-keep", 0.90, commit="a1", status="keep"), _row("b-edit", 0.95, commit="e1", status="discard")]
+    index = {"a-base": _entry(fp="F0", host="a", commit="a0", files_sha="S0"),
+             "b-base": _entry(fp="F0", host="b", commit="b0", files_sha="S0"),
+             "a-keep": _entry(fp="FK", host="a", commit="a1", files_sha="SK", parent="a0", parent_files_sha="S0"),
+             "b-edit": _entry(fp="FE", host="b", commit="e1", files_sha="SE", parent="r1", parent_files_sha="SK")}
+    assert decide.return_commit(rows, index, "k1", "main", "b") == "r1"
+    monkeypatch.setenv("AUTORESEARCH_HOST", "b")
+    assert memory.next_step(rows[-1], rows, index, "main") == "git reset --hard r1"          # a discard
+    index["b-edit"]["parent_files_sha"] = None            # the edit's commit changed ground.json too (or an old run)
+    assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
+    index["b-edit"]["parent_files_sha"] = "SX"            # a parent with files no accepted run has
+    assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
+
+
+def test_a_runs_git_info_digests_its_files_and_its_parents(tmp_path, monkeypatch):
+    """files_sha: the agent's two files as the run reads them; parent_files_sha: as HEAD~1 holds them, only when HEAD
+    changed nothing but them (a reset to the parent must not undo a ground.json change)."""
+    import subprocess
+    from harness import config as cfg, identity
+    monkeypatch.setattr(cfg, "REPO_DIR", tmp_path)
+    monkeypatch.setattr(identity, "REPO_DIR", tmp_path)
+    monkeypatch.delenv("AUTORESEARCH_MODEL", raising=False)
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)   # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    kept = {"model.json": '{"depth": 4}\n', "train.py": "print('kept')\n"}
+    for name, text in kept.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "ground.json").write_text("{}\n")
+    git("add", "-A")
+    git("commit", "-qm", "restored")
+    (tmp_path / "model.json").write_text('{"depth": 6}\n')
+    git("commit", "-qam", "edit")
+    info = identity.git_info()
+    assert info["parent_files_sha"] == identity.files_digest(kept)
+    assert info["files_sha"] == identity.files_digest({**kept, "model.json": '{"depth": 6}\n'})
+    (tmp_path / "ground.json").write_text('{"x": 1}\n')
+    (tmp_path / "model.json").write_text('{"depth": 8}\n')
+    git("commit", "-qam", "edit with a ground.json change")
+    assert identity.git_info()["parent_files_sha"] is None
+
+
 def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
     differ there are another key, never compared, as are runs with another number of warm-up steps outside the
