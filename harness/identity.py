@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from harness.config import REPO_DIR, ConfigError, agent_files, model_path
+from harness.config import REPO_DIR, ConfigError, agent_files, ground_path, model_path
 from harness.decide import PLATFORM_KEYS
 from harness.evaluate import eval_rows
 from harness.settings import Settings
@@ -92,6 +92,28 @@ def train_py_functions(train_py: Path | None = None) -> dict:
             module.append(seg)
     out["(module level)"] = digest("\n".join(module))
     return out
+
+
+def ground_commit_note() -> str | None:
+    """A `!!` line when ground.json (in this checkout) is not committed on its own: uncommitted, a `git commit -am`
+    would put it in the next experiment's commit; changed by HEAD with model.json or train.py, the `git reset --hard`
+    after a discard would undo it too (e.g. a shared ledger's settings: later runs would silently use another)."""
+    path, root = ground_path().resolve(), REPO_DIR.resolve()
+    if not path.is_relative_to(root) or not _git("rev-parse", "--verify", "--quiet", "HEAD"):
+        return None
+    rel = path.relative_to(root).as_posix()
+    agent = {p.resolve().relative_to(root).as_posix() for p in agent_files().values()
+             if p.resolve().is_relative_to(root)}
+    if _git("status", "--porcelain", "--untracked-files=no", "--", rel):
+        return (f"!! {rel} has uncommitted changes: commit them on their own first (`git commit {rel} -m \"ground: "
+                f"...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
+    changed = set(_git("diff", "--name-only", "HEAD~1", "HEAD").splitlines()) if _git(
+        "rev-parse", "--verify", "--quiet", "HEAD~1") else set()
+    if rel in changed and changed & agent:
+        return (f"!! this commit changes {rel} with {' and '.join(sorted(changed & agent))}: the `git reset --hard` "
+                f"after a discard would undo {rel} too; split it: `git reset --soft HEAD~1 && git commit {rel} -m "
+                f"\"ground: ...\" && git commit -am \"<the edit>\"`")
+    return None
 
 
 def files_digest(files: dict | None) -> str | None:

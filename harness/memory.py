@@ -4,8 +4,7 @@
     uv run prepare.py --memory        # regenerate it on demand
 
 Deterministic (the same ledger gives the same bytes), written atomically, under 8 KB whatever the
-number of runs; the agent's `## Notes` section is kept verbatim below the generated part.
-"""
+number of runs; the agent's `## Notes` section is kept verbatim below the generated part."""
 
 from __future__ import annotations
 
@@ -133,7 +132,8 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
             line += " — another comparability key"
         out.append(line)
         if c.get("gone"):             # killed outright on this machine: neither in flight nor in the ledger
-            out.append(f"  - its process ended without a record: `uv run prepare.py --record-crash {c['log']}`")
+            out.append(f"  - its process ended without a record; its agent ({where}) records it: `uv run prepare.py "
+                       f"--record-crash {c['log']}`")
             continue
         same = (c.get("comparability_key"), c.get("fingerprint"))
         mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate

@@ -27,8 +27,8 @@ from harness import settings, warm_eval
 from harness.config import ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (config_fingerprint, git_info, harness_env, key_of, key_parts, launch_info,
-                               library_versions, train_py_functions, trained_files)
+from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, key_of, key_parts,
+                               launch_info, library_versions, train_py_functions, trained_files)
 from harness.decide import RECOMPILED, STOPPED_SHORT, env_prefix, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
@@ -140,7 +140,7 @@ class Run:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
         rows, index = self.store.read()
-        self.warnings = self.cap_warnings(rows, index)
+        self.warnings = self.cap_warnings(rows, index) + [note for note in [ground_commit_note()] if note]
         for line in self.warnings:
             print(line)
         self._write_json()
@@ -253,7 +253,8 @@ class Run:
                      record=str(self.json_path.resolve()), **process_claim(host_name()))
         lines = []
         for c in self.store.claims(now):
-            if claim_state(c, host_name()) == "gone":         # (no word here that --record-crash reads as a reason)
+            if claim_state(c, host_name()) == "gone" and c.get("host") in (None, host_name()):   # this agent's run
+                # (no word in this line that --record-crash reads as a reason)
                 print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: "
                       f"{env_prefix(harness_env())}uv run prepare.py --record-crash {c['log']}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):

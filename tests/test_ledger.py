@@ -622,6 +622,43 @@ def test_a_runs_git_info_digests_its_files_and_its_parents(tmp_path, monkeypatch
     assert identity.git_info()["parent_files_sha"] is None
 
 
+def test_a_run_says_when_ground_json_is_not_committed_on_its_own(tmp_path, monkeypatch):
+    """A trial: ground.json edited for a shared ledger and left uncommitted, then swept into the first experiment's
+    commit by `git commit -am`; the discard's reset undid it and later runs used the local ledger, silently."""
+    import subprocess
+    from harness import config as cfg, identity
+    monkeypatch.setattr(cfg, "REPO_DIR", tmp_path)
+    monkeypatch.setattr(identity, "REPO_DIR", tmp_path)
+    monkeypatch.delenv("AUTORESEARCH_MODEL", raising=False)
+    monkeypatch.setenv("AUTORESEARCH_GROUND", str(tmp_path / "ground.json"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)   # noqa: E731
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    for name in ("ground.json", "model.json", "train.py"):
+        (tmp_path / name).write_text("{}\n")
+    git("add", "-A")
+    git("commit", "-qm", "start")
+    assert identity.ground_commit_note() is None
+    (tmp_path / "ground.json").write_text('{"ledger": "postgres"}\n')
+    assert identity.ground_commit_note() == (
+        "!! ground.json has uncommitted changes: commit them on their own first (`git commit ground.json -m \"ground: "
+        "...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
+    (tmp_path / "model.json").write_text('{"depth": 4}\n')
+    git("commit", "-qam", "depth 4")
+    assert identity.ground_commit_note() == (
+        "!! this commit changes ground.json with model.json: the `git reset --hard` after a discard would undo "
+        "ground.json too; split it: `git reset --soft HEAD~1 && git commit ground.json -m \"ground: ...\" && git "
+        "commit -am \"<the edit>\"`")
+    git("reset", "-q", "--soft", "HEAD~1")              # the split it asks for
+    git("commit", "-qm", "ground: postgres", "ground.json")
+    git("commit", "-qam", "depth 4")
+    assert identity.ground_commit_note() is None
+    monkeypatch.setenv("AUTORESEARCH_GROUND", str(tmp_path.parent / "shared-ground.json"))
+    (tmp_path / "ground.json").write_text('{"x": 1}\n')
+    assert identity.ground_commit_note() is None        # a ground.json outside the checkout has no history here
+
+
 def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
     differ there are another key, never compared, as are runs with another number of warm-up steps outside the

@@ -120,7 +120,8 @@ def test_a_run_killed_outright_here_is_not_shown_as_running(store, tmp_path):
     memory.write_memory(store, now=now)
     lines = (store.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0].splitlines()
     assert lines[1].startswith("- agent-gpu0/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42")
-    assert lines[2] == "  - its process ended without a record: `uv run prepare.py --record-crash /logs/killed.log`"
+    assert lines[2] == ("  - its process ended without a record; its agent (agent-gpu0/autoresearch/gpu0) records it: "
+                        "`uv run prepare.py --record-crash /logs/killed.log`")         # whose, on a shared machine
     assert lines[3].startswith("- agent-gpu1/autoresearch/gpu0 — 1 min — try B")
     assert lines[4].startswith(f"- {here}/autoresearch/gpu0 — 0 min — try C") and len(lines) == 5  # no duplicate
 

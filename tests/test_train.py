@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import ledger
+from harness import database, ledger
 from conftest import REPO, write_json, run_script
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M",
@@ -147,7 +147,8 @@ def test_a_run_killed_outright_is_not_left_running(run_dir):
             f"prepare.py --record-crash {log}") in r.stdout              # the variables this run's agent typed
     assert "already running" not in r.stdout
     digest = (run_dir / "sessions" / "memory.md").read_text()        # read by every agent of the ledger: none
-    assert f"  - its process ended without a record: `uv run prepare.py --record-crash {log}`" in digest
+    assert (f"  - its process ended without a record; its agent ({database.host_name()}/") in digest
+    assert f" records it: `uv run prepare.py --record-crash {log}`" in digest
     # recorded under another host name (or ledger) than the run's: refused, nothing written, the command said
     other = run_script("prepare.py", run_dir, "--record-crash", str(log), env_extra={"AUTORESEARCH_HOST": "elsewhere"})
     assert (other.returncode, other.stderr.strip()) == (2, (
