@@ -255,7 +255,7 @@ def key_before(rows: list[dict], index: dict, key: str) -> tuple[dict, str]:
     first run's host made before it (the key this agent came from), else the ledger's latest run of another key."""
     mine = _before_on_host(rows, index, next(i for i, r in enumerate(rows) if r["comparability_key"] == key))
     if mine:
-        return mine[-1], "the key this host ran before it"
+        return mine[-1], "the key its first run's host ran before it"
     return next(r for r in reversed(rows) if r["comparability_key"] != key), "its latest run"
 
 

@@ -226,7 +226,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append("- commit to return to after a discard or a crash, by agent: " + "; ".join(homes))
     elif (home := return_commit(rows, index, key, branch, entry(last).get("host"))):
         out.append(f"- commit to return to after a discard or a crash: `git reset --hard {home}` (the last kept "
-                   f"commit{' of ' + branch if branch else ''})")
+                   f"commit{' of ' + '/'.join(x for x in (entry(last).get('host'), branch) if x) if branch else ''})")
     where = lambda e: (f"{e.get('branch') or '?'} @ {e['host'] + ':' if e.get('host') else ''}"     # noqa: E731
                        f"{e.get('worktree') or '?'}")
     places = Counter(where(entry(r)) for r in cur if entry(r).get("branch") or entry(r).get("worktree"))

@@ -711,14 +711,14 @@ def test_memory_says_why_the_key_changed():
     index = {"a": _entry(key_parts=parts(h100)), "b": _entry(key_parts=parts(h100)),
              "c": _entry(key_parts=parts(h200_fa4))}
     text = memory.render_memory(rows, index, "")
-    assert ("- this key against `k1` (the key this host ran before it): attention: cudnn -> fa4; device_name: "
-            "NVIDIA H100 80GB HBM3 -> NVIDIA H200\n") in text
+    assert ("- this key against `k1` (the key its first run's host ran before it): attention: cudnn -> fa4; "
+            "device_name: NVIDIA H100 80GB HBM3 -> NVIDIA H200\n") in text
     index["c"] = _entry(key_parts=parts(dict(h100, world_size=2), dataclasses.replace(s, time_budget_s=120.0)))
-    assert (f"(the key this host ran before it): processes: 1 -> 2; time_budget_s: {s.time_budget_s} -> 120.0\n"
-            in memory.render_memory(rows, index, ""))
+    assert (f"(the key its first run's host ran before it): processes: 1 -> 2; time_budget_s: {s.time_budget_s} "
+            "-> 120.0\n" in memory.render_memory(rows, index, ""))
     index["c"] = _entry(key_parts=parts(h100, dataclasses.replace(s, max_steps=22)))
-    assert (f"(the key this host ran before it): max_steps: {s.max_steps} -> 22; schedule: seconds -> steps\n"
-            in memory.render_memory(rows, index, ""))
+    assert (f"(the key its first run's host ran before it): max_steps: {s.max_steps} -> 22; schedule: seconds -> "
+            "steps\n" in memory.render_memory(rows, index, ""))
     index["b"] = _entry()                                                # a run recorded before the parts were kept
     assert "this key against" not in memory.render_memory(rows, index, "")
     # on a shared ledger the key compared is the one this host came from, not another host's latest
@@ -726,7 +726,7 @@ def test_memory_says_why_the_key_changed():
             _row("c", 0.98, key="k2", status="baseline", line=4)]
     index = {"a": _entry(key_parts=parts(h100), host="h1"), "x": _entry(key_parts=parts(h100), host="h2"),
              "c": _entry(key_parts=parts(h200_fa4), host="h1")}
-    assert "- this key against `k1` (the key this host ran before it): attention: cudnn -> fa4" in \
+    assert "- this key against `k1` (the key its first run's host ran before it): attention: cudnn -> fa4" in \
         memory.render_memory(rows, index, "")
     index["c"]["host"] = "h3"                                          # a host with no key before: the latest one
     assert "- this key against `kx` (its latest run): attention: cudnn -> fa4" in memory.render_memory(rows, index, "")
@@ -747,7 +747,8 @@ def test_recorded_runs_keep_the_parts_of_their_key():
                                                                                      s.excluded_steps + 1]
     assert run.key == identity.comparability_key(run.s, tok, sources.load_manifest(s), hardware_platform())
     text = (run.sessions / "memory.md").read_text()
-    assert f"(the key this host ran before it): excluded_steps: {s.excluded_steps} -> {s.excluded_steps + 1}\n" in text
+    assert (f"(the key its first run's host ran before it): excluded_steps: {s.excluded_steps} -> "
+            f"{s.excluded_steps + 1}\n") in text
 
 
 def test_a_run_that_compiled_in_its_budget_is_not_judged(capsys):
@@ -845,7 +846,7 @@ def test_cpu_threads_are_part_of_a_cpu_runs_key():
     rows = [_row("a", 1.0, key=identity.key_of(one), status="baseline", line=2),
             _row("b", 1.0, key=identity.key_of(two), status="baseline", line=3)]
     text = memory.render_memory(rows, {"a": _entry(key_parts=one), "b": _entry(key_parts=two)}, "")
-    assert (f"- this key against `{identity.key_of(one)}` (the key this host ran before it): CPU threads "
+    assert (f"- this key against `{identity.key_of(one)}` (the key its first run's host ran before it): CPU threads "
             "(OMP_NUM_THREADS): 1 -> 2\n") in text
     # the next command keeps the thread count the run was given, or the key it asks for would be another one
     one_thread = {"key_parts": one, "launch": {"per_node": 1, "omp_num_threads": "1"}}
