@@ -142,11 +142,12 @@ def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, b
                        + (" under the same seed" if mark else " (another seed)"))
         seen.add((same, c.get("seed")))
         if same in recorded:
-            done = recorded[same]
-            rerun = c.get("seed") in {index.get(r["run_id"], {}).get("seed") for r in done}
-            out.append(f"  - {'!! ' if rerun else ''}already recorded: {len(done)} run(s), last {done[-1]['run_id']} "
-                       f"({done[-1]['status']}, {_bpb(done[-1]['val_bpb'])})"
-                       + ("; the same seed: it will be a `rerun`" if rerun else "; this is another seed"))
+            done = recorded[same]                      # named: the run under this seed (a rerun), else the last
+            run = next((r for r in reversed(done) if index.get(r["run_id"], {}).get("seed") == c.get("seed")), done[-1])
+            twin = index.get(run["run_id"], {}).get("seed") == c.get("seed")
+            out.append(f"  - {'!! ' * twin}already recorded: {len(done)} run(s), {'this seed' if twin else 'last'} "
+                       f"{run['run_id']} ({run['status']}, {_bpb(run['val_bpb'])}); "
+                       + ("it will be a `rerun`" if twin else "this is another seed"))
     return out + [""]
 
 
@@ -160,8 +161,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                 "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
                 ""] + running_now(rows, index, list(claims), now, None, None)
         return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
-    last = rows[-1]
-    key = last["comparability_key"]
+    last, key = rows[-1], rows[-1]["comparability_key"]
     cur = [r for r in rows if r["comparability_key"] == key]
     entry = lambda r: index.get(r["run_id"], {})                              # noqa: E731
     others = Counter(r["comparability_key"] for r in rows if r["comparability_key"] != key)

@@ -659,6 +659,19 @@ def test_a_run_says_when_ground_json_is_not_committed_on_its_own(tmp_path, monke
     assert identity.ground_commit_note() is None        # a ground.json outside the checkout has no history here
 
 
+def test_running_now_names_the_recorded_run_of_the_same_seed():
+    """A claim under seed 42 of a configuration recorded under seeds 42 and 43: the line names the seed-42 run (the
+    one it duplicates), not the latest; under seed 44 it names the latest and says it is another seed."""
+    rows = [_row("s42", 1.00, status="baseline", line=2), _row("s43", 1.01, status="repeat", line=3)]
+    index = {"s42": _entry(fp="A", seed=42), "s43": _entry(fp="A", seed=43)}
+    claim = {"run_id": "new", "fingerprint": "A", "host": "h", "branch": "main", "seed": 42, "comparability_key": "k1",
+             "description": "again", "model": {}, "started": 0.0, "expires": 900.0}
+    lines = memory.running_now(rows, index, [claim], 60.0, None, "k1")
+    assert lines[2] == "  - !! already recorded: 2 run(s), this seed s42 (baseline, 1.000000); it will be a `rerun`"
+    lines = memory.running_now(rows, index, [dict(claim, seed=44)], 60.0, None, "k1")
+    assert lines[2] == "  - already recorded: 2 run(s), last s43 (repeat, 1.010000); this is another seed"
+
+
 def test_comparability_key_changes_with_the_gpu_and_kernel_choices():
     """A fixed time budget buys more tokens on a faster GPU or kernel (FA4 over cuDNN: ~2% more steps): runs that
     differ there are another key, never compared, as are runs with another number of warm-up steps outside the

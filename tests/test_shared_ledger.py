@@ -84,8 +84,7 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
     lines = digest.split("## Running now")[1].split("\n## ")[0].splitlines()
     assert lines[1] == ("- host-a/autoresearch/gpu0 — 2 min — try B — configuration B, seed 42 — vs the best: "
                         "depth: 8 -> 10")
-    assert lines[3] == ("  - !! already recorded: 1 run(s), last base (baseline, 1.000000); the same seed: it will be "
-                        "a `rerun`")
+    assert lines[3] == "  - !! already recorded: 1 run(s), this seed base (baseline, 1.000000); it will be a `rerun`"
     assert "host-c" not in digest
     memory.record(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
     assert [c["run_id"] for c in store.claims(now + 120)] == ["r2"]       # recorded: its claim is gone
