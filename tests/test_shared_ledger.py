@@ -439,6 +439,17 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
     r = restore()
     assert r.returncode == 0 and "restored model.json, train.py from run r1" in r.stdout, r.stderr
     assert (clone / "train.py").read_text() == kept["train.py"] and '"depth": 6' in (clone / "model.json").read_text()
+    assert "!!" not in r.stdout                                      # a run the ledger does not hold: no status
+    # a run the ledger holds as a discard: restored, with a word that it was never kept
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"))
+    memory.record(store.results, store.sessions, _row("r2", 1.1, status="discard"), _entry(fp="B"), "discard")
+    (tmp_path / "sessions" / "r2.json").write_text(json.dumps({"run_id": "r2", "files": kept}))
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py", "model.json"], check=True)
+    r = subprocess.run([sys.executable, "prepare.py", "--restore", "r2"], cwd=clone, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == (
+        "!! run r2 is a `discard`: its configuration was never kept (memory.md's best is the one to build on)")
     r = subprocess.run([sys.executable, "prepare.py", "--restore", "nope"], cwd=clone, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "no model.json and train.py recorded for this run" in r.stderr
