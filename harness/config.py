@@ -252,8 +252,10 @@ MAX_SHOWN_CHARS = 60        # of a bad value or key quoted in an error line: the
 def _show(value: Any) -> str:
     """A value for an error line: JSON, on one line, cut short, a URL's password masked (a database URL pasted into
     ground.json must not reach the terminal and the logs)."""
-    text = re.sub(r"(\w+://[^:/@\s\"]*:)[^\s\"]*@", r"\1***@", json.dumps(value, ensure_ascii=True))
-    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
+    text = json.dumps(value, ensure_ascii=True)
+    window = MAX_SHOWN_CHARS + 400                                   # masked within it: bounded work for any value
+    shown = re.sub(r"\b([A-Za-z][\w+.-]{0,19}://[^:/@\s\"]*:)[^\s\"]*@", r"\1***@", text[:window])
+    return shown if len(shown) <= MAX_SHOWN_CHARS and len(text) <= window else shown[:MAX_SHOWN_CHARS] + "..."
 
 
 def _key(name: str) -> str:
