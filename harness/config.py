@@ -255,6 +255,7 @@ def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=True)
     window = MAX_SHOWN_CHARS + 400                                   # masked within it: bounded work for any value
     shown = re.sub(r"\b([A-Za-z][\w+.-]{0,19}://[^:/@\s\"]*:)[^\s\"]*@", r"\1***@", text[:window])
+    shown = re.sub(r"(\bpassword=)[^\s&\"]*", r"\1***", shown)      # key=value and ?password= forms
     return shown if len(shown) <= MAX_SHOWN_CHARS and len(text) <= window else shown[:MAX_SHOWN_CHARS] + "..."
 
 

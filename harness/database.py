@@ -99,7 +99,7 @@ class PostgresLedger:
         except Error as e:
             raise ConfigError(f"ground.json: key 'ledger.database_url_env': ${self.env} is not a usable "
                               f"postgresql:// URL ({self._say(e, 120)})") from None
-        if any(not p.strip().isdigit() for p in str(info.get("port", "5432")).split(",")):
+        if any(p.strip() and not p.strip().isdigit() for p in str(info.get("port", "")).split(",")):   # "": default
             raise ConfigError(f"ground.json: key 'ledger.database_url_env': the port in ${self.env} is not a number "
                               f"({self._say(ValueError(info['port']), 40)})")
 

@@ -317,10 +317,11 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
     accepted = [r for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED]
     good = {run_fingerprint(r, index): entry(r) for r in accepted}
     kept_files = {entry(r).get("files_sha") for r in accepted} - {None}
-    points = []
+    points, run_commits = [], {r["commit"] for r in here}
     for r in (r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")):
-        if entry(r).get("parent") and entry(r).get("parent_files_sha") in kept_files:
-            points.append(entry(r)["parent"])                  # before the run's own commit: a keep there is later
+        parent = entry(r).get("parent")          # a commit never run here (--restore's): a run there speaks for it
+        if parent and parent not in run_commits and entry(r).get("parent_files_sha") in kept_files:
+            points.append(parent)                # before the run's own commit: a keep there is later
         if r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
                                        and not capped_apart(good[run_fingerprint(r, index)], entry(r))):
             points.append(r["commit"])

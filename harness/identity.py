@@ -94,25 +94,45 @@ def train_py_functions(train_py: Path | None = None) -> dict:
     return out
 
 
-def ground_commit_note() -> str | None:
-    """A `!!` line when ground.json (in this checkout) is not committed on its own: uncommitted, a `git commit -am`
-    would put it in the next experiment's commit; changed by HEAD with model.json or train.py, the `git reset --hard`
-    after a discard would undo it too (e.g. a shared ledger's settings: later runs would silently use another)."""
-    path, root = ground_path().resolve(), REPO_DIR.resolve()
-    if not path.is_relative_to(root) or not _git("rev-parse", "--verify", "--quiet", "HEAD"):
+def _head_change() -> tuple[Path, set[str]] | None:
+    """The repository's top folder and the files HEAD changed against its first parent (git's paths, from that
+    folder: this checkout may be a folder of a larger repository); None without git, a parent or a diff."""
+    top = _git("rev-parse", "--show-toplevel")
+    if not top or not _git("rev-parse", "--verify", "--quiet", "HEAD~1"):
         return None
-    rel = path.relative_to(root).as_posix()
-    agent = {p.resolve().relative_to(root).as_posix() for p in agent_files().values()
-             if p.resolve().is_relative_to(root)}
-    if _git("status", "--porcelain", "--untracked-files=no", "--", rel):
-        return (f"!! {rel} has uncommitted changes: commit them on their own first (`git commit {rel} -m \"ground: "
+    try:
+        out = subprocess.run(["git", "diff", "--name-only", "HEAD~1", "HEAD"], cwd=REPO_DIR, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (Path(top).resolve(), set(out.stdout.splitlines())) if out.returncode == 0 else None
+
+
+def _from(top: Path, path: Path) -> str | None:
+    return path.resolve().relative_to(top).as_posix() if path.resolve().is_relative_to(top) else None
+
+
+def ground_commit_note(after_a_run: bool) -> str | None:
+    """A `!!` line when ground.json (in this checkout) is not committed on its own: uncommitted, a `git commit -am`
+    would put it in the next experiment's commit; changed with model.json or train.py by HEAD, an experiment's
+    commit (`after_a_run`: its parent was run), the `git reset --hard` after a discard would undo it too (e.g. a
+    shared ledger's settings: later runs would silently use another)."""
+    top = _git("rev-parse", "--show-toplevel")
+    if not top or _from(Path(top).resolve(), ground_path()) is None:
+        return None
+    name = os.path.relpath(ground_path().resolve(), REPO_DIR.resolve())     # as the agent's shell names it
+    if _git("status", "--porcelain", "--untracked-files=no", "--", name):
+        return (f"!! {name} has uncommitted changes: commit them on their own first (`git commit {name} -m \"ground: "
                 f"...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
-    changed = set(_git("diff", "--name-only", "HEAD~1", "HEAD").splitlines()) if _git(
-        "rev-parse", "--verify", "--quiet", "HEAD~1") else set()
-    if rel in changed and changed & agent:
-        return (f"!! this commit changes {rel} with {' and '.join(sorted(changed & agent))}: the `git reset --hard` "
-                f"after a discard would undo {rel} too; split it: `git reset --soft HEAD~1 && git commit {rel} -m "
-                f"\"ground: ...\" && git commit -am \"<the edit>\"`")
+    change = _head_change() if after_a_run else None
+    if change is None:
+        return None
+    top, changed = change
+    agent = {p for p in (_from(top, f) for f in agent_files().values()) if p} & changed
+    if _from(top, ground_path()) in changed and agent:
+        return (f"!! this commit changes {name} with {' and '.join(sorted(Path(p).name for p in agent))}: the `git "
+                f"reset --hard` after a discard would undo {name} too; split it: `git reset --soft HEAD~1 && git "
+                f"commit {name} -m \"ground: ...\" && git commit -am \"<the edit>\"`")
     return None
 
 
@@ -125,17 +145,16 @@ def files_digest(files: dict | None) -> str | None:
 def parent_files() -> dict | None:
     """model.json and train.py as the parent commit holds them, when HEAD changed nothing else (a reset to the parent
     then undoes only the agent's edit, not a ground.json or harness change); None without a parent, for a file
-    outside this checkout, or when HEAD changed other files."""
-    root = REPO_DIR.resolve()
-    paths = {name: path.resolve() for name, path in agent_files().items()}
-    if not all(p.is_relative_to(root) for p in paths.values()):
+    outside the repository, or when HEAD changed other files."""
+    change = _head_change()
+    if change is None:
         return None
-    rel = {name: p.relative_to(root).as_posix() for name, p in paths.items()}
-    changed = _git("diff", "--name-only", "HEAD~1", "HEAD")
-    if not _git("rev-parse", "--verify", "--quiet", "HEAD~1") or not set(changed.splitlines()) <= set(rel.values()):
+    top, changed = change
+    paths = {name: _from(top, path) for name, path in agent_files().items()}
+    if None in paths.values() or not changed <= set(paths.values()):
         return None
     files = {}
-    for name, path in rel.items():
+    for name, path in paths.items():
         try:
             out = subprocess.run(["git", "show", f"HEAD~1:{path}"], cwd=REPO_DIR, capture_output=True, timeout=10)
         except (OSError, subprocess.SubprocessError):

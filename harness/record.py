@@ -140,7 +140,8 @@ class Run:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
         rows, index = self.store.read()
-        self.warnings = self.cap_warnings(rows, index) + [note for note in [ground_commit_note()] if note]
+        ground = ground_commit_note(after_a_run=any(r["commit"] == self.git.get("parent") for r in rows))
+        self.warnings = self.cap_warnings(rows, index) + [ground] * bool(ground)
         for line in self.warnings:
             print(line)
         self._write_json()
@@ -253,10 +254,10 @@ class Run:
                      record=str(self.json_path.resolve()), **process_claim(host_name()))
         lines = []
         for c in self.store.claims(now):
-            if claim_state(c, host_name()) == "gone" and c.get("host") in (None, host_name()):   # this agent's run
-                # (no word in this line that --record-crash reads as a reason)
-                print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: "
-                      f"{env_prefix(harness_env())}uv run prepare.py --record-crash {c['log']}")
+            if claim_state(c, host_name()) == "gone":         # killed outright: not running; told to its own agent
+                if c.get("host") in (None, host_name()):      # (no word here that --record-crash reads as a reason)
+                    print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: "
+                          f"{env_prefix(harness_env())}uv run prepare.py --record-crash {c['log']}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
                 where = f"{c.get('host')}/{c.get('branch')}, started {(now - c['started']) / 60:.0f} min ago"
                 lines.append(f"!! this configuration is already running under the same seed: {where} ({c['run_id']})"

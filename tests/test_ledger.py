@@ -587,76 +587,95 @@ def test_after_a_restore_a_discard_returns_to_the_restored_commit(monkeypatch):
     assert decide.return_commit(rows, index, "k1", "main", "b") == "r1"
     monkeypatch.setenv("AUTORESEARCH_HOST", "b")
     assert memory.next_step(rows[-1], rows, index, "main") == "git reset --hard r1"          # a discard
+    # an amend of a keep: its parent holds the baseline's files, but runs there speak for it (k1 is later, kept)
+    amend = [_row("base", 1.0, commit="k0", status="baseline"), _row("keep", 0.9, commit="k1", status="keep"),
+             _row("amended", 0.95, commit="a1", status="discard")]
+    amend_index = {"base": _entry(fp="F0", commit="k0", files_sha="S0"),
+                   "keep": _entry(fp="F1", commit="k1", files_sha="S1", parent="k0", parent_files_sha="S0"),
+                   "amended": _entry(fp="F2", commit="a1", files_sha="S2", parent="k0", parent_files_sha="S0")}
+    assert decide.return_commit(amend, amend_index, "k1", "main") == "k1"
     index["b-edit"]["parent_files_sha"] = None            # the edit's commit changed ground.json too (or an old run)
     assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
     index["b-edit"]["parent_files_sha"] = "SX"            # a parent with files no accepted run has
     assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
 
 
+def _checkout_in_a_repo(tmp_path, monkeypatch):
+    """A git repository at tmp_path whose checkout of this project is the folder sub/ (as inside a larger
+    repository): REPO_DIR and ground.json there. Returns (sub, git)."""
+    import subprocess
+    from harness import config as cfg, identity
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    monkeypatch.setattr(cfg, "REPO_DIR", sub)
+    monkeypatch.setattr(identity, "REPO_DIR", sub)
+    monkeypatch.delenv("AUTORESEARCH_MODEL", raising=False)
+    monkeypatch.setenv("AUTORESEARCH_GROUND", str(sub / "ground.json"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=sub, check=True, capture_output=True)   # noqa: E731
+    git("init", "-q", str(tmp_path))
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    return sub, git
+
+
 def test_a_runs_git_info_digests_its_files_and_its_parents(tmp_path, monkeypatch):
     """files_sha: the agent's two files as the run reads them; parent_files_sha: as HEAD~1 holds them, only when HEAD
     changed nothing but them (a reset to the parent must not undo a ground.json change)."""
-    import subprocess
-    from harness import config as cfg, identity
-    monkeypatch.setattr(cfg, "REPO_DIR", tmp_path)
-    monkeypatch.setattr(identity, "REPO_DIR", tmp_path)
-    monkeypatch.delenv("AUTORESEARCH_MODEL", raising=False)
-    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)   # noqa: E731
-    git("init", "-q")
-    git("config", "user.email", "t@t")
-    git("config", "user.name", "t")
+    from harness import identity
+    sub, git = _checkout_in_a_repo(tmp_path, monkeypatch)
+    assert identity.git_info()["parent_files_sha"] is None                 # no commit yet
     kept = {"model.json": '{"depth": 4}\n', "train.py": "print('kept')\n"}
     for name, text in kept.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "ground.json").write_text("{}\n")
+        (sub / name).write_text(text)
+    (sub / "ground.json").write_text("{}\n")
     git("add", "-A")
     git("commit", "-qm", "restored")
-    (tmp_path / "model.json").write_text('{"depth": 6}\n')
+    assert identity.git_info()["parent_files_sha"] is None                 # the first commit: no parent
+    (sub / "model.json").write_text('{"depth": 6}\n')
     git("commit", "-qam", "edit")
     info = identity.git_info()
     assert info["parent_files_sha"] == identity.files_digest(kept)
     assert info["files_sha"] == identity.files_digest({**kept, "model.json": '{"depth": 6}\n'})
-    (tmp_path / "ground.json").write_text('{"x": 1}\n')
-    (tmp_path / "model.json").write_text('{"depth": 8}\n')
+    (sub / "ground.json").write_text('{"x": 1}\n')
+    (sub / "model.json").write_text('{"depth": 8}\n')
     git("commit", "-qam", "edit with a ground.json change")
+    assert identity.git_info()["parent_files_sha"] is None
+    (tmp_path / "elsewhere.txt").write_text("x\n")                         # outside the checkout, in the repository
+    (sub / "model.json").write_text('{"depth": 10}\n')
+    git("add", "-A")
+    git("commit", "-qm", "edit with another file of the repository")
     assert identity.git_info()["parent_files_sha"] is None
 
 
 def test_a_run_says_when_ground_json_is_not_committed_on_its_own(tmp_path, monkeypatch):
     """A trial: ground.json edited for a shared ledger and left uncommitted, then swept into the first experiment's
     commit by `git commit -am`; the discard's reset undid it and later runs used the local ledger, silently."""
-    import subprocess
-    from harness import config as cfg, identity
-    monkeypatch.setattr(cfg, "REPO_DIR", tmp_path)
-    monkeypatch.setattr(identity, "REPO_DIR", tmp_path)
-    monkeypatch.delenv("AUTORESEARCH_MODEL", raising=False)
-    monkeypatch.setenv("AUTORESEARCH_GROUND", str(tmp_path / "ground.json"))
-    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)   # noqa: E731
-    git("init", "-q")
-    git("config", "user.email", "t@t")
-    git("config", "user.name", "t")
+    from harness import identity
+    sub, git = _checkout_in_a_repo(tmp_path, monkeypatch)
     for name in ("ground.json", "model.json", "train.py"):
-        (tmp_path / name).write_text("{}\n")
+        (sub / name).write_text("{}\n")
     git("add", "-A")
     git("commit", "-qm", "start")
-    assert identity.ground_commit_note() is None
-    (tmp_path / "ground.json").write_text('{"ledger": "postgres"}\n')
-    assert identity.ground_commit_note() == (
+    assert identity.ground_commit_note(after_a_run=True) is None
+    (sub / "ground.json").write_text('{"ledger": "postgres"}\n')
+    assert identity.ground_commit_note(after_a_run=False) == (
         "!! ground.json has uncommitted changes: commit them on their own first (`git commit ground.json -m \"ground: "
         "...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
-    (tmp_path / "model.json").write_text('{"depth": 4}\n')
+    (sub / "model.json").write_text('{"depth": 4}\n')
     git("commit", "-qam", "depth 4")
-    assert identity.ground_commit_note() == (
-        "!! this commit changes ground.json with model.json: the `git reset --hard` after a discard would undo "
-        "ground.json too; split it: `git reset --soft HEAD~1 && git commit ground.json -m \"ground: ...\" && git "
-        "commit -am \"<the edit>\"`")
+    split = ("!! this commit changes ground.json with model.json: the `git reset --hard` after a discard would undo "
+             "ground.json too; split it: `git reset --soft HEAD~1 && git commit ground.json -m \"ground: ...\" && git "
+             "commit -am \"<the edit>\"`")
+    assert identity.ground_commit_note(after_a_run=True) == split
+    # a commit whose parent was never run is not an experiment's (a fresh clone's HEAD, the user's set-up): silent
+    assert identity.ground_commit_note(after_a_run=False) is None
     git("reset", "-q", "--soft", "HEAD~1")              # the split it asks for
     git("commit", "-qm", "ground: postgres", "ground.json")
     git("commit", "-qam", "depth 4")
-    assert identity.ground_commit_note() is None
+    assert identity.ground_commit_note(after_a_run=True) is None
     monkeypatch.setenv("AUTORESEARCH_GROUND", str(tmp_path.parent / "shared-ground.json"))
-    (tmp_path / "ground.json").write_text('{"x": 1}\n')
-    assert identity.ground_commit_note() is None        # a ground.json outside the checkout has no history here
+    (sub / "ground.json").write_text('{"x": 1}\n')
+    assert identity.ground_commit_note(after_a_run=True) is None   # a ground.json outside the repository: not here
 
 
 def test_running_now_names_the_recorded_run_of_the_same_seed():
@@ -762,6 +781,38 @@ def test_recorded_runs_keep_the_parts_of_their_key():
     text = (run.sessions / "memory.md").read_text()
     assert (f"(the key its first run's host ran before it): excluded_steps: {s.excluded_steps} -> "
             f"{s.excluded_steps + 1}\n") in text
+
+
+def test_another_agents_ended_run_is_neither_running_nor_this_agents_to_record(capsys, monkeypatch, run_dir):
+    """Two agents on one machine (AUTORESEARCH_HOST apart): agent b's run of this configuration was killed outright.
+    Agent a's run does not call it "already running under the same seed" (it is not running) and does not tell a to
+    record it (memory.md says whose it is); agent b is told."""
+    import subprocess
+    import sys
+    import time
+    from harness import ledger as ldg, record, settings, tokenizer
+    monkeypatch.setenv("AUTORESEARCH_GROUND", str(run_dir / "ground.json"))      # a ledger of its own
+    settings.reset()
+    s, tok = settings.current(), tokenizer.Tokenizer.from_directory()
+    m, changes = settings.effective_model(config.load_model(), s)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    monkeypatch.setenv("AUTORESEARCH_HOST", "agent-a")
+    run = record.Run(s, tok, m, changes, "a's run", hardware_platform(), None, 42)
+    run.sessions.mkdir(parents=True)
+    (run.sessions / "b.json").write_text('{"status": "running"}')
+    claim = dict(ldg.process_claim("agent-a"), pid=dead.pid, pid_start=None, run_id="b", host="agent-b",
+                 comparability_key=run.key, fingerprint=run.record["fingerprint"], seed=42, started=time.time(),
+                 expires=time.time() + 600, log=str(run.sessions / "b.log"), record=str(run.sessions / "b.json"))
+    run.store.claim(claim)
+    capsys.readouterr()
+    rows, index = run.store.read()
+    assert run.announce(rows, index) == []
+    assert "b.log" not in capsys.readouterr().out
+    monkeypatch.setenv("AUTORESEARCH_HOST", "agent-b")
+    rows, index = run.store.read()
+    run.announce(rows, index)
+    assert "!! a run started on this machine ended without a record: b; record it: " in capsys.readouterr().out
 
 
 def test_a_run_that_compiled_in_its_budget_is_not_judged(capsys):

@@ -339,6 +339,9 @@ def test_a_bad_port_stops_the_run_and_an_unresolved_host_queues_it(tmp_path):
         database.PostgresLedger("postgresql://agent:topsecret@localhost:notaport/x", local).check_url()
     assert str(e.value) == ("ground.json: key 'ledger.database_url_env': the port in $AUTORESEARCH_DATABASE_URL is "
                             "not a number (notaport)")
+    for url in ("postgresql://agent@h1,h2:5433/x", "postgresql://agent@h1:5432,h2/x", "postgresql:///x?host=/run/pg",
+                "host=h1 port=5432 dbname=x"):                   # an empty port is libpq's default: accepted
+        database.PostgresLedger(url, local).check_url()
     unresolved = database.PostgresLedger("postgresql://agent:topsecret@nohost.invalid:5432/x", local)
     unresolved.check_url()                                       # a well-formed URL
     with pytest.raises(database.Unreachable) as e:
