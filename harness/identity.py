@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform as _platform
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -121,8 +122,9 @@ def ground_commit_note(after_a_run: bool) -> str | None:
     if not top or _from(Path(top).resolve(), ground_path()) is None:
         return None
     name = os.path.relpath(ground_path().resolve(), REPO_DIR.resolve())     # as the agent's shell names it
+    arg = shlex.quote(name)
     if _git("status", "--porcelain", "--untracked-files=no", "--", name):
-        return (f"!! {name} has uncommitted changes: commit them on their own first (`git commit {name} -m \"ground: "
+        return (f"!! {name} has uncommitted changes: commit them on their own first (`git commit {arg} -m \"ground: "
                 f"...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
     change = _head_change() if after_a_run else None
     if change is None:
@@ -132,7 +134,7 @@ def ground_commit_note(after_a_run: bool) -> str | None:
     if _from(top, ground_path()) in changed and agent:
         return (f"!! this commit changes {name} with {' and '.join(sorted(Path(p).name for p in agent))}: the `git "
                 f"reset --hard` after a discard would undo {name} too; split it: `git reset --soft HEAD~1 && git "
-                f"commit {name} -m \"ground: ...\" && git commit -am \"<the edit>\"`")
+                f"commit {arg} -m \"ground: ...\" && git commit -am \"<the edit>\"`")
     return None
 
 
