@@ -126,14 +126,14 @@ def main(argv=None) -> int:
             return 0
         if args.restore:
             changed = restore_run(args.restore, s)
-            print(f"restored {', '.join(changed)} from run {args.restore}; commit it: git commit -am \"build on "
-                  f"{args.restore}\"" if changed else f"run {args.restore}: model.json and train.py are already these")
             rows, index = open_ledger(s).read()
             run = next((r for r in rows if r["run_id"] == args.restore), None)
             if run and not any(r["status"] in ACCEPTED and r["comparability_key"] == run["comparability_key"]
                                and run_fingerprint(r, index) == run_fingerprint(run, index) for r in rows):
                 print(f"!! run {args.restore} is a `{run['status']}`: its configuration was never kept (memory.md's "
                       f"best is the one to build on)")
+            print(f"restored {', '.join(changed)} from run {args.restore}; commit it: git commit -am \"build on "
+                  f"{args.restore}\"" if changed else f"run {args.restore}: model.json and train.py are already these")
             return 0
         if args.migrate_ledger:
             results, sessions = ledger_paths(s)

@@ -24,9 +24,7 @@ from harness.settings import Settings
 from harness.util import atomic_write_text
 
 MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept verbatim on top
-MEMORY_TOP = 5
-MEMORY_RECENT = 8
-MEMORY_VALUES_PER_KEY = 6
+MEMORY_TOP, MEMORY_RECENT, MEMORY_VALUES_PER_KEY = 5, 8, 6     # top runs, recent runs, values per hyperparameter
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
 KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.record.record_crash_from_log)
@@ -408,10 +406,12 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env:
         seed = index.get(row["run_id"], {}).get("seed")
         done = [r for r in rows if r["comparability_key"] == key and is_scored(r) and run_fingerprint(r, index) == fp
                 and index.get(r["run_id"], {}).get("seed") == seed]
+        dropped = any(r["status"] == "discard" for r in rows if run_fingerprint(r, index) == fp)   # then go back
         return (f"killed outright; this configuration has a result under seed {seed} already ({done[-1]['run_id']}, "
-                f"{done[-1]['status']}): nothing to re-run" if done else f"killed outright: if the edit made it too "
-                f"slow or too large, fix that, `git commit -a --amend` and run again; if the host or you stopped it, "
-                f"run this commit again unchanged: {again(seed)}; or give up: {back}")
+                f"{done[-1]['status']}): nothing to re-run{f'; it was discarded: {back}' * dropped}" if done
+                else f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
+                f"and run again; if the host or you stopped it, run this commit again unchanged: {again(seed)}; or "
+                f"give up: {back}")
     if said := not_judged(str(index.get(row["run_id"], {}).get("error") or ""), back):   # measured something else
         return said
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"

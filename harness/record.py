@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from harness import settings, warm_eval
-from harness.config import ConfigError, ModelConfig, fail
+from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, ground_path
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
 from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, key_of, key_parts,
@@ -123,6 +123,7 @@ class Run:
         }
         self.recorded = None
         self.warnings = []                 # the start's `!!` lines, said again before `next:`
+        self.ground = None                 # identity.ground_commit_note at the start: `next:` keeps ground.json
         self._finishing = False
         self.log_path = self.sessions / f"{self.run_id}.log"
         self.json_path = self.sessions / f"{self.run_id}.json"
@@ -140,8 +141,8 @@ class Run:
         print("versions: " + ", ".join(f"{k} {v}" for k, v in self.record["versions"].items() if v))
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
         rows, index = self.store.read()
-        ground = ground_commit_note(after_a_run=any(r["commit"] == self.git.get("parent") for r in rows))
-        self.warnings = self.cap_warnings(rows, index) + [ground] * bool(ground)
+        self.ground = ground_commit_note(after_a_run=any(r["commit"] == self.git.get("parent") for r in rows))
+        self.warnings = self.cap_warnings(rows, index) + [self.ground] * bool(self.ground)
         for line in self.warnings:
             print(line)
         self._write_json()
@@ -212,7 +213,8 @@ class Run:
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
         for line in self.warnings:
             print(line)
-        self.next_step = next_step(self.recorded, *self.store.read(), self.git.get("branch"), harness_env())
+        self.next_step = keeping_ground(next_step(self.recorded, *self.store.read(), self.git.get("branch"),
+                                                  harness_env()), self.ground)
         print(f"next: {self.next_step}")
         return self.recorded
 
@@ -255,7 +257,8 @@ class Run:
         lines = []
         for c in self.store.claims(now):
             if claim_state(c, host_name()) == "gone":         # killed outright: not running; told to its own agent
-                if c.get("host") in (None, host_name()):      # (no word here that --record-crash reads as a reason)
+                mine = c.get("host") in (None, host_name()) and c.get("worktree") in (None, str(REPO_DIR))
+                if mine:                                      # (no word here that --record-crash reads as a reason)
                     print(f"!! a run started on this machine ended without a record: {c['run_id']}; record it: "
                           f"{env_prefix(harness_env())}uv run prepare.py --record-crash {c['log']}")
             elif c["run_id"] != self.run_id and (c.get("comparability_key"), c.get("fingerprint")) == (self.key, fp):
@@ -311,6 +314,20 @@ class Run:
         return self.finish(metrics or {}, status="crash", error=reason)
 
 
+def keeping_ground(step: str, note: str | None) -> str:
+    """`next:` when ground.json is not committed on its own (`note`, identity.ground_commit_note): its `git reset
+    --hard` keeps the user's ground.json (copied aside, put back, committed on its own after the return); an
+    uncommitted ground.json is committed first otherwise."""
+    if not note:
+        return step
+    name = shlex.quote(os.path.relpath(ground_path().resolve(), REPO_DIR.resolve()))
+    commit = f"git commit {name} -m \"ground: the user's settings\""
+    if (reset := re.search(r"git reset --hard (\w+)", step)) is not None:
+        return (step[:reset.start()] + f"cp {name} {name}.keep && {reset.group(0)} && mv {name}.keep {name} && "
+                f"{commit}" + step[reset.end():] + f" (keeping {name}: it is not committed on its own)")
+    return f"first commit {name} on its own: `{commit}`; then: {step}" if "uncommitted" in note else step
+
+
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,
               extra: dict | None = None, platform: dict | None = None, seed: int | None = None) -> Run:
     """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals. `platform` is
@@ -352,6 +369,11 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     except ValueError as e:
         raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
                           f"remove the log") from None
+    worktree = (rec.get("git") or {}).get("worktree")
+    if worktree and Path(worktree).resolve() != REPO_DIR.resolve():      # its commits and return points are there
+        raise ConfigError(f"{rec_path.name}: run {run_id} ran in {worktree}; record it there: cd "
+                          f"{shlex.quote(worktree)} && {env_prefix(harness_env())}uv run prepare.py --record-crash "
+                          f"{shlex.quote(str(log))}")
     started, here = (rec.get("launch") or {}).get("env"), harness_env()     # None: recorded before launches kept it
     if started is not None and started != here:         # another ledger, model.json or host than the run's
         said = lambda env: env_prefix(env).removeprefix("env ").strip() or "no AUTORESEARCH_ variables"  # noqa: E731

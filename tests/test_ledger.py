@@ -424,6 +424,13 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
         "model": {"depth": 12}, "git": {"commit": "abcdef0", "branch": "main", "worktree": "/w", "dirty": False}}))
     (ses / f"{rid}.log").write_text("run_start: {}\nstep 00001 | loss 3.2\rstep 00002 | loss 3.1\n"
                                     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    elsewhere = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"))    # another checkout's run
+    assert (elsewhere.returncode, elsewhere.stderr.strip()) == (2, (
+        f"error: {rid}.json: run {rid} ran in /w; record it there: cd /w && env AUTORESEARCH_GROUND="
+        f"{run_dir / 'ground.json'} AUTORESEARCH_MODEL={run_dir / 'model.json'} uv run prepare.py --record-crash "
+        f"{ses / f'{rid}.log'}"))
+    rec = json.loads((ses / f"{rid}.json").read_text())
+    (ses / f"{rid}.json").write_text(json.dumps(dict(rec, git=dict(rec["git"], worktree=str(config.REPO_DIR)))))
     import time
     from harness import database            # a run still running on this machine records itself: refused
     store, now = ledger.FileLedger(run_dir / "results.tsv", ses), time.time()
@@ -504,7 +511,8 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
                        dict(rows[3], line=6)]
     index["again"] = _entry(commit="c4", parent="c2", fp="fp-dead")
     assert next_step(late[-1], late, index, "main") == ("killed outright; this configuration has a result under seed "
-                                                        "42 already (again, discard): nothing to re-run")
+                                                        "42 already (again, discard): nothing to re-run; it was "
+                                                        "discarded: git reset --hard c2")      # and the way back
     # a killed run of the best commit, recorded late (after another seed of it): the next commit's parent is the
     # scored run of that commit, not the crash (its diff and val_bpb are what the agent built on)
     late = [dict(_row("base", 1.0, key="k2", commit="c2"), status="baseline", line=2),
@@ -676,6 +684,39 @@ def test_a_run_says_when_ground_json_is_not_committed_on_its_own(tmp_path, monke
     monkeypatch.setenv("AUTORESEARCH_GROUND", str(tmp_path.parent / "shared-ground.json"))
     (sub / "ground.json").write_text('{"x": 1}\n')
     assert identity.ground_commit_note(after_a_run=True) is None   # a ground.json outside the repository: not here
+
+
+def test_a_killed_run_of_a_discarded_configuration_is_sent_home(monkeypatch):
+    """A trial: a run killed outright and recorded later, when its configuration had been run (seed 42) and discarded
+    meanwhile: nothing to re-run, and the agent, still on the discarded commit, is told the way back."""
+    monkeypatch.delenv("AUTORESEARCH_HOST", raising=False)
+    rows = [_row("base", 1.00, commit="c0", status="baseline"), _row("edit", 1.05, commit="c1", status="discard"),
+            _row("kill", None, commit="c1", status="crash")]
+    index = {"base": _entry(fp="A", commit="c0"), "edit": _entry(fp="B", commit="c1", parent="c0"),
+             "kill": _entry(fp="B", commit="c1", parent="c0", error=memory.KILLED + "no error message")}
+    assert memory.next_step(rows[-1], rows, index, "main") == (
+        "killed outright; this configuration has a result under seed 42 already (edit, discard): nothing to re-run; "
+        "it was discarded: git reset --hard c0")
+    rows[1]["status"] = "confirm"                          # pending: another seed, not the way back
+    assert memory.next_step(rows[-1], rows, index, "main").endswith("(edit, confirm): nothing to re-run")
+
+
+def test_next_keeps_a_ground_json_not_committed_on_its_own(monkeypatch):
+    """A trial: the discard's `git reset --hard` dropped the user's uncommitted (or committed-with-the-edit) ground.json
+    change and later runs used another key without a word. next: now carries ground.json over the reset and commits
+    it on its own; after a keep it asks for the commit first (uncommitted), or says nothing more (committed)."""
+    from harness import record
+    monkeypatch.setenv("AUTORESEARCH_GROUND", str(config.REPO_DIR / "ground.json"))
+    uncommitted, with_edit = "!! ground.json has uncommitted changes: ...", "!! this commit changes ground.json ..."
+    assert record.keeping_ground("git reset --hard c0", uncommitted) == (
+        "cp ground.json ground.json.keep && git reset --hard c0 && mv ground.json.keep ground.json && git commit "
+        "ground.json -m \"ground: the user's settings\" (keeping ground.json: it is not committed on its own)")
+    assert record.keeping_ground("crashed: fix it; or give up: git reset --hard c0", with_edit).startswith(
+        "crashed: fix it; or give up: cp ground.json ground.json.keep && git reset --hard c0 && mv ")
+    keep = "keep this commit and build on it"
+    assert record.keeping_ground(keep, uncommitted) == ("first commit ground.json on its own: `git commit ground.json "
+                                                        f"-m \"ground: the user's settings\"`; then: {keep}")
+    assert record.keeping_ground(keep, with_edit) == keep and record.keeping_ground(keep, None) == keep
 
 
 def test_running_now_names_the_recorded_run_of_the_same_seed():

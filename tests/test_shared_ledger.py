@@ -451,8 +451,9 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py", "model.json"], check=True)
     r = subprocess.run([sys.executable, "prepare.py", "--restore", "r2"], cwd=clone, env=env, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.splitlines()[-1] == (
-        "!! run r2 is a `discard`: its configuration was never kept (memory.md's best is the one to build on)")
+    assert r.returncode == 0 and r.stdout.splitlines()[-2:] == [      # the warning before the commit it asks for
+        "!! run r2 is a `discard`: its configuration was never kept (memory.md's best is the one to build on)",
+        "restored model.json, train.py from run r2; commit it: git commit -am \"build on r2\""]
     r = subprocess.run([sys.executable, "prepare.py", "--restore", "nope"], cwd=clone, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "no model.json and train.py recorded for this run" in r.stderr
