@@ -404,9 +404,9 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env:
         return back
     if _killed(index.get(row["run_id"], {})):           # often recorded late: it may have been run again since
         seed = index.get(row["run_id"], {}).get("seed")
-        done = [r for r in rows if r["comparability_key"] == key and is_scored(r) and run_fingerprint(r, index) == fp
-                and index.get(r["run_id"], {}).get("seed") == seed]
-        dropped = any(r["status"] == "discard" for r in rows if run_fingerprint(r, index) == fp)   # then go back
+        mine = [r for r in rows if r["comparability_key"] == key and run_fingerprint(r, index) == fp]
+        done = [r for r in mine if is_scored(r) and index.get(r["run_id"], {}).get("seed") == seed]
+        dropped = any(r["status"] == "discard" for r in mine)                 # in this key: then go back
         return (f"killed outright; this configuration has a result under seed {seed} already ({done[-1]['run_id']}, "
                 f"{done[-1]['status']}): nothing to re-run{f'; it was discarded: {back}' * dropped}" if done
                 else f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "

@@ -697,6 +697,11 @@ def test_a_killed_run_of_a_discarded_configuration_is_sent_home(monkeypatch):
     assert memory.next_step(rows[-1], rows, index, "main") == (
         "killed outright; this configuration has a result under seed 42 already (edit, discard): nothing to re-run; "
         "it was discarded: git reset --hard c0")
+    # discarded under another key only (another GPU, another ground.json): not this key's verdict
+    elsewhere = [dict(rows[1], run_id="old", comparability_key="k0")] + [dict(r) for r in rows]
+    elsewhere[2]["status"] = "confirm"
+    index["old"] = dict(index["edit"])
+    assert memory.next_step(elsewhere[-1], elsewhere, index, "main").endswith("(edit, confirm): nothing to re-run")
     rows[1]["status"] = "confirm"                          # pending: another seed, not the way back
     assert memory.next_step(rows[-1], rows, index, "main").endswith("(edit, confirm): nothing to re-run")
 
