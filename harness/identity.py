@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import platform as _platform
+import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -113,29 +115,57 @@ def _from(top: Path, path: Path) -> str | None:
     return path.resolve().relative_to(top).as_posix() if path.resolve().is_relative_to(top) else None
 
 
-def ground_commit_note(after_a_run: bool) -> str | None:
-    """A `!!` line when ground.json (in this checkout) is not committed on its own: uncommitted, a `git commit -am`
-    would put it in the next experiment's commit; changed with model.json or train.py by HEAD, an experiment's
-    commit (`after_a_run`: its parent was run), the `git reset --hard` after a discard would undo it too (e.g. a
-    shared ledger's settings: later runs would silently use another)."""
+class GroundNote(NamedTuple):
+    """Why ground.json is not committed on its own: the `!!` line a run prints, and whether it is uncommitted (else
+    committed by HEAD together with the agent's files)."""
+    line: str
+    uncommitted: bool
+
+
+def _ground_name() -> tuple[str, str]:
+    """ground.json's path as the agent's shell names it (from this checkout), and shell-quoted."""
+    name = os.path.relpath(ground_path().resolve(), REPO_DIR.resolve())
+    return name, shlex.quote(name)
+
+
+def ground_commit_note(after_a_run: bool) -> GroundNote | None:
+    """When ground.json (in this repository) is not committed on its own: uncommitted, a `git commit -am` would put
+    it in the next experiment's commit; changed with model.json or train.py by HEAD, an experiment's commit
+    (`after_a_run`: its parent was run), the `git reset --hard` after a discard would undo it too (e.g. a shared
+    ledger's settings: later runs would silently use another)."""
     top = _git("rev-parse", "--show-toplevel")
     if not top or _from(Path(top).resolve(), ground_path()) is None:
         return None
-    name = os.path.relpath(ground_path().resolve(), REPO_DIR.resolve())     # as the agent's shell names it
-    arg = shlex.quote(name)
+    name, arg = _ground_name()
     if _git("status", "--porcelain", "--untracked-files=no", "--", name):
-        return (f"!! {name} has uncommitted changes: commit them on their own first (`git commit {arg} -m \"ground: "
-                f"...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
+        return GroundNote(f"!! {name} has uncommitted changes: commit them on their own first (`git commit {arg} -m "
+                          f"\"ground: ...\"`); in an experiment's commit, the `git reset --hard` after a discard would "
+                          f"undo them", uncommitted=True)
     change = _head_change() if after_a_run else None
     if change is None:
         return None
     top, changed = change
     agent = {p for p in (_from(top, f) for f in agent_files().values()) if p} & changed
     if _from(top, ground_path()) in changed and agent:
-        return (f"!! this commit changes {name} with {' and '.join(sorted(Path(p).name for p in agent))}: the `git "
-                f"reset --hard` after a discard would undo {name} too; split it: `git reset --soft HEAD~1 && git "
-                f"commit {arg} -m \"ground: ...\" && git commit -am \"<the edit>\"`")
+        return GroundNote(f"!! this commit changes {name} with {' and '.join(sorted(Path(p).name for p in agent))}: "
+                          f"the `git reset --hard` after a discard would undo {name} too; split it: `git reset --soft "
+                          f"HEAD~1 && git commit {arg} -m \"ground: ...\" && git commit -am \"<the edit>\"`",
+                          uncommitted=False)
     return None
+
+
+def keeping_ground(step: str, note: GroundNote | None) -> str:
+    """`next:` when ground.json is not committed on its own (`note`): its `git reset --hard` keeps the user's
+    ground.json (copied aside, put back, committed on its own after the return); an uncommitted ground.json is
+    committed first otherwise."""
+    if not note:
+        return step
+    _, name = _ground_name()
+    commit = f"git commit {name} -m \"ground: the user's settings\""
+    if (reset := re.search(r"git reset --hard (\w+)", step)) is not None:
+        return (step[:reset.start()] + f"cp {name} {name}.keep && {reset.group(0)} && mv {name}.keep {name} && "
+                f"{commit}" + step[reset.end():] + f" (keeping {name}: it is not committed on its own)")
+    return f"first commit {name} on its own: `{commit}`; then: {step}" if note.uncommitted else step
 
 
 def files_digest(files: dict | None) -> str | None:

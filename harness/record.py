@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from harness import settings, warm_eval
-from harness.config import REPO_DIR, ConfigError, ModelConfig, fail, ground_path
+from harness.config import REPO_DIR, ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, key_of, key_parts,
-                               launch_info, library_versions, train_py_functions, trained_files)
+from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, keeping_ground, key_of,
+                               key_parts, launch_info, library_versions, train_py_functions, trained_files)
 from harness.decide import RECOMPILED, STOPPED_SHORT, env_prefix, is_scored, parent_run, run_fingerprint
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
@@ -142,7 +142,7 @@ class Run:
         print(f"seed: {self.seed}  configuration: {self.record['fingerprint']} (model.json + train.py)")
         rows, index = self.store.read()
         self.ground = ground_commit_note(after_a_run=any(r["commit"] == self.git.get("parent") for r in rows))
-        self.warnings = self.cap_warnings(rows, index) + [self.ground] * bool(self.ground)
+        self.warnings = self.cap_warnings(rows, index) + ([self.ground.line] if self.ground else [])
         for line in self.warnings:
             print(line)
         self._write_json()
@@ -312,20 +312,6 @@ class Run:
     def crash(self, reason: str, metrics: dict | None = None) -> dict:
         print(f"CRASH: {reason}")
         return self.finish(metrics or {}, status="crash", error=reason)
-
-
-def keeping_ground(step: str, note: str | None) -> str:
-    """`next:` when ground.json is not committed on its own (`note`, identity.ground_commit_note): its `git reset
-    --hard` keeps the user's ground.json (copied aside, put back, committed on its own after the return); an
-    uncommitted ground.json is committed first otherwise."""
-    if not note:
-        return step
-    name = shlex.quote(os.path.relpath(ground_path().resolve(), REPO_DIR.resolve()))
-    commit = f"git commit {name} -m \"ground: the user's settings\""
-    if (reset := re.search(r"git reset --hard (\w+)", step)) is not None:
-        return (step[:reset.start()] + f"cp {name} {name}.keep && {reset.group(0)} && mv {name}.keep {name} && "
-                f"{commit}" + step[reset.end():] + f" (keeping {name}: it is not committed on its own)")
-    return f"first commit {name} on its own: `{commit}`; then: {step}" if "uncommitted" in note else step
 
 
 def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, description: str | None = None,

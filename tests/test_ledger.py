@@ -666,15 +666,15 @@ def test_a_run_says_when_ground_json_is_not_committed_on_its_own(tmp_path, monke
     git("commit", "-qm", "start")
     assert identity.ground_commit_note(after_a_run=True) is None
     (sub / "ground.json").write_text('{"ledger": "postgres"}\n')
-    assert identity.ground_commit_note(after_a_run=False) == (
+    assert identity.ground_commit_note(after_a_run=False) == identity.GroundNote(
         "!! ground.json has uncommitted changes: commit them on their own first (`git commit ground.json -m \"ground: "
-        "...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them")
+        "...\"`); in an experiment's commit, the `git reset --hard` after a discard would undo them", uncommitted=True)
     (sub / "model.json").write_text('{"depth": 4}\n')
     git("commit", "-qam", "depth 4")
     split = ("!! this commit changes ground.json with model.json: the `git reset --hard` after a discard would undo "
              "ground.json too; split it: `git reset --soft HEAD~1 && git commit ground.json -m \"ground: ...\" && git "
              "commit -am \"<the edit>\"`")
-    assert identity.ground_commit_note(after_a_run=True) == split
+    assert identity.ground_commit_note(after_a_run=True) == identity.GroundNote(split, uncommitted=False)
     # a commit whose parent was never run is not an experiment's (a fresh clone's HEAD, the user's set-up): silent
     assert identity.ground_commit_note(after_a_run=False) is None
     git("reset", "-q", "--soft", "HEAD~1")              # the split it asks for
@@ -710,18 +710,19 @@ def test_next_keeps_a_ground_json_not_committed_on_its_own(monkeypatch):
     """A trial: the discard's `git reset --hard` dropped the user's uncommitted (or committed-with-the-edit) ground.json
     change and later runs used another key without a word. next: now carries ground.json over the reset and commits
     it on its own; after a keep it asks for the commit first (uncommitted), or says nothing more (committed)."""
-    from harness import record
+    from harness.identity import GroundNote, keeping_ground
     monkeypatch.setenv("AUTORESEARCH_GROUND", str(config.REPO_DIR / "ground.json"))
-    uncommitted, with_edit = "!! ground.json has uncommitted changes: ...", "!! this commit changes ground.json ..."
-    assert record.keeping_ground("git reset --hard c0", uncommitted) == (
+    uncommitted = GroundNote("!! ground.json has uncommitted changes: ...", uncommitted=True)
+    with_edit = GroundNote("!! this commit changes ground.json ...", uncommitted=False)
+    assert keeping_ground("git reset --hard c0", uncommitted) == (
         "cp ground.json ground.json.keep && git reset --hard c0 && mv ground.json.keep ground.json && git commit "
         "ground.json -m \"ground: the user's settings\" (keeping ground.json: it is not committed on its own)")
-    assert record.keeping_ground("crashed: fix it; or give up: git reset --hard c0", with_edit).startswith(
+    assert keeping_ground("crashed: fix it; or give up: git reset --hard c0", with_edit).startswith(
         "crashed: fix it; or give up: cp ground.json ground.json.keep && git reset --hard c0 && mv ")
     keep = "keep this commit and build on it"
-    assert record.keeping_ground(keep, uncommitted) == ("first commit ground.json on its own: `git commit ground.json "
-                                                        f"-m \"ground: the user's settings\"`; then: {keep}")
-    assert record.keeping_ground(keep, with_edit) == keep and record.keeping_ground(keep, None) == keep
+    assert keeping_ground(keep, uncommitted) == ("first commit ground.json on its own: `git commit ground.json -m "
+                                                 f"\"ground: the user's settings\"`; then: {keep}")
+    assert keeping_ground(keep, with_edit) == keep and keeping_ground(keep, None) == keep
 
 
 def test_running_now_names_the_recorded_run_of_the_same_seed():
