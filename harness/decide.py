@@ -281,9 +281,14 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
     return None if ran else (run, base)
 
 
+def env_assignments(env: dict) -> str:
+    """`A=x B=y`, shell-quoted."""
+    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+
+
 def env_prefix(env: dict) -> str:
-    """`env A=x B=y ` before a command (shell-quoted; `env` also works after `timeout`), or nothing."""
-    return "env " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()) + " " if env else ""
+    """`env A=x B=y ` before a command (`env` also works after `timeout`), or nothing."""
+    return f"env {env_assignments(env)} " if env else ""
 
 
 def train_command(entry: dict, seed: int | None = None, env: dict | None = None) -> str:

@@ -27,9 +27,10 @@ from harness import settings, warm_eval
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
 from harness.hardware import get_platform, platform_lines
-from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, keeping_ground, key_of,
-                               key_parts, launch_info, library_versions, train_py_functions, trained_files)
-from harness.decide import RECOMPILED, STOPPED_SHORT, env_prefix, is_scored, parent_run, run_fingerprint
+from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, keeping_ground,
+                               key_of, key_parts, launch_info, library_versions, train_py_functions, trained_files)
+from harness.decide import (RECOMPILED, STOPPED_SHORT, env_assignments, env_prefix, is_scored, parent_run,
+                            run_fingerprint)
 from harness.database import host_name, open_ledger
 from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
 from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
@@ -362,11 +363,12 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
                           f"{shlex.quote(str(log))}")
     started, here = (rec.get("launch") or {}).get("env"), harness_env()     # None: recorded before launches kept it
     if started is not None and started != here:         # another ledger, model.json or host than the run's
-        said = lambda env: env_prefix(env).removeprefix("env ").strip() or "no AUTORESEARCH_ variables"  # noqa: E731
-        unset = "".join(f"-u {var} " for var in here if var not in started)
+        said = lambda env: env_assignments(env) or "no AUTORESEARCH_ variables"                     # noqa: E731
+        unset = " ".join(f"-u {var}" for var in here if var not in started)
+        command = " ".join(w for w in ("env", unset, env_assignments(started), "uv run prepare.py --record-crash",
+                                       shlex.quote(str(log))) if w)
         raise ConfigError(f"{rec_path.name}: run {run_id} was started with {said(started)}, this process with "
-                          f"{said(here)}; record it as it ran: env {unset}{env_prefix(started).removeprefix('env ')}"
-                          f"uv run prepare.py --record-crash {shlex.quote(str(log))}")
+                          f"{said(here)}; record it as it ran: {command}")
     if any(r["run_id"] == run_id for r in store.read()[0]) or rec.get("status", "running") != "running":
         raise ConfigError(f"{results.name}: run {run_id} is already recorded ({rec.get('status')} in {rec_path.name})")
     if any(c["run_id"] == run_id and claim_state(c, host_name()) == "alive" for c in store.claims(time.time())):
