@@ -431,6 +431,10 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
         f"{ses / f'{rid}.log'}"))
     rec = json.loads((ses / f"{rid}.json").read_text())
     (ses / f"{rid}.json").write_text(json.dumps(dict(rec, git=dict(rec["git"], worktree=str(config.REPO_DIR)))))
+    bad = run_script("prepare.py", run_dir, "--record-crash", str(ses / f"{rid}.log"),
+                     env_extra={"AUTORESEARCH_HOST": "gpu-1\n## Notes"})          # no command line can carry it
+    assert (bad.returncode, bad.stderr.strip()) == (2, "error: AUTORESEARCH_HOST: a control character in "
+                                                       "'gpu-1\\n## Notes'")
     import time
     from harness import database            # a run still running on this machine records itself: refused
     store, now = ledger.FileLedger(run_dir / "results.tsv", ses), time.time()
