@@ -19,35 +19,45 @@ from __future__ import annotations
 
 import sys
 
-from harness import settings
-from harness.cli import main
-from harness.dataloader import make_dataloader
-from harness.evaluate import evaluate_bpb
-from harness.hardware import get_platform
-from harness.tokenizer import Tokenizer, get_token_bytes
-
 __all__ = ["MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE", "CACHE_DIR", "PLATFORM", "Tokenizer",
            "make_dataloader", "evaluate_bpb", "get_token_bytes", "main"]
 
 # ---------------------------------------------------------------------------
-# Upstream's module constants, resolved from ground.json when first read
+# Upstream's names, resolved when first read (the constants from ground.json's profile)
 # ---------------------------------------------------------------------------
 
-_CONSTANTS = {
-    "MAX_SEQ_LEN": lambda: settings.current().max_seq_len,          # tokens per row
-    "TIME_BUDGET": lambda: settings.current().time_budget_s,        # seconds of training
-    "EVAL_TOKENS": lambda: settings.current().eval_tokens,          # tokens evaluate_bpb scores (at most)
-    "VOCAB_SIZE": lambda: settings.current().ground.tokenizer.vocab_size,
-    "CACHE_DIR": lambda: str(settings.current().cache_dir),
-    "PLATFORM": get_platform,                                       # dict: device, dtype, attention, ... + reasons
+def _settings():
+    from harness import settings
+    return settings.current()
+
+
+def _harness(module: str, name: str):
+    import importlib
+    return lambda: getattr(importlib.import_module(f"harness.{module}"), name)
+
+
+# Imported when first read, so that `uv run prepare.py --help` and a config error answer before torch loads
+_NAMES = {
+    "MAX_SEQ_LEN": lambda: _settings().max_seq_len,          # tokens per row
+    "TIME_BUDGET": lambda: _settings().time_budget_s,        # seconds of training
+    "EVAL_TOKENS": lambda: _settings().eval_tokens,          # tokens evaluate_bpb scores (at most)
+    "VOCAB_SIZE": lambda: _settings().ground.tokenizer.vocab_size,
+    "CACHE_DIR": lambda: str(_settings().cache_dir),
+    "PLATFORM": lambda: _harness("hardware", "get_platform")()(),   # dict: device, dtype, attention, ... + reasons
+    "Tokenizer": _harness("tokenizer", "Tokenizer"),
+    "get_token_bytes": _harness("tokenizer", "get_token_bytes"),
+    "make_dataloader": _harness("dataloader", "make_dataloader"),
+    "evaluate_bpb": _harness("evaluate", "evaluate_bpb"),
+    "main": _harness("cli", "main"),
 }
 
 
 def __getattr__(name: str):
-    if name in _CONSTANTS:
-        return _CONSTANTS[name]()
+    if name in _NAMES:
+        return _NAMES[name]()
     raise AttributeError(f"module 'prepare' has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from harness.cli import main
     sys.exit(main())

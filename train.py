@@ -1,42 +1,22 @@
 """The experiment: a GPT trained for a fixed time budget, then scored by the harness's evaluate_bpb.
 
-    uv run train.py [--description "what this run changes"]
+    uv run train.py [--description "what this run changes"] [--seed 43]
 
-Owned by the agent: edit freely (architecture, optimizer, loop). Hyperparameters live in
-model.json; the data, sequence length, budget and metric are fixed by ground.json and the
-harness (harness/evaluate.py is the metric). Every outcome (success, crash, interrupt) is
-recorded by the harness into results.tsv and sessions/: this file only calls it.
+Owned by the agent: edit freely (architecture, optimizer, loop, schedule). Hyperparameters live in
+model.json; the data, sequence length, budget and metric are fixed by ground.json and the harness
+(harness/evaluate.py is the metric). The Session (harness/session.py) owns everything else: set-up,
+the budget's clock, the record of every outcome (result, crash, interrupt, early stop) and the summary.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import gc
-import math
-import os
-import sys
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import settings, warm_eval
-from harness.attention import attention, prefer_cudnn_sdpa
-from harness.clock import StepClock
-from harness.config import ConfigError, fail, load_model
-from harness.distributed import all_reduce_gradients, broadcast_parameters, setup_distributed, shutdown
-from harness.evaluate import eval_rows, evaluate_bpb
-from harness.fused.relu2_mlp import relu2_mlp
-from harness.fused.rope_norm import rope_norm
-from harness.fused.softcap_loss import softcap_cross_entropy
-from harness.hardware import compile_caches, confirm_attention, get_platform
-from harness.record import setup_lines, start_run
-from harness.settings import effective_model
-from harness.dataloader import make_dataloader, train_tokens
-from harness.tokenizer import Tokenizer
+from harness.session import Session, attention, relu2_mlp, rope_norm, softcap_cross_entropy
 
 # ---------------------------------------------------------------------------
 # Model
@@ -445,186 +425,54 @@ def build_config(m, T, vocab_size, platform):
                      embedding_dtype=platform["embedding_dtype"], rotary_dtype=platform["dtype"])
 
 
-def build_model(config, device, world):
-    """The GPT on `device`, initialized (rank 0's weights everywhere under torchrun)."""
+def build_model(config, device):
+    """The GPT on `device`, initialized."""
     print(f"model config: {config}")
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()
-    if world > 1:
-        broadcast_parameters(model)
     return model
 
 
 # ---------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------
-
-def check_and_print(lap, run, clock, m, flops_per_token, peak_flops):
-    """Fail fast on a diverged loss (recorded as a crash, with the reason); else print the step's line."""
-    if not math.isfinite(lap.loss) or lap.loss > 100:
-        if run:
-            run.crash(f"diverged: train loss {lap.loss} at step {lap.step}",
-                      {"num_steps": lap.step, "training_seconds": clock.training_seconds})
-        sys.exit(1)
-    tok_s = m.total_batch_size / lap.seconds
-    mfu = 100 * flops_per_token * tok_s / peak_flops if peak_flops else 0.0
-    left = clock.remaining(lap.step)           # the budget's seconds, or the steps under max_steps
-    print(f"\rstep {lap.step:05d} ({100 * lap.info['progress']:.1f}%) | loss: {lap.smooth_loss:.6f} | "
-          f"lrm: {lap.info['lrm']:.2f} | dt: {lap.seconds * 1000:.0f}ms | tok/sec: {int(tok_s):,} | mfu: {mfu:.1f}% | "
-          f"epoch: {lap.info['epoch']} | remaining: {left}    ", end="", flush=True)
-
-
-# ---------------------------------------------------------------------------
-# Main: set up, train for the budget, evaluate, record
+# Main: set up, train for the budget, evaluate (the Session records every outcome)
 # ---------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description="Train the GPT for the time budget and record the run.")
-    ap.add_argument("--description", help="what this run changes (default: the HEAD commit subject)")
-    ap.add_argument("--seed", type=int, default=42, help="initialization and data order (default 42); another seed "
-                    "of the same code measures the noise")
-    args = ap.parse_args()
-    t_start = time.time()
-
-    # -- setup: settings, PLATFORM, processes, model, optimizer; every decision printed ----------
-    s = settings.current()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    try:
-        m, changes = effective_model(load_model(), s, world)
-    except ConfigError as e:
-        fail(str(e))
-    P = get_platform()
-    T, budget = s.max_seq_len, s.time_budget_s
-    rank, world, local_rank, control = setup_distributed(P["device"], world)
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")     # rank 0 prints and records; the others only compute
-    tokenizer = Tokenizer.from_directory()
-    device = torch.device("cuda", local_rank) if P["device"] == "cuda" else torch.device(P["device"])
-    config = build_config(m, T, tokenizer.get_vocab_size(), P)
-    P, fallback = confirm_attention(P, (m.device_batch_size, T, config.n_head, config.n_embd // config.n_head),
-                                    GPT._compute_window_sizes(config), device)
-    config.attention = P["attention"]          # the next backend when FA4 or cuDNN refused these shapes
-    graph_only = warm_eval.second_process()    # harness/warm_eval.py's copy of this run: no record, no training
-    run = start_run(tokenizer, m, changes, args.description, {"world_size": world}, P, args.seed) \
-        if rank == 0 and not graph_only else None
-
-    torch.manual_seed(args.seed)               # the only seed: initialization here, data order in the loader
-    torch.set_float32_matmul_precision("high")
-    dtype = getattr(torch, P["dtype"])
-    autocast = torch.amp.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    print("\n".join(setup_lines(s, m, changes, P, world) + [f"!! {fallback}"] * bool(fallback)))
-    if P["attention"] in ("cudnn", "flex", "sdpa"):
-        print(f"  {prefer_cudnn_sdpa(P)}")       # held for the whole run
-    eval_rows(tokenizer, s, verbose=True)
-
-    model = build_model(config, device, world)
-    num_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = model.estimate_flops()
-    print(f"parameters: {num_params:,}  FLOPs/token: {flops_per_token:.3e}")
-    grad_accum = m.total_batch_size // (m.device_batch_size * T * world)
-    print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {T} x {grad_accum} accumulation steps"
-          + (f" x {world} processes" if world > 1 else ""))
-    optimizer = model.setup_optimizer(m, getattr(torch, P["ortho_dtype"]))
-    scaler = torch.amp.GradScaler(device.type) if P["use_grad_scaler"] else None
-    if P["compile"]:
-        print(compile_caches(s))
-        if P["compile_scope"] == "blocks":         # one graph per kind of block, reused by every layer
-            for block in model.transformer.h:
-                block.compile(dynamic=False)
-        else:
-            model = torch.compile(model, dynamic=False)
-    if graph_only:
-        return warm_eval.compile_eval(model, config, P, tokenizer, m.device_batch_size, autocast)
-    train_loader = make_dataloader(tokenizer, m.device_batch_size, T, "train", device=device, rank=rank,
-                                   world_size=world, seed=args.seed)
+    run = Session.open()                       # arguments, settings, PLATFORM, processes, tokenizer, seed
+    m, P = run.model_config, run.platform
+    config = build_config(m, run.seq_len, run.vocab_size, P)
+    config.attention = run.confirm_attention(config.n_head, config.n_embd // config.n_head,
+                                             GPT._compute_window_sizes(config))   # starts the run's record
+    model = build_model(config, run.device)
+    optimizer = model.setup_optimizer(m, run.ortho_dtype)
+    model = run.prepare(model)                 # counted, broadcast, compiled as PLATFORM says
+    scaler = run.grad_scaler()                 # fp16 (Volta/Turing): loss scaling; else None
+    train_loader = run.train_loader(m.device_batch_size)
     x, y, epoch = next(train_loader)
 
-    # -- training loop: the budget counts steps after `excluded_steps` (compilation, warm-up) ---
-    clock = StepClock(device, budget, s.excluded_steps, world, control, max_steps=s.max_steps)
-    step, skipped, loader_wait = 0, 0, 0.0     # loader_wait: host seconds blocked on the loader
-    eval_graph = None                          # the process compiling the eval's graph meanwhile
-    clock.start()
-    while True:
-        progress = clock.progress
-        lrm = set_schedules(optimizer, m, step, progress)
-        for _ in range(grad_accum):
-            with autocast:
+    for step in run.steps():                   # until the budget (or max_steps) is spent, or an early stop
+        lrm = set_schedules(optimizer, m, step, run.progress)
+        for _ in range(run.grad_accum):
+            with run.autocast:
                 loss = model(x, y)
             train_loss = loss.detach()
-            loss = loss / grad_accum
+            loss = loss / run.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
-            t_wait = time.perf_counter()
             x, y, epoch = next(train_loader)
-            if step >= s.excluded_steps:
-                loader_wait += time.perf_counter() - t_wait
-        all_reduce_gradients(model, world)
+        run.sync_gradients(model)
         if scaler:
             scaler.unscale_(optimizer)
-            scale_before = scaler.get_scale()
             scaler.step(optimizer)             # skipped when the unscaled grads hold inf/nan
             scaler.update()
-            skipped += scaler.get_scale() < scale_before
         else:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        for lap in clock.lap(step, train_loss, lrm=lrm, progress=progress, epoch=epoch):
-            check_and_print(lap, run, clock, m, flops_per_token, P["peak_flops"] * world)
-        if step == 0:
-            gc.collect()
-            gc.freeze()                        # ~500 ms GC pauses otherwise (upstream)
-            gc.disable()
-            eval_graph = warm_eval.start(model, config, P, m.device_batch_size, device, world)
-        step += 1
-        if clock.spent(step) or step == s.max_steps:
-            break
-    for lap in clock.drain():
-        check_and_print(lap, run, clock, m, flops_per_token, P["peak_flops"] * world)
-    print()
-    gc.enable()
-    total_time, timed_steps = clock.training_seconds, step - s.excluded_steps
+        run.lap(train_loss, lrm=lrm, epoch=epoch)
 
-    # -- final evaluation (harness/evaluate.py: the fixed metric) -------------------------------
-    model.eval()
-    t_eval = time.time()
-    warm_eval.finish(eval_graph)
-    with autocast:
-        val_bpb = evaluate_bpb(model, tokenizer, m.device_batch_size)
-    eval_seconds = time.time() - t_eval
-    if not math.isfinite(val_bpb):
-        if run:
-            run.crash(f"val_bpb is {val_bpb}", {"num_steps": step, "training_seconds": total_time})
-        sys.exit(1)
-
-    peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if device.type == "cuda" else 0.0
-    tok_s = m.total_batch_size * timed_steps / total_time if total_time > 0 else 0.0
-    mfu = 100 * flops_per_token * tok_s / (P["peak_flops"] * world) if P["peak_flops"] else 0.0
-    metrics = {"val_bpb": val_bpb, "training_seconds": total_time, "total_seconds": time.time() - t_start,
-               "startup_seconds": clock.started - t_start, "eval_seconds": eval_seconds, "peak_vram_mb": peak_vram_mb,
-               "mfu_percent": mfu, "total_tokens_M": step * m.total_batch_size / 1e6, "num_steps": step,
-               "num_params_M": num_params / 1e6, "depth": m.depth, "skipped_steps": skipped,
-               "tokens_per_second": tok_s, "world_size": world, "loader_wait_seconds": loader_wait,
-               "epochs": step * m.total_batch_size / train_tokens(tokenizer),
-               "compiled_in_budget": clock.compiled_in_budget}     # graphs compiled in counted steps: a recompile
-    shutdown(world)
-    if rank != 0:
-        return
-    run.finish(metrics)
-    run.print_summary(time.time() - t_start)               # the `---` block agents grep (harness/record.py)
+    run.finish(model)                          # val_bpb (the fixed metric), the record, the `---` summary
 
 
 if __name__ == "__main__":
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BaseException:                      # recorded by the harness's excepthook, then printed
-        sys.excepthook(*sys.exc_info())
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: triton's nanobind bindings print ~100 "leaked" lines at exit,
-    # burying the summary block the agent reads with `tail`. Files are flushed above.
-    os._exit(code)
+    main()

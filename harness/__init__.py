@@ -1,10 +1,11 @@
-"""The fixed harness behind prepare.py, one module per job, in the order data flows through them.
+"""The fixed harness behind prepare.py and train.py, one module per job, in two groups and one bridge.
 
     uv run prepare.py --check        # loads config -> settings -> hardware and prints what was decided
 
-Owned by the user, read-only for the agent; train.py imports from it. Imports run one way, down
-this list (a module imports only modules above it):
+Owned by the user, read-only for the agent. Imports run one way, down this list (a module imports only modules
+above it); train.py imports only the bridge, harness.session.
 
+Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   config        ground.json / model.json -> frozen, typed objects; ConfigError (one line, exit 2)
   settings      the run's effective constants: mode, sequence length, budget, eval size, caps
   util          atomic writes, file hashes, a network probe
@@ -12,19 +13,30 @@ this list (a module imports only modules above it):
   hardware      PLATFORM: device, dtype, attention backend, fused kernels, compile, peak FLOPs
   attention     one attention call over the backends PLATFORM chooses from
   distributed   torchrun: process group, gradient all-reduce, host-side agreement
-  clock         step timing for the budget, without a host sync inside a step
+  clock         step timing for the budget (monotonic), without a host sync inside a step
+  speed         the host-speed probe: a fixed matmul timed before the budget
   corpus        the builtin offline corpus: the environment's Python sources and docs, filtered, deduplicated
   sources       data: climbmix download, local folder, the builtin corpus; the manifest
   tokenizer     BPE training (rustbpe) served by tiktoken; token_bytes; the token cache
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)
   warm_eval     the eval's graph, compiled by a second process while the run trains
-  decide        the keep rule: configurations' means over seeds, the noise floor, the margin
-  identity      what identifies a run: commit, configuration fingerprint, the comparability key and its parts
-  ledger        results.tsv: append-only under a file lock, one strict parser, the keep rule
+
+Bookkeeping: what a run means (the keep rule, the ledger, the digest)
+  decide        the keep rule: configurations' means over seeds, the noise floor, the margin, paired seeds
+  lineage       which run each run built on, the commit to return to, the commands a run prints
+  identity      what identifies a run: commit, configuration fingerprint, host, the comparability key
+  ledger        results.tsv: append-only under a file lock, one strict parser
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
   plot          sessions/progress.png: the progress plot, redrawn after every run
-  memory        sessions/memory.md: the bounded digest regenerated after every run; the `next:` command
+  digest        the values memory.md and `next:` read from the ledger, computed once
+  memory        sessions/memory.md: the bounded digest regenerated after every run, one renderer per section
+  nextstep      the `next:` line: the protocol's next command after a run
+  prune         early stop: a run whose loss curve is clearly worse than the best's at the same point
   record        a run's log, JSON record and ledger row; crashes and signals recorded
+  recover       a run killed outright, recorded afterwards from its log
+
+The bridge, and the command line
+  session       the run train.py opens: set-up, the budget's loop, the metric, the record, the exit
   cli           `uv run prepare.py ...`
 """

@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.fused.cudnn_attention import cudnn_attention
+from harness import settings
+from harness.fused import cudnn_attention as cudnn_op, fa4_attention as fa4_op
+from harness.fused.cudnn_attention import cudnn_attention, load_cudnn_frontend
 from harness.fused.fa4_attention import fa4_attention
 from harness.hardware import load_fa3
 
@@ -142,3 +144,49 @@ def attention_cudnn(q, k, v, window):
 
 BACKENDS = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": attention_flex, "fa3": attention_fa3,
             "cudnn": attention_cudnn, "fa4": fa4_attention}
+
+
+# ---------------------------------------------------------------------------
+# The backend confirmed for the model's shapes, before compiling
+# ---------------------------------------------------------------------------
+
+def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
+                      build=cudnn_op.build_graph, warm_fa4=fa4_op.warm_kernels,
+                      cudnn_loads=lambda: load_cudnn_frontend()[0] is not None) -> tuple[dict, str | None]:
+    """Before compiling: build the cuDNN graphs, or run FA4's kernels once, for the shapes the model needs
+    ((B, T, H, D) per micro-step, each sliding window). Returns (platform, line): when the backend cannot take
+    this shape (head_dim, dtype, GPU), a copy of PLATFORM that falls back (FA4 to cuDNN, cuDNN to flex, or sdpa
+    without compile) with the reason, and the line to print; else PLATFORM unchanged and None. `build`,
+    `warm_fa4` and `cudnn_loads` are the seams tests use to play a refusing backend. Running out of memory and a
+    CUDA error (the context is lost) are raised, not fallen back from. The eval graph's second process skips FA4's
+    run: the training process ran the same kernels a moment before, and the GPU's memory is the training's."""
+    backend = platform["attention"]
+    if backend not in ("cudnn", "fa4"):
+        return platform, None
+    B, T, H, D = shape
+    dtype = getattr(torch, platform["dtype"])
+    if backend == "fa4" and settings.eval_graph_only():
+        return platform, None
+    try:
+        if backend == "fa4":
+            warm_fa4(shape, dtype, windows, device)
+        else:
+            probe = torch.empty(1, dtype=dtype, device=device).expand(B, T, H, D)
+            for window in sorted({w for w in windows if w < T - 1}):
+                for kind in ("fwd", "bwd"):
+                    build(kind, probe, window)
+    except (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError)):
+        raise
+    except Exception as e:  # noqa: BLE001 - any refusal means "use the next backend"
+        cudnn_next = backend == "fa4" and cudnn_loads()
+        fallback = "cudnn" if cudnn_next else "flex" if platform["compile"] else "sdpa"
+        what = {"fa4": "FA4 cannot run", "cudnn": "cuDNN cannot build"}[backend]
+        why = f"{what} attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
+        reasons = dict(platform["reasons"], attention=f"{why}; falling back to {fallback}")
+        changed = dict(platform, attention=fallback, reasons=reasons)
+        line = f"attention: {backend} -> {fallback}: {why}"
+        if fallback == "cudnn":
+            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4, cudnn_loads)
+            line += f"\n!! {more}" if more else ""
+        return changed, line
+    return platform, None

@@ -12,27 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from harness import settings
-from harness.config import (REPO_DIR, ConfigError, ModelConfig, agent_files, fail, ground_path, load_model,
-                            model_path)
-from harness.dataloader import packing_report
-from harness.decide import ACCEPTED, run_fingerprint
-from harness.evaluate import eval_rows
-from harness.hardware import get_platform, platform_lines
-from harness.identity import harness_env
-from harness.database import PostgresLedger, Unreachable, open_ledger
-from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
-from harness.memory import next_step, regenerate_memory
-from harness.record import record_crash_from_log
-from harness.settings import Settings, describe_changes, effective_model
-from harness.sources import load_manifest, prepare_data
-from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
-from harness.util import atomic_write_text
+from harness.config import REPO_DIR, ConfigError, agent_files, fail, ground_path, load_ground, load_model, model_path
+
+# Everything else is imported where a command needs it: `--help` and a config error answer without torch.
 
 
-def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
+def restore_run(run_id: str, s=None) -> list[str]:
     """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits).
     Returns the files that changed."""
+    from harness.database import open_ledger
+    from harness.util import atomic_write_text
     store = open_ledger(s)
     files = store.files(run_id)
     if files is None and store.note:
@@ -55,7 +44,20 @@ def restore_run(run_id: str, s: Settings | None = None) -> list[str]:
     return changed
 
 
-def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
+def check(verbose: bool = True) -> tuple:
+    """Validate ground.json and model.json (before torch is imported), then the ledger, the data and the tokenizer;
+    print the mode and PLATFORM."""
+    try:
+        load_ground()
+        load_model()
+    except ConfigError as e:
+        fail(str(e))
+    from harness import settings
+    from harness.database import PostgresLedger, open_ledger
+    from harness.hardware import get_platform, platform_lines
+    from harness.settings import describe_changes, effective_model
+    from harness.sources import load_manifest
+    from harness.tokenizer import Tokenizer
     s = settings.current()
     try:
         model, changes = effective_model(load_model(), s)
@@ -85,7 +87,7 @@ def check(verbose: bool = True) -> tuple[Settings, ModelConfig, dict]:
     return s, model, changes
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description="Prepare data and tokenizer; validate configs; maintain the ledger.")
     ap.add_argument("--source", choices=("auto", "climbmix", "local", "builtin", "builtin-stdlib"),
                     help="override ground.json data.source")
@@ -101,68 +103,109 @@ def main(argv=None) -> int:
                     help="write a recorded run's model.json and train.py here (a kept run of another host, too)")
     ap.add_argument("--migrate-ledger", action="store_true",
                     help="rewrite an upstream/fork results.tsv with this ledger's columns (the old file is kept)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def send_queued(s) -> int:
+    from harness.database import Unreachable, open_ledger
+    from harness.memory import regenerate_memory
+    try:
+        sent = open_ledger(s).send_queued()
+    except Unreachable as e:
+        print(f"error: the shared database is unreachable ({e}); the queue is kept", file=sys.stderr)
+        return 1
+    print(f"sent: {len(sent)} queued run(s)")
+    print(f"memory: {regenerate_memory(s)}")
+    return 0
+
+
+def restore(run_id: str, s) -> int:
+    from harness.database import open_ledger
+    from harness.decide import ACCEPTED, run_fingerprint
+    changed = restore_run(run_id, s)
+    rows, index = open_ledger(s).read()
+    run = next((r for r in rows if r["run_id"] == run_id), None)
+    if run and not any(r["status"] in ACCEPTED and r["comparability_key"] == run["comparability_key"]
+                       and run_fingerprint(r, index) == run_fingerprint(run, index) for r in rows):
+        print(f"!! run {run_id} is a `{run['status']}`: its configuration was never kept (memory.md's "
+              f"best is the one to build on)")
+    print(f"restored {', '.join(changed)} from run {run_id}; commit it: git commit -am \"build on "
+          f"{run_id}\"" if changed else f"run {run_id}: model.json and train.py are already these")
+    return 0
+
+
+def migrate(s) -> int:
+    from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
+    from harness.memory import regenerate_memory
+    results, _ = ledger_paths(s)
+    old = migrate_ledger(results)
+    print(f"ledger: {results} rewritten with {len(LEDGER_COLUMNS)} columns; the old file is {old}")
+    print(f"memory: {regenerate_memory(s)}")
+    return 0
+
+
+def record_crash(log: str, s) -> int:
+    from harness.database import open_ledger
+    from harness.identity import harness_env
+    from harness.ledger import ledger_paths
+    from harness.nextstep import next_step
+    from harness.recover import record_crash_from_log
+    row = record_crash_from_log(Path(log), s)
+    print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
+    print(f"next: {next_step(row, *open_ledger(s).read(), None, harness_env())}")
+    return 0
+
+
+def prepare(args, s) -> int:
+    """Data, tokenizer, token cache (the default command)."""
+    from harness.dataloader import packing_report
+    from harness.evaluate import eval_rows
+    from harness.sources import prepare_data
+    from harness.tokenizer import Tokenizer, tokenize_file, train_tokenizer
+    t0 = time.time()
+    print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")
+    manifest = prepare_data(s, args.source, args.num_shards, args.download_workers)
+    train_tokenizer(s, manifest)
+    tok = Tokenizer.from_directory()
+    ntok = 0
+    for path in manifest["train"] + [manifest["val"]]:
+        tokens, _ = tokenize_file(s, tok, path)
+        ntok += len(tokens)
+    print(f"tokens: {ntok:,} cached under {s.cache_dir / 'tokens' / tok.fingerprint()}")
+    used, cached = packing_report(s, tok, manifest["train"], s.max_seq_len)
+    split = "split into row-sized pieces" if s.ground.data.split_long_documents else "cropped"
+    print(f"loader: one pass of best-fit packing into rows of {s.max_seq_len + 1} tokens uses {used:,} of the "
+          f"{cached:,} cached train tokens ({100 * used / max(cached, 1):.1f}%; longer documents are {split})")
+    eval_rows(tok, s, verbose=True)
+    print(f"done in {time.time() - t0:.1f}s. Next: uv run train.py")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     for name in ("num_shards", "download_workers"):
         v = getattr(args, name)
         if v is not None and v < 1:
             fail(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
+    if args.check:
+        check()
+        return 0
+    from harness import settings
     s = settings.current()
     try:
-        if args.check:
-            check()
-            return 0
         if args.memory:
+            from harness.memory import regenerate_memory
             print(f"memory: {regenerate_memory(s)}")
             return 0
         if args.send_queued:
-            store = open_ledger(s)
-            try:
-                sent = store.send_queued()
-            except Unreachable as e:
-                print(f"error: the shared database is unreachable ({e}); the queue is kept", file=sys.stderr)
-                return 1
-            print(f"sent: {len(sent)} queued run(s)")
-            print(f"memory: {regenerate_memory(s)}")
-            return 0
+            return send_queued(s)
         if args.restore:
-            changed = restore_run(args.restore, s)
-            rows, index = open_ledger(s).read()
-            run = next((r for r in rows if r["run_id"] == args.restore), None)
-            if run and not any(r["status"] in ACCEPTED and r["comparability_key"] == run["comparability_key"]
-                               and run_fingerprint(r, index) == run_fingerprint(run, index) for r in rows):
-                print(f"!! run {args.restore} is a `{run['status']}`: its configuration was never kept (memory.md's "
-                      f"best is the one to build on)")
-            print(f"restored {', '.join(changed)} from run {args.restore}; commit it: git commit -am \"build on "
-                  f"{args.restore}\"" if changed else f"run {args.restore}: model.json and train.py are already these")
-            return 0
+            return restore(args.restore, s)
         if args.migrate_ledger:
-            results, sessions = ledger_paths(s)
-            old = migrate_ledger(results)
-            print(f"ledger: {results} rewritten with {len(LEDGER_COLUMNS)} columns; the old file is {old}")
-            print(f"memory: {regenerate_memory(s)}")
-            return 0
+            return migrate(s)
         if args.record_crash:
-            row = record_crash_from_log(Path(args.record_crash), s)
-            print(f"recorded: {row['run_id']} crash -> {ledger_paths(s)[0]}")
-            print(f"next: {next_step(row, *open_ledger(s).read(), None, harness_env())}")
-            return 0
-        t0 = time.time()
-        print(f"mode: {s.mode} ({s.mode_reason}); cache: {s.cache_dir}")
-        manifest = prepare_data(s, args.source, args.num_shards, args.download_workers)
-        train_tokenizer(s, manifest)
-        tok = Tokenizer.from_directory()
-        ntok = 0
-        for path in manifest["train"] + [manifest["val"]]:
-            tokens, _ = tokenize_file(s, tok, path)
-            ntok += len(tokens)
-        print(f"tokens: {ntok:,} cached under {s.cache_dir / 'tokens' / tok.fingerprint()}")
-        used, cached = packing_report(s, tok, manifest["train"], s.max_seq_len)
-        split = "split into row-sized pieces" if s.ground.data.split_long_documents else "cropped"
-        print(f"loader: one pass of best-fit packing into rows of {s.max_seq_len + 1} tokens uses {used:,} of the "
-              f"{cached:,} cached train tokens ({100 * used / max(cached, 1):.1f}%; longer documents are {split})")
-        eval_rows(tok, s, verbose=True)
-        print(f"done in {time.time() - t0:.1f}s. Next: uv run train.py")
-        return 0
+            return record_crash(args.record_crash, s)
+        return prepare(args, s)
     except ConfigError as e:
         fail(str(e))
     except RuntimeError as e:

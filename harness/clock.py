@@ -29,6 +29,7 @@ from harness.distributed import agree
 LOSS_SMOOTHING = 0.9           # EMA of the printed train loss (debiased), as upstream
 HARD_LIMIT_FACTOR = 2          # wall time from step 0 past which a run stops whatever the warm-up steps:
 HARD_LIMIT_EXTRA_S = 120       # HARD_LIMIT_FACTOR x budget + HARD_LIMIT_EXTRA_S (compilation included)
+CLOCK_JUMP_S = 5.0             # wall and monotonic time apart by more than this: the wall clock was stepped
 
 
 def graphs_compiled() -> int:
@@ -56,15 +57,24 @@ class StepClock:
         self.training_seconds = 0.0            # counted steps only: what the budget bounds
         self._pending = None                   # (step, end event, loss, info) of a step not read yet
         self._last_event = None
-        self._t_last = self.started = time.time()
+        self._t_last = self.started = time.monotonic()
         self._ema = 0.0
         self._graphs_before_counted = None     # graphs compiled before the first counted step after step 0
         self.compiled_in_budget = 0            # graphs compiled while counted steps ran (set by drain)
         self._elapsed = 0.0                    # wall time since step 0 at the last step read, agreed over ranks
 
     def start(self) -> None:
-        """The clock starts now (call just before step 0)."""
-        self._t_last = self.started = time.time()
+        """The clock starts now (call just before step 0). Every duration is read on the monotonic clock; the wall
+        clock is read beside it only to notice a step of it (NTP, a VM migrated): clock_jump()."""
+        self._t_last = self.started = time.monotonic()
+        self._wall_started = time.time()
+
+    def clock_jump(self) -> float:
+        """Seconds by which the wall clock moved apart from the monotonic one since start() (0 within CLOCK_JUMP_S)."""
+        if not hasattr(self, "_wall_started"):
+            return 0.0
+        apart = (time.time() - self._wall_started) - (time.monotonic() - self.started)
+        return apart if abs(apart) > CLOCK_JUMP_S else 0.0
 
     @property
     def progress(self) -> float:
@@ -87,7 +97,7 @@ class StepClock:
         if not self.max_steps and steps_done > self.excluded_steps and self.training_seconds >= self.budget_s:
             return True
         limit = HARD_LIMIT_FACTOR * self.budget_s + HARD_LIMIT_EXTRA_S
-        elapsed = time.time() - self.started if self.world == 1 else self._elapsed   # ranks: one verdict, one step
+        elapsed = time.monotonic() - self.started if self.world == 1 else self._elapsed   # ranks: one verdict, one step
         if elapsed > limit:
             print(f"\n!! stopped at the hard limit of {limit:g} s of wall time ({HARD_LIMIT_FACTOR} x budget + "
                   f"{HARD_LIMIT_EXTRA_S} s) after {steps_done} steps, {self.training_seconds:.1f} s of them counted")
@@ -126,7 +136,7 @@ class StepClock:
             event.synchronize()
         elif self.device.type == "mps":
             torch.mps.synchronize()
-        now = time.time()
+        now = time.monotonic()
         if event is not None and self._last_event is not None:
             dt = self._last_event.elapsed_time(event) / 1000
         else:

@@ -174,6 +174,8 @@ class ModelConfig:
     warmup_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
     warmdown_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
     final_lr_frac: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
+    prune: bool = _f("bool", "true or false (stop a run early whose loss curve is clearly worse than the best's: "
+                             "harness/prune.py)", default=True)
     extra: dict = _f("object", "an object of agent-defined scalars (read by train.py)", default={})
 
 

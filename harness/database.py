@@ -23,7 +23,8 @@ import time
 
 from harness import settings
 from harness.config import ConfigError
-from harness.decide import ACCEPTED, UNSCORED, decide
+from harness.decide import ACCEPTED, UNSCORED, decide_entry
+from harness.identity import host_name
 from harness.ledger import LEDGER_COLUMNS, FileLedger, claim_order, ledger_paths
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -59,11 +60,6 @@ class Rejected(ConfigError):
 
 def _json(obj) -> str:
     return json.dumps(obj, default=str).replace("\\u0000", "")       # jsonb refuses NUL characters
-
-
-def host_name() -> str:
-    import socket
-    return os.environ.get("AUTORESEARCH_HOST") or socket.gethostname()
 
 
 class PostgresLedger:
@@ -203,12 +199,12 @@ class PostgresLedger:
             raise Rejected(f"{RUNS}: run_id {row['run_id']} is already recorded by host {done[1]}")
         key = row["comparability_key"]
         rows, index = [], {}           # what the keep rule reads: the key's scores, configurations and seeds
-        for seq, run_id, val_bpb, st, fp, seed in conn.execute(
-                f"SELECT seq, run_id, val_bpb, status, entry->>'fingerprint', entry->'seed' FROM {RUNS} "
-                "WHERE comparability_key = %s ORDER BY seq", (key,)):
+        for seq, run_id, val_bpb, st, fp, seed, speed in conn.execute(
+                f"SELECT seq, run_id, val_bpb, status, entry->>'fingerprint', entry->'seed', entry->'host_speed' "
+                f"FROM {RUNS} WHERE comparability_key = %s ORDER BY seq", (key,)):
             rows.append({"run_id": run_id, "val_bpb": val_bpb, "status": st, "comparability_key": key, "line": seq})
-            index[run_id] = {"fingerprint": fp, "seed": seed}
-        status = status or decide(rows, index, key, entry.get("fingerprint"), entry.get("seed"), row.get("val_bpb"))
+            index[run_id] = {"fingerprint": fp, "seed": seed, "host_speed": speed}
+        status = decide_entry(rows, index, row, entry, status)
         row = dict(row, status=status, val_bpb=None if status in UNSCORED else row.get("val_bpb"))
         values = [row.get(c) for c in _COLS]
         conn.execute(f"INSERT INTO {RUNS} (run_id, {_QCOLS}, host, entry) VALUES (%s, "

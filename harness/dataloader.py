@@ -141,40 +141,12 @@ def _pin_ok(device: torch.device) -> bool:
 # make_dataloader: (inputs, targets, epoch) batches on the run's device
 # ---------------------------------------------------------------------------
 
-def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = LOADER_BUFFER_DOCS,
-                    device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
-                    prefetch: int = LOADER_PREFETCH_BATCHES, seed: int | None = None):
-    """Yield (inputs, targets, epoch) forever: int64 tensors of shape (B, T) on the run's device.
-    Rows are packed by a background thread into pinned buffers; the copy to the GPU is async.
-
-    With world_size > 1 (torchrun) every rank packs the same global batch of B x world_size
-    rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
-    single process with world_size x the gradient accumulation would see, in the same order."""
-    assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
-    if split == "train" and settings.eval_graph_only():
-        fail("the second process of harness/warm_eval.py compiles the eval's graph and does not train: train.py "
-             "must return after warm_eval.compile_eval")
-    s = settings.current()
-    try:
-        m = load_manifest(s)
-    except ConfigError as e:
-        fail(str(e))
-    files = m["train"] if split == "train" else [m["val"]]
-    device = torch.device(device or get_platform()["device"])
-    # train loops over its files (epoch counts the passes); val is one pass, never repeated
-    # the seed orders the train documents (train.py --seed); val is never shuffled: the metric's rows are fixed
-    assert split == "train" or seed is None, "the val split is scored in its stored order"
-    packer = BestFitPacker(row_stream(s, tokenizer, files, T, split == "train", seed), T + 1, buffer_size)
-    lo = rank * B
-    scratch = np.empty(T + 1, dtype=np.int32)         # other ranks' rows: packed, then dropped
-    bos = tokenizer.get_bos_token_id()
-    nbuf = prefetch + 2
-    pinned = [torch.empty((B, T + 1), dtype=torch.int32, pin_memory=_pin_ok(device)) for _ in range(nbuf)]
-    free: queue.Queue = queue.Queue()
-    ready: queue.Queue = queue.Queue(maxsize=prefetch)
-    for i in range(nbuf):
-        free.put((i, None))
-    stop = threading.Event()
+def _producer(packer, pinned: list, free: queue.Queue, ready: queue.Queue, stop: threading.Event, mine: range,
+              rows_per_batch: int, bos: int):
+    """The loader thread's body: fill a free pinned buffer with this rank's rows of each global batch (the other
+    ranks' rows packed into scratch and dropped), hand it to the consumer, until `stop`; at the end of the val
+    data the rest of the batch is BOS (0 bytes: it scores nothing), and an exception goes to the consumer."""
+    scratch = np.empty(pinned[0].shape[1], dtype=np.int32)
 
     def produce():
         while not stop.is_set():
@@ -187,10 +159,10 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
             rows = pinned[i].numpy()
             g, filled = 0, 0
             try:
-                for g in range(B * world_size):
-                    if lo <= g < lo + B:
-                        packer.fill_row(rows[g - lo])
-                        filled = g - lo + 1
+                for g in range(rows_per_batch):
+                    if g in mine:
+                        packer.fill_row(rows[g - mine.start])
+                        filled = g - mine.start + 1
                     else:
                         packer.fill_row(scratch)
             except EOFError:            # val data ran out: BOS rows score 0 bytes, so they count for nothing
@@ -203,7 +175,44 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
                 ready.put((None, e))
                 return
             ready.put((i, packer.epoch))
+    return produce
 
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = LOADER_BUFFER_DOCS,
+                    device: str | torch.device | None = None, rank: int = 0, world_size: int = 1,
+                    prefetch: int = LOADER_PREFETCH_BATCHES, seed: int | None = None):
+    """Yield (inputs, targets, epoch) forever: int64 tensors of shape (B, T) on the run's device.
+    Rows are packed by a background thread into pinned buffers; the copy to the GPU is async.
+
+    With world_size > 1 (torchrun) every rank packs the same global batch of B x world_size
+    rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
+    single process with world_size x the gradient accumulation would see, in the same order."""
+    assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
+    if split == "train" and settings.eval_graph_only():
+        fail("the second process of harness/warm_eval.py compiles the eval's graph and does not train (the "
+             "Session ends it in prepare(), or before its train loader)")
+    s = settings.current()
+    try:
+        m = load_manifest(s)
+    except ConfigError as e:
+        fail(str(e))
+    files = m["train"] if split == "train" else [m["val"]]
+    device = torch.device(device or get_platform()["device"])
+    # train loops over its files (epoch counts the passes); val is one pass, never repeated
+    # the seed orders the train documents (train.py --seed); val is never shuffled: the metric's rows are fixed
+    assert split == "train" or seed is None, "the val split is scored in its stored order"
+    packer = BestFitPacker(row_stream(s, tokenizer, files, T, split == "train", seed), T + 1, buffer_size)
+    lo = rank * B
+    bos = tokenizer.get_bos_token_id()
+    nbuf = prefetch + 2
+    pinned = [torch.empty((B, T + 1), dtype=torch.int32, pin_memory=_pin_ok(device)) for _ in range(nbuf)]
+    free: queue.Queue = queue.Queue()
+    ready: queue.Queue = queue.Queue(maxsize=prefetch)
+    for i in range(nbuf):
+        free.put((i, None))
+    stop = threading.Event()
+
+    produce = _producer(packer, pinned, free, ready, stop, range(lo, lo + B), B * world_size, bos)
     worker = threading.Thread(target=produce, name=f"loader-{split}", daemon=True)
     worker.start()
     # a script that exits with the loader still open (upstream's train.py does) must not leave the thread

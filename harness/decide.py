@@ -2,47 +2,59 @@
 
     uv run python tests/bench/bench_keep_rule.py      # this rule against upstream's greedy one, simulated
 
-A configuration is model.json + train.py (their hash: the run's `fingerprint`); the seed (`--seed`)
-is not part of it. Runs of one configuration under different seeds measure the noise. Within one
-comparability key:
+A configuration is model.json + train.py (their hash: the run's `fingerprint`); the seed (`--seed`) is not part
+of it. Within one comparability key:
 
-- noise floor: the pooled standard deviation of val_bpb within configurations run under more than
-  one seed, sigma = sqrt(sum of squared deviations from each configuration's mean / dof), with
-  dof = sum over those configurations of (runs - 1);
+- noise floor: sigma, the pooled standard deviation of val_bpb within configurations run under more than one
+  seed (dof = the sum over them of runs - 1);
 - best configuration: the accepted one (status baseline or keep) with the lowest mean val_bpb;
-- margin of a configuration with n runs against the best with n_best runs:
-  t(dof) x sigma x sqrt(1/n + 1/n_best), t the one-sided 97.5% Student-t quantile, so a floor
-  measured from few runs asks for a wide margin (t = 12.7 at dof 1, 4.3 at dof 2, 1.96 at many).
-  Before any floor exists the margin is infinite: no gain is kept on one run.
+- the comparison with the best: the difference of the means, its standard error sigma x sqrt(1/n + 1/n_best);
+  or, where the ledger shows that seeds move configurations together (the spread of paired differences on shared
+  seeds under PAIRED_MAX_RATIO of the unpaired one, on PAIRED_MIN_DOF dof or more), the mean of the paired
+  differences on the seeds both ran (common random numbers: next_seed runs the best's seeds first);
+- margin: t(dof) x the standard error, t the one-sided 97.5% Student-t quantile (12.7 at dof 1, 1.96 at many).
+  Before any floor exists the margin is infinite: no gain is kept.
+- host speed: under a time budget (no max_steps) the runs' host-speed probes (harness/speed.py) are compared;
+  a candidate whose runs saw a host faster than the best's by more than SPEED_TOLERANCE is compared only with
+  the best's runs at comparable speed, and with none it is not kept: `next:` asks for a control run of the best.
 
 A new scored run, its configuration's scored runs (this one included) n with mean m:
 - the first of the key: baseline;
-- the same configuration and seed as an earlier scored run: rerun (flagged, not judged; left out of
-  every mean and of the floor);
-- a configuration already accepted (another seed of the baseline or of a kept one): repeat (its
-  mean and the floor are updated, nothing is decided);
-- m < best mean - margin and n >= MIN_RUNS_TO_KEEP (3): keep;
-- m < best mean and n < MAX_RUNS_PER_CONFIG (4): confirm (re-run this commit unchanged with another
-  seed; the configuration's mean over its seeds decides);
+- the same configuration and seed as an earlier scored run: rerun (flagged, not judged; out of every mean);
+- a configuration already accepted: repeat (its mean and the floor are updated, nothing is decided);
+- gain beyond the margin and n >= MIN_RUNS_TO_KEEP, the host comparable: keep;
+- better than the best and n < MAX_RUNS_PER_CONFIG: confirm (re-run this commit with another seed);
 - otherwise: discard.
+A `pruned` run (stopped early by harness/prune.py) is never scored: it is a discard that cost less.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
-UNSCORED = ("crash", "interrupted")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
+UNSCORED = ("crash", "interrupted", "pruned")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
+FIRST_SEED = 42                 # train.py's default --seed
+
+# ---------------------------------------------------------------------------
+# The rule's parameters, in one place (tests/bench/bench_keep_rule.py simulates them; docs/PERFORMANCE.md)
+# ---------------------------------------------------------------------------
+
 # Every keep rests on three seeds, and a configuration gets at most four. Simulated against other choices
 # (tests/bench/bench_keep_rule.py, docs/PERFORMANCE.md "keep rule"): keeping on one run let a neutral edit
 # through after a lucky draw, and the lucky mean then stood as the bar for every later edit.
 MIN_RUNS_TO_KEEP = 3
 MAX_RUNS_PER_CONFIG = 4
-FIRST_SEED = 42                 # train.py's default --seed
+KEEP_Z = 1.96                   # the margin: KEEP_Z x t(dof)/1.96 x the standard error (1.96: one-sided 97.5%)
+CONFIRM_Z = 0.0                 # another seed while the gain exceeds CONFIRM_Z x the standard error
+PAIRED_MIN_DOF = 4              # paired differences decide once their own spread rests on this many dof,
+PAIRED_MAX_RATIO = 0.5          # and their variance is under this share of the unpaired one
+SPEED_TOLERANCE = 0.05          # host-speed probes further apart than this share are not comparable
+# one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 # The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
 # step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
 STEPS_SPREAD = 1.03
@@ -50,22 +62,11 @@ STEPS_SPREAD = 1.03
 # attention: ~2% more steps) is another comparability key (harness/identity.py), so that a faster machine is never
 # read as a better model.
 PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
-KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
-KEY_LABELS = {"val": "val file", "tok": "tokenizer", "T": "max_seq_len", "eval": "eval tokens",
-              "budget": "time_budget_s", "world": "processes", "corpus": "builtin corpus",
-              "threads": "CPU threads (OMP_NUM_THREADS)"}                    # as memory.md names them
-# one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 
 
-def t_quantile(dof: int) -> float:
-    if dof < 1:
-        return math.inf
-    if dof > 30:
-        return 1.96
-    return T_975[max(d for d in T_975 if d <= dof)]       # the next smaller tabled dof: never narrower
-
+# ---------------------------------------------------------------------------
+# Configurations and the noise floor
+# ---------------------------------------------------------------------------
 
 @dataclass
 class Config:
@@ -75,10 +76,14 @@ class Config:
     seeds: list
     accepted: bool          # has a baseline or keep run
     first_line: int
+    speeds: list = field(default_factory=list)      # host-speed probe of each run (None: not measured)
 
     @property
     def mean(self) -> float:
         return sum(self.values) / len(self.values)
+
+    def by_seed(self) -> dict:
+        return {s: v for s, v in zip(self.seeds, self.values) if s is not None}
 
 
 @dataclass
@@ -90,9 +95,10 @@ class Standing:
     best: Config | None
 
     def margin(self, n: int) -> float:
+        """The gain a configuration of n runs must show over the best (unpaired): judge()'s margin."""
         if self.sigma is None or self.best is None:
             return math.inf
-        return t_quantile(self.dof) * self.sigma * math.sqrt(1 / n + 1 / len(self.best.values))
+        return KEEP_Z / 1.96 * t_quantile(self.dof) * self.sigma * math.sqrt(1 / n + 1 / len(self.best.values))
 
 
 def is_scored(row: dict) -> bool:
@@ -111,14 +117,15 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
     for r in rows:
         if r["comparability_key"] != key or not is_scored(r):
             continue
-        fp = run_fingerprint(r, index)
-        seed = index.get(r["run_id"], {}).get("seed")
+        fp, entry = run_fingerprint(r, index), index.get(r["run_id"], {})
+        seed = entry.get("seed")
         if seed is not None and (fp, seed) in seen:
             continue
         seen.add((fp, seed))
         c = configs.setdefault(fp, Config(fp, [], [], False, r.get("line", 0)))
         c.values.append(r["val_bpb"])
         c.seeds.append(seed)
+        c.speeds.append(entry.get("host_speed"))
         c.accepted = c.accepted or r["status"] in ACCEPTED
     dof = sum(len(c.values) - 1 for c in configs.values())
     ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in configs.values())
@@ -128,55 +135,164 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
     return Standing(configs, sigma, dof, best)
 
 
+def paired_floor(st: Standing) -> tuple[float | None, int]:
+    """(variance, dof) of paired differences: for every configuration against every accepted one, its val_bpb
+    minus theirs on each seed both ran, deviations from that pair's mean difference pooled. (None, 0) when no
+    pair shares two seeds."""
+    ss, dof = 0.0, 0
+    accepted = [c for c in st.configs.values() if c.accepted]
+    for a in accepted:
+        va = a.by_seed()
+        for c in st.configs.values():
+            if c is a or (c.accepted and c.first_line < a.first_line):        # each accepted pair once
+                continue
+            d = [v - va[s] for s, v in c.by_seed().items() if s in va]
+            if len(d) > 1:
+                m = sum(d) / len(d)
+                ss += sum((x - m) ** 2 for x in d)
+                dof += len(d) - 1
+    return (ss / dof if dof else None), dof
+
+
+def t_quantile(dof: int) -> float:
+    """One-sided 97.5% quantile of Student's t (the next smaller tabled dof: never narrower); 1.96 beyond 30."""
+    if dof < 1:
+        return math.inf
+    if dof > 30:
+        return 1.96
+    return T_975[max(d for d in T_975 if d <= dof)]
+
+
+# ---------------------------------------------------------------------------
+# The decision
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Decision:
+    """A run's status and the numbers behind it (stored in its index entry as `decision`; memory.md renders it)."""
+    status: str
+    reason: str = ""
+    n: int = 0                      # scored runs of the configuration, this one included
+    mean: float | None = None       # their mean val_bpb
+    best_mean: float | None = None  # the best configuration's mean (over the runs compared with)
+    best_runs: int = 0
+    diff: float | None = None       # the difference compared (mean - best, or the paired mean difference)
+    se_factor: float | None = None  # its standard error in units of sigma
+    sigma: float | None = None
+    dof: int = 0
+    paired: bool = False
+    margin: float | None = None     # the gain needed: t(dof) x the standard error
+    control: bool = False           # the host ran faster than during the best's runs: a control run is asked for
+
+    def numbers(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("status",)}
+
+
+def _compare(st: Standing, values: list, seeds: list, speeds: list, timed: bool) -> tuple:
+    """(diff, se factor, dof, paired, best's runs compared, control needed) of a candidate against st.best."""
+    best_vals, best_seeds, best_speeds = st.best.values, st.best.seeds, st.best.speeds
+    control = False
+    mine = [x for x in speeds if x is not None]
+    if timed and mine and any(x is not None for x in best_speeds):
+        fast = sum(mine) / len(mine)
+        ref = [x for x in best_speeds if x is not None]
+        if fast > (1 + SPEED_TOLERANCE) * sum(ref) / len(ref):      # compare with the best's runs at this speed only
+            keep = [i for i, x in enumerate(best_speeds) if x is not None and x * (1 + SPEED_TOLERANCE) >= fast]
+            control = not keep
+            best_vals = [best_vals[i] for i in keep] or best_vals
+            best_seeds = [best_seeds[i] for i in keep] or best_seeds
+    var_d, dof_d = paired_floor(st)
+    shared = [s for s in seeds if s is not None and s in best_seeds]
+    if shared and var_d is not None and dof_d >= PAIRED_MIN_DOF and var_d < PAIRED_MAX_RATIO * 2 * st.sigma ** 2:
+        mine_by, best_by = dict(zip(seeds, values)), dict(zip(best_seeds, best_vals))
+        diff = sum(mine_by[s] - best_by[s] for s in shared) / len(shared)
+        return diff, math.sqrt(var_d / len(shared)) / st.sigma, dof_d, True, len(shared), control
+    diff = sum(values) / len(values) - sum(best_vals) / len(best_vals)
+    return diff, math.sqrt(1 / len(values) + 1 / len(best_vals)), st.dof, False, len(best_vals), control
+
+
 _NEW = "\0new"          # the run being decided, while it is not in the ledger yet
 
 
-def decide(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_bpb: float | None) -> str:
-    """The status of a new run (not yet in rows) of `fingerprint` under `seed` with this val_bpb."""
+def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_bpb: float | None,
+          host_speed: float | None = None, timed: bool = True) -> Decision:
+    """The status of a new run (not yet in rows) of `fingerprint` under `seed` with this val_bpb, and why.
+    timed: the key's runs end on seconds (no max_steps), so the host's speed moves val_bpb."""
     if val_bpb is None or not math.isfinite(val_bpb):
-        return "crash"
+        return Decision("crash", "no val_bpb")
     st = standing(rows, index, key)
     if not st.configs:
-        return "baseline"
+        return Decision("baseline", "the key's first scored run", n=1, mean=val_bpb)
     mine = st.configs.get(fingerprint)
     if mine is not None and seed is not None and seed in mine.seeds:
-        return "rerun"
+        return Decision("rerun", f"this configuration already ran under seed {seed}")
     if mine is not None and mine.accepted:
-        return "repeat"
-    values = (mine.values if mine else []) + [val_bpb]
-    mean, n = sum(values) / len(values), len(values)
+        return Decision("repeat", "another seed of an accepted configuration: its mean and the floor are updated")
+    values, seeds = (mine.values if mine else []) + [val_bpb], (mine.seeds if mine else []) + [seed]
+    speeds = (mine.speeds if mine else []) + [host_speed]
+    n, mean = len(values), sum(values) / len(values)
     new = {"run_id": _NEW, "comparability_key": key, "status": "discard", "val_bpb": val_bpb, "line": math.inf}
-    with_new = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed}}, key)
-    best_mean = st.best.mean if st.best else math.inf
-    if mean < best_mean - with_new.margin(n) and n >= MIN_RUNS_TO_KEEP:    # the floor with this run in it
-        return "keep"
-    if mean < best_mean and n < MAX_RUNS_PER_CONFIG:
-        return "confirm"
-    return "discard"
+    floor = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed,
+                                                    "host_speed": host_speed}}, key)
+    floor.best = st.best
+    out = Decision("discard", n=n, mean=mean, best_mean=st.best.mean, best_runs=len(st.best.values))
+    if floor.sigma is None:
+        out.status = "confirm" if mean < st.best.mean and n < MAX_RUNS_PER_CONFIG else "discard"
+        out.reason = "no noise floor yet: nothing is kept until a configuration has run under two seeds"
+        return out
+    diff, factor, dof, paired, best_runs, control = _compare(floor, values, seeds, speeds, timed)
+    out.__dict__.update(diff=diff, se_factor=factor, sigma=floor.sigma, dof=dof, paired=paired, best_runs=best_runs,
+                        best_mean=mean - diff, margin=KEEP_Z / 1.96 * t_quantile(dof) * floor.sigma * factor)
+    if -diff > out.margin and n >= MIN_RUNS_TO_KEEP and not control:
+        out.status = "keep"
+        out.reason = f"gain {-diff:.6f} beyond the margin {out.margin:.6f} over {n} seeds"
+    elif -diff > CONFIRM_Z * floor.sigma * factor and n < MAX_RUNS_PER_CONFIG:
+        out.status, out.control = "confirm", control and -diff > out.margin and n >= MIN_RUNS_TO_KEEP
+        out.reason = (f"gain {-diff:.6f}, margin {out.margin:.6f} over {n} seed{'s' * (n > 1)}" + (
+            "; !! the host ran faster during this configuration's runs than during every run of the best: not a "
+            "keep until the best runs at this speed (a control run)" if out.control else ""))
+    else:
+        out.reason = (f"no gain over the best ({diff:+.6f})" if diff >= 0 else
+                      f"gain {-diff:.6f} inside the margin {out.margin:.6f} after {n} seeds, the most a "
+                      f"configuration gets")
+    return out
 
 
-def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str) -> int:
-    """The smallest seed from FIRST_SEED up that this configuration has not run under."""
+def decide(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_bpb: float | None) -> str:
+    """judge()'s status alone."""
+    return judge(rows, index, key, fingerprint, seed, val_bpb).status
+
+
+def decide_entry(rows: list[dict], index: dict, row: dict, entry: dict, status: str | None) -> str:
+    """The status of a run about to be appended (both ledger backends call this under their lock): `status` when
+    given (a crash, an interrupt, a pruned run), else judge()'s; the decision's numbers go into `entry`."""
+    if status is not None:
+        return status
+    timed = not (entry.get("key_parts") or {}).get("max_steps")
+    d = judge(rows, index, row["comparability_key"], entry.get("fingerprint"), entry.get("seed"), row.get("val_bpb"),
+              entry.get("host_speed"), timed)
+    entry["decision"] = dict(d.numbers(), status=d.status)
+    return d.status
+
+
+def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str, st: Standing | None = None) -> int:
+    """The seed this configuration runs next: the best configuration's seeds first, in their order (so that
+    comparisons can pair), then the smallest seed from FIRST_SEED up that it has not run under."""
     used = {index.get(r["run_id"], {}).get("seed") for r in rows
             if r["comparability_key"] == key and run_fingerprint(r, index) == fingerprint}
+    st = st or standing(rows, index, key)
+    for s in (st.best.seeds if st.best else []):
+        if s is not None and s not in used:
+            return s
     seed = FIRST_SEED
     while seed in used:
         seed += 1
     return seed
 
 
-def requested_model(entry: dict) -> dict:
-    """model.json as written for a run: what it trained, with the values a mode's cap replaced put back."""
-    return {**(entry.get("model") or {}), **{k: v[0] for k, v in (entry.get("model_changes_by_mode") or {}).items()}}
-
-
-def flatten(d: dict | None) -> dict:
-    """One level of nesting as dotted keys: {"a": {"b": 1}, "c": 2} -> {"a.b": 1, "c": 2}."""
-    flat = {}
-    for k, v in (d or {}).items():
-        flat.update({f"{k}.{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {k: v})
-    return flat
-
+# ---------------------------------------------------------------------------
+# How much the floor's runs differ in steps
+# ---------------------------------------------------------------------------
 
 def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> tuple[int, int, int] | None:
     """(fewest, most, lower quartile) of the step counts of the runs the noise floor rests on, when they differ by
@@ -184,176 +300,3 @@ def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> 
     steps = sorted(r["num_steps"] for r in rows if r["comparability_key"] == key and is_scored(r)
                    and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1)
     return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None
-
-
-RECOMPILED, STOPPED_SHORT = "recompiled after the warm-up", "stopped at step"   # harness/record.py's not-comparable
-
-
-def not_judged(error: str, back: str) -> str | None:
-    """`next:` for a finished run recorded as a crash because it measured something else than its configuration
-    (harness/record.py `_not_comparable`, from its reason), with `back` the way back; None for any other crash."""
-    if error.startswith(RECOMPILED):     # a value that changes between steps, read by the compiled model
-        return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the "
-                "run command prints it, beside the eval's expected one, grad_mode; that run is recorded too), make "
-                "the value that changes between steps a tensor or a constant (a shape meant to change: "
-                "torch._dynamo.mark_dynamic, or run every shape within the warm-up steps), `git commit -a --amend`, "
-                f"and run again; or give up on it: {back}")
-    if error.startswith(STOPPED_SHORT):  # the hard limit, under max_steps: a slower step or a loaded host
-        fit = re.search(r"about (\d+) steps fit", error)
-        example = f" (e.g. {fit.group(1)}, the steps that fit the budget at this run's pace)" if fit else ""
-        return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster, "
-                f"`git commit -a --amend` and run again, or give up on it: {back}; if the commit you return to stops "
-                f"short too, lower max_steps in ground.json's profile{example}, in a commit of its own (a new key), "
-                f"and run that commit")
-    return None
-
-
-def way_back(home: str | None, best_run: str | None, env: dict | None = None) -> str:
-    """The `git reset` after a discard or a crash: to `home` (return_commit); with nothing kept in this key on this
-    host, no commit the ledger knows is the right one (a first run's commit is the harness's; a key can change
-    with ground.json or the machine), so the agent is told what to return to, not a guessed commit."""
-    if home:
-        return f"git reset --hard {home}"
-    return ("return to the commit you started from with `git reset --hard` (nothing kept in this key on this host yet"
-            + (f"; to build on the best: {env_prefix(env or {})}uv run prepare.py --restore {best_run})"
-               if best_run else ")"))
-
-
-def key_differences(a: dict, b: dict) -> list[str]:
-    """Why runs a and b (their index entries) have different comparability keys: the parts of the key that differ
-    ("name: a -> b"; harness.identity.key_parts: data, tokenizer, profile, processes, PLATFORM's GPU and kernel
-    choices). Empty where either run predates the parts' being recorded."""
-    def flat(entry):
-        parts = entry["key_parts"]
-        shown = {KEY_LABELS.get(k, k): str(v)[:12] if k in KEY_HASHES else v for k, v in parts.items()
-                 if k != "platform"}
-        return {"schedule": "seconds", **flatten(shown), **(parts.get("platform") or {})}   # no max_steps: seconds
-    if not (a.get("key_parts") and b.get("key_parts")):
-        return []
-    fa, fb = flat(a), flat(b)
-    show = lambda v: "(unset)" if v is None else v                                   # noqa: E731
-    return [f"{k}: {show(fa.get(k))} -> {show(fb.get(k))}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
-
-
-def capped_apart(a: dict, b: dict) -> bool:
-    """Two runs of one configuration as trained whose model.json differ in a value a cap replaced (an edit the
-    cap cancelled): the same model, not the same files."""
-    keys = set(a.get("model_changes_by_mode") or {}) | set(b.get("model_changes_by_mode") or {})
-    ra, rb = requested_model(a), requested_model(b)
-    return any(ra.get(k) != rb.get(k) for k in keys)
-
-
-def _before_on_host(rows: list[dict], index: dict, first: int) -> list[dict]:
-    """The runs before rows[first] that its host made (on a shared ledger other hosts' keys are theirs; runs
-    recorded without a host count as this host's)."""
-    host = lambda r: index.get(r["run_id"], {}).get("host")                                # noqa: E731
-    return [r for r in rows[:first] if None in (host(r), host(rows[first])) or host(r) == host(rows[first])]
-
-
-def key_before(rows: list[dict], index: dict, key: str) -> tuple[dict, str]:
-    """The run memory.md compares this key with, and how it was chosen: the last run of another key that this key's
-    first run's host made before it (the key this agent came from), else the ledger's latest run of another key."""
-    mine = _before_on_host(rows, index, next(i for i, r in enumerate(rows) if r["comparability_key"] == key))
-    if mine:
-        return mine[-1], "the key its first run's host ran before it"
-    return next(r for r in reversed(rows) if r["comparability_key"] != key), "its latest run"
-
-
-def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, dict] | None:
-    """(the key before's best run, this key's baseline) where no scored run of this key has the former's files: a
-    key's first scored run is its baseline, judged against nothing, so an edit made together with a key change
-    (another GPU or kernel, a ground.json edit) was never compared; running that best under this key compares
-    them. The key before: the last key with a best that this host ran before this key's first run
-    (_before_on_host)."""
-    first = next((i for i, r in enumerate(rows) if r["comparability_key"] == key), None)
-    base = next((r for r in rows if r["comparability_key"] == key and r["status"] == "baseline"), None)
-    if not first or base is None:
-        return None
-    earlier = rows[:first]
-    keys = [r["comparability_key"] for r in reversed(_before_on_host(rows, index, first))]   # none has this key
-    prev, best = next(((k, b) for k in dict.fromkeys(keys) if (b := standing(earlier, index, k).best)), (None, None))
-    if best is None:
-        return None
-    run = next(r for r in earlier if r["comparability_key"] == prev and r["status"] in ACCEPTED
-               and run_fingerprint(r, index) == best.fingerprint)
-    files = lambda r: (requested_model(index.get(r["run_id"], {})), index.get(r["run_id"], {}).get("train_py"))  # noqa: E731
-    ran = any(files(r) == files(run) for r in rows[first:] if r["comparability_key"] == key and is_scored(r))
-    return None if ran else (run, base)
-
-
-def env_assignments(env: dict) -> str:
-    """`A=x B=y`, shell-quoted."""
-    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
-
-
-def env_prefix(env: dict) -> str:
-    """`env A=x B=y ` before a command (`env` also works after `timeout`), or nothing."""
-    return f"env {env_assignments(env)} " if env else ""
-
-
-def train_command(entry: dict, seed: int | None = None, env: dict | None = None) -> str:
-    """The command that starts train.py as the run `entry` (its index entry) was started, with --seed: one process
-    (on a CPU with the OMP_NUM_THREADS it was given: its key holds the thread count), torchrun on one node, or
-    torchrun on each of several (README's form). `env`: variables to set first, on one node (the printing
-    process's harness variables, identity.harness_env: its agent typed them; memory.md, which every agent of a
-    ledger reads, gives none). A run recorded before launches were kept: its key's process count, on one node."""
-    parts, launch = entry.get("key_parts") or {}, entry.get("launch") or {}
-    world, omp = parts.get("world") or 1, launch.get("omp_num_threads")
-    local = launch.get("per_node", world)
-    arg = "" if seed is None else f" --seed {seed}"
-    threads = {"OMP_NUM_THREADS": omp} if omp is not None and "threads" in parts and world <= 1 else {}
-    if world <= 1:
-        return f"{env_prefix({**threads, **(env or {})})}uv run train.py{arg}"
-    if local >= world:
-        return f"{env_prefix(env or {})}uv run torchrun --standalone --nproc_per_node={world} train.py{arg}"
-    return (f"uv run torchrun --nnodes={world // local} --nproc_per_node={local} --node_rank=<this node's rank> "
-            f"--master_addr=<node 0> --master_port=29500 train.py{arg}")      # on each node, with its own variables
-
-
-def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, host: str | None = None) -> str | None:
-    """The commit to return to after a discard or a crash: the last clean commit on this branch of this host that
-    holds an accepted configuration (a run's, when it is a baseline or keep, or a re-run of a configuration kept
-    elsewhere; a run's parent, when the parent holds an accepted run's files byte for byte: the commit
-    `prepare.py --restore` wrote another host's kept run into), else the last accepted run's commit on this host.
-    None when this host has none (commits of other hosts are not in this checkout). Runs recorded without a host
-    count as this host's."""
-    entry = lambda r: index.get(r["run_id"], {})                                     # noqa: E731
-    here = [r for r in rows if r["comparability_key"] == key and entry(r).get("host") in (None, host)]
-    accepted = [r for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED]
-    good = {run_fingerprint(r, index): entry(r) for r in accepted}
-    kept_files = {entry(r).get("files_sha") for r in accepted} - {None}
-    points, run_commits = [], {r["commit"] for r in here}
-    for r in (r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")):
-        parent = entry(r).get("parent")          # a commit never run here (--restore's): a run there speaks for it
-        if parent and parent not in run_commits and entry(r).get("parent_files_sha") in kept_files:
-            points.append(parent)                # before the run's own commit: a keep there is later
-        if r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
-                                       and not capped_apart(good[run_fingerprint(r, index)], entry(r))):
-            points.append(r["commit"])
-    pick = points or [r["commit"] for r in here if r["status"] in ACCEPTED]
-    return pick[-1] if pick else None
-
-
-def parent_runs(rows: list[dict], index: dict) -> dict:
-    """run_id -> the run it was built on, for every row, in one pass: for a run of uncommitted edits, the last clean
-    run of the same commit; else the last clean run of its parent commit (the same after `git commit --amend`; a
-    scored one before a crash: `--record-crash` often records a killed run after later runs of its commit);
-    else the last accepted run of its key before it; None for a first run. Only runs of the same comparability key
-    count: a run under other settings (another budget, max_steps) measured something else."""
-    clean_by_commit, accepted_by_key, out = {}, {}, {}
-    for r in rows:
-        entry, key = index.get(r["run_id"], {}), r["comparability_key"]
-        wanted = r["commit"] if entry.get("dirty") else entry.get("parent")
-        out[r["run_id"]] = clean_by_commit.get((key, wanted)) or accepted_by_key.get(key)
-        prev = clean_by_commit.get((key, r["commit"]))      # a crash recorded late does not hide a scored run
-        if not entry.get("dirty") and (prev is None or is_scored(r) or not is_scored(prev)):
-            clean_by_commit[(key, r["commit"])] = r
-        if r.get("status") in ACCEPTED:
-            accepted_by_key[key] = r
-    return out
-
-
-def parent_run(rows: list[dict], index: dict, run: dict) -> dict | None:
-    """The run `run` was built on (see parent_runs); `run` may be one not yet in rows."""
-    before = [r for r in rows if r.get("line", 0) < run.get("line", 0) and r["run_id"] != run["run_id"]]
-    return parent_runs(before + [run], index)[run["run_id"]]

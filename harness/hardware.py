@@ -19,7 +19,7 @@ import torch
 
 from harness import settings
 from harness.config import ConfigError, ProcessorConfig, fail
-from harness.fused import cudnn_attention, fa4_attention
+from harness.fused import fa4_attention
 from harness.fused.cudnn_attention import load_cudnn_frontend
 from harness.util import reachable
 
@@ -51,81 +51,54 @@ def peak_flops_for(capability, sm_count: int, clock_mhz: float | None, name: str
     return flops, f"{per_sm} FLOP/SM/clk x {sm_count} SMs x {clock:.0f} MHz ({src}) = {flops / 1e12:.1f} TFLOP/s"
 
 
-def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
-    """Pure decision: hardware facts + ground.json processor overrides -> PLATFORM dict.
-
-    hw keys: cuda (bool), mps (bool), os, triton (bool), name, capability (tuple|None),
-    sm_count, clock_mhz, fa4, fa3 and cudnn ((ok, reason) or None when not probed), gluon, world_size.
-    """
-    reasons = {}
+def decide_device(hw: dict, proc: ProcessorConfig) -> tuple[str, str]:
     if proc.device != "auto":
-        device = proc.device
-        if device == "cuda" and not hw["cuda"]:
+        if proc.device == "cuda" and not hw["cuda"]:
             raise ConfigError("ground.json: key 'processor.device': \"cuda\" requested but torch sees no CUDA device")
-        if device == "mps" and not hw["mps"]:
+        if proc.device == "mps" and not hw["mps"]:
             raise ConfigError("ground.json: key 'processor.device': \"mps\" requested but MPS is not available")
-        reasons["device"] = "forced by ground.json processor.device"
-    else:
-        device = "cuda" if hw["cuda"] else "mps" if hw["mps"] else "cpu"
-        reasons["device"] = {"cuda": "CUDA GPU found", "mps": "Apple MPS found", "cpu": "no CUDA or MPS device"}[device]
-    cc = tuple(hw["capability"]) if device == "cuda" and hw.get("capability") else None
-    if device == "cuda":
-        name = hw.get("name", "cpu")
-    else:
-        name = "Apple MPS" if device == "mps" else _platform.processor() or "cpu"
+        return proc.device, "forced by ground.json processor.device"
+    device = "cuda" if hw["cuda"] else "mps" if hw["mps"] else "cpu"
+    return device, {"cuda": "CUDA GPU found", "mps": "Apple MPS found", "cpu": "no CUDA or MPS device"}[device]
 
-    # dtype: bf16 where the tensor cores have it (CC >= 8), fp16 + GradScaler on Volta/Turing
+
+def decide_dtype(device: str, cc: tuple | None, proc: ProcessorConfig) -> tuple[str, str]:
+    """bf16 where the tensor cores have it (CC >= 8), fp16 + GradScaler on Volta/Turing, fp32 off CUDA."""
     if proc.dtype != "auto":
-        dtype = proc.dtype
-        reasons["dtype"] = "forced by ground.json processor.dtype"
-    elif device == "cuda":
-        dtype = "bfloat16" if cc >= (8, 0) else "float16"
-        reasons["dtype"] = f"CC {cc[0]}.{cc[1]}: " + ("native bf16" if cc >= (8, 0)
-                                                      else "no bf16 tensor cores, fp16 with GradScaler")
-    else:
-        dtype = "float32"
-        reasons["dtype"] = f"{device}: fp32 (low-precision autocast is slow or incomplete there)"
-    use_scaler = dtype == "float16"
-    reasons["use_grad_scaler"] = ("fp16 gradients underflow without loss scaling" if use_scaler
-                                  else f"not needed for {dtype}")
-    embedding_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
-    if embedding_dtype == "bfloat16":
-        reasons["embedding_dtype"] = "bf16 embeddings halve their memory traffic (upstream)"
-    else:
-        reasons["embedding_dtype"] = ("fp32 master weights (GradScaler cannot unscale fp16 grads)" if use_scaler
-                                      else "fp32 run")
-    ortho_dtype = "bfloat16" if device == "cuda" and cc >= (8, 0) and dtype != "float32" else "float32"
-    reasons["ortho_dtype"] = "Muon orthogonalization in " + ("bf16 (native)" if ortho_dtype == "bfloat16"
-                                                             else "fp32 (bf16 not native here)")
+        return proc.dtype, "forced by ground.json processor.dtype"
+    if device == "cuda":
+        return ("bfloat16" if cc >= (8, 0) else "float16"), f"CC {cc[0]}.{cc[1]}: " + (
+            "native bf16" if cc >= (8, 0) else "no bf16 tensor cores, fp16 with GradScaler")
+    return "float32", f"{device}: fp32 (low-precision autocast is slow or incomplete there)"
 
-    triton_ok = hw["triton"] and hw["os"] != "Windows"
-    # compile: on CUDA needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing by default; on
-    # the CPU when asked for (inductor's C++ backend: a new graph costs many seconds of start-up there); not on MPS
+
+def decide_compile(device: str, cc: tuple | None, hw: dict, proc: ProcessorConfig, triton_ok: bool) -> tuple[bool, str]:
+    """On CUDA needs triton (inductor's GPU codegen); never on Windows; not on Volta/Turing by default; on the CPU
+    when asked for (inductor's C++ backend: a new graph costs many seconds of start-up there); not on MPS."""
     asked = proc.compile in (True, "blocks")
-    compile_ = False
     if proc.compile is False:
-        reasons["compile"] = "disabled by ground.json processor.compile"
-    elif device == "cuda" and triton_ok and (asked or cc >= (8, 0)):
-        compile_ = True
-        reasons["compile"] = "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
-    elif device == "cpu" and asked and hw["os"] != "Windows" and hw.get("cxx"):
-        compile_ = True
-        reasons["compile"] = "forced by ground.json (inductor's C++ backend)"
+        return False, "disabled by ground.json processor.compile"
+    if device == "cuda" and triton_ok and (asked or cc >= (8, 0)):
+        return True, "forced by ground.json" if proc.compile is True else f"CUDA CC {cc[0]}.{cc[1]} with triton"
+    if device == "cpu" and asked and hw["os"] != "Windows" and hw.get("cxx"):
+        return True, "forced by ground.json (inductor's C++ backend)"
+    if hw["os"] == "Windows":
+        why = "Windows"
+    elif device == "cuda":
+        why = "triton missing" if not hw["triton"] else f"CC {cc[0]}.{cc[1]} (pre-Ampere)"
+    elif device == "mps":
+        why = "mps"
+    elif asked:
+        why = "cpu: no C++ compiler (g++, c++, clang++ or $CXX) for inductor"
     else:
-        if hw["os"] == "Windows":
-            why = "Windows"
-        elif device == "cuda":
-            why = "triton missing" if not hw["triton"] else f"CC {cc[0]}.{cc[1]} (pre-Ampere)"
-        elif device == "mps":
-            why = "mps"
-        elif asked:
-            why = "cpu: no C++ compiler (g++, c++, clang++ or $CXX) for inductor"
-        else:
-            why = "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
-        reasons["compile"] = ("requested but unavailable: " if asked else "off: ") + why
+        why = "cpu (a new graph's compile costs many seconds of start-up here; processor.compile true turns it on)"
+    return False, ("requested but unavailable: " if asked else "off: ") + why
 
-    # attention: FA4 (flash-attn-4, Hopper/Blackwell) > FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) >
-    # FlexAttention (compiled, needs triton) > SDPA
+
+def decide_attention(device: str, cc: tuple | None, dtype: str, hw: dict, proc: ProcessorConfig,
+                     triton_ok: bool) -> tuple[str, str]:
+    """FA4 (flash-attn-4, Hopper/Blackwell) > FA3 (kernels) > cuDNN (cudnn-frontend, Hopper+) > FlexAttention
+    (compiled, needs triton) > SDPA; a backend ground.json forces that cannot run falls back, saying why."""
     fa3_ok, fa3_why = hw.get("fa3") or (False, "not probed")
     cudnn_ok, cudnn_why = hw.get("cudnn") or (False, "not probed")
     cuda_16bit = device == "cuda" and dtype in ("bfloat16", "float16")   # what cuDNN attention and the fused MLP take
@@ -136,71 +109,87 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     fa4_ok = fa4_ok and fa4_arch
     if proc.attention == "auto":
         if fa4_ok:
-            attention, reasons["attention"] = "fa4", f"CC {cc[0]}.{cc[1]}: {fa4_why} (faster than cuDNN, measured)"
-        elif device == "cuda" and cc >= (9, 0) and fa3_ok:
-            attention, reasons["attention"] = "fa3", f"Hopper+: {fa3_why}"
-        elif cc and cc >= (9, 0) and cudnn_ok:
-            attention = "cudnn"
-            reasons["attention"] = (f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel "
-                                    f"(FA4: {fa4_why}; FA3 not loadable: {fa3_why})")
-        elif flex_ok:
-            attention = "flex"
-            fa3_note = f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0) else ""
-            reasons["attention"] = f"CC {cc[0]}.{cc[1]} with triton{fa3_note}"
-        else:
-            attention = "sdpa"
-            reasons["attention"] = f"{device}" + (f" CC {cc[0]}.{cc[1]}" if cc else "") + ": SDPA (no flex/FA3 here)"
-    elif proc.attention == "fa4" and not fa4_ok:
+            return "fa4", f"CC {cc[0]}.{cc[1]}: {fa4_why} (faster than cuDNN, measured)"
+        if device == "cuda" and cc >= (9, 0) and fa3_ok:
+            return "fa3", f"Hopper+: {fa3_why}"
+        if cc and cc >= (9, 0) and cudnn_ok:
+            return "cudnn", (f"Hopper+: {cudnn_why}, windows on cuDNN's fused kernel (FA4: {fa4_why}; FA3 not "
+                             f"loadable: {fa3_why})")
+        if flex_ok:
+            return "flex", f"CC {cc[0]}.{cc[1]} with triton" + (f" (FA3 not loadable: {fa3_why})" if cc >= (9, 0)
+                                                                 else "")
+        return "sdpa", f"{device}" + (f" CC {cc[0]}.{cc[1]}" if cc else "") + ": SDPA (no flex/FA3 here)"
+    if proc.attention == "fa4" and not fa4_ok:
         attention = "cudnn" if cudnn_ok and cc >= (9, 0) else "flex" if flex_ok else "sdpa"
         why = fa4_why if fa4_arch else f"needs CUDA CC 9.x or 10.x and bf16/fp16, have {device} {dtype}"
-        reasons["attention"] = f"fa4 requested but not usable ({why}); falling back to {attention}"
-    elif proc.attention == "fa3" and not (device == "cuda" and fa3_ok):
+        return attention, f"fa4 requested but not usable ({why}); falling back to {attention}"
+    if proc.attention == "fa3" and not (device == "cuda" and fa3_ok):
         attention = "flex" if flex_ok else "sdpa"
-        reasons["attention"] = f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
-    elif proc.attention == "cudnn" and not cudnn_ok:
+        return attention, f"fa3 requested but not loadable ({fa3_why}); falling back to {attention}"
+    if proc.attention == "cudnn" and not cudnn_ok:
         attention = "flex" if flex_ok else "sdpa"
         why = cudnn_why if cuda_16bit else f"needs CUDA and bf16/fp16, have {device} {dtype}"
-        reasons["attention"] = f"cudnn requested but not usable ({why}); falling back to {attention}"
-    elif proc.attention == "flex" and device == "cuda" and not flex_ok:
-        attention = "sdpa"
-        reasons["attention"] = "flex requested but needs triton and CC >= 8.0 on CUDA; falling back to sdpa"
-    else:
-        attention = proc.attention
-        reasons["attention"] = f"forced by ground.json ({fa4_why})" if attention == "fa4" else \
-            f"forced by ground.json ({fa3_why})" if attention == "fa3" else \
-            f"forced by ground.json ({cudnn_why})" if attention == "cudnn" else \
-            "forced by ground.json processor.attention"
+        return attention, f"cudnn requested but not usable ({why}); falling back to {attention}"
+    if proc.attention == "flex" and device == "cuda" and not flex_ok:
+        return "sdpa", "flex requested but needs triton and CC >= 8.0 on CUDA; falling back to sdpa"
+    forced = {"fa4": fa4_why, "fa3": fa3_why, "cudnn": cudnn_why}
+    return proc.attention, (f"forced by ground.json ({forced[proc.attention]})" if proc.attention in forced
+                            else "forced by ground.json processor.attention")
 
-    # mlp: ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere
-    if cuda_16bit and cc >= (9, 0) and triton_ok:
+
+def decide_mlp(device: str, cc: tuple | None, dtype: str, hw: dict, triton_ok: bool) -> tuple[str, str]:
+    """ReLU^2 fused into the MLP's matmuls (Triton with TMA) on Hopper+; plain ops elsewhere."""
+    if device == "cuda" and dtype in ("bfloat16", "float16") and cc >= (9, 0) and triton_ok:
         gluon_bwd = "; backward matmul in Gluon (wgmma)" if cc[0] == 9 and hw.get("gluon") else ""
-        mlp = "triton"
-        reasons["mlp"] = f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
-    else:
-        here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device
-        mlp = "plain"
-        reasons["mlp"] = f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
+        return "triton", f"CC {cc[0]}.{cc[1]} with triton: ReLU^2 in the matmul epilogues (TMA{gluon_bwd})"
+    here = f"{device} CC {cc[0]}.{cc[1]}" if cc else device
+    return "plain", f"plain ops: the fused MLP needs CUDA CC >= 9.0, triton and bf16/fp16 (here {here}, {dtype})"
 
+
+def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
+    """Pure decision: hardware facts + ground.json processor overrides -> PLATFORM dict, one decide_* per choice,
+    each with its reason.
+
+    hw keys: cuda (bool), mps (bool), os, triton (bool), name, capability (tuple|None),
+    sm_count, clock_mhz, fa4, fa3 and cudnn ((ok, reason) or None when not probed), gluon, world_size.
+    """
+    reasons = {}
+    device, reasons["device"] = decide_device(hw, proc)
+    cc = tuple(hw["capability"]) if device == "cuda" and hw.get("capability") else None
+    name = hw.get("name", "cpu") if device == "cuda" else "Apple MPS" if device == "mps" else \
+        _platform.processor() or "cpu"
+    dtype, reasons["dtype"] = decide_dtype(device, cc, proc)
+    use_scaler = dtype == "float16"
+    reasons["use_grad_scaler"] = ("fp16 gradients underflow without loss scaling" if use_scaler
+                                  else f"not needed for {dtype}")
+    embedding_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
+    reasons["embedding_dtype"] = ("bf16 embeddings halve their memory traffic (upstream)" if dtype == "bfloat16" else
+                                  "fp32 master weights (GradScaler cannot unscale fp16 grads)" if use_scaler
+                                  else "fp32 run")
+    ortho_dtype = "bfloat16" if device == "cuda" and cc >= (8, 0) and dtype != "float32" else "float32"
+    reasons["ortho_dtype"] = "Muon orthogonalization in " + ("bf16 (native)" if ortho_dtype == "bfloat16"
+                                                             else "fp32 (bf16 not native here)")
+    triton_ok = hw["triton"] and hw["os"] != "Windows"
+    compile_, reasons["compile"] = decide_compile(device, cc, hw, proc, triton_ok)
+    attention, reasons["attention"] = decide_attention(device, cc, dtype, hw, proc, triton_ok)
+    mlp, reasons["mlp"] = decide_mlp(device, cc, dtype, hw, triton_ok)
     # scope: the whole model in one graph (the fastest step), or each block on its own (one graph per kind of
     # block, reused across layers: a depth change compiles nothing new)
     scope = "blocks" if compile_ and proc.compile == "blocks" else "model"
     reasons["compile_scope"] = ("forced by ground.json processor.compile = \"blocks\"" if scope == "blocks"
                                 else "the whole model in one graph" if compile_ else "no compile")
-
     # rotary + QK-norm and the softcapped loss as Triton row kernels: wherever the model is compiled
     # (which needs CUDA and triton); eager runs keep plain ops, whose fused log_softmax is lighter there
     row_kernels = "triton" if compile_ and device == "cuda" else "plain"
     for key, what in (("rope", "rotary + QK-norm"), ("loss", "softcapped cross-entropy")):
         reasons[key] = (f"{what} as Triton row kernels (compiled CUDA run)" if row_kernels == "triton"
                         else f"plain ops: the {what} kernels run in compiled CUDA runs only")
-
     if proc.peak_flops != "auto":
         peak, reasons["peak_flops"] = float(proc.peak_flops), "forced by ground.json processor.peak_flops"
     elif device == "cuda":
         peak, reasons["peak_flops"] = peak_flops_for(cc, hw.get("sm_count", 0), hw.get("clock_mhz"), name)
     else:
         peak, reasons["peak_flops"] = 0.0, f"{device}: no reference peak (MFU reported as 0)"
-
     return {
         "device": device, "device_name": name, "capability": list(cc) if cc else None,
         "dtype": dtype, "use_grad_scaler": use_scaler, "embedding_dtype": embedding_dtype,
@@ -319,45 +308,3 @@ def platform_lines(p: dict) -> list[str]:
         v = f"{p[k] / 1e12:.1f} TFLOP/s" if k == "peak_flops" else p[k]
         lines.append(f"  {k:16s} {v}  ({p['reasons'][k]})")
     return lines
-
-
-def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
-                      build=cudnn_attention.build_graph, warm_fa4=fa4_attention.warm_kernels,
-                      cudnn_loads=lambda: load_cudnn_frontend()[0] is not None) -> tuple[dict, str | None]:
-    """Before compiling: build the cuDNN graphs, or run FA4's kernels once, for the shapes the model needs
-    ((B, T, H, D) per micro-step, each sliding window). Returns (platform, line): when the backend cannot take
-    this shape (head_dim, dtype, GPU), a copy of PLATFORM that falls back (FA4 to cuDNN, cuDNN to flex, or sdpa
-    without compile) with the reason, and the line to print; else PLATFORM unchanged and None. `build`,
-    `warm_fa4` and `cudnn_loads` are the seams tests use to play a refusing backend. Running out of memory and a
-    CUDA error (the context is lost) are raised, not fallen back from. The eval graph's second process skips FA4's
-    run: the training process ran the same kernels a moment before, and the GPU's memory is the training's."""
-    backend = platform["attention"]
-    if backend not in ("cudnn", "fa4"):
-        return platform, None
-    B, T, H, D = shape
-    dtype = getattr(torch, platform["dtype"])
-    if backend == "fa4" and settings.eval_graph_only():
-        return platform, None
-    try:
-        if backend == "fa4":
-            warm_fa4(shape, dtype, windows, device)
-        else:
-            probe = torch.empty(1, dtype=dtype, device=device).expand(B, T, H, D)
-            for window in sorted({w for w in windows if w < T - 1}):
-                for kind in ("fwd", "bwd"):
-                    build(kind, probe, window)
-    except (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.OutOfMemoryError)):
-        raise
-    except Exception as e:  # noqa: BLE001 - any refusal means "use the next backend"
-        cudnn_next = backend == "fa4" and cudnn_loads()
-        fallback = "cudnn" if cudnn_next else "flex" if platform["compile"] else "sdpa"
-        what = {"fa4": "FA4 cannot run", "cudnn": "cuDNN cannot build"}[backend]
-        why = f"{what} attention for B={B} T={T} H={H} D={D} ({type(e).__name__}: {str(e)[:120]})"
-        reasons = dict(platform["reasons"], attention=f"{why}; falling back to {fallback}")
-        changed = dict(platform, attention=fallback, reasons=reasons)
-        line = f"attention: {backend} -> {fallback}: {why}"
-        if fallback == "cudnn":
-            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4, cudnn_loads)
-            line += f"\n!! {more}" if more else ""
-        return changed, line
-    return platform, None

@@ -16,6 +16,7 @@ import os
 import platform as _platform
 import re
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -228,6 +229,10 @@ def key_of(parts: dict) -> str:
 
 def comparability_key(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> str:
     return key_of(key_parts(s, tokenizer, manifest, platform))
+
+
+def host_name() -> str:
+    return os.environ.get("AUTORESEARCH_HOST") or socket.gethostname()
 
 
 HARNESS_ENV = ("AUTORESEARCH_GROUND", "AUTORESEARCH_MODEL", "AUTORESEARCH_HOST")   # which files, which host

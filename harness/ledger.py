@@ -20,14 +20,14 @@ from pathlib import Path
 
 from harness import settings
 from harness.config import ConfigError
-from harness.decide import UNSCORED, decide
+from harness.decide import UNSCORED, decide_entry
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
                   "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
                   "timestamp")
-STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "crash", "interrupted")   # harness.decide
+STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "pruned", "crash", "interrupted")   # harness.decide
 _FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M",
                "num_params_M")
 _REQUIRED_COLS = ("commit", "val_bpb", "status", "description")
@@ -195,9 +195,8 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
     call after(results, sessions) (the memory writer) before the lock is released. Returns the row as written."""
     with ledger_lock(results):
         rows = read_ledger(results, warn=lambda m: None)
-        row = dict(row)
-        row["status"] = status or decide(rows, read_index(sessions), row["comparability_key"],
-                                         index_entry.get("fingerprint"), index_entry.get("seed"), row.get("val_bpb"))
+        row, index_entry = dict(row), dict(index_entry)
+        row["status"] = decide_entry(rows, read_index(sessions), row, index_entry, status)
         if row["status"] in UNSCORED:
             row["val_bpb"] = None
         if any(r["run_id"] == row["run_id"] for r in rows):

@@ -1,5 +1,5 @@
-"""Memory: sessions/memory.md, a bounded digest regenerated from the whole ledger after every run, and the
-`next:` command a run prints (both are what the agent reads before its next step).
+"""Memory: sessions/memory.md, a bounded digest regenerated from the whole ledger after every run (what the agent
+reads before its next step): one renderer per section over harness/digest.py's values.
 
     uv run prepare.py --memory        # regenerate it on demand
 
@@ -8,17 +8,18 @@ number of runs; the agent's `## Notes` section is kept verbatim below the genera
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
 
-from harness.decide import (ACCEPTED, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, flatten, floor_step_spread, is_scored,
-                            key_before, key_differences, next_seed, not_judged, parent_run, parent_runs,
-                            requested_model, return_commit, run_fingerprint, standing, train_command,
-                            unjudged_baseline, way_back)
-from harness.database import host_name, open_ledger
-from harness.ledger import STATUSES, FileLedger, claim_state, clean_text
+from harness.decide import MIN_RUNS_TO_KEEP, SCORED, UNSCORED, floor_step_spread, next_seed, run_fingerprint
+from harness.database import open_ledger
+from harness.digest import (Digest, _as_trained, _bpb, _epochs, _killed, _requested, _v, _value, cancelled_by_caps,
+                            changes, digest, running_now, since_last_improvement)
+from harness.identity import host_name
+from harness.ledger import STATUSES, claim_state, clean_text
+from harness.lineage import (flatten, key_before, key_differences, parent_run, parent_runs, return_commit,
+                             train_command, unjudged_baseline)
 from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -27,158 +28,14 @@ MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept v
 MEMORY_TOP, MEMORY_RECENT, MEMORY_VALUES_PER_KEY = 5, 8, 6     # top runs, recent runs, values per hyperparameter
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
-KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.record.record_crash_from_log)
 
 
-def _v(v) -> str:
-    """A model.json value for memory.md: one line whatever the agent put in it (no forged sections)."""
-    return clean_text(json.dumps(v) if not isinstance(v, str) else v, 80)
-
-
-def _bpb(v) -> str:
-    return "—" if v is None else f"{v:.6f}"
-
-
-def _epochs(entry: dict) -> str:
-    """Passes over the train split, with a `!` past the point where val_bpb measures memorization."""
-    e = entry.get("epochs")
-    return "" if e is None else f"{e:.1f}" + (" !" if e > 4 else "")
-
-
-def _requested(entry: dict) -> dict:
-    """model.json as the agent wrote it, flat (the run records what it trained, and what each cap replaced)."""
-    return flatten(requested_model(entry))
-
-
-def _as_trained(entry: dict, key: str, req, trained) -> str:
-    """Why a run trained another value than model.json's: the mode's cap, or torchrun's split of device_batch_size."""
-    parts = entry.get("key_parts") or {}
-    world, cap = parts.get("world") or 1, (parts.get("caps") or {}).get(key)
-    capped = cap is not None and req is not None and req > cap
-    if key != "device_batch_size" or world <= 1 or trained >= (cap if capped else req):
-        return f"capped to {_v(trained)}"
-    return (f"capped to {_v(cap)}, then " if capped else "") + f"{_v(trained)} per process x {world} processes"
-
-
-def _value(entry: dict, key: str) -> str:
-    """A model.json value as requested, with the value trained where a cap or torchrun's split changed it."""
-    req, trained = _requested(entry).get(key), flatten(entry.get("model")).get(key)
-    return _v(req) + (f" ({_as_trained(entry, key, req, trained)})" if trained != req else "")
-
-
-def changes(a: dict, b: dict) -> list[str]:
-    """What changed from run entry a to run entry b: model.json keys (requested -> requested, with the cap where
-    one applies) and train.py's functions (from their hashes: changed, added, removed). Empty: same files."""
-    ma, mb = _requested(a), _requested(b)
-    out = [f"{k}: {_value(a, k)} -> {_value(b, k)}" for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)]
-    fa, fb = a.get("train_py") or {}, b.get("train_py") or {}
-    if a.get("fingerprint") and a.get("fingerprint") == b.get("fingerprint"):
-        return out
-    edits = [f"{n} changed" for n in sorted(set(fa) & set(fb)) if fa[n] != fb[n]]
-    edits += [f"{n} added" for n in sorted(set(fb) - set(fa))] + [f"{n} removed" for n in sorted(set(fa) - set(fb))]
-    if edits:
-        out.append("train.py: " + ", ".join(edits[:6]) + (f" (+{len(edits) - 6} more)" if len(edits) > 6 else ""))
-    elif not (fa and fb) and not out:
-        out.append("train.py or model.json changed (no function hashes recorded to say where)")
-    return out
-
-
-def cancelled_by_caps(parent: dict, entry: dict) -> list[str]:
-    """model.json edits from the parent run that the mode's caps cancelled: requested values differ, trained do not."""
-    ma, mb = _requested(parent), _requested(entry)
-    ea, eb = flatten(parent.get("model")), flatten(entry.get("model"))
-    return [f"{k} {_v(ma.get(k))} -> {_v(mb.get(k))} trains as {_v(eb.get(k))} either way (capped)"
-            for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k) and ea.get(k) == eb.get(k)]
-
-
-def since_last_improvement(since: list[dict], index: dict) -> str:
-    """What was tried after the last improvement: configurations, not runs (another seed of one edit is not another
-    try; `repeat`s are left out), with the runs by status; a run killed outright (by the host?) apart from a crash."""
-    tried = {run_fingerprint(r, index) for r in since if r["status"] != "rerun"}
-    counts = Counter("killed" if r["status"] == "crash" and _killed(index.get(r["run_id"], {})) else r["status"]
-                     for r in since)
-    order = [st for s in STATUSES for st in ((s, "killed") if s == "crash" else (s,))]
-    runs = ", ".join(f"{counts[st]} {st}" for st in order if st in counts)
-    return (f"- since the last improvement: {len(tried)} configuration{'s' * (len(tried) != 1)} tried in "
-            f"{len(since)} run{'s' * (len(since) != 1)}" + (f" ({runs})" if runs else ""))
-
-
-def _killed(entry: dict) -> bool:
-    """A run killed outright (OOM killer, a timeout's SIGKILL, a machine reset), recorded from its log."""
-    return str(entry.get("error") or "").startswith(KILLED)
-
-
-def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None,
-                key: str | None) -> list[str]:
-    """The runs other agents (and this one) have started and not recorded yet, with what each trains; `!!` where
-    one trains a configuration that is running twice or was recorded already."""
-    if not claims:
-        return []
-    out, recorded = ["## Running now (started, not recorded yet; plan something else than these)"], {}
-    for r in rows:
-        if is_scored(r):                                            # a crash does not make a rerun
-            recorded.setdefault((r["comparability_key"], run_fingerprint(r, index)), []).append(r)
-    seen = set()
-    for c in claims:
-        where = f"{clean_text(c.get('host') or '?', 40)}/{clean_text(c.get('branch') or '?', 40)}"
-        line = (f"- {where} — {max(0.0, now - c['started']) / 60:.0f} min — {clean_text(c.get('description'), 60)} — "
-                f"configuration {clean_text(c.get('fingerprint'), 20)}, seed {_v(c.get('seed'))}")
-        if best is not None and c.get("comparability_key") == key:
-            diff = changes(best, c)
-            line += " — vs the best: " + ("; ".join(diff)[:200] if diff else "no change")
-        elif c.get("comparability_key") != key:
-            line += " — another comparability key"
-        out.append(line)
-        if c.get("gone"):             # killed outright on this machine: neither in flight nor in the ledger
-            out.append(f"  - its process ended without a record; its agent ({where}) records it: `uv run prepare.py "
-                       f"--record-crash {c['log']}`")
-            continue
-        same = (c.get("comparability_key"), c.get("fingerprint"))
-        mark = "!! " if (same, c.get("seed")) in seen else ""       # the same seed twice: a duplicate
-        if same in {k for k, _ in seen}:
-            out.append(f"  - {mark}the same configuration as another run in flight"
-                       + (" under the same seed" if mark else " (another seed)"))
-        seen.add((same, c.get("seed")))
-        if same in recorded:
-            done = recorded[same]                      # named: the run under this seed (a rerun), else the last
-            run = next((r for r in reversed(done) if index.get(r["run_id"], {}).get("seed") == c.get("seed")), done[-1])
-            twin = index.get(run["run_id"], {}).get("seed") == c.get("seed")
-            out.append(f"  - {'!! ' * twin}already recorded: {len(done)} run(s), {'this seed' if twin else 'last'} "
-                       f"{run['run_id']} ({run['status']}, {_bpb(run['val_bpb'])}); "
-                       + ("it will be a `rerun`" if twin else "this is another seed"))
-    return out + [""]
-
-
-def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] = (), now: float = 0.0,
-                  note: str | None = None) -> str:
-    """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes)."""
-    out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
-    out += [f"!! {note}", ""] if note else []
-    if not rows:
-        out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
-                "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
-                ""] + running_now(rows, index, list(claims), now, None, None)
-        return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
-    last, key = rows[-1], rows[-1]["comparability_key"]
-    cur = [r for r in rows if r["comparability_key"] == key]
-    entry = lambda r: index.get(r["run_id"], {})                              # noqa: E731
-    others = Counter(r["comparability_key"] for r in rows if r["comparability_key"] != key)
-    counts = {st: sum(r["status"] == st for r in cur) for st in STATUSES}
-    killed = sum(r["status"] == "crash" and _killed(entry(r)) for r in cur)
-    st = standing(rows, index, key)
-    best_cfg, pending = st.best, run_fingerprint(last, index) if last["status"] == "confirm" else None
-    best = next(r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint
-                and r["status"] in ACCEPTED) if best_cfg else None
-    scored = [r for r in cur if is_scored(r)]
-    since = []                  # runs after the last improvement (keep or baseline), but its further seeds (killed too)
-    for r in reversed(cur):
-        if r["status"] in ACCEPTED:
-            break
-        if r["status"] != "repeat" and not getattr(st.configs.get(run_fingerprint(r, index)), "accepted", False):
-            since.append(r)
-    branch = entry(last).get("branch")
-
-    # -- summary ---------------------------------------------------------------------------
+def summary_section(d: "Digest") -> list[str]:
+    """## Summary: the key's runs, other keys, the best, the noise floor, where to return."""
+    rows, index, key, cur, entry, st = d.rows, d.index, d.key, d.cur, d.entry, d.st
+    last, best_cfg, best, scored, branch, several = d.last, d.best_cfg, d.best, d.scored, d.branch, d.several
+    out = []
+    others, counts, killed, since = d.others, d.counts, d.killed, d.since
     out += ["## Summary",
             f"- comparability key: `{key}` — {len(cur)} run{'s' * (len(cur) != 1)}: " + ", ".join(f"{counts[s]} {s}" + (
                 f" ({killed} killed)" if s == "crash" and killed else "") for s in STATUSES if counts[s])]
@@ -228,20 +85,27 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     where = lambda e: (f"{e.get('branch') or '?'} @ {e['host'] + ':' if e.get('host') else ''}"     # noqa: E731
                        f"{e.get('worktree') or '?'}")
     places = Counter(where(entry(r)) for r in cur if entry(r).get("branch") or entry(r).get("worktree"))
-    several = len(places) > 1
-    hosts = len({entry(r).get("host") for r in cur})
     if several:                                            # several agents share this ledger
         out.append("- runs by branch @ worktree: " + ", ".join(f"{w} ({n})" for w, n in sorted(places.items())[:6]))
         out.append("- to build on another agent's kept run: `uv run prepare.py --restore <run_id>` writes its "
                    "model.json and train.py here (then commit)")
-    out.append("")
-    out += running_now(rows, index, list(claims), now, entry(best) if best else None, key)
+    return out
 
+
+def best_section(d: "Digest") -> list[str]:
+    """## Best configuration: its model.json values."""
+    entry, best = d.entry, d.best
+    out = []
     if best:
         bm = _requested(entry(best))
         out += ["## Best configuration", "`" + ", ".join(f"{k}={_value(entry(best), k)}" for k in sorted(bm)) + "`", ""]
+    return out
 
-    # -- the last run: what it changed, against its parent and against the best ------------------
+
+def last_run_section(d: "Digest") -> list[str]:
+    """## Last run: what it changed, against its parent run and against the best."""
+    rows, index, key, entry, st, last, best = d.rows, d.index, d.key, d.entry, d.st, d.last, d.best
+    out = []
     le = entry(last)
     where = " (uncommitted edits)" if le.get("dirty") else ""
     out += ["## Last run",
@@ -273,8 +137,13 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append(f"- pending: better than the best, not yet by the margin with {MIN_RUNS_TO_KEEP}+ seeds; re-run "
                    f"this commit unchanged: `{train_command(le, seed)}`")
     out.append("")
+    return out
 
-    # -- top runs, recent runs -----------------------------------------------------------------
+
+def top_section(d: "Digest") -> list[str]:
+    """## Top runs: the best single runs, reverted lineages marked."""
+    index, entry, st, pending, scored = d.index, d.entry, d.st, d.pending, d.scored
+    out = []
     if scored:
         out += ["## Top runs (reverted = its configuration was not kept)",
                 "| # | val_bpb | status | seed | run_id | description |", "|---|---|---|---|---|---|"]
@@ -285,7 +154,14 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             out.append(f"| {i} | {r['val_bpb']:.6f} | {r['status']}{mark} | {_v(entry(r).get('seed'))} | "
                        f"{r['run_id']} | {clean_text(r['description'], 60)} |")
         out.append("")
+    return out
 
+
+def recent_section(d: "Digest") -> list[str]:
+    """## Recent runs: the key's last runs with steps, seeds and outcomes."""
+    cur, entry, best_cfg = d.cur, d.entry, d.best_cfg
+    several, hosts = d.several, d.hosts
+    out = []
     out += ["## Recent runs", "| run_id | status | val_bpb | vs best | seed | steps | epochs | description / reason |",
             "|---|---|---|---|---|---|---|---|"]
     for r in cur[-MEMORY_RECENT:]:
@@ -302,7 +178,13 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
         out.append(f"| {r['run_id']} | {r['status']} | {_bpb(r['val_bpb'])} | {delta} | {_v(e.get('seed'))} | "
                    f"{steps} | {_epochs(e)} | {text} |")
     out.append("")
+    return out
 
+
+def noise_section(d: "Digest") -> list[str]:
+    """## Noise: configurations run under several seeds."""
+    st = d.st
+    out = []
     repeats = sorted((c for c in st.configs.values() if len(c.values) > 1),
                      key=lambda c: (-len(c.values), c.first_line))
     if repeats:
@@ -311,8 +193,14 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
             out.append(f"- {c.fingerprint}: {len(c.values)} runs, mean {c.mean:.6f}, "
                        f"val_bpb {min(c.values):.6f}..{max(c.values):.6f} (spread {max(c.values) - min(c.values):.6f})")
         out.append("")
+    return out
 
-    # -- values tried per key; a crash counts against a key only where the key changed from the parent ---
+
+def tried_section(d: "Digest") -> list[str]:
+    """## Hyperparameters tried: values -> the best mean of a configuration with them."""
+    rows, index, cur, entry, st, pending = d.rows, d.index, d.cur, d.entry, d.st, d.pending
+    out = []
+    # a crash counts against a key only where the key changed from the parent
     tried = {}
     parents = parent_runs(rows, index)
     for r in cur:
@@ -350,7 +238,24 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                 cells.append(f"+{len(items) - MEMORY_VALUES_PER_KEY} more")
             out.append(f"| {k} | {'; '.join(cells)} |")
         out.append("")
+    return out
 
+
+def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] = (), now: float = 0.0,
+                  note: str | None = None) -> str:
+    """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes)."""
+    out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
+    out += [f"!! {note}", ""] if note else []
+    if not rows:
+        out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
+                "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
+                ""] + running_now(rows, index, list(claims), now, None, None)
+        return "\n".join(out) + "\n" + (notes or f"{NOTES_HEADER}\n\n")
+    d = digest(rows, index)
+    out += summary_section(d) + [""]
+    out += running_now(rows, index, list(claims), now, d.entry(d.best) if d.best else None, d.key)
+    for section in (best_section, last_run_section, top_section, recent_section, noise_section, tried_section):
+        out += section(d)
     text = "\n".join(out)
     while len(text.encode()) > MEMORY_MAX_BYTES:        # bounded whatever the ledger holds
         out = out[:-2] + [out[-1]] if len(out) > 3 else out[:1]
@@ -359,62 +264,6 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
                                    f"section is preserved.)\n")
 
 
-def _best_run(rows: list[dict], index: dict, key: str, best) -> str:
-    """The first accepted run of the best configuration `best` (a decide.Config)."""
-    return next(r["run_id"] for r in rows if r["comparability_key"] == key and r["status"] in ACCEPTED
-                and run_fingerprint(r, index) == best.fingerprint)
-
-
-def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env: dict | None = None) -> str:
-    """The protocol's next command for this run (the ledger's row); env: the printing process's harness variables."""
-    status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
-    again = lambda seed: train_command(index.get(row["run_id"], {}), seed, env)     # noqa: E731 - as this run started
-    home = return_commit(rows, index, key, branch, host_name())
-    st = standing(rows, index, key)
-    back = way_back(home, _best_run(rows, index, key, st.best) if st.best else None, env)
-    if status in ACCEPTED and st.sigma is None:
-        return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "
-                f"{again(next_seed(rows, index, key, fp))}" + (f"; !! a new key's baseline, not the key before's best "
-                f"({old[0]['run_id']}): its edits were never judged (memory.md)" if status == "baseline" and
-                (old := unjudged_baseline(rows, index, key)) else ""))
-    if status in ACCEPTED:
-        return "keep this commit and build on it"
-    me = next((r for r in rows if r["run_id"] == row["run_id"]), row)
-    parent = parent_run(rows, index, me) if status in ("repeat", "rerun") else None
-    if parent is not None and cancelled_by_caps(index.get(parent["run_id"], {}), index.get(row["run_id"], {})):
-        return (f"this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; go back "
-                f"and try an edit the caps allow: {back}")
-    if status == "repeat" and (spread := floor_step_spread(rows, index, key, st)):
-        return (f"nothing decided (another seed of a kept configuration); the floor's runs trained {spread[0]}.."
-                f"{spread[1]} steps (the machine's speed varied): the floor mixes that spread with the seeds': set "
-                f"max_steps (e.g. {spread[2]}) in ground.json's profile, in a commit of its own (a new key), and run "
-                f"that commit unchanged, its baseline: {again(None)}")
-    if status == "repeat" and st.dof < 2:
-        return (f"nothing decided (another seed of a kept configuration: the noise floor is updated); a floor on one "
-                f"degree of freedom asks for a wide margin: a third seed narrows it, usually: "
-                f"{again(next_seed(rows, index, key, fp))}")
-    if status == "repeat":
-        return "nothing decided (another seed of a kept configuration: the noise floor is updated); go on"
-    if status == "confirm":
-        return (f"better than the best, not yet by the noise margin over enough seeds: re-run this commit unchanged: "
-                f"{again(next_seed(rows, index, key, fp))}")
-    if status == "rerun":
-        return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
-    if status == "discard":
-        return back
-    if _killed(index.get(row["run_id"], {})):           # often recorded late: it may have been run again since
-        seed = index.get(row["run_id"], {}).get("seed")
-        mine = [r for r in rows if r["comparability_key"] == key and run_fingerprint(r, index) == fp]
-        done = [r for r in mine if is_scored(r) and index.get(r["run_id"], {}).get("seed") == seed]
-        dropped = any(r["status"] == "discard" for r in mine)                 # in this key: then go back
-        return (f"killed outright; this configuration has a result under seed {seed} already ({done[-1]['run_id']}, "
-                f"{done[-1]['status']}): nothing to re-run{f'; it was discarded: {back}' * dropped}" if done
-                else f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
-                f"and run again; if the host or you stopped it, run this commit again unchanged: {again(seed)}; or "
-                f"give up: {back}")
-    if said := not_judged(str(index.get(row["run_id"], {}).get("error") or ""), back):   # measured something else
-        return said
-    return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"
 
 
 def read_notes(memory: Path) -> str:
@@ -441,10 +290,3 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
 def regenerate_memory(s: Settings | None = None) -> Path:
     with (store := open_ledger(s)).lock():
         return write_memory(store, plot=True)
-
-
-def record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
-           plot: bool = False, store=None, files: dict | None = None) -> dict:
-    """Append one run to the ledger (results.tsv, or `store`) and regenerate memory.md (and progress.png)."""
-    store = store or FileLedger(results, sessions)
-    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot), files=files)

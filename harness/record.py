@@ -1,6 +1,6 @@
-"""Run records: train.py calls start_run() once; every outcome (result, crash, interrupt) is recorded.
+"""Run records: the Session (harness/session.py) calls start_run() once; every outcome is recorded.
 
-    uv run prepare.py --record-crash sessions/<run_id>.log     # a run killed outright (OOM killer, SIGKILL)
+    uv run pytest tests/test_train.py      # results, crashes, signals, through train.py
 
 A Run tees the console to sessions/<run_id>.log, writes sessions/<run_id>.json (configs, PLATFORM,
 versions, commit, metrics), and records exactly once: finish() with the metrics, crash() with a
@@ -15,51 +15,64 @@ import datetime as _dt
 import json
 import math
 import os
-import re
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from harness import settings, warm_eval
 from harness.config import REPO_DIR, ConfigError, ModelConfig, fail
 from harness.evaluate import eval_rows
-from harness.hardware import get_platform, platform_lines
-from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, keeping_ground,
+from harness.hardware import get_platform
+from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, host_name, keeping_ground,
                                key_of, key_parts, launch_info, library_versions, train_py_functions, trained_files)
-from harness.decide import (RECOMPILED, STOPPED_SHORT, env_assignments, env_prefix, is_scored, parent_run,
-                            run_fingerprint)
-from harness.database import host_name, open_ledger
-from harness.ledger import LEGACY_KEY, claim_state, clean_text, process_claim
-from harness.memory import KILLED, cancelled_by_caps, next_step, record, write_memory
-from harness.settings import Settings, describe_changes
+from harness.decide import floor_step_spread, is_scored, run_fingerprint, standing
+from harness.database import open_ledger
+from harness.ledger import LEGACY_KEY, FileLedger, claim_state, clean_text, process_claim
+from harness.lineage import RECOMPILED, STOPPED_SHORT, env_prefix, parent_run
+from harness.digest import cancelled_by_caps
+from harness.memory import write_memory
+from harness.nextstep import next_step
+from harness.settings import Settings
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
-from harness.util import atomic_write_text, bytecode_note
+from harness.util import atomic_write_text
 
 CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (harness.clock): then its machine died
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
 
 # ---------------------------------------------------------------------------
-# What the run prints at start (its identity: harness/identity.py)
+# One row into the ledger, the digest regenerated
 # ---------------------------------------------------------------------------
 
-def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
-    """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
-    lines = []
-    if world > 1:
-        lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
-                     f"each {model.device_batch_size} rows per micro-step")
-    lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
-                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the steps, not the budget, end "
-                                                     f"the run and its LR schedule)" if s.max_steps else ""))
-    lines += [f"  {line}" for line in describe_changes(changes, s, world)]
-    if platform["compile"] and s.excluded_steps == 0 and not s.max_steps:      # harness/clock.py counts from step 1
-        lines.append("!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache "
-                     "makes it (a configuration's first run pays more than its repeats)")
-    return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
+def run_row(run_id: str, rec: dict, metrics: dict) -> dict:
+    """The ledger row of a run from its record (sessions/<run_id>.json) and metrics: one builder for a run that
+    records itself and for one recorded afterwards from its log (harness/recover.py)."""
+    vram = metrics.get("peak_vram_mb")
+    return {"run_id": run_id, "commit": (rec.get("git") or {}).get("commit", ""), "val_bpb": metrics.get("val_bpb"),
+            "memory_gb": None if vram is None else vram / 1024, "description": rec.get("description", ""),
+            "peak_vram_mb": vram, "mfu_percent": metrics.get("mfu_percent"),
+            "training_seconds": metrics.get("training_seconds"), "total_tokens_M": metrics.get("total_tokens_M"),
+            "num_params_M": metrics.get("num_params_M"), "num_steps": metrics.get("num_steps"),
+            "mode": rec.get("mode", ""), "comparability_key": rec.get("comparability_key", LEGACY_KEY),
+            "timestamp": rec.get("timestamp", "")}
+
+
+def run_entry(rec: dict, error: str | None) -> dict:
+    """What the ledger row does not hold and memory.md needs (configuration, seed, lineage, caps), from the run's
+    record."""
+    git = rec.get("git") or {}
+    return {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "seed": rec.get("seed"), "error": error,
+            "train_py": rec.get("train_py"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
+            "commit": git.get("commit"), "parent": git.get("parent"), "branch": git.get("branch"),
+            "files_sha": git.get("files_sha"), "parent_files_sha": git.get("parent_files_sha"),
+            "worktree": git.get("worktree"), "dirty": git.get("dirty"), "host": rec.get("host"),
+            "key_parts": rec.get("key_parts"), "launch": rec.get("launch")}
+
+def append_run(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
+           plot: bool = False, store=None, files: dict | None = None) -> dict:
+    """Append one run to the ledger (results.tsv, or `store`) and regenerate memory.md (and progress.png)."""
+    store = store or FileLedger(results, sessions)
+    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot), files=files)
 
 
 # ---------------------------------------------------------------------------
@@ -174,13 +187,7 @@ class Run:
         raise SystemExit(128 + signum)
 
     def _row(self, metrics: dict) -> dict:
-        vram = metrics.get("peak_vram_mb")
-        return {"run_id": self.run_id, "commit": self.git["commit"], "val_bpb": metrics.get("val_bpb"),
-                "memory_gb": None if vram is None else vram / 1024, "description": self.description,
-                "peak_vram_mb": vram, "mfu_percent": metrics.get("mfu_percent"),
-                "training_seconds": metrics.get("training_seconds"), "total_tokens_M": metrics.get("total_tokens_M"),
-                "num_params_M": metrics.get("num_params_M"), "num_steps": metrics.get("num_steps"), "mode": self.s.mode,
-                "comparability_key": self.key, "timestamp": self.timestamp}
+        return run_row(self.run_id, self.record, metrics)
 
     def finish(self, metrics: dict, status: str | None = None, error: str | None = None) -> dict:
         """Record the outcome once: status decided against the ledger unless given. Returns the row."""
@@ -194,14 +201,15 @@ class Run:
         if status is None and (short := self._not_comparable(metrics)):      # not a measure of the idea
             status, row["val_bpb"], error = "crash", None, short
             print(f"!! {error}")
-        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"),
+        index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"), curve=metrics.get("curve"),
+                           host_speed=self.record.get("host_speed"),
                            compiled_in_budget=None if compiled is None else int(compiled))
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
             print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
                   f"measures memorization as much as learning, and what wins here may not transfer")
         self.record.update(metrics=metrics, error=error, row=row, index_entry=index_entry)
         try:
-            self.recorded = record(self.results, self.sessions, row, index_entry, status, plot=True,
+            self.recorded = append_run(self.results, self.sessions, row, index_entry, status, plot=True,
                                    store=self.store, files=self.record["files"])
         except (ConfigError, OSError) as e:  # a ledger damaged by hand, a full disk
             self.recorded = {"status": "unrecorded"}
@@ -212,21 +220,32 @@ class Run:
                            finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self._write_json()
         print(f"recorded: {self.recorded['status']} -> {self.results} ; digest -> {self.sessions / 'memory.md'}")
-        for line in self.warnings:
+        rows, index = self.store.read()
+        spread = self.step_spread(rows, index)
+        for line in self.warnings + [spread] * bool(spread):
             print(line)
-        self.next_step = keeping_ground(next_step(self.recorded, *self.store.read(), self.git.get("branch"),
-                                                  harness_env()), self.ground)
+        self.next_step = keeping_ground(next_step(self.recorded, rows, index, self.git.get("branch"), harness_env()),
+                                        self.ground)
+        if spread and self.recorded["status"] in ("keep", "confirm", "discard"):
+            self.next_step = f"{spread}; meanwhile: {self.next_step}"
         print(f"next: {self.next_step}")
         return self.recorded
 
+    def step_spread(self, rows: list[dict], index: dict) -> str | None:
+        """The `!!` line when the runs this run's decision rests on trained different step counts (the machine's
+        speed varied under a time budget), else None."""
+        if self.s.max_steps:
+            return None
+        st = standing(rows, index, self.key)
+        spread = floor_step_spread(rows, index, self.key, st)
+        if spread is None:
+            return None
+        return (f"!! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed moved val_bpb as "
+                f"much as an edit could; this decision mixes the two. Set max_steps (e.g. {spread[2]}) in "
+                f"ground.json's profile, in a commit of its own (a new key)")
+
     def _index_entry(self, error: str | None) -> dict:
-        """What the ledger row does not hold and memory.md needs: configuration, seed, lineage, caps."""
-        return {"model": self.model, "fingerprint": self.record["fingerprint"], "seed": self.seed, "error": error,
-                "train_py": self.record["train_py"], "model_changes_by_mode": self.record["model_changes_by_mode"],
-                "commit": self.git["commit"], "parent": self.git.get("parent"), "branch": self.git["branch"],
-                "files_sha": self.git.get("files_sha"), "parent_files_sha": self.git.get("parent_files_sha"),
-                "worktree": self.git["worktree"], "dirty": self.git["dirty"], "host": host_name(),
-                "key_parts": self.key_parts, "launch": self.record["launch"]}
+        return run_entry(self.record, error)
 
     def _not_comparable(self, metrics: dict) -> str | None:
         """Why a finished run measured something else than its configuration, or None: under max_steps it stopped
@@ -329,69 +348,3 @@ def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, des
     except ConfigError as e:
         fail(str(e))
     return run.start()
-
-
-# ---------------------------------------------------------------------------
-# A run killed outright, recorded afterwards from its log
-# ---------------------------------------------------------------------------
-
-_ERROR_LINE = re.compile(r"(Error|Exception|Killed|killed|CRASH|FAIL|Traceback|out of memory|OOM)")
-
-
-def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
-    """For a run killed outright (OOM killer, timeout): write its crash row from the saved log."""
-    s = s or settings.current()
-    if not log.exists():
-        raise ConfigError(f"{log}: no such log file")
-    run_id = log.name[:-4] if log.name.endswith(".log") else log.name
-    store = open_ledger(s)
-    results, sessions = store.results, store.sessions
-    rec_path = log.with_suffix(".json")
-    if not rec_path.exists():
-        raise ConfigError(f"{rec_path}: no run record beside the log (not a train.py run log?)")
-    try:
-        rec = json.loads(rec_path.read_text(encoding="utf-8", errors="replace"))
-        if not isinstance(rec, dict):
-            raise ValueError("not an object")
-    except ValueError as e:
-        raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
-                          f"remove the log") from None
-    worktree = (rec.get("git") or {}).get("worktree")
-    if worktree and Path(worktree).resolve() != REPO_DIR.resolve():      # its commits and return points are there
-        raise ConfigError(f"{rec_path.name}: run {run_id} ran in {worktree}; record it there: cd "
-                          f"{shlex.quote(worktree)} && {env_prefix(harness_env())}uv run prepare.py --record-crash "
-                          f"{shlex.quote(str(log))}")
-    started, here = (rec.get("launch") or {}).get("env"), harness_env()     # None: recorded before launches kept it
-    if started is not None and started != here:         # another ledger, model.json or host than the run's
-        said = lambda env: env_assignments(env) or "no AUTORESEARCH_ variables"                     # noqa: E731
-        unset = " ".join(f"-u {var}" for var in here if var not in started)
-        command = " ".join(w for w in ("env", unset, env_assignments(started), "uv run prepare.py --record-crash",
-                                       shlex.quote(str(log))) if w)
-        raise ConfigError(f"{rec_path.name}: run {run_id} was started with {said(started)}, this process with "
-                          f"{said(here)}; record it as it ran: {command}")
-    if any(r["run_id"] == run_id for r in store.read()[0]) or rec.get("status", "running") != "running":
-        raise ConfigError(f"{results.name}: run {run_id} is already recorded ({rec.get('status')} in {rec_path.name})")
-    if any(c["run_id"] == run_id and claim_state(c, host_name()) == "alive" for c in store.claims(time.time())):
-        raise ConfigError(f"run {run_id} is still running on this machine: it records itself")
-    lines = [ln.strip() for ln in re.split(r"[\r\n]", log.read_text(encoding="utf-8", errors="replace")) if ln.strip()]
-    errs = [ln for ln in lines if _ERROR_LINE.search(ln)]
-    reason = errs[-1] if errs else (f"no error message; last output: {lines[-1][:120]}" if lines
-                                    else "no output at all")
-    raised = bool(errs) and re.search(r"\w(Error|Exception)\b", reason) and not re.search(r"[Kk]illed", reason)
-    error = reason if raised else KILLED + reason      # a raised exception the run could not record is the edit's
-    git = rec.get("git", {})
-    row = {"run_id": run_id, "commit": git.get("commit", ""), "val_bpb": None, "memory_gb": None,
-           "description": rec.get("description", ""), "peak_vram_mb": None, "mfu_percent": None,
-           "training_seconds": None, "total_tokens_M": None, "num_params_M": None, "num_steps": None,
-           "mode": rec.get("mode", ""), "comparability_key": rec.get("comparability_key", LEGACY_KEY),
-           "timestamp": rec.get("timestamp", "")}
-    entry = {"model": rec.get("model"), "fingerprint": rec.get("fingerprint"), "error": error,
-             "seed": rec.get("seed"), "train_py": rec.get("train_py"), "commit": git.get("commit"),
-             "parent": git.get("parent"), "model_changes_by_mode": rec.get("model_changes_by_mode"),
-             "files_sha": git.get("files_sha"), "parent_files_sha": git.get("parent_files_sha"),
-             "branch": git.get("branch"), "worktree": git.get("worktree"), "dirty": git.get("dirty"),
-             "host": rec.get("host"), "key_parts": rec.get("key_parts"), "launch": rec.get("launch")}
-    row = record(results, sessions, row, entry, status="crash", store=store)
-    rec.update(status="crash", error=entry["error"])
-    atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))
-    return row

@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from harness.config import ConfigError, GroundConfig, ModelConfig, fail, ground_path, load_ground
 
 # Set, to the training process's pid, in the second process of harness/warm_eval.py: it compiles the eval's
@@ -136,5 +134,6 @@ def current() -> Settings:
             ground = load_ground()
         except ConfigError as e:
             fail(str(e))
+        import torch                       # here, not at the top: prepare.py --help and config errors need none
         _CURRENT["settings"] = make_settings(ground, torch.cuda.is_available(), ground_path().resolve().parent)
     return _CURRENT["settings"]

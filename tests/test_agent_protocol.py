@@ -158,8 +158,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
 
     # 4. a train.py edit that raises: the crash is charged to train.py's main only; fixed with --amend
     src = (clone / "train.py").read_text()
-    (clone / "train.py").write_text(src.replace("    model = build_model(config, device, world)\n",
-                                                "    model = build_model(config, device, world)\n"
+    (clone / "train.py").write_text(src.replace("    model = build_model(config, run.device)\n",
+                                                "    model = build_model(config, run.device)\n"
                                                 "    raise RuntimeError('shape mismatch in my new block')\n", 1))
     git(clone, "commit", "-qam", "try a new block")
     r = train(clone, tmp_path)
@@ -170,8 +170,8 @@ def test_scripted_agent_follows_program_md(clone, tmp_path):
     assert "try a new block — RuntimeError: shape mismatch in my new block" in mem
     assert "): train.py: main changed" in mem                        # vs its parent run: only main() changed
     assert " crash)" not in mem.split("## Hyperparameters tried", 1)[-1]    # no model.json value blamed
-    (clone / "train.py").write_text(src.replace("    model = build_model(config, device, world)\n",
-                                                "    model = build_model(config, device, world)\n"
+    (clone / "train.py").write_text(src.replace("    model = build_model(config, run.device)\n",
+                                                "    model = build_model(config, run.device)\n"
                                                 "    model.train()\n", 1))
     git(clone, "commit", "-q", "-a", "--amend", "-m", "try a new block (fixed)")
     statuses, r = run_and_follow(clone, tmp_path)

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
-from harness import attention, hardware  # noqa: E402
+from harness import attention  # noqa: E402
 from harness.fused import cudnn_attention, fa4_attention, relu2_gluon, relu2_mlp, rope_norm, softcap_loss  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -88,9 +88,9 @@ def test_cudnn_refusal_falls_back():
     take (1024) moves the platform to flex with the reason."""
     _need("cudnn")
     ok = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
-    assert hardware.confirm_attention(ok, (8, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
+    assert attention.confirm_attention(ok, (8, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
     bad = {"attention": "cudnn", "dtype": "bfloat16", "compile": True, "reasons": {}}
-    changed, line = hardware.confirm_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
+    changed, line = attention.confirm_attention(bad, (2, 256, 1, 1024), [64, 256], torch.device("cuda"))
     assert line.startswith("attention: cudnn -> flex: cuDNN cannot build attention for B=2 T=256 H=1 D=1024 (")
     assert changed["attention"] == "flex" and bad["attention"] == "cudnn"
 
@@ -100,7 +100,7 @@ def test_fa4_start_up_check_runs_the_kernels():
     the kernels compiled, so the first training step finds them."""
     _need("fa4")
     ok = {"attention": "fa4", "dtype": "bfloat16", "compile": True, "reasons": {}}
-    assert hardware.confirm_attention(ok, (2, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
+    assert attention.confirm_attention(ok, (2, 2048, 4, 128), [1024, 2048], torch.device("cuda")) == (ok, None)
 
 
 def test_triton_cross_entropy_matches_torch():

@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from harness import config, decide, ledger, memory
+from harness import config, digest, ledger, lineage, memory, nextstep, record, session
 from conftest import run_script
 from harness.hardware import get_platform as hardware_platform
 
@@ -35,7 +35,7 @@ def _entry(model=None, fp="fp0", error=None, seed=42, **kw):
 def _writer(args):
     results, sessions, proc = args
     for i in range(50):
-        memory.record(results, sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
+        record.append_run(results, sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
                               _entry({"depth": proc, "matrix_lr": i / 100}, fp=f"fp{proc}-{i}"))
     return proc
 
@@ -80,7 +80,7 @@ SCENARIO = [   # run_id, val_bpb, key, fingerprint, seed -> status (harness/deci
 
 def test_statuses_follow_the_noise_aware_rule(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    got = [memory.record(res, ses, _row(rid, v, key), _entry(fp=fp, seed=seed))["status"]
+    got = [record.append_run(res, ses, _row(rid, v, key), _entry(fp=fp, seed=seed))["status"]
            for rid, v, key, fp, seed, _ in SCENARIO]
     assert got == [s for *_, s in SCENARIO]
     crash_line = res.read_text().splitlines()[-1].split("\t")
@@ -99,36 +99,36 @@ def test_statuses_follow_the_noise_aware_rule(tmp_path):
 def test_an_unchanged_rerun_is_never_kept(tmp_path):
     """Another seed of an accepted configuration is `repeat` however low it scores; the same seed is `rerun`."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", 1.0), _entry(fp="A", seed=42))
-    assert memory.record(res, ses, _row("b", 0.5), _entry(fp="A", seed=43))["status"] == "repeat"
-    assert memory.record(res, ses, _row("c", 0.4), _entry(fp="A", seed=42))["status"] == "rerun"
-    assert memory.record(res, ses, _row("d", 0.3), _entry(fp="A", seed=44))["status"] == "repeat"
+    record.append_run(res, ses, _row("a", 1.0), _entry(fp="A", seed=42))
+    assert record.append_run(res, ses, _row("b", 0.5), _entry(fp="A", seed=43))["status"] == "repeat"
+    assert record.append_run(res, ses, _row("c", 0.4), _entry(fp="A", seed=42))["status"] == "rerun"
+    assert record.append_run(res, ses, _row("d", 0.3), _entry(fp="A", seed=44))["status"] == "repeat"
 
 
 def test_a_floor_measured_on_varying_step_counts_is_flagged(tmp_path):
     """A wall-clock budget on a busy machine gives one configuration different step counts: the digest says so."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", 1.0, num_steps=200), _entry(fp="A", seed=42))
-    memory.record(res, ses, _row("b", 1.01, num_steps=205), _entry(fp="A", seed=43))
+    record.append_run(res, ses, _row("a", 1.0, num_steps=200), _entry(fp="A", seed=42))
+    record.append_run(res, ses, _row("b", 1.01, num_steps=205), _entry(fp="A", seed=43))
     assert "!! the floor's runs" not in (ses / "memory.md").read_text()         # within 3%: fine
-    memory.record(res, ses, _row("c", 1.05, num_steps=192), _entry(fp="A", seed=44))
+    record.append_run(res, ses, _row("c", 1.05, num_steps=192), _entry(fp="A", seed=44))
     assert ("- !! the floor's runs trained 192..205 steps: the machine's speed varied, and that spread is in the "
             "floor; set `max_steps` (e.g. 192, their lower quartile) in ground.json's profile") in \
         (ses / "memory.md").read_text()
     rows, index = ledger.FileLedger(res, ses).read()                  # next: says the same, not "a third seed"
-    assert memory.next_step(rows[-1], rows, index, "main") == (
+    assert nextstep.next_step(rows[-1], rows, index, "main") == (
         "nothing decided (another seed of a kept configuration); the floor's runs trained 192..205 steps (the "
         "machine's speed varied): the floor mixes that spread with the seeds': set max_steps (e.g. 192) in "
         "ground.json's profile, in a commit of its own (a new key), and run that commit unchanged, its baseline: "
         "uv run train.py")
-    memory.record(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
+    record.append_run(res, ses, _row("d", 1.3, num_steps=80), _entry(fp="A", seed=45))     # one run starved by the host
     assert "trained 80..205 steps" in (ses / "memory.md").read_text()
     assert "(e.g. 192, their lower quartile" in (ses / "memory.md").read_text()           # not the starved 80
 
 
 def test_description_tabs_and_newlines_are_neutralized(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
+    record.append_run(res, ses, _row("x", 1.0, description="a\tb\nc|d"), _entry())
     assert ledger.read_ledger(res)[0]["description"] == "a b c d"
 
 
@@ -169,7 +169,7 @@ def test_corrupt_lines_warned_skipped_never_rewritten(tmp_path):
     assert warnings[0] == "results.tsv:3: skipped: 2 fields, expected 15"
     assert warnings[1] == "results.tsv:4: skipped: val_bpb = 'abc' is not a number"
     assert warnings[2] == "results.tsv:5: skipped: unknown status 'maybe'"
-    memory.record(p, tmp_path / "s", _row("h", 0.5), _entry())
+    record.append_run(p, tmp_path / "s", _row("h", 0.5), _entry())
     assert p.read_text().startswith(text)                   # appended after, nothing rewritten
 
 
@@ -185,11 +185,11 @@ def test_bad_header_is_a_clear_error(tmp_path):
 
 def test_notes_survive_and_memory_is_deterministic(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", 1.0), _entry())
+    record.append_run(res, ses, _row("a", 1.0), _entry())
     mem = ses / "memory.md"
     notes = "## Notes\n\n- hypothesis: deeper is better\n- lesson: lr 0.1 diverges | keep\n"
     mem.write_text(mem.read_text().split("## Notes")[0] + notes)
-    memory.record(res, ses, _row("b", 0.9), _entry({"depth": 10, "matrix_lr": 0.04}))
+    record.append_run(res, ses, _row("b", 0.9), _entry({"depth": 10, "matrix_lr": 0.04}))
     text = mem.read_text()
     assert text.endswith(notes)
     first = mem.read_bytes()
@@ -203,21 +203,21 @@ def test_memory_sections(tmp_path):
     fns = {"GPT.forward": "f1", "MLP.forward": "m1", "(module level)": "x1"}
     e = lambda model, fp, seed=42, commit=None, parent=None, fn=fns, **kw: _entry(  # noqa: E731
         model, fp, seed=seed, commit=commit, parent=parent, train_py=fn, **kw)
-    memory.record(res, ses, _row("r1", 1.00, commit="c1"), e(base, "A", commit="c1", parent="c0"))
-    memory.record(res, ses, _row("r1b", 1.02, commit="c1"), e(base, "A", 43, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("r1", 1.00, commit="c1"), e(base, "A", commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("r1b", 1.02, commit="c1"), e(base, "A", 43, commit="c1", parent="c0"))
     for seed, v in ((42, 0.70), (43, 0.71), (44, 0.69)):      # kept on its third seed
-        memory.record(res, ses, _row("r2" if seed == 44 else f"r2-{seed}", v, commit="c2"),
+        record.append_run(res, ses, _row("r2" if seed == 44 else f"r2-{seed}", v, commit="c2"),
                       e(dict(base, matrix_lr=0.06), "B", seed, commit="c2", parent="c1"))
-    memory.record(res, ses, _row("r3", 0.99, commit="c3"), e(dict(base, matrix_lr=0.06), "C", commit="c3",
+    record.append_run(res, ses, _row("r3", 0.99, commit="c3"), e(dict(base, matrix_lr=0.06), "C", commit="c3",
                                                               parent="c2", fn=dict(fns, **{"MLP.forward": "m2"})))
     # a crash that changed depth only: charged to depth 12, not to matrix_lr 0.06
-    memory.record(res, ses, _row("r4", None, commit="c4"), e(dict(base, matrix_lr=0.06, depth=12), "D",
+    record.append_run(res, ses, _row("r4", None, commit="c4"), e(dict(base, matrix_lr=0.06, depth=12), "D",
                                                               commit="c4", parent="c2",
                                                               error="OutOfMemoryError: CUDA out of memory"))
     # depth 4 requested, both capped to 2: the edit is cancelled
     capped = e(dict(base, matrix_lr=0.06, depth=2), "E", commit="c5", parent="c2",
                model_changes_by_mode={"depth": [4, 2]})
-    memory.record(res, ses, _row("r5", 0.95, commit="c5"), capped)
+    record.append_run(res, ses, _row("r5", 0.95, commit="c5"), capped)
     text = (ses / "memory.md").read_text()
     assert "- best: val_bpb 0.700000 (mean of 3 seeds) — r2 (c2) — desc r2" in text
     assert "- since the last improvement: 3 configurations tried in 3 runs (2 discard, 1 crash)" in text
@@ -232,7 +232,7 @@ def test_memory_sections(tmp_path):
     assert ("| depth | 8 -> 0.700000 over 3 seeds (6 runs); 4 (capped to 2) -> 0.950000 over 1 seed not kept (1 run); "
             "12 -> — (1 run, 1 crash) |") in text
     assert "| matrix_lr | 0.06 -> 0.700000 over 3 seeds (6 runs); 0.04 -> 1.010000 over 2 seeds (2 runs) |" in text
-    memory.record(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
+    record.append_run(res, ses, _row("r6", 0.97, commit="c6"), e(dict(base, matrix_lr=0.06), "C", commit="c6",
                                                               parent="c3", fn=dict(fns, **{"MLP.forward": "m2"})))
     text = (ses / "memory.md").read_text()
     # r6 ran r3's files again on a new commit: against its parent (r3) nothing changed; against the best, train.py
@@ -247,15 +247,15 @@ def test_since_last_improvement_counts_configurations_and_keeps_kills_apart(tmp_
     (the host may have done it) is neither a crash of its edit nor charged to the keys it changed."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     base = {"depth": 8, "matrix_lr": 0.04}
-    memory.record(res, ses, _row("a", 1.00, commit="c1"), _entry(base, "A", seed=42, commit="c1", parent="c0"))
-    memory.record(res, ses, _row("b", 1.01, commit="c1"), _entry(base, "A", seed=43, commit="c1", parent="c0"))
-    memory.record(res, ses, _row("c", 1.02, commit="c1"), _entry(base, "A", seed=44, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("a", 1.00, commit="c1"), _entry(base, "A", seed=42, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("b", 1.01, commit="c1"), _entry(base, "A", seed=43, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("c", 1.02, commit="c1"), _entry(base, "A", seed=44, commit="c1", parent="c0"))
     for rid, seed, v in (("d", 42, 0.99), ("e", 43, 1.05)):           # one edit under two seeds: confirm, discard
-        memory.record(res, ses, _row(rid, v, commit="c2"), _entry(dict(base, matrix_lr=0.05), "B", seed=seed,
+        record.append_run(res, ses, _row(rid, v, commit="c2"), _entry(dict(base, matrix_lr=0.05), "B", seed=seed,
                                                                    commit="c2", parent="c1"))
-    memory.record(res, ses, _row("f", None, commit="c3"),
+    record.append_run(res, ses, _row("f", None, commit="c3"),
                   _entry(dict(base, depth=12), "C", commit="c3", parent="c1", error="killed: Killed"))
-    memory.record(res, ses, _row("g", None, commit="c4"),
+    record.append_run(res, ses, _row("g", None, commit="c4"),
                   _entry(dict(base, depth=10), "D", commit="c4", parent="c1", error="RuntimeError: shapes"))
     text = (ses / "memory.md").read_text()
     statuses = [r["status"] for r in ledger.read_ledger(res)]
@@ -265,7 +265,7 @@ def test_since_last_improvement_counts_configurations_and_keeps_kills_apart(tmp_
     assert "| depth | 8 -> 1.010000 over 3 seeds (5 runs); 10 -> — (1 run, 1 crash); 12 -> — (1 run, 1 killed) |" \
         in text
     # a run of the best configuration killed and recorded late (another of its seeds): not a try either
-    memory.record(res, ses, _row("h", None, commit="c1"),
+    record.append_run(res, ses, _row("h", None, commit="c1"),
                   _entry(base, "A", seed=45, commit="c1", parent="c0", error="killed: Killed"))
     assert ("- since the last improvement: 3 configurations tried in 4 runs (1 confirm, 1 discard, 1 crash, "
             "1 killed)") in (ses / "memory.md").read_text()
@@ -274,9 +274,9 @@ def test_since_last_improvement_counts_configurations_and_keeps_kills_apart(tmp_
 def test_cap_that_cancels_an_edit_is_said(tmp_path):
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     base = {"depth": 2, "matrix_lr": 0.04}
-    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(base, "A", commit="c1", parent="c0",
+    record.append_run(res, ses, _row("p", 1.0, commit="c1"), _entry(base, "A", commit="c1", parent="c0",
                                                                model_changes_by_mode={"depth": [8, 2]}))
-    memory.record(res, ses, _row("q", 1.01, commit="c2"), _entry(base, "B", commit="c2", parent="c1",
+    record.append_run(res, ses, _row("q", 1.01, commit="c2"), _entry(base, "B", commit="c2", parent="c1",
                                                                 model_changes_by_mode={"depth": [4, 2]}))
     text = (ses / "memory.md").read_text()
     assert "- vs its parent run p (baseline, 1.000000): depth: 8 (capped to 2) -> 4 (capped to 2)" in text
@@ -291,12 +291,12 @@ def test_torchrun_split_is_not_called_a_cap(tmp_path):
     m = {"depth": 8, "device_batch_size": 32}
     four = {"world": 4, "caps": {}}
     test_four = {"world": 4, "caps": {"device_batch_size": 16}}
-    memory.record(res, ses, _row("p", 1.0, commit="c1"), _entry(m, "A", commit="c1", parent="c0", key_parts=four,
+    record.append_run(res, ses, _row("p", 1.0, commit="c1"), _entry(m, "A", commit="c1", parent="c0", key_parts=four,
                                                                model_changes_by_mode={"device_batch_size": [128, 32]}))
-    memory.record(res, ses, _row("q", 1.01, commit="c2"), _entry(dict(m, device_batch_size=4), "B", commit="c2",
+    record.append_run(res, ses, _row("q", 1.01, commit="c2"), _entry(dict(m, device_batch_size=4), "B", commit="c2",
                                                                 parent="c1", key_parts=test_four,
                                                                 model_changes_by_mode={"device_batch_size": [64, 4]}))
-    memory.record(res, ses, _row("r", 1.02, commit="c3"), _entry(dict(m, device_batch_size=16), "C", commit="c3",
+    record.append_run(res, ses, _row("r", 1.02, commit="c3"), _entry(dict(m, device_batch_size=16), "C", commit="c3",
                                                                 parent="c1", key_parts=test_four,
                                                                 model_changes_by_mode={"device_batch_size": [64, 16]}))
     text = (ses / "memory.md").read_text()
@@ -314,17 +314,17 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     key (the process count is in it), and its seed a `rerun` or a stray baseline there."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     four = {"key_parts": {"world": 4}, "launch": {"per_node": 4}}
-    memory.record(res, ses, _row("a", 1.0, commit="c1"), _entry(None, "A", commit="c1", parent="c0", **four))
+    record.append_run(res, ses, _row("a", 1.0, commit="c1"), _entry(None, "A", commit="c1", parent="c0", **four))
     text = (ses / "memory.md").read_text()
     assert "(`uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43` on the baseline's commit)" in text
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
-    assert memory.next_step(rows[-1], rows, index, "main").endswith(
+    assert nextstep.next_step(rows[-1], rows, index, "main").endswith(
         "re-run it unchanged under another seed: uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43")
-    memory.record(res, ses, _row("b", 1.0, commit="c1"), _entry(None, "A", seed=43, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("b", 1.0, commit="c1"), _entry(None, "A", seed=43, commit="c1", parent="c0"))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)     # an entry from before launches were kept
-    assert memory.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
+    assert nextstep.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
                                                              "--seed 44")
-    memory.record(res, ses, _row("c", 0.9, commit="c2"), _entry({"depth": 9}, "C", commit="c2", parent="c1",
+    record.append_run(res, ses, _row("c", 0.9, commit="c2"), _entry({"depth": 9}, "C", commit="c2", parent="c1",
                                                                key_parts={"world": 2}, launch={"per_node": 1}))
     assert [r["status"] for r in ledger.read_ledger(res)][-1] == "confirm"
     assert ("- pending: better than the best, not yet by the margin with 3+ seeds; re-run this commit unchanged: "
@@ -334,7 +334,7 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
     assert "| depth | 9 -> 0.900000 over 1 seed pending (1 run); 8 -> 1.000000 over 2 seeds (2 runs) |" in \
         (ses / "memory.md").read_text()
     old = {"key_parts": {"world": 2}}                    # recorded before launches were kept: its key's processes
-    assert decide.train_command(old, 44) == "uv run torchrun --standalone --nproc_per_node=2 train.py --seed 44"
+    assert lineage.train_command(old, 44) == "uv run torchrun --standalone --nproc_per_node=2 train.py --seed 44"
 
 
 def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
@@ -343,48 +343,48 @@ def test_an_edit_made_with_a_key_change_is_said_to_be_unjudged(tmp_path):
     best has run under the new key, they stop saying it."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     fn = {"GPT.forward": "f1"}
-    memory.record(res, ses, _row("a", 1.00, commit="c1"), _entry({"depth": 8}, "A", commit="c1", train_py=fn))
-    memory.record(res, ses, _row("b", 0.99, commit="c1"), _entry({"depth": 8}, "A", seed=43, commit="c1",
+    record.append_run(res, ses, _row("a", 1.00, commit="c1"), _entry({"depth": 8}, "A", commit="c1", train_py=fn))
+    record.append_run(res, ses, _row("b", 0.99, commit="c1"), _entry({"depth": 8}, "A", seed=43, commit="c1",
                                                                 train_py=fn))
     edit = _entry({"depth": 10}, "B", commit="c2", parent="c1", train_py=fn)
-    memory.record(res, ses, _row("c", 0.95, key="k2", commit="c2"), edit)
+    record.append_run(res, ses, _row("c", 0.95, key="k2", commit="c2"), edit)
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
     assert [r["status"] for r in rows] == ["baseline", "repeat", "baseline"]
-    assert memory.next_step(rows[-1], rows, index, "main").endswith(
+    assert nextstep.next_step(rows[-1], rows, index, "main").endswith(
         "--seed 43; !! a new key's baseline, not the key before's best (a): its edits were never judged (memory.md)")
     text = (ses / "memory.md").read_text()
     assert ("- !! this key's baseline is not the best configuration of the key before (a: depth: 8 -> 10): what it "
             "changed was never judged; run that one here too: `uv run prepare.py --restore a`, commit, run it: "
             "`uv run train.py`") in text
-    memory.record(res, ses, _row("d", 0.97, key="k2", commit="c3"), _entry({"depth": 8}, "A", commit="c3",
+    record.append_run(res, ses, _row("d", 0.97, key="k2", commit="c3"), _entry({"depth": 8}, "A", commit="c3",
                                                                           parent="c2", train_py=fn))
     assert "never judged" not in (ses / "memory.md").read_text()        # the old best ran under k2: compared
     # a key change made alone (k2's best, c, run unchanged) leaves nothing unjudged
-    memory.record(res, ses, _row("e", 0.96, key="k3", commit="c2"), _entry({"depth": 10}, "B", commit="c2",
+    record.append_run(res, ses, _row("e", 0.96, key="k3", commit="c2"), _entry({"depth": 10}, "B", commit="c2",
                                                                           train_py=fn))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
-    assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
+    assert "never judged" not in nextstep.next_step(rows[-1], rows, index, "main")
     assert "never judged" not in (ses / "memory.md").read_text()
     # keys that alternate: k2 is judged by the k1 best it had when it started, not by a k1 keep made later
-    memory.record(res, ses, _row("g", 0.90, commit="c7"), _entry({"depth": 12}, "G", commit="c7", parent="c1",
+    record.append_run(res, ses, _row("g", 0.90, commit="c7"), _entry({"depth": 12}, "G", commit="c7", parent="c1",
                                                                 train_py=fn))
-    memory.record(res, ses, _row("g2", 0.91, commit="c7"), _entry({"depth": 12}, "G", seed=43, commit="c7",
+    record.append_run(res, ses, _row("g2", 0.91, commit="c7"), _entry({"depth": 12}, "G", seed=43, commit="c7",
                                                                  parent="c1", train_py=fn))
-    memory.record(res, ses, _row("g3", 0.905, commit="c7"), _entry({"depth": 12}, "G", seed=44, commit="c7",
+    record.append_run(res, ses, _row("g3", 0.905, commit="c7"), _entry({"depth": 12}, "G", seed=44, commit="c7",
                                                                   parent="c1", train_py=fn))
-    memory.record(res, ses, _row("h", 0.96, key="k2", commit="c2"), _entry({"depth": 10}, "B", seed=44, commit="c2",
+    record.append_run(res, ses, _row("h", 0.96, key="k2", commit="c2"), _entry({"depth": 10}, "B", seed=44, commit="c2",
                                                                           train_py=fn))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
     assert rows[-2]["status"] == "keep" and "never judged" not in (ses / "memory.md").read_text()
     # a shared ledger: another host's first run on its own GPU's key is not judged by this host's keys
     res, ses = tmp_path / "shared.tsv", tmp_path / "shared"
     for rid, seed in (("s1", 42), ("s2", 43)):
-        memory.record(res, ses, _row(rid, 1.0, commit="c1"), _entry({"depth": 8}, "A", seed=seed, commit="c1",
+        record.append_run(res, ses, _row(rid, 1.0, commit="c1"), _entry({"depth": 8}, "A", seed=seed, commit="c1",
                                                                    train_py=fn, host="h100-box"))
-    memory.record(res, ses, _row("t", 0.99, key="k9", commit="c9"), _entry({"depth": 6}, "F", commit="c9",
+    record.append_run(res, ses, _row("t", 0.99, key="k9", commit="c9"), _entry({"depth": 6}, "F", commit="c9",
                                                                           train_py=fn, host="h200-box"))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)
-    assert "never judged" not in memory.next_step(rows[-1], rows, index, "main")
+    assert "never judged" not in nextstep.next_step(rows[-1], rows, index, "main")
 
 
 def test_a_crash_neither_hides_nor_stands_for_an_unjudged_baseline(tmp_path):
@@ -392,7 +392,7 @@ def test_a_crash_neither_hides_nor_stands_for_an_unjudged_baseline(tmp_path):
     and the change named is the baseline's. A key with only a crash in between is skipped for the one before."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     fn = {"GPT.forward": "f1"}
-    run = lambda rid, v, key, model, fp, **kw: memory.record(  # noqa: E731
+    run = lambda rid, v, key, model, fp, **kw: record.append_run(  # noqa: E731
         res, ses, _row(rid, v, key=key, commit=f"c{rid}"), _entry(model, fp, commit=f"c{rid}", train_py=fn, **kw))
     run("a", 1.0, "k1", {"depth": 8}, "A")
     run("z", None, "k2", {"depth": 8}, "A", error="RuntimeError: x")          # the old best, crashed under k2
@@ -463,7 +463,7 @@ def test_record_crash_from_a_killed_runs_log(run_dir):
 
 def test_memory_cli_regenerates(run_dir):
     res, ses = run_dir / "results.tsv", run_dir / "sessions"
-    memory.record(res, ses, _row("a", 1.0), _entry())
+    record.append_run(res, ses, _row("a", 1.0), _entry())
     (ses / "memory.md").unlink()
     r = run_script("prepare.py", run_dir, "--memory")
     assert r.returncode == 0 and "best: val_bpb 1.000000 (1 seed) — a" in (ses / "memory.md").read_text()
@@ -474,7 +474,7 @@ def test_memory_names_branches_when_agents_share_a_ledger(tmp_path):
     for rid, v, fp, branch, wt in [("a", 1.0, "A", "autoresearch/gpu0", "/w0"),
                                    ("b", 0.9, "B", "autoresearch/gpu1", "/w1"),
                                    ("c", 0.95, "C", "autoresearch/gpu0", "/w0")]:
-        memory.record(res, ses, _row(rid, v), dict(_entry(fp=fp), branch=branch, worktree=wt))
+        record.append_run(res, ses, _row(rid, v), dict(_entry(fp=fp), branch=branch, worktree=wt))
     text = (ses / "memory.md").read_text()
     assert "- runs by branch @ worktree: autoresearch/gpu0 @ /w0 (2), autoresearch/gpu1 @ /w1 (1)" in text
     assert "| b | confirm | 0.900000 | -0.1000 | 42 | 10 |  | [autoresearch/gpu1] desc b |" in text
@@ -493,8 +493,7 @@ def test_memory_cli_on_a_ledger_with_a_bad_header_exits_2(run_dir):
 def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
     """A run's parent is a run of the same comparability key (a changed ground.json makes another key: its first
     run has none); a run killed outright is told to re-run unchanged unless its edit made it too slow or large."""
-    from harness import decide
-    from harness.memory import next_step
+    from harness.nextstep import next_step
     rows = [dict(_row("old", 1.0, key="k1", commit="c1"), status="baseline", line=2),
             dict(_row("new", 0.9, key="k2", commit="c2"), status="baseline", line=3),
             dict(_row("edit", 0.8, key="k2", commit="c3"), status="discard", line=4),
@@ -502,7 +501,7 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
     index = {"old": _entry(commit="c1", parent="c0"), "new": _entry(commit="c2", parent="c1"),
              "edit": _entry(commit="c3", parent="c2"),
              "dead": _entry(commit="c4", parent="c2", error="killed: Killed", fp="fp-dead")}
-    parents = decide.parent_runs(rows, index)
+    parents = lineage.parent_runs(rows, index)
     assert parents["new"] is None                              # c1's run is of key k1: not this run's parent
     assert parents["edit"]["run_id"] == "new" and parents["dead"]["run_id"] == "new"
     said = next_step(rows[-1], rows, index, "main")
@@ -525,7 +524,7 @@ def test_a_parent_run_is_of_the_same_key_and_a_killed_run_is_told_apart():
             dict(_row("next", 0.98, key="k2", commit="c5"), status="confirm", line=5)]
     idx = {"base": _entry(commit="c2"), "seed43": _entry(commit="c2", seed=43),
            "killed": _entry(commit="c2", seed=44, error="killed: Killed"), "next": _entry(commit="c5", parent="c2")}
-    assert decide.parent_runs(late, idx)["next"]["run_id"] == "seed43"
+    assert lineage.parent_runs(late, idx)["next"]["run_id"] == "seed43"
     index["dead"]["error"] = "RuntimeError: shapes"
     assert next_step(rows[-1], rows, index, "main").startswith("fix a trivial bug")
 
@@ -547,10 +546,10 @@ def test_a_kept_value_shows_its_kept_configuration_not_a_luckier_one_that_was_no
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     base = {"depth": 8, "matrix_lr": 0.04}
     for rid, seed, v in (("a", 42, 1.00), ("b", 43, 1.02), ("c", 44, 1.01)):
-        memory.record(res, ses, _row(rid, v, commit="c1"), _entry(base, "A", seed=seed, commit="c1", parent="c0"))
-    memory.record(res, ses, _row("d", 0.995, commit="c2"), _entry(dict(base, matrix_lr=0.05), "B", commit="c2",
+        record.append_run(res, ses, _row(rid, v, commit="c1"), _entry(base, "A", seed=seed, commit="c1", parent="c0"))
+    record.append_run(res, ses, _row("d", 0.995, commit="c2"), _entry(dict(base, matrix_lr=0.05), "B", commit="c2",
                                                                    parent="c1"))
-    memory.record(res, ses, _row("e", None, commit="c3"), _entry(dict(base, depth=4), "C", commit="c3",
+    record.append_run(res, ses, _row("e", None, commit="c3"), _entry(dict(base, depth=4), "C", commit="c3",
                                                                   parent="c1", error="RuntimeError: shapes"))
     text = (ses / "memory.md").read_text()
     assert [r["status"] for r in ledger.read_ledger(res)][-2:] == ["confirm", "crash"]   # d pending on one seed
@@ -561,27 +560,26 @@ def test_a_kept_value_shows_its_kept_configuration_not_a_luckier_one_that_was_no
 
 
 def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_home(tmp_path):
-    from harness import decide
-    from harness.memory import next_step
+    from harness.nextstep import next_step
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
     trained = {"depth": 2, "matrix_lr": 0.04}
     cap8, cap4 = {"depth": [8, 2]}, {"depth": [4, 2]}
     for rid, seed in (("a", 42), ("b", 43)):
-        memory.record(res, ses, _row(rid, 1.0 + seed / 1000, commit="c1"),
+        record.append_run(res, ses, _row(rid, 1.0 + seed / 1000, commit="c1"),
                       _entry(trained, "A", seed=seed, commit="c1", parent="c0", model_changes_by_mode=cap8))
-    row = memory.record(res, ses, _row("c", 0.9, commit="c2"),
+    row = record.append_run(res, ses, _row("c", 0.9, commit="c2"),
                         _entry(trained, "A", seed=44, commit="c2", parent="c1", model_changes_by_mode=cap4))
     assert row["status"] == "repeat"                    # depth 4 trains as 2: the kept configuration, another seed
     store = ledger.FileLedger(res, ses)
     rows, index = store.read()
-    assert decide.return_commit(rows, index, "k1", "main") == "c1"       # c2's files differ: not a return point
+    assert lineage.return_commit(rows, index, "k1", "main") == "c1"       # c2's files differ: not a return point
     assert next_step(rows[-1], rows, index, "main") == (
         "this edit trains its parent's model (a cap of this mode cancels it): nothing was judged; go back and try an "
         "edit the caps allow: git reset --hard c1")
-    memory.record(res, ses, _row("d", 1.0, commit="c1"),
+    record.append_run(res, ses, _row("d", 1.0, commit="c1"),
                   _entry(trained, "A", seed=45, commit="c1", parent="c0", model_changes_by_mode=cap8))
     rows, index = store.read()
-    assert decide.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
+    assert lineage.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
 
 
 def test_after_a_restore_a_discard_returns_to_the_restored_commit(monkeypatch):
@@ -589,27 +587,26 @@ def test_after_a_restore_a_discard_returns_to_the_restored_commit(monkeypatch):
     running r1 first: the discard must send b back to r1, whose files are the kept run's byte for byte, not to b's
     own baseline (a configuration the best has left behind, against which b's next edits would be judged wrongly).
     A parent whose commit also changed other files (ground.json) is no such point: going back would undo them."""
-    from harness import decide
     rows = [_row("a-base", 1.00, commit="a0", status="baseline"), _row("b-base", 1.00, commit="b0", status="baseline"),
             _row("a-keep", 0.90, commit="a1", status="keep"), _row("b-edit", 0.95, commit="e1", status="discard")]
     index = {"a-base": _entry(fp="F0", host="a", commit="a0", files_sha="S0"),
              "b-base": _entry(fp="F0", host="b", commit="b0", files_sha="S0"),
              "a-keep": _entry(fp="FK", host="a", commit="a1", files_sha="SK", parent="a0", parent_files_sha="S0"),
              "b-edit": _entry(fp="FE", host="b", commit="e1", files_sha="SE", parent="r1", parent_files_sha="SK")}
-    assert decide.return_commit(rows, index, "k1", "main", "b") == "r1"
+    assert lineage.return_commit(rows, index, "k1", "main", "b") == "r1"
     monkeypatch.setenv("AUTORESEARCH_HOST", "b")
-    assert memory.next_step(rows[-1], rows, index, "main") == "git reset --hard r1"          # a discard
+    assert nextstep.next_step(rows[-1], rows, index, "main") == "git reset --hard r1"          # a discard
     # an amend of a keep: its parent holds the baseline's files, but runs there speak for it (k1 is later, kept)
     amend = [_row("base", 1.0, commit="k0", status="baseline"), _row("keep", 0.9, commit="k1", status="keep"),
              _row("amended", 0.95, commit="a1", status="discard")]
     amend_index = {"base": _entry(fp="F0", commit="k0", files_sha="S0"),
                    "keep": _entry(fp="F1", commit="k1", files_sha="S1", parent="k0", parent_files_sha="S0"),
                    "amended": _entry(fp="F2", commit="a1", files_sha="S2", parent="k0", parent_files_sha="S0")}
-    assert decide.return_commit(amend, amend_index, "k1", "main") == "k1"
+    assert lineage.return_commit(amend, amend_index, "k1", "main") == "k1"
     index["b-edit"]["parent_files_sha"] = None            # the edit's commit changed ground.json too (or an old run)
-    assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
+    assert lineage.return_commit(rows, index, "k1", "main", "b") == "b0"
     index["b-edit"]["parent_files_sha"] = "SX"            # a parent with files no accepted run has
-    assert decide.return_commit(rows, index, "k1", "main", "b") == "b0"
+    assert lineage.return_commit(rows, index, "k1", "main", "b") == "b0"
 
 
 def _checkout_in_a_repo(tmp_path, monkeypatch):
@@ -697,17 +694,17 @@ def test_a_killed_run_of_a_discarded_configuration_is_sent_home(monkeypatch):
     rows = [_row("base", 1.00, commit="c0", status="baseline"), _row("edit", 1.05, commit="c1", status="discard"),
             _row("kill", None, commit="c1", status="crash")]
     index = {"base": _entry(fp="A", commit="c0"), "edit": _entry(fp="B", commit="c1", parent="c0"),
-             "kill": _entry(fp="B", commit="c1", parent="c0", error=memory.KILLED + "no error message")}
-    assert memory.next_step(rows[-1], rows, index, "main") == (
+             "kill": _entry(fp="B", commit="c1", parent="c0", error=digest.KILLED + "no error message")}
+    assert nextstep.next_step(rows[-1], rows, index, "main") == (
         "killed outright; this configuration has a result under seed 42 already (edit, discard): nothing to re-run; "
         "it was discarded: git reset --hard c0")
     # discarded under another key only (another GPU, another ground.json): not this key's verdict
     elsewhere = [dict(rows[1], run_id="old", comparability_key="k0")] + [dict(r) for r in rows]
     elsewhere[2]["status"] = "confirm"
     index["old"] = dict(index["edit"])
-    assert memory.next_step(elsewhere[-1], elsewhere, index, "main").endswith("(edit, confirm): nothing to re-run")
+    assert nextstep.next_step(elsewhere[-1], elsewhere, index, "main").endswith("(edit, confirm): nothing to re-run")
     rows[1]["status"] = "confirm"                          # pending: another seed, not the way back
-    assert memory.next_step(rows[-1], rows, index, "main").endswith("(edit, confirm): nothing to re-run")
+    assert nextstep.next_step(rows[-1], rows, index, "main").endswith("(edit, confirm): nothing to re-run")
 
 
 def test_next_keeps_a_ground_json_not_committed_on_its_own(monkeypatch):
@@ -736,9 +733,9 @@ def test_running_now_names_the_recorded_run_of_the_same_seed():
     index = {"s42": _entry(fp="A", seed=42), "s43": _entry(fp="A", seed=43)}
     claim = {"run_id": "new", "fingerprint": "A", "host": "h", "branch": "main", "seed": 42, "comparability_key": "k1",
              "description": "again", "model": {}, "started": 0.0, "expires": 900.0}
-    lines = memory.running_now(rows, index, [claim], 60.0, None, "k1")
+    lines = digest.running_now(rows, index, [claim], 60.0, None, "k1")
     assert lines[2] == "  - !! already recorded: 2 run(s), this seed s42 (baseline, 1.000000); it will be a `rerun`"
-    lines = memory.running_now(rows, index, [dict(claim, seed=44)], 60.0, None, "k1")
+    lines = digest.running_now(rows, index, [dict(claim, seed=44)], 60.0, None, "k1")
     assert lines[2] == "  - already recorded: 2 run(s), last s43 (repeat, 1.010000); this is another seed"
 
 
@@ -898,14 +895,14 @@ def test_a_run_that_compiled_in_its_budget_is_not_judged(capsys):
 
 def test_a_compiled_run_without_warm_up_steps_says_its_compile_is_counted():
     import dataclasses
-    from harness import record, settings
+    from harness import settings
     s, m = settings.current(), config.load_model()
     compiled = dict(hardware_platform(), compile=True)
     said = "!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache makes it"
-    assert any(x.startswith(said) for x in record.setup_lines(dataclasses.replace(s, excluded_steps=0), m, {},
+    assert any(x.startswith(said) for x in session.setup_lines(dataclasses.replace(s, excluded_steps=0), m, {},
                                                               compiled, 1))
     for quiet in (dataclasses.replace(s, excluded_steps=1), dataclasses.replace(s, excluded_steps=0, max_steps=9)):
-        assert not any(x.startswith("!! excluded_steps") for x in record.setup_lines(quiet, m, {}, compiled, 1))
+        assert not any(x.startswith("!! excluded_steps") for x in session.setup_lines(quiet, m, {}, compiled, 1))
 
 
 def test_under_max_steps_the_steps_decide_what_is_comparable(capsys):
@@ -965,9 +962,9 @@ def test_cpu_threads_are_part_of_a_cpu_runs_key():
             "(OMP_NUM_THREADS): 1 -> 2\n") in text
     # the next command keeps the thread count the run was given, or the key it asks for would be another one
     one_thread = {"key_parts": one, "launch": {"per_node": 1, "omp_num_threads": "1"}}
-    assert decide.train_command(one_thread, 43) == "env OMP_NUM_THREADS=1 uv run train.py --seed 43"   # timeout-safe
-    assert decide.train_command({"key_parts": two, "launch": {"per_node": 1}}, 43) == "uv run train.py --seed 43"
-    assert decide.train_command({"key_parts": gpu, "launch": one_thread["launch"]}, 43) == "uv run train.py --seed 43"
+    assert lineage.train_command(one_thread, 43) == "env OMP_NUM_THREADS=1 uv run train.py --seed 43"   # timeout-safe
+    assert lineage.train_command({"key_parts": two, "launch": {"per_node": 1}}, 43) == "uv run train.py --seed 43"
+    assert lineage.train_command({"key_parts": gpu, "launch": one_thread["launch"]}, 43) == "uv run train.py --seed 43"
 
 
 def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
@@ -984,7 +981,7 @@ def test_the_next_command_repeats_the_variables_its_agent_typed(monkeypatch, tmp
     g.json again, or the second seed they ask for reads the default ground.json (other data, another key) into
     another ledger; a model.json elsewhere, or a host name, likewise. memory.md, read by every agent of a ledger
     (several per host, one per GPU), repeats none: one agent's host name would make another's runs its own."""
-    from harness import decide, identity
+    from harness import identity
     monkeypatch.chdir(tmp_path)
     for var in ("OMP_NUM_THREADS", *identity.HARNESS_ENV):
         monkeypatch.delenv(var, raising=False)
@@ -995,23 +992,23 @@ def test_the_next_command_repeats_the_variables_its_agent_typed(monkeypatch, tmp
     assert identity.launch_info()["env"] == env                      # kept in the run's record
     ground = shlex.quote(str(tmp_path / "my ground.json"))
     one = {"key_parts": {"world": 1}, "launch": {"per_node": 1}}
-    assert decide.train_command(one, 43, env) == (
+    assert lineage.train_command(one, 43, env) == (
         f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 43")
-    assert decide.train_command(one, 43) == "uv run train.py --seed 43"          # memory.md's form
+    assert lineage.train_command(one, 43) == "uv run train.py --seed 43"          # memory.md's form
     # a CPU key's thread count first; torchrun on one node passes them to every process; on several nodes the
     # command runs on each, from its own checkout with its own variables: none
     threads = {"key_parts": {"world": 1, "threads": 1}, "launch": {"per_node": 1, "omp_num_threads": "1"}}
-    assert decide.train_command(threads, 44, env) == (
+    assert lineage.train_command(threads, 44, env) == (
         f"env OMP_NUM_THREADS=1 AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run train.py --seed 44")
-    assert decide.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 2}}, 43, env) == (
+    assert lineage.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 2}}, 43, env) == (
         f"env AUTORESEARCH_GROUND={ground} AUTORESEARCH_HOST=gpu-7 uv run torchrun --standalone "
         "--nproc_per_node=2 train.py --seed 43")
-    assert decide.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 1}}, 43, env).startswith(
+    assert lineage.train_command({"key_parts": {"world": 2}, "launch": {"per_node": 1}}, 43, env).startswith(
         "uv run torchrun --nnodes=2 ")
-    assert decide.way_back(None, "r1", env).endswith(f"to build on the best: env AUTORESEARCH_GROUND={ground} "
+    assert lineage.way_back(None, "r1", env).endswith(f"to build on the best: env AUTORESEARCH_GROUND={ground} "
                                                      "AUTORESEARCH_HOST=gpu-7 uv run prepare.py --restore r1)")
     # the command runs: a shell splits it back into the same variables and arguments
-    words = shlex.split(decide.train_command(one, 43, env))
+    words = shlex.split(lineage.train_command(one, 43, env))
     assert words[:3] == ["env", f"AUTORESEARCH_GROUND={tmp_path / 'my ground.json'}", "AUTORESEARCH_HOST=gpu-7"]
     # a value no command line can carry is refused where it is read, naming the variable
     monkeypatch.setenv("AUTORESEARCH_HOST", "gpu-7\n## Notes")
@@ -1024,15 +1021,15 @@ def test_a_new_keys_first_run_that_crashed_is_told_what_to_return_to(tmp_path):
     what to return to, not a guessed commit (a first run's git parent is the harness's own history), in words no
     shell reads as a redirect, and memory.md does not send it to a baseline that does not exist."""
     res, ses = tmp_path / "r.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", None, status="crash", commit="c1"),
+    record.append_run(res, ses, _row("a", None, status="crash", commit="c1"),
                   _entry(fp="A", commit="c1", parent="c0", error="stopped at step 141 of max_steps 5000 (about 24 "
                          "steps fit the budget; val_bpb 2.1, not judged)"), status="crash")
     rows, index = ledger.FileLedger(res, ses).read()
-    said = memory.next_step(rows[-1], rows, index, "main")
+    said = nextstep.next_step(rows[-1], rows, index, "main")
     assert ("give up on it: return to the commit you started from with `git reset --hard` (nothing kept in this "
             "key on this host yet);") in said                  # not its git parent: a first run's is the harness's
     assert "lower max_steps in ground.json's profile (e.g. 24, the steps that fit the budget" in said
     text = (ses / "memory.md").read_text()
     assert "- noise floor: not measured yet: no run of this key has a val_bpb yet (the last run says why)\n" in text
     assert "on the baseline's commit" not in text
-    assert decide.way_back("c9", "x") == "git reset --hard c9"
+    assert lineage.way_back("c9", "x") == "git reset --hard c9"

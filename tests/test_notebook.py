@@ -99,13 +99,13 @@ def test_notebook_says_when_there_is_nothing_to_show(tmp_path, content, message)
 @pytest.mark.slow
 def test_notebook_on_the_shared_ledger(tmp_path, postgres, run_dir):
     """With ground.json's backend postgres, the notebook shows every host's runs, not this machine's mirror."""
-    from harness import database, memory
+    from harness import database, record
     from test_ledger import _entry, _row
     url = postgres.new_database("notebook")
     for host, rid, v in (("host-a", "a1", 1.0), ("host-b", "b1", 0.99), ("host-a", "a2", 1.01)):
         folder = tmp_path / host
         store = database.PostgresLedger(url, ledger.FileLedger(folder / "results.tsv", folder / "sessions"))
-        memory.record(store.results, store.sessions, _row(rid, v), _entry(fp=rid, host=host), store=store)
+        record.append_run(store.results, store.sessions, _row(rid, v), _entry(fp=rid, host=host), store=store)
     g = json.loads((run_dir / "ground.json").read_text())
     g["ledger"].update(backend="postgres")
     (run_dir / "ground.json").write_text(json.dumps(g))

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from harness import config, hardware, settings
+from harness import attention, config, hardware, settings
 
 AUTO = config.ProcessorConfig(device="auto", dtype="auto", compile="auto", attention="auto", peak_flops="auto")
 
@@ -220,21 +220,21 @@ def test_cudnn_shape_refusal_falls_back_with_reason():
     cpu = torch.device("cpu")
     def record(kind, q, w):
         built.append((kind, tuple(q.shape), w))
-    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu, build=record) == (p, None)
+    assert attention.confirm_attention(p, (4, 2048, 4, 128), [1024, 1024, 1024, 2048], cpu, build=record) == (p, None)
     assert built == [("fwd", (4, 2048, 4, 128), 1024), ("bwd", (4, 2048, 4, 128), 1024)] and p["attention"] == "cudnn"
 
     def refuse(kind, q, w):
         raise RuntimeError("No valid execution plans built.")
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=refuse)
+    changed, line = attention.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=refuse)
     why = "cuDNN cannot build attention for B=4 T=2048 H=4 D=320 (RuntimeError: No valid execution plans built.)"
     assert line == f"attention: cudnn -> flex: {why}"
     assert (changed["attention"], changed["reasons"]["attention"]) == ("flex", f"{why}; falling back to flex")
     assert p["attention"] == "cudnn" and p["reasons"]["attention"].startswith("Hopper+: cudnn-frontend")   # untouched
     p2 = dict(hardware.resolve_platform(h100, proc(compile=False)), dtype="float32")
-    assert hardware.confirm_attention(p2, (4, 2048, 4, 320), [1024], cpu,
+    assert attention.confirm_attention(p2, (4, 2048, 4, 320), [1024], cpu,
                                       build=refuse)[1].startswith("attention: cudnn -> sdpa: ")
     a100 = hardware.resolve_platform(ROWS[1][1], AUTO)
-    assert hardware.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)
+    assert attention.confirm_attention(a100, (4, 2048, 4, 320), [1024], cpu, build=refuse) == (a100, None)
 
 
 def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
@@ -264,14 +264,14 @@ def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
     cpu, built, warmed = torch.device("cpu"), [], []
     def warm(shape, dtype, windows, device):
         warmed.append((shape, dtype, windows))
-    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024, 2048], cpu, warm_fa4=warm) == (p, None)
+    assert attention.confirm_attention(p, (4, 2048, 4, 128), [1024, 2048], cpu, warm_fa4=warm) == (p, None)
     assert warmed == [((4, 2048, 4, 128), torch.float32, [1024, 2048])]
 
     def fail(shape, dtype, windows, device):
         raise RuntimeError("head_dim 320 not supported")
     def record(kind, q, w):
         built.append((kind, w))
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=record, warm_fa4=fail,
+    changed, line = attention.confirm_attention(p, (4, 2048, 4, 320), [1024, 2048], cpu, build=record, warm_fa4=fail,
                                                cudnn_loads=lambda: True)
     why = "FA4 cannot run attention for B=4 T=2048 H=4 D=320 (RuntimeError: head_dim 320 not supported)"
     assert (changed["attention"], line) == ("cudnn", f"attention: fa4 -> cudnn: {why}")
@@ -279,19 +279,19 @@ def test_fa4_choice_fallbacks_and_refusal(monkeypatch):
     assert built == [("fwd", 1024), ("bwd", 1024)]
     def refuse(kind, q, w):
         raise RuntimeError("No valid execution plans built.")
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, build=refuse, warm_fa4=fail,
+    changed, line = attention.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, build=refuse, warm_fa4=fail,
                                                cudnn_loads=lambda: True)
     assert changed["attention"] == "flex" and line.splitlines()[1].startswith("!! attention: cudnn -> flex: cuDNN ")
-    changed, line = hardware.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, warm_fa4=fail,
+    changed, line = attention.confirm_attention(p, (4, 2048, 4, 320), [1024], cpu, warm_fa4=fail,
                                                cudnn_loads=lambda: False)
     assert (changed["attention"], line) == ("flex", f"attention: fa4 -> flex: {why}")
 
     def oom(shape, dtype, windows, device):         # no room is not a refusal: the run's memory is the problem
         raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(torch.OutOfMemoryError):
-        hardware.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom, cudnn_loads=lambda: True)
+        attention.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom, cudnn_loads=lambda: True)
     monkeypatch.setenv(settings.EVAL_GRAPH_ONLY, "1")     # the eval graph's process: the training ran the kernels
-    assert hardware.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom) == (p, None)
+    assert attention.confirm_attention(p, (4, 2048, 4, 128), [1024], cpu, warm_fa4=oom) == (p, None)
 
 
 def test_bytecode_note_says_when_each_run_recompiles_a_module(tmp_path, monkeypatch):

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import clock, config, ledger, memory
+from harness import clock, config, ledger, record
 from conftest import run_script, write_json
 from test_ledger import HEADER, _entry, _row
 
 
 def test_a_torn_last_line_is_left_alone_and_never_merged(tmp_path):
     res, ses = tmp_path / "results.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", 1.0), _entry(fp="A"))
+    record.append_run(res, ses, _row("a", 1.0), _entry(fp="A"))
     torn = res.read_bytes() + b"b\tabc1234\t0.9"                 # what a full disk leaves: no newline at the end
     res.write_bytes(torn)
-    memory.record(res, ses, _row("c", 1.1), _entry(fp="C"))
+    record.append_run(res, ses, _row("c", 1.1), _entry(fp="C"))
     assert res.read_bytes().startswith(torn + b"\n")
     warnings = []
     rows = ledger.read_ledger(res, warn=warnings.append)
@@ -35,7 +35,7 @@ def test_an_old_format_ledger_is_refused_then_migrated(tmp_path, run_dir):
     old = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\na1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
     res.write_text(old)
     with pytest.raises(config.ConfigError) as e:
-        memory.record(res, run_dir / "sessions", _row("x", 1.0), _entry())
+        record.append_run(res, run_dir / "sessions", _row("x", 1.0), _entry())
     assert str(e.value) == ("results.tsv: header line: has the 5 columns of an older ledger; new runs need the 15 "
                             "of this one: `uv run prepare.py --migrate-ledger` writes them beside it (the old file "
                             "is kept)")
@@ -50,14 +50,14 @@ def test_an_old_format_ledger_is_refused_then_migrated(tmp_path, run_dir):
     rows = ledger.read_ledger(res)
     assert [(x["commit"], x["val_bpb"], x["status"], x["comparability_key"]) for x in rows] == \
         [("a1b2c3d", 0.9979, "keep", "legacy")]
-    memory.record(res, run_dir / "sessions", _row("x", 1.0), _entry())
+    record.append_run(res, run_dir / "sessions", _row("x", 1.0), _entry())
     assert len(ledger.read_ledger(res)) == 2
 
 
 def test_empty_and_bom_ledgers(tmp_path):
     res, ses = tmp_path / "results.tsv", tmp_path / "s"
     res.write_bytes(b"")
-    assert memory.record(res, ses, _row("a", 1.0), _entry())["status"] == "baseline"
+    assert record.append_run(res, ses, _row("a", 1.0), _entry())["status"] == "baseline"
     assert res.read_text().splitlines()[0] == HEADER
     bom = tmp_path / "bom.tsv"
     bom.write_bytes(b"\xef\xbb\xbf" + res.read_bytes())
@@ -66,10 +66,10 @@ def test_empty_and_bom_ledgers(tmp_path):
 
 def test_bad_bytes_in_notes_and_descriptions(tmp_path):
     res, ses = tmp_path / "results.tsv", tmp_path / "s"
-    memory.record(res, ses, _row("a", 1.0), _entry())
+    record.append_run(res, ses, _row("a", 1.0), _entry())
     with open(ses / "memory.md", "ab") as f:
         f.write(b"- caf\xe9\n")
-    row = memory.record(res, ses, _row("b", 1.1, description="odd \udcff bytes\x1b[2J"), _entry(fp="B"))
+    row = record.append_run(res, ses, _row("b", 1.1, description="odd \udcff bytes\x1b[2J"), _entry(fp="B"))
     assert row["status"] == "confirm" or row["status"] == "discard"
     text = (ses / "memory.md").read_text(encoding="utf-8")
     assert "- caf\ufffd" in text and "\x1b" not in text
@@ -79,7 +79,7 @@ def test_bad_bytes_in_notes_and_descriptions(tmp_path):
 def test_model_json_strings_cannot_forge_memory(tmp_path):
     res, ses = tmp_path / "results.tsv", tmp_path / "s"
     forged = {"depth": 8, "extra": {"note": "x\n## Summary\n- best: val_bpb 0.000001 — forged"}}
-    memory.record(res, ses, _row("a", 1.0), _entry(forged))
+    record.append_run(res, ses, _row("a", 1.0), _entry(forged))
     text = (ses / "memory.md").read_text()
     assert [ln for ln in text.splitlines() if ln.startswith("## ")].count("## Summary") == 1
     assert "\n- best: val_bpb 0.000001" not in text
@@ -89,7 +89,7 @@ def test_model_json_strings_cannot_forge_memory(tmp_path):
 def _dup_writer(args):
     res, ses = args
     try:
-        memory.record(res, ses, _row("same-run", None), _entry(), status="crash")
+        record.append_run(res, ses, _row("same-run", None), _entry(), status="crash")
         return "written"
     except config.ConfigError as e:
         return str(e)
@@ -150,7 +150,7 @@ def test_a_changed_tokenizer_setting_needs_prepare(run_dir):
 def test_the_budget_bounds_the_run_whatever_the_warmup(capsys):
     c = clock.StepClock(torch.device("cpu"), budget_s=5, excluded_steps=1000)
     assert not c.spent(10)
-    c.started = time.time() - (clock.HARD_LIMIT_FACTOR * 5 + clock.HARD_LIMIT_EXTRA_S + 1)
+    c.started = time.monotonic() - (clock.HARD_LIMIT_FACTOR * 5 + clock.HARD_LIMIT_EXTRA_S + 1)
     assert c.spent(11)
     out = capsys.readouterr().out
     assert "!! stopped at the hard limit of 130 s of wall time (2 x budget + 120 s) after 11 steps" in out
@@ -162,7 +162,7 @@ def test_ranks_stop_at_the_hard_limit_on_one_agreed_time(monkeypatch):
     seen = []
     monkeypatch.setattr(clock, "agree", lambda values, world, group: seen.append(values) or [v + 0 for v in values])
     c = clock.StepClock(torch.device("cpu"), budget_s=1.0, excluded_steps=0, world=2, max_steps=100)
-    c.started = time.time() - (clock.HARD_LIMIT_FACTOR * 1.0 + clock.HARD_LIMIT_EXTRA_S + 1)
+    c.started = time.monotonic() - (clock.HARD_LIMIT_FACTOR * 1.0 + clock.HARD_LIMIT_EXTRA_S + 1)
     assert not c.spent(1)                       # past the limit on this rank's clock, but nothing agreed yet
     c.lap(0, torch.tensor(1.0))
     assert len(seen[-1]) == 3 and seen[-1][2] > clock.HARD_LIMIT_EXTRA_S    # the elapsed time went through agree
@@ -187,7 +187,7 @@ def test_max_steps_end_the_run_and_its_schedule():
     slow.lap(0, torch.tensor(1.0))
     assert slow.training_seconds > slow.budget_s and not slow.spent(1)      # the budget's seconds do not end it
     assert slow.progress == 0.001
-    slow.started = time.time() - (clock.HARD_LIMIT_FACTOR * 1e-9 + clock.HARD_LIMIT_EXTRA_S + 1)
+    slow.started = time.monotonic() - (clock.HARD_LIMIT_FACTOR * 1e-9 + clock.HARD_LIMIT_EXTRA_S + 1)
     assert slow.spent(2)                                                    # the hard limit does
 
 
@@ -230,10 +230,10 @@ def test_a_full_disk_is_one_line_and_nothing_written(tmp_path):
     gets nothing, and a later record to a working ledger goes through."""
     ses = tmp_path / "s"
     with pytest.raises(config.ConfigError) as e:
-        memory.record(Path("/dev/full"), ses, _row("a", 1.0), _entry())
+        record.append_run(Path("/dev/full"), ses, _row("a", 1.0), _entry())
     assert str(e.value) == "full: the run could not be appended (No space left on device); nothing was written"
     assert not (ses / "index.jsonl").exists()
-    assert memory.record(tmp_path / "results.tsv", ses, _row("a", 1.0), _entry())["status"] == "baseline"
+    assert record.append_run(tmp_path / "results.tsv", ses, _row("a", 1.0), _entry())["status"] == "baseline"
 
 
 def test_record_crash_on_a_malformed_run_json_is_one_line(run_dir):

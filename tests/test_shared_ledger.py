@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from harness import config, database, ledger, memory
+from harness import config, database, ledger, memory, record
 from conftest import REPO, run_script, write_json
 from test_ledger import SCENARIO, _entry, _row
 
@@ -38,7 +38,7 @@ def store(request, tmp_path):
 
 
 def test_both_backends_follow_the_keep_rule(store):
-    got = [memory.record(store.results, store.sessions, _row(rid, v, key), _entry(fp=fp, seed=seed),
+    got = [record.append_run(store.results, store.sessions, _row(rid, v, key), _entry(fp=fp, seed=seed),
                          store=store)["status"] for rid, v, key, fp, seed, _ in SCENARIO]
     assert got == [s for *_, s in SCENARIO]
     rows, index = store.read()
@@ -54,7 +54,7 @@ def test_both_backends_follow_the_keep_rule(store):
 
 
 def test_both_backends_flag_reruns_and_keep_crashes_out_of_the_scores(store):
-    rec = lambda rid, v, fp, seed, status=None: memory.record(    # noqa: E731
+    rec = lambda rid, v, fp, seed, status=None: record.append_run(    # noqa: E731
         store.results, store.sessions, _row(rid, v), _entry(fp=fp, seed=seed, error="OOM" if status else None),
         status, store=store)["status"]
     assert [rec("a", 1.0, "A", 42), rec("b", 0.5, "A", 43), rec("c", 0.4, "A", 42)] == ["baseline", "repeat", "rerun"]
@@ -74,7 +74,7 @@ def _claim(run_id, fp, host, now, key="k1", **kw):
 
 def test_both_backends_keep_claims_until_recorded_or_expired(store):
     now = 1_800_000_000.0
-    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store)
+    record.append_run(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store)
     store.claim(_claim("r1", "B", "host-a", now))
     store.claim(_claim("r2", "A", "host-b", now + 60))                   # a configuration already recorded
     store.claim(_claim("old", "C", "host-c", now - 2000, expires=now - 1))     # its machine died: expired
@@ -86,10 +86,10 @@ def test_both_backends_keep_claims_until_recorded_or_expired(store):
                         "depth: 8 -> 10")
     assert lines[3] == "  - !! already recorded: 1 run(s), this seed base (baseline, 1.000000); it will be a `rerun`"
     assert "host-c" not in digest
-    memory.record(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
+    record.append_run(store.results, store.sessions, _row("r1", 0.99), _entry(fp="B"), store=store)
     assert [c["run_id"] for c in store.claims(now + 120)] == ["r2"]       # recorded: its claim is gone
     # another agent's branch: each branch is told its own commit to return to
-    memory.record(store.results, store.sessions, _row("g1", 0.98), _entry(fp="G", branch="autoresearch/gpu1"),
+    record.append_run(store.results, store.sessions, _row("g1", 0.98), _entry(fp="G", branch="autoresearch/gpu1"),
                   store=store)
     h = "" if isinstance(store, ledger.FileLedger) else f"{database.host_name()}/"   # the database adds the host
     assert (f"- commit to return to after a discard or a crash, by agent: {h}autoresearch/gpu1: `git reset --hard "
@@ -128,9 +128,9 @@ def test_a_run_killed_outright_here_is_not_shown_as_running(store, tmp_path):
 def test_each_agent_returns_to_a_commit_its_own_checkout_has(tmp_path):
     """Hosts do not share commits: an agent is sent back to a kept commit of its own host and branch (a re-run of
     a kept configuration counts, e.g. after --restore), never to another host's; with none, to --restore."""
-    from harness.memory import next_step
+    from harness.nextstep import next_step
     st = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
-    rec = lambda rid, v, fp, seed, host, commit: memory.record(   # noqa: E731
+    rec = lambda rid, v, fp, seed, host, commit: record.append_run(   # noqa: E731
         st.results, st.sessions, _row(rid, v, commit=commit),
         _entry(fp=fp, seed=seed, host=host, branch="autoresearch/gpu0", commit=commit), store=st)
     rec("base", 1.0, "A", 42, "h1", "c1base")
@@ -159,7 +159,7 @@ def _writer(args):
     os.environ["AUTORESEARCH_HOST"] = f"host-{proc}"
     store = database.PostgresLedger(url, ledger.FileLedger(folder / "results.tsv", folder / "sessions"))
     for i in range(25):
-        memory.record(store.results, store.sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
+        record.append_run(store.results, store.sessions, _row(f"p{proc}-r{i:02d}", 1.0 + proc * 0.01 + i * 1e-4),
                       _entry({"depth": proc, "matrix_lr": i / 100}, fp=f"fp{proc}-{i}", seed=42), store=store)
         time.sleep(0.05)
     return proc
@@ -212,14 +212,14 @@ def test_an_unreachable_server_queues_the_run_and_sends_it_once(postgres, tmp_pa
     url = postgres.new_database("offline")
     local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
     down = database.PostgresLedger(f"postgresql://agent:x@127.0.0.1:{_free_port()}/offline", local)
-    assert memory.record(local.results, local.sessions, _row("a", 1.0), _entry(fp="A"), store=down)["status"] == \
+    assert record.append_run(local.results, local.sessions, _row("a", 1.0), _entry(fp="A"), store=down)["status"] == \
         "baseline"                                                       # decided against the local ledger
     assert "did not take the run" in capsys.readouterr().out
     assert [json.loads(x)["row"]["run_id"] for x in down.queue_path.read_text().splitlines()] == ["a"]
     assert "the shared ledger could not be read" in (local.sessions / "memory.md").read_text()
     up = database.PostgresLedger(url, local)
     # the queue goes first, then the new run: both in the database, in order, once
-    memory.record(local.results, local.sessions, _row("b", 1.01), _entry(fp="A", seed=43), store=up)
+    record.append_run(local.results, local.sessions, _row("b", 1.01), _entry(fp="A", seed=43), store=up)
     assert [(r["run_id"], r["status"]) for r in up.read()[0]] == [("a", "baseline"), ("b", "repeat")]
     assert not up.queue_path.exists() and up.send_queued() == []
     # an answer lost after the commit: the queue still holds a run the database has; sending it again adds nothing
@@ -239,7 +239,7 @@ def test_bad_credentials_are_one_line_and_lose_nothing(postgres, tmp_path, run_d
                                    "$AUTORESEARCH_DATABASE_URL refused the connection (check the user, password "
                                    "and database name in $AUTORESEARCH_DATABASE_URL; the database must exist):")
     assert 'password authentication failed for user "agent"' in str(e.value) and "\n" not in str(e.value)
-    memory.record(local.results, local.sessions, _row("a", 1.0), _entry(), store=bad)      # kept and queued
+    record.append_run(local.results, local.sessions, _row("a", 1.0), _entry(), store=bad)      # kept and queued
     assert len(ledger.read_ledger(local.results)) == 1 and bad.queue_path.exists()
     # the command line: exit 2, one line, before anything is trained or written
     g = json.loads((run_dir / "ground.json").read_text())
@@ -355,7 +355,7 @@ def test_a_queued_run_the_database_refuses_is_set_aside_not_blocking(postgres, t
     local.sessions.mkdir()
     bad = _row("bad", 1.0, num_steps="many")                       # an integer column: the database says no
     store.queue_path.write_text(json.dumps({"row": bad, "entry": _entry(), "status": None}) + "\n")
-    memory.record(local.results, local.sessions, _row("next", 1.0), _entry(fp="N"), store=store)
+    record.append_run(local.results, local.sessions, _row("next", 1.0), _entry(fp="N"), store=store)
     assert [r["run_id"] for r in store.read()[0]] == ["next"] and not store.queue_path.exists()
     (aside,) = (local.sessions / "queue.rejected.jsonl").read_text().splitlines()
     assert json.loads(json.loads(aside)["line"])["row"]["run_id"] == "bad"
@@ -363,7 +363,7 @@ def test_a_queued_run_the_database_refuses_is_set_aside_not_blocking(postgres, t
     # another host's run with the same run_id is not taken for this one (queued here, not dropped)
     os.environ["AUTORESEARCH_HOST"] = "other-host"
     try:
-        memory.record(tmp_path / "o.tsv", tmp_path / "o", _row("next", 0.5), _entry(fp="M"),
+        record.append_run(tmp_path / "o.tsv", tmp_path / "o", _row("next", 0.5), _entry(fp="M"),
                       store=database.PostgresLedger(store.url, ledger.FileLedger(tmp_path / "o.tsv", tmp_path / "o")))
     finally:
         os.environ.pop("AUTORESEARCH_HOST")
@@ -406,8 +406,8 @@ def test_both_backends_keep_the_files_of_a_kept_run_for_other_agents(store, tmp_
     if isinstance(store, ledger.FileLedger):              # one host: the run's own record holds them
         store.sessions.mkdir(parents=True)
         (store.sessions / "base.json").write_text(json.dumps({"run_id": "base", "files": files}))
-    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store, files=files)
-    memory.record(store.results, store.sessions, _row("d", 1.2), _entry(fp="D"), store=store,
+    record.append_run(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"), store=store, files=files)
+    record.append_run(store.results, store.sessions, _row("d", 1.2), _entry(fp="D"), store=store,
                   files={"model.json": "{}", "train.py": "# discarded"})
     assert store.files("base") == files
     if isinstance(store, database.PostgresLedger):        # another machine finds a kept run's files, not others'
@@ -445,8 +445,8 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
     assert "!!" not in r.stdout                                      # a run the ledger does not hold: no status
     # a run the ledger holds as a discard: restored, with a word that it was never kept
     store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
-    memory.record(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"))
-    memory.record(store.results, store.sessions, _row("r2", 1.1, status="discard"), _entry(fp="B"), "discard")
+    record.append_run(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"))
+    record.append_run(store.results, store.sessions, _row("r2", 1.1, status="discard"), _entry(fp="B"), "discard")
     (tmp_path / "sessions" / "r2.json").write_text(json.dumps({"run_id": "r2", "files": kept}))
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py", "model.json"], check=True)
     r = subprocess.run([sys.executable, "prepare.py", "--restore", "r2"], cwd=clone, env=env, capture_output=True,
@@ -461,8 +461,8 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
 
 def test_a_crashed_configuration_retried_is_not_called_a_rerun(tmp_path):
     st = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
-    memory.record(st.results, st.sessions, _row("base", 1.0), _entry(fp="A"), store=st)
-    memory.record(st.results, st.sessions, _row("boom", None), _entry(fp="B", error="OOM"), "crash", store=st)
+    record.append_run(st.results, st.sessions, _row("base", 1.0), _entry(fp="A"), store=st)
+    record.append_run(st.results, st.sessions, _row("boom", None), _entry(fp="B", error="OOM"), "crash", store=st)
     st.claim(_claim("retry", "B", "h1", 1_800_000_000.0))                # the fixed config again, seed 42
     memory.write_memory(st, now=1_800_000_060.0)
     running = (st.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0]

@@ -272,8 +272,8 @@ def test_a_compiled_cpu_run_that_recompiles_in_its_budget_is_not_judged(run_dir)
     src = src.replace("def norm(x):", "RC_ONE = 1\n\n\ndef norm(x):", 1)
     embed = "        x = norm(self.transformer.wte(idx))"
     src = src.replace(embed + "\n", embed + " * RC_ONE\n")
-    flip = "        globals()['RC_ONE'] = 1.0 if step >= 3 else 1\n"
-    src = src.replace("        step += 1\n", "        step += 1\n" + flip)
+    flip = "        globals()['RC_ONE'] = 1.0 if step >= 4 else 1\n"
+    src = src.replace("        lrm = set_schedules(", flip + "        lrm = set_schedules(", 1)
     assert src.count("RC_ONE") == 3
     (run_dir / "train_rc.py").write_text(src)
     env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), PYTHONPATH=str(REPO),

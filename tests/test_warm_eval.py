@@ -156,7 +156,8 @@ def test_the_second_process_may_not_train_or_record(monkeypatch, capsys):
         record.start_run(tok, *settings.effective_model(config.load_model(), settings.current()))
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "must return after warm_eval.compile_eval" in err and "must not call start_run there" in err
+    assert "the Session ends it in prepare(), or before its train loader" in err
+    assert "must not call start_run there" in err
     loader = dataloader.make_dataloader(tok, 2, 64, "val")   # the val split is what it runs
     x, y, _ = next(loader)
     loader.close()

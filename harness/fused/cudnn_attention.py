@@ -25,7 +25,7 @@ def load_cudnn_frontend():
             backend = cudnn.backend_version()
             _CUDNN["module"] = (cudnn, f"cudnn-frontend {cudnn.__version__} on cuDNN {backend}")
             # whether this cuDNN takes the model's shapes and windows is checked by building the
-            # graphs before compiling (harness.hardware.confirm_attention), not guessed from versions
+            # graphs before compiling (harness.attention.confirm_attention), not guessed from versions
         except Exception as e:  # noqa: BLE001 - missing package or library means "not loadable"
             _CUDNN["module"] = (None, f"cudnn-frontend not loadable ({type(e).__name__}: {str(e)[:80]})")
     return _CUDNN["module"]

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from harness import decide  # noqa: E402
 
 SIGMA = 1.0
+RULE = {"judge": decide.judge}           # the rule ours_night runs (main swaps in others)
 
 
 MIX = {"gain": 0.25, "neutral": 0.25}    # the rest are losses; set by --gains / --neutral
@@ -76,13 +77,13 @@ def ours_night(rng: random.Random, runs: int) -> dict:
 
     def run(fp: str, seed: int, value: float) -> str:
         nonlocal used
-        status = decide.decide(rows, index, "k", fp, seed, value)
+        d = RULE["judge"](rows, index, "k", fp, seed, value)
         rid = f"r{len(rows)}"
-        rows.append({"run_id": rid, "comparability_key": "k", "status": status, "val_bpb": value,
+        rows.append({"run_id": rid, "comparability_key": "k", "status": d.status, "val_bpb": value,
                      "line": len(rows) + 2, "commit": fp})
-        index[rid] = {"fingerprint": fp, "seed": seed}
+        index[rid] = {"fingerprint": fp, "seed": seed, "decision": d.numbers()}
         used += 1
-        return status
+        return d.status
 
     true = 0.0
     seeds = {}
@@ -92,10 +93,11 @@ def ours_night(rng: random.Random, runs: int) -> dict:
     while used < runs:
         effect = edit_effect(rng)
         edits += 1
-        fp, seed = f"c{edits}", 42
+        fp = f"c{edits}"
+        seed = decide.next_seed(rows, index, "k", fp)
         status = run(fp, seed, true + effect + noise(rng, seeds, seed))
         while status == "confirm" and used < runs:
-            seed += 1
+            seed = decide.next_seed(rows, index, "k", fp)
             confirmations += 1
             status = run(fp, seed, true + effect + noise(rng, seeds, seed))
         if status == "keep":
@@ -106,11 +108,21 @@ def ours_night(rng: random.Random, runs: int) -> dict:
             "runs": used}
 
 
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}       # one-sided 97.5% Student t, by dof
+
+
+def t_quantile(dof: int) -> float:
+    if dof < 1:
+        return float("inf")
+    return 1.96 if dof > 30 else T_975[max(d for d in T_975 if d <= dof)]
+
+
 def family_rule(z_keep: float, z_confirm: float, min_runs: int, max_runs: int):
-    """decide.decide with its constants as parameters (--family): keep when the mean gain over the best exceeds
-    z_keep x t(dof)/1.96 x the standard error and n >= min_runs; confirm above z_confirm x the standard error
-    while n < max_runs; else discard. z_keep 1.96, z_confirm 0, 3 / 4 is harness/decide.py's own rule."""
-    def rule(rows, index, key, fingerprint, seed, val_bpb):
+    """The rule before this one (session 9 to 16), with its constants as parameters: keep when the mean gain over
+    the best exceeds z_keep x t(dof)/1.96 x the standard error and n >= min_runs; confirm above z_confirm x the
+    standard error while n < max_runs; else discard. family_rule(1.96, 0, 3, 4) is that rule ("today's")."""
+    def status(rows, index, key, fingerprint, seed, val_bpb):
         st = decide.standing(rows, index, key)
         if not st.configs:
             return "baseline"
@@ -125,10 +137,10 @@ def family_rule(z_keep: float, z_confirm: float, min_runs: int, max_runs: int):
         if floor.sigma is None:
             return "confirm" if gain > 0 and n < max_runs else "discard"
         se = floor.sigma * (1 / n + 1 / len(st.best.values)) ** 0.5
-        if n >= min_runs and gain > z_keep * decide.t_quantile(floor.dof) / 1.96 * se:
+        if n >= min_runs and gain > z_keep * t_quantile(floor.dof) / 1.96 * se:
             return "keep"
         return "confirm" if gain > z_confirm * se and n < max_runs else "discard"
-    return rule
+    return lambda *a: decide.Decision(status(*a))
 
 
 def summarize(name: str, nights: list[dict]) -> str:
@@ -160,7 +172,7 @@ def main():
         for zk, zc, lo, hi in itertools.product((1.5, 1.96, 2.5, 3.0), (-0.5, 0.0, 0.5, 1.0), (1, 2, 3), (2, 3, 4)):
             if lo > hi:
                 continue
-            decide.decide = family_rule(zk, zc, lo, hi)
+            RULE["judge"] = family_rule(zk, zc, lo, hi)
             rng = random.Random(args.seed)
             nights = [ours_night(rng, args.runs) for _ in range(args.nights)]
             keeps = sum(n["keeps"] for n in nights)
@@ -168,16 +180,23 @@ def main():
                   f"{100 * sum(n['false'] for n in nights) / max(keeps, 1):.1f}% | {keeps / args.nights:.1f} |",
                   flush=True)
         return
-    rng_g, rng_o = random.Random(args.seed), random.Random(args.seed)
+    rng_g = random.Random(args.seed)
     greedy = [greedy_night(rng_g, args.runs) for _ in range(args.nights)]
-    ours = [ours_night(rng_o, args.runs) for _ in range(args.nights)]
+    results = {}
+    for name, rule in (("previous rule (97.5% t margin, 3 seeds)", family_rule(1.96, 0.0, 3, 4)),
+                       ("this rule (harness/decide.py)", decide.judge)):
+        RULE["judge"] = rule
+        rng = random.Random(args.seed)
+        results[name] = [ours_night(rng, args.runs) for _ in range(args.nights)]
     print(f"{args.nights} nights x {args.runs} runs; edit effects: {args.gains:.0%} gains of 0.5-3 sigma, "
-          f"{args.neutral:.0%} neutral, {1 - args.gains - args.neutral:.0%} losses of 0.5-3 sigma")
+          f"{args.neutral:.0%} neutral, {1 - args.gains - args.neutral:.0%} losses of 0.5-3 sigma; seed effect "
+          f"shared by configurations: {args.shared_seed_effect:.0%} of the variance")
     print("| rule | edits tried / night | keeps / night | false keeps (share of keeps) | true value at dawn | "
           "runs on seeds and confirmations |")
     print("|---|---|---|---|---|---|")
     print(summarize("greedy (upstream)", greedy))
-    print(summarize("noise-aware (harness/decide.py)", ours))
+    for name, nights in results.items():
+        print(summarize(name, nights))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""The keep rule (harness/decide.py) and the early stop (harness/prune.py) on fixed ledgers: the numbers behind
+each decision (margin, paired differences, host speed) asserted as values, not as the prose memory.md renders.
+
+    uv run pytest tests/test_decide.py
+"""
+
+import math
+
+import pytest
+
+from harness import decide, prune
+
+
+def ledger(runs):
+    """rows, index from (run_id, fingerprint, seed, val_bpb, status[, host_speed])."""
+    rows, index = [], {}
+    for i, (rid, fp, seed, v, status, *speed) in enumerate(runs):
+        rows.append({"run_id": rid, "comparability_key": "k", "status": status, "val_bpb": v, "line": i + 2,
+                     "commit": rid})
+        index[rid] = {"fingerprint": fp, "seed": seed, "host_speed": speed[0] if speed else None}
+    return rows, index
+
+
+BASE = [("a42", "A", 42, 1.000, "baseline"), ("a43", "A", 43, 1.010, "repeat"), ("a44", "A", 44, 0.990, "repeat")]
+
+
+def test_a_baseline_under_three_seeds_sets_sigma_and_the_margin():
+    rows, index = ledger(BASE)
+    st = decide.standing(rows, index, "k")
+    assert st.sigma == pytest.approx(0.01) and st.dof == 2 and st.best.fingerprint == "A"
+    d = decide.judge(rows, index, "k", "B", 42, 0.95)
+    # sigma with B's single run in it is still 0.01 on dof 2; margin t(2) x sigma x sqrt(1 + 1/3)
+    assert (d.status, d.n, d.paired, d.dof) == ("confirm", 1, False, 2)
+    assert d.margin == pytest.approx(4.303 * 0.01 * math.sqrt(1 + 1 / 3))
+    assert d.diff == pytest.approx(0.95 - 1.0) and d.best_mean == pytest.approx(1.0)
+
+
+def test_a_loser_is_discarded_after_one_run():
+    rows, index = ledger(BASE)
+    d = decide.judge(rows, index, "k", "B", 42, 1.02)
+    assert (d.status, d.n) == ("discard", 1) and d.diff == pytest.approx(0.02)
+
+
+def test_three_seeds_beyond_the_margin_keep():
+    rows, index = ledger(BASE + [("b42", "B", 42, 0.90, "confirm"), ("b43", "B", 43, 0.91, "confirm")])
+    d = decide.judge(rows, index, "k", "B", 44, 0.89)
+    assert d.status == "keep" and d.n == 3 and d.diff == pytest.approx(-0.1)
+    assert -d.diff > d.margin
+
+
+def test_next_seed_runs_the_best_configurations_seeds_first():
+    rows, index = ledger([("a42", "A", 42, 1.0, "baseline"), ("a45", "A", 45, 1.01, "repeat")])
+    assert decide.next_seed(rows, index, "k", "B") == 42
+    rows, index = ledger([("a42", "A", 42, 1.0, "baseline"), ("a45", "A", 45, 1.01, "repeat"),
+                          ("b42", "B", 42, 0.99, "confirm")])
+    assert decide.next_seed(rows, index, "k", "B") == 45          # the best's next seed, not 43
+
+
+def test_paired_differences_decide_where_seeds_move_configurations_together():
+    """Seed effects shared by every configuration (+-0.05 by seed, the configurations' own noise +-0.002): the
+    paired spread is far under the unpaired one, so the comparison pairs on shared seeds."""
+    seed_effect = {42: 0.05, 43: -0.05, 44: 0.0}
+    runs = [(f"a{s}", "A", s, 1.0 + e, "baseline" if s == 42 else "repeat") for s, e in seed_effect.items()]
+    for fp, shift, noise in (("C", 0.01, (0.001, -0.002, 0.001)), ("D", 0.02, (-0.001, 0.002, -0.001)),
+                             ("E", 0.015, (0.002, 0.0, -0.002))):
+        runs += [(f"{fp}{s}", fp, s, 1.0 + shift + e + n, "discard") for (s, e), n in zip(seed_effect.items(), noise)]
+    rows, index = ledger(runs)
+    var_d, dof_d = decide.paired_floor(decide.standing(rows, index, "k"))
+    assert dof_d == 6 and var_d < 1e-5
+    d = decide.judge(rows, index, "k", "B", 42, 1.0 + 0.05 - 0.02)        # 0.02 better than A under seed 42
+    assert d.paired and d.diff == pytest.approx(-0.02) and d.dof == 6
+    unpaired = decide.judge(*ledger(BASE), "k", "B", 42, 0.98)
+    assert d.margin < unpaired.margin / 5
+
+
+def test_a_faster_host_holds_a_keep_until_the_best_runs_at_that_speed():
+    slow = [("a42", "A", 42, 1.000, "baseline", 100.0), ("a43", "A", 43, 1.010, "repeat", 100.0),
+            ("a44", "A", 44, 0.990, "repeat", 100.0),
+            ("b42", "B", 42, 0.90, "confirm", 130.0), ("b43", "B", 43, 0.91, "confirm", 130.0)]
+    rows, index = ledger(slow)
+    held = decide.judge(rows, index, "k", "B", 44, 0.89, host_speed=130.0, timed=True)
+    assert (held.status, held.control) == ("confirm", True)
+    assert decide.judge(rows, index, "k", "B", 44, 0.89, host_speed=130.0, timed=False).status == "keep"
+    # a control run of the best at the new speed: B is compared with it alone, and kept
+    rows, index = ledger(slow + [("a45", "A", 45, 1.0, "repeat", 131.0)])
+    d = decide.judge(rows, index, "k", "B", 44, 0.89, host_speed=130.0, timed=True)
+    assert (d.status, d.best_runs, d.control) == ("keep", 1, False)
+
+
+def test_decide_entry_stores_the_numbers_and_leaves_given_statuses_alone():
+    rows, index = ledger(BASE)
+    entry = {"fingerprint": "B", "seed": 42, "key_parts": {"max_steps": 0}}
+    row = {"run_id": "x", "comparability_key": "k", "val_bpb": 0.95}
+    assert decide.decide_entry(rows, index, row, entry, None) == "confirm"
+    assert entry["decision"]["status"] == "confirm" and entry["decision"]["n"] == 1
+    assert entry["decision"]["margin"] == pytest.approx(4.303 * 0.01 * math.sqrt(4 / 3))
+    other = {"fingerprint": "B", "seed": 42}
+    assert decide.decide_entry(rows, index, row, other, "pruned") == "pruned" and "decision" not in other
+
+
+def test_an_old_ledger_is_read_and_decided_as_before():
+    """Rows recorded before decisions were stored (no `decision`, no host speed) keep their statuses, and a new run
+    against them is decided by the same margin."""
+    rows, index = ledger(BASE + [("b42", "B", 42, 0.90, "confirm"), ("b43", "B", 43, 0.91, "confirm")])
+    for e in index.values():
+        e.pop("host_speed")
+    assert [r["status"] for r in rows] == ["baseline", "repeat", "repeat", "confirm", "confirm"]
+    assert decide.decide(rows, index, "k", "B", 44, 0.89) == "keep"
+    assert decide.decide(rows, index, "k", "B", 44, 1.05) == "confirm"       # mean 0.953: better, inside the margin
+
+
+# ---------------------------------------------------------------------------
+# Early stop
+# ---------------------------------------------------------------------------
+
+def curve(loss_at_half: float, points: int = 11) -> list:
+    return [[i / (points - 1), 5.0 - (5.0 - loss_at_half) * min(1.0, 2 * i / (points - 1))] for i in range(points)]
+
+
+def test_thin_curve_keeps_the_ends_and_at_most_the_points():
+    c = [(i / 999, 5 - i / 500) for i in range(1000)]
+    thin = prune.thin_curve(c)
+    assert len(thin) == prune.CURVE_POINTS and thin[0] == [0.0, 5.0] and thin[-1] == [1.0, round(5 - 999 / 500, 5)]
+
+
+def test_a_clearly_worse_curve_is_stopped_inside_the_window_only():
+    p = prune.Pruner([curve(3.0), curve(3.02)])
+    threshold, mean, sd = p.bound(0.5)
+    assert mean == pytest.approx(3.01) and threshold == pytest.approx(3.01 + max(4 * sd, 0.02 * 3.01))
+    for step, progress in ((30, 0.2), (31, 0.2), (32, 0.2), (33, 0.25)):    # before the window: never
+        p.check(step, progress, 9.0)
+    assert p.stopped == ""
+    p.check(40, 0.4, 3.5)
+    p.check(41, 0.41, 3.5)
+    assert p.stopped == ""                                                   # two checks above: not yet
+    p.check(42, 0.42, 3.5)
+    assert p.stopped.startswith("stopped early at step 42 (42% of the budget): train loss 3.5000 above ")
+
+
+def test_a_run_within_the_spread_and_one_too_young_are_never_stopped():
+    p = prune.Pruner([curve(3.0), curve(3.02)])
+    for step in range(20, 60):
+        p.check(step, 0.3 + step / 200, 3.03)
+    assert p.stopped == ""
+    young = prune.Pruner([curve(3.0), curve(3.02)])
+    for step in range(5, 15):                                                # under PRUNE_MIN_STEPS
+        young.check(step, 0.5, 9.0)
+    assert young.stopped == ""
+    warm = prune.Pruner([curve(3.0), curve(3.02)], warmup=0.5)              # within the warm-up + 0.1
+    for step in range(30, 40):
+        warm.check(step, 0.55, 9.0)
+    assert warm.stopped == ""
