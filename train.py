@@ -52,7 +52,7 @@ def has_ve(layer_idx, n_layer):
 def apply_rotary_emb(x, cos, sin):
     """Halves (x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin), written as x * cos + swap(x) * (sin, -sin)
     on a (..., 2, D/2) view: upstream's arithmetic bit for bit, but without slices and cat, so the
-    compiled backward needs no zero-filled slice_scatter (docs/PERFORMANCE.md, rotary row)."""
+    compiled backward needs no zero-filled slice_scatter (docs/records/2026-11-26_step-kernels-h100-h200/)."""
     halves = x.unflatten(-1, (2, -1))
     signed_sin = torch.stack([sin, -sin], -2)
     return (halves * cos.unsqueeze(-2) + halves.flip(-2) * signed_sin).flatten(-2)
@@ -314,7 +314,8 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__(param_groups, defaults={})
         self.ortho_dtype = ortho_dtype
         # The steps run uncompiled: compiling them cost ~12 s at every new model shape, for under 1% of a step
-        # (docs/PERFORMANCE.md). Their scalars are 0-d CPU tensors, read by the kernels without a device sync.
+        # (docs/records/2026-11-28_new-shape-overhead-h200/). Their scalars are 0-d CPU tensors, read by the
+        # kernels without a device sync.
         self._t = {k: torch.tensor(0.0) for k in ("step", "lr", "b1", "b2", "eps", "wd", "mom", "mlr", "mwd", "mb2")}
 
     @staticmethod

@@ -79,7 +79,7 @@ def attention_sdpa(q, k, v, window):
 
 def prefer_cudnn_sdpa(platform: dict) -> str:
     """Full-causal layers go through SDPA; on Hopper+ cuDNN's kernel is the fastest one there
-    (docs/PERFORMANCE.md, attention rows). Set once, for the whole process, before compilation;
+    (docs/records/2026-11-28_fa4-adoption-h100/). Set once, for the whole process, before compilation;
     returns the line to print."""
     cc = platform["capability"]
     if platform["device"] != "cuda" or not cc or cc[0] < 9 or not torch.backends.cudnn.is_available():

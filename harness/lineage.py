@@ -122,7 +122,8 @@ def unjudged_baseline(rows: list[dict], index: dict, key: str) -> tuple[dict, di
         return None
     run = next(r for r in earlier if r["comparability_key"] == prev and r["status"] in ACCEPTED
                and run_fingerprint(r, index) == best.fingerprint)
-    files = lambda r: (requested_model(index.get(r["run_id"], {})), index.get(r["run_id"], {}).get("train_py"))  # noqa: E731
+    def files(r):
+        return requested_model(index.get(r["run_id"], {})), index.get(r["run_id"], {}).get("train_py")
     ran = any(files(r) == files(run) for r in rows[first:] if r["comparability_key"] == key and is_scored(r))
     return None if ran else (run, base)
 

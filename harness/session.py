@@ -278,7 +278,8 @@ class Session:
         if jump := self.clock.clock_jump():
             print(f"!! the wall clock moved {jump:+.0f} s against the monotonic clock during training (NTP, a "
                   f"migrated VM): the budget was measured on the monotonic clock; only timestamps are off")
-        base = {"clock_jump_s": jump, "num_steps": self.step, "training_seconds": total_time, "curve": thin_curve(self.curve)}
+        base = {"clock_jump_s": jump, "num_steps": self.step, "training_seconds": total_time,
+                "curve": thin_curve(self.curve)}
         if self.pruner is not None and self.pruner.stopped:
             warm_eval.stop()
             shutdown(self.world)

@@ -15,11 +15,13 @@ import time
 import torch
 
 PROBE_N = {"cuda": 4096, "cpu": 256, "mps": 1024}     # square matmul size per device kind
-PROBE_S = 0.25                                         # seconds of timed matmuls (after one warm-up)
+PROBE_WINDOWS = 7                                      # timed windows; their median is the speed (a GPU's clocks
+PROBE_S = 0.35                                         # ramp and a shared host stalls: one window is not a figure)
 
 
 def host_speed(device: torch.device) -> float:
-    """GFLOP/s of repeated n x n matmuls (bf16 on CUDA, fp32 elsewhere) over about PROBE_S seconds."""
+    """GFLOP/s of repeated n x n matmuls (bf16 on CUDA, fp32 elsewhere): the median of PROBE_WINDOWS windows over
+    about PROBE_S seconds."""
     n = PROBE_N.get(device.type, 256)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -32,14 +34,19 @@ def host_speed(device: torch.device) -> float:
         elif device.type == "mps":
             torch.mps.synchronize()
 
-    a @ b
+    for _ in range(4):                                 # warm-up: kernels chosen, clocks up
+        a @ b
     sync()
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        for _ in range(4):
-            a @ b
-        reps += 4
-        sync()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= PROBE_S:
-            return 2 * n ** 3 * reps / elapsed / 1e9
+    rates = []
+    for _ in range(PROBE_WINDOWS):
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            for _ in range(4):
+                a @ b
+            reps += 4
+            sync()
+            elapsed = time.perf_counter() - t0
+            if elapsed >= PROBE_S / PROBE_WINDOWS:
+                break
+        rates.append(2 * n ** 3 * reps / elapsed / 1e9)
+    return sorted(rates)[len(rates) // 2]

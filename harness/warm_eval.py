@@ -10,7 +10,8 @@ model, and it exits if the training process goes away. If it fails or is not sta
 the graph itself, as before: the metric is the same either way (the same graph, compiled once).
 
 Its cost to the run: on a new shape it autotunes kernels on the same GPU for a few seconds of counted
-training (a fraction of a second of training lost on an H200, docs/PERFORMANCE.md). A thread cannot do its work:
+training (a fraction of a second of training lost on an H200:
+docs/records/2026-11-28_new-shape-overhead-h200/). A thread cannot do its work:
 dynamo's FX-tracing flag is process-wide.
 """
 

@@ -29,16 +29,19 @@ def test_a_baseline_under_three_seeds_sets_sigma_and_the_margin():
     st = decide.standing(rows, index, "k")
     assert st.sigma == pytest.approx(0.01) and st.dof == 2 and st.best.fingerprint == "A"
     d = decide.judge(rows, index, "k", "B", 42, 0.95)
-    # sigma with B's single run in it is still 0.01 on dof 2; margin t(2) x sigma x sqrt(1 + 1/3)
+    # sigma with its single run in it is still 0.01 on dof 2; margin KEEP_Z/1.96 x t(2) x sigma x sqrt(1 + 1/3)
     assert (d.status, d.n, d.paired, d.dof) == ("confirm", 1, False, 2)
-    assert d.margin == pytest.approx(4.303 * 0.01 * math.sqrt(1 + 1 / 3))
+    assert d.margin == pytest.approx(decide.KEEP_Z / 1.96 * 4.303 * 0.01 * math.sqrt(1 + 1 / 3))
     assert d.diff == pytest.approx(0.95 - 1.0) and d.best_mean == pytest.approx(1.0)
 
 
-def test_a_loser_is_discarded_after_one_run():
+def test_a_loser_or_a_gain_inside_half_a_standard_error_is_discarded_after_one_run():
     rows, index = ledger(BASE)
     d = decide.judge(rows, index, "k", "B", 42, 1.02)
     assert (d.status, d.n) == ("discard", 1) and d.diff == pytest.approx(0.02)
+    se = 0.01 * math.sqrt(1 + 1 / 3)                    # sigma x sqrt(1/n + 1/n_best)
+    assert decide.judge(rows, index, "k", "B", 42, 1.0 - 0.9 * decide.CONFIRM_Z * se).status == "discard"
+    assert decide.judge(rows, index, "k", "B", 42, 1.0 - 1.1 * decide.CONFIRM_Z * se).status == "confirm"
 
 
 def test_three_seeds_beyond_the_margin_keep():
@@ -93,7 +96,7 @@ def test_decide_entry_stores_the_numbers_and_leaves_given_statuses_alone():
     row = {"run_id": "x", "comparability_key": "k", "val_bpb": 0.95}
     assert decide.decide_entry(rows, index, row, entry, None) == "confirm"
     assert entry["decision"]["status"] == "confirm" and entry["decision"]["n"] == 1
-    assert entry["decision"]["margin"] == pytest.approx(4.303 * 0.01 * math.sqrt(4 / 3))
+    assert entry["decision"]["margin"] == pytest.approx(decide.KEEP_Z / 1.96 * 4.303 * 0.01 * math.sqrt(4 / 3))
     other = {"fingerprint": "B", "seed": 42}
     assert decide.decide_entry(rows, index, row, other, "pruned") == "pruned" and "decision" not in other
 
@@ -126,15 +129,17 @@ def test_thin_curve_keeps_the_ends_and_at_most_the_points():
 def test_a_clearly_worse_curve_is_stopped_inside_the_window_only():
     p = prune.Pruner([curve(3.0), curve(3.02)])
     threshold, mean, sd = p.bound(0.5)
-    assert mean == pytest.approx(3.01) and threshold == pytest.approx(3.01 + max(4 * sd, 0.02 * 3.01))
-    for step, progress in ((30, 0.2), (31, 0.2), (32, 0.2), (33, 0.25)):    # before the window: never
+    assert mean == pytest.approx(3.01) and threshold == pytest.approx(3.01 + max(4 * sd, 0.10 * 3.01))
+    for step, progress in ((30, 0.2), (31, 0.3), (32, 0.35), (33, 0.39)):   # before the window: never
         p.check(step, progress, 9.0)
     assert p.stopped == ""
-    p.check(40, 0.4, 3.5)
-    p.check(41, 0.41, 3.5)
+    p.check(40, 0.4, 3.7)                                                    # under 10% above the best's 3.402
+    assert p._over == 0
+    p.check(41, 0.41, 4.0)
+    p.check(42, 0.42, 4.0)
     assert p.stopped == ""                                                   # two checks above: not yet
-    p.check(42, 0.42, 3.5)
-    assert p.stopped.startswith("stopped early at step 42 (42% of the budget): train loss 3.5000 above ")
+    p.check(43, 0.43, 4.0)
+    assert p.stopped.startswith("stopped early at step 43 (43% of the budget): train loss 4.0000 above ")
 
 
 def test_a_run_within_the_spread_and_one_too_young_are_never_stopped():

@@ -322,8 +322,8 @@ def test_commands_start_the_next_run_as_this_one_was_started(tmp_path):
         "re-run it unchanged under another seed: uv run torchrun --standalone --nproc_per_node=4 train.py --seed 43")
     record.append_run(res, ses, _row("b", 1.0, commit="c1"), _entry(None, "A", seed=43, commit="c1", parent="c0"))
     rows, index = ledger.read_ledger(res), ledger.read_index(ses)     # an entry from before launches were kept
-    assert nextstep.next_step(rows[-1], rows, index, "main").endswith("a third seed narrows it, usually: uv run train.py "
-                                                             "--seed 44")
+    assert nextstep.next_step(rows[-1], rows, index, "main").endswith(
+        "a third seed narrows it, usually: uv run train.py --seed 44")
     record.append_run(res, ses, _row("c", 0.9, commit="c2"), _entry({"depth": 9}, "C", commit="c2", parent="c1",
                                                                key_parts={"world": 2}, launch={"per_node": 1}))
     assert [r["status"] for r in ledger.read_ledger(res)][-1] == "confirm"

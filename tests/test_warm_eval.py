@@ -1,5 +1,6 @@
 """The eval's graph compiled by a second process (harness/warm_eval.py): when it starts, what it runs, what it may
-not do, how the eval learns how it ended. On the GPU: tests/bench/bench_overhead.py (docs/PERFORMANCE.md)."""
+not do, how the eval learns how it ended. On the GPU: tests/bench/bench_overhead.py
+(docs/records/2026-11-28_new-shape-overhead-h200/)."""
 
 import json
 import os

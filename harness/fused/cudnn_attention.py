@@ -4,7 +4,7 @@
 
 PyTorch's SDPA reaches cuDNN's fused attention only for full-causal masks; the frontend's graph
 API also takes a diagonal band, so the windowed ('S') layers run on the same kernel
-(docs/PERFORMANCE.md, attention rows). Graphs are built once per shape and kept.
+(docs/records/2026-11-26_step-kernels-h100-h200/). Graphs are built once per shape and kept.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ wait. Here the bulk-copy engine fetches the activation tile into shared memory a
 tile, while the tensor cores work, and the next tile's first operand loads overlap this tile's last
 products and its epilogue. It is faster than the
 Triton kernel at the default shape; as the forward (no activation in, relu^2 out) it was slower, so the
-forward keeps the Triton kernel (docs/PERFORMANCE.md, fused MLP rows; tests/bench/bench_mlp.py).
+forward keeps the Triton kernel (docs/records/2026-11-26_step-kernels-h100-h200/; tests/bench/bench_mlp.py).
 wgmma is Hopper's instruction: Blackwell and later keep the Triton kernels.
 
 Gluon is Triton's experimental explicit-layout dialect and its names move between releases, so

@@ -9,7 +9,8 @@ synchronized: the model's first forward+backward (its compilation), the optimize
 forward's first call (no_grad, reduction="none": another graph), and the same calls once more (their steady
 cost, to subtract). A depth edit changes the width too (depth x aspect_ratio), so every shape changes.
 Variants: `static` is train.py's own compilation; `dynamic-model` compiles the model with dynamic shapes
-(measured slower to compile and not reused: docs/PERFORMANCE.md); `compiled-opt` compiles the AdamW/Muon
+(measured slower to compile and not reused: docs/records/2026-11-28_first-step-compile-h100/);
+`compiled-opt` compiles the AdamW/Muon
 steps (train.py runs them uncompiled); `no-pw-autotune` turns inductor's pointwise autotuning off and
 `no-patterns` its pattern-matcher passes, `no-loop-order` its loop re-ordering after fusion, `lean` both;
 `warm-pool` starts inductor's compile workers before the model is
@@ -41,7 +42,8 @@ def compile_regions(train, model) -> None:
     """Variant `regions`, a candidate for processor.compile = "blocks": the stem, each layer with its residual mix
     and value embedding (one graph per kind of layer, reused by every layer of that kind) and the head compiled
     apart, so that only the loop over layers runs eagerly; train.py's blocks scope leaves the mix, the value
-    embeddings, the norms, lm_head and the loss eager (12.5% of the step, docs/PERFORMANCE.md)."""
+    embeddings, the norms, lm_head and the loss eager (12.5% of the step,
+    docs/records/2026-11-27_overhead-block-compile-h200/)."""
     import torch
     import torch.nn.functional as F
 

@@ -8,7 +8,8 @@ inductor/triton caches, `warm` again on the same caches. Prints the run's start-
 functions with the most cumulative and the most own time (the .prof files land in --out for pstats or
 snakeviz). cProfile slows Python-heavy work (the compiler) and loses some frames under torch.compile's frame
 evaluation, so read it for what dominates, not for exact seconds: this is how the bytecode recompilation at
-every start-up was found (`builtins.compile` under `importlib`'s `get_code`, docs/PERFORMANCE.md).
+every start-up was found (`builtins.compile` under `importlib`'s `get_code`,
+docs/records/2026-11-28_bytecode-cache-h200/).
 """
 
 import argparse
