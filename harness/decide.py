@@ -51,8 +51,9 @@ KEEP_Z = 2.3                    # the margin: KEEP_Z x t(dof)/1.96 x the standar
                                 # sequential looks of up to four seeds spend more than one test's error
 CONFIRM_Z = 0.5                 # another seed while the gain exceeds CONFIRM_Z x the standard error: a run only
                                 # slightly better than the best is discarded at once (a sequential early discard)
-PAIRED_MIN_DOF = 4              # paired differences decide once their own spread rests on this many dof,
-PAIRED_MAX_RATIO = 0.5          # and their variance is under this share of the unpaired one
+PAIRED_MIN_DOF = 4              # paired differences decide once their own spread rests on this many dof, and the
+PAIRED_MAX_RATIO = 0.6          # upper 95% bound of their variance is under this share of the unpaired one (a
+                                # bound, not the estimate: choosing on a small estimate would choose its luck)
 SPEED_TOLERANCE = 0.10          # host-speed probes further apart than this share are not comparable (the probe
                                 # itself spreads 4.6% on an idle H100: docs/records/2026-12-07_noise-model-h100)
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
@@ -157,6 +158,20 @@ def paired_floor(st: Standing) -> tuple[float | None, int]:
     return (ss / dof if dof else None), dof
 
 
+def chi2_lower_05(dof: int) -> float:
+    """The 5% quantile of chi-square with dof degrees of freedom (Wilson-Hilferty; within 2% from dof 3 on)."""
+    k = max(dof, 1)
+    return k * max(1 - 2 / (9 * k) - 1.645 * math.sqrt(2 / (9 * k)), 0.01) ** 3
+
+
+def paired_is_tighter(var_d: float | None, dof_d: int, sigma: float) -> bool:
+    """True when the paired differences' variance is, at 95% confidence, under PAIRED_MAX_RATIO of the unpaired
+    one (2 sigma^2): the seeds move configurations together, measured, not hoped."""
+    if var_d is None or dof_d < PAIRED_MIN_DOF:
+        return False
+    return var_d * dof_d / chi2_lower_05(dof_d) < PAIRED_MAX_RATIO * 2 * sigma ** 2
+
+
 def t_quantile(dof: int) -> float:
     """One-sided 97.5% quantile of Student's t (the next smaller tabled dof: never narrower); 1.96 beyond 30."""
     if dof < 1:
@@ -206,7 +221,7 @@ def _compare(st: Standing, values: list, seeds: list, speeds: list, timed: bool)
             best_seeds = [best_seeds[i] for i in keep] or best_seeds
     var_d, dof_d = paired_floor(st)
     shared = [s for s in seeds if s is not None and s in best_seeds]
-    if shared and var_d is not None and dof_d >= PAIRED_MIN_DOF and var_d < PAIRED_MAX_RATIO * 2 * st.sigma ** 2:
+    if shared and paired_is_tighter(var_d, dof_d, st.sigma):
         mine_by, best_by = dict(zip(seeds, values)), dict(zip(best_seeds, best_vals))
         diff = sum(mine_by[s] - best_by[s] for s in shared) / len(shared)
         return diff, math.sqrt(var_d / len(shared)) / st.sigma, dof_d, True, len(shared), control

@@ -155,3 +155,12 @@ def test_a_run_within_the_spread_and_one_too_young_are_never_stopped():
     for step in range(30, 40):
         warm.check(step, 0.55, 9.0)
     assert warm.stopped == ""
+
+
+def test_pairing_needs_the_upper_bound_of_the_paired_spread_not_a_lucky_estimate():
+    """At dof 4 a paired variance of 0.4 x the unpaired one is what chance gives a quarter of the time with no seed
+    effect at all: not enough. At dof 10, 0.05 x is (its upper 95% bound, 0.13 x, is under PAIRED_MAX_RATIO)."""
+    assert decide.chi2_lower_05(10) == pytest.approx(3.940, rel=0.01)
+    assert not decide.paired_is_tighter(0.4 * 2, 4, 1.0)
+    assert decide.paired_is_tighter(0.05 * 2, 10, 1.0)
+    assert not decide.paired_is_tighter(None, 0, 1.0) and not decide.paired_is_tighter(0.0, 3, 1.0)
