@@ -65,8 +65,13 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env:
                 f"(not judged, not evidence for anything); go back: {back}; if the edit starts slow by design (a "
                 f"longer warm-up, a schedule that pays off late), set \"prune\": false in model.json, `git commit -a "
                 f"--amend`, and run again")
-    if status == "rerun":
-        return "this configuration already ran with this seed: nothing was judged; change something, or use --seed"
+    if status == "rerun":          # e.g. a comment-only edit: the same configuration (train.py's code is hashed
+        return (f"this configuration already ran with this seed: nothing was judged (a comment-only edit trains the "
+                f"same configuration); change something, and go back first if you like: {back}; or measure it under "
+                f"another seed: {again(next_seed(rows, index, key, fp))}")
+    if status == "interrupted":
+        seed = index.get(row["run_id"], {}).get("seed")
+        return f"interrupted (a signal, not the edit): run this commit again unchanged: {again(seed)}; or {back}"
     if status == "discard":
         return back
     if _killed(index.get(row["run_id"], {})):           # often recorded late: it may have been run again since

@@ -246,3 +246,24 @@ def test_record_crash_on_a_malformed_run_json_is_one_line(run_dir):
     assert r.returncode == 2 and not (run_dir / "results.tsv").exists()
     assert r.stderr.strip() == (f"error: {rid}.json: not a run record (JSONDecodeError); record this run by hand or "
                                 "remove the log")
+
+
+@pytest.mark.parametrize("jump", [3600.0, -3600.0])
+def test_a_wall_clock_jump_moves_neither_the_budget_nor_the_hard_stop(monkeypatch, jump):
+    """time.time() stepped by an hour after the clock starts (NTP, a migrated VM): the budget, the hard limit and
+    training_seconds run on the monotonic clock; clock_jump() reports the step, which the Session prints with `!!`."""
+    c = clock.StepClock(torch.device("cpu"), budget_s=0.2, excluded_steps=1)      # step 0 (imports, compile) apart
+    c.start()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + jump)
+    steps = 0
+    while not c.spent(steps):
+        for _ in c.lap(steps, torch.tensor(1.0)):
+            pass
+        steps += 1
+        time.sleep(0.02)
+    assert 0.2 <= c.training_seconds < 1.0                     # the budget's seconds, not an hour or none
+    assert 5 <= steps < 60
+    assert c.clock_jump() == pytest.approx(jump, abs=1.0)
+    monkeypatch.setattr(time, "time", real)
+    assert c.clock_jump() == 0.0                               # within CLOCK_JUMP_S: nothing to say
