@@ -27,6 +27,7 @@ Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   lineage       which run each run built on, the commit to return to, the commands a run prints
   identity      what identifies a run: commit, configuration fingerprint, host, the comparability key
   ledger        results.tsv: append-only under a file lock, one strict parser
+  pgconn        the shared database's tables, its connection (URL kept secret, retries) and the local queue
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
   plot          sessions/progress.png: the progress plot, redrawn after every run
   digest        the values memory.md and `next:` read from the ledger, computed once

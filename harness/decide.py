@@ -30,6 +30,7 @@ A `pruned` run (stopped early by harness/prune.py) is never scored: it is a disc
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 
@@ -37,6 +38,29 @@ ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
 UNSCORED = ("crash", "interrupted", "pruned")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
 FIRST_SEED = 42                 # train.py's default --seed
+
+
+class ErrorKind(str, enum.Enum):
+    """What kind of crash a run's `error` is, stored beside it in the index entry (`error_kind`): the readers that
+    act on it (memory.md's counts, `next:`) read this field, never the text."""
+    KILLED = "killed"                  # killed outright (OOM killer, SIGKILL); recorded afterwards from its log
+    RECOMPILED = "recompiled"          # a graph compiled in counted steps: budget seconds went to the compiler
+    STOPPED_SHORT = "stopped_short"    # under max_steps, the hard limit ended it before them
+
+
+# the text each kind's error began with before the field existed: how entries of older ledgers are read
+LEGACY_PREFIXES = {ErrorKind.KILLED: "killed: ", ErrorKind.RECOMPILED: "recompiled after the warm-up",
+                   ErrorKind.STOPPED_SHORT: "stopped at step"}
+
+
+def error_kind(entry: dict) -> ErrorKind | None:
+    """The kind of a run's crash: its index entry's `error_kind`, or for an entry written before the field, the
+    prefix its error text began with."""
+    kind = entry.get("error_kind")
+    if kind in ErrorKind._value2member_map_:
+        return ErrorKind(kind)
+    text = str(entry.get("error") or "")
+    return next((k for k, prefix in LEGACY_PREFIXES.items() if text.startswith(prefix)), None)
 
 # ---------------------------------------------------------------------------
 # The rule's parameters, in one place: chosen by tests/bench/bench_keep_rule.py on the measured noise model

@@ -13,11 +13,12 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from harness.decide import ACCEPTED, is_scored, run_fingerprint, standing
+from harness.decide import (ACCEPTED, LEGACY_PREFIXES, ErrorKind, error_kind, is_scored, run_fingerprint,
+                            standing)
 from harness.ledger import STATUSES, clean_text
 from harness.lineage import flatten, requested_model
 
-KILLED = "killed: "            # the reason's prefix of a run killed outright (harness.recover.record_crash_from_log)
+KILLED = LEGACY_PREFIXES[ErrorKind.KILLED]    # how a killed run's reason reads (harness.recover writes the kind too)
 
 
 def _v(v) -> str:
@@ -95,7 +96,7 @@ def since_last_improvement(since: list[dict], index: dict) -> str:
 
 def _killed(entry: dict) -> bool:
     """A run killed outright (OOM killer, a timeout's SIGKILL, a machine reset), recorded from its log."""
-    return str(entry.get("error") or "").startswith(KILLED)
+    return error_kind(entry) is ErrorKind.KILLED
 
 
 def running_now(rows: list[dict], index: dict, claims: list[dict], now: float, best: dict | None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from harness.decide import ACCEPTED, is_scored, run_fingerprint, standing
+from harness.decide import ACCEPTED, LEGACY_PREFIXES, ErrorKind, error_kind, is_scored, run_fingerprint, standing
 
 KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
 KEY_LABELS = {"val": "val file", "tok": "tokenizer", "T": "max_seq_len", "eval": "eval tokens",
@@ -32,21 +32,24 @@ def flatten(d: dict | None) -> dict:
     return flat
 
 
-RECOMPILED, STOPPED_SHORT = "recompiled after the warm-up", "stopped at step"   # harness/record.py's not-comparable
+RECOMPILED, STOPPED_SHORT = LEGACY_PREFIXES[ErrorKind.RECOMPILED], LEGACY_PREFIXES[ErrorKind.STOPPED_SHORT]
 
 
-def not_judged(error: str, back: str) -> str | None:
+def not_judged(entry: dict, back: str) -> str | None:
     """`next:` for a finished run recorded as a crash because it measured something else than its configuration
-    (harness/record.py `_not_comparable`, from its reason), with `back` the way back; None for any other crash."""
-    if error.startswith(RECOMPILED):     # a value that changes between steps, read by the compiled model
+    (harness/record.py `_not_comparable`: its index entry's error_kind), with `back` the way back; None for any
+    other crash."""
+    kind, error = error_kind(entry), str(entry.get("error") or "")
+    if kind is ErrorKind.RECOMPILED:     # a value that changes between steps, read by the compiled model
         return ("recompiled after the warm-up: not judged; find the cause (`TORCH_LOGS=recompiles` in front of the "
                 "run command prints it, beside the eval's expected one, grad_mode; that run is recorded too), make "
                 "the value that changes between steps a tensor or a constant (a shape meant to change: "
                 "torch._dynamo.mark_dynamic, or run every shape within the warm-up steps), `git commit -a --amend`, "
                 f"and run again; or give up on it: {back}")
-    if error.startswith(STOPPED_SHORT):  # the hard limit, under max_steps: a slower step or a loaded host
-        fit = re.search(r"about (\d+) steps fit", error)
-        example = f" (e.g. {fit.group(1)}, the steps that fit the budget at this run's pace)" if fit else ""
+    if kind is ErrorKind.STOPPED_SHORT:  # the hard limit, under max_steps: a slower step or a loaded host
+        legacy = re.search(r"about (\d+) steps fit", error)           # entries written before fit_steps
+        fit = entry.get("fit_steps") or (int(legacy.group(1)) if legacy else None)
+        example = f" (e.g. {fit}, the steps that fit the budget at this run's pace)" if fit else ""
         return (f"{error.split(' (')[0]}, by the hard limit: not judged; if your edit slowed the step, make it faster, "
                 f"`git commit -a --amend` and run again, or give up on it: {back}; if the commit you return to stops "
                 f"short too, lower max_steps in ground.json's profile{example}, in a commit of its own (a new key), "

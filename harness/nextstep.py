@@ -84,6 +84,6 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env:
                 else f"killed outright: if the edit made it too slow or too large, fix that, `git commit -a --amend` "
                 f"and run again; if the host or you stopped it, run this commit again unchanged: {again(seed)}; or "
                 f"give up: {back}")
-    if said := not_judged(str(index.get(row["run_id"], {}).get("error") or ""), back):   # measured something else
+    if said := not_judged(index.get(row["run_id"], {}), back):          # measured something else
         return said
     return f"fix a trivial bug, `git commit -a --amend`, and run again; or give up on it: {back}"

@@ -25,7 +25,7 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform
 from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, host_name, keeping_ground,
                                key_of, key_parts, launch_info, library_versions, train_py_functions, trained_files)
-from harness.decide import floor_step_spread, is_scored, run_fingerprint, standing
+from harness.decide import ErrorKind, floor_step_spread, is_scored, run_fingerprint, standing
 from harness.database import open_ledger
 from harness.ledger import LEGACY_KEY, FileLedger, claim_state, clean_text, process_claim
 from harness.lineage import RECOMPILED, STOPPED_SHORT, env_prefix, parent_run
@@ -198,10 +198,12 @@ class Run:
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         compiled = metrics.get("compiled_in_budget")           # None: not measured (a crash, an interrupt)
         row = self._row(metrics)
+        kind = fit = None
         if status is None and (short := self._not_comparable(metrics)):      # not a measure of the idea
-            status, row["val_bpb"], error = "crash", None, short
+            (kind, error, fit), status, row["val_bpb"] = short, "crash", None
             print(f"!! {error}")
         index_entry = dict(self._index_entry(error), epochs=metrics.get("epochs"), curve=metrics.get("curve"),
+                           **({"error_kind": kind.value, "fit_steps": fit} if kind else {}),
                            host_speed=self.record.get("host_speed"),
                            compiled_in_budget=None if compiled is None else int(compiled))
         if (metrics.get("epochs") or 0) > EPOCHS_WARN:
@@ -247,7 +249,7 @@ class Run:
     def _index_entry(self, error: str | None) -> dict:
         return run_entry(self.record, error)
 
-    def _not_comparable(self, metrics: dict) -> str | None:
+    def _not_comparable(self, metrics: dict) -> tuple[ErrorKind, str, int | None] | None:
         """Why a finished run measured something else than its configuration, or None: under max_steps it stopped
         short of them (the hard limit); under a time budget a graph compiled in counted steps took budget seconds,
         as many as the compile cache made it (harness/clock.py). Recorded as a crash with this reason."""
@@ -258,10 +260,11 @@ class Run:
             fit = self.s.excluded_steps + int(timed * self.s.time_budget_s / pace) if pace and timed > 0 else 0
             why = (f"{graphs} graph(s) compiled in counted steps; " if graphs else          # their seconds, not a pace
                    f"about {fit} steps fit the budget; " if 0 < fit < self.s.max_steps else "")
-            return f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} ({why}val_bpb {v}, not judged)"
+            return (ErrorKind.STOPPED_SHORT, f"{STOPPED_SHORT} {steps} of max_steps {self.s.max_steps} ({why}val_bpb "
+                    f"{v}, not judged)", fit if 0 < fit < self.s.max_steps and not graphs else None)
         if metrics.get("compiled_in_budget") and not self.s.max_steps:
-            return (f"{RECOMPILED}: {int(metrics['compiled_in_budget'])} graph(s) compiled in counted steps (val_bpb "
-                    f"{v}, not judged: the compile took budget seconds)")
+            return (ErrorKind.RECOMPILED, f"{RECOMPILED}: {int(metrics['compiled_in_budget'])} graph(s) compiled in "
+                    f"counted steps (val_bpb {v}, not judged: the compile took budget seconds)", None)
         return None
 
     def announce(self, rows: list[dict], index: dict) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import settings
 from harness.config import REPO_DIR, ConfigError
 from harness.database import open_ledger
+from harness.decide import ErrorKind
 from harness.digest import KILLED
 from harness.identity import harness_env, host_name
 from harness.ledger import claim_state
@@ -70,6 +71,8 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     raised = bool(errs) and re.search(r"\w(Error|Exception)\b", reason) and not re.search(r"[Kk]illed", reason)
     error = reason if raised else KILLED + reason      # a raised exception the run could not record is the edit's
     row, entry = run_row(run_id, rec, {}), run_entry(rec, error)
+    if not raised:
+        entry["error_kind"] = ErrorKind.KILLED.value
     row = append_run(results, sessions, row, entry, status="crash", store=store)
     rec.update(status="crash", error=entry["error"])
     atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))

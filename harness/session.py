@@ -206,6 +206,8 @@ class Session:
     def steps(self):
         """Step numbers from 0 until the budget is spent, max_steps are done, or the run is stopped early. The loop's
         body ends each step with run.lap(loss)."""
+        if self.graph_only:                     # the warm eval's copy never trains, whatever train.py's loop does
+            os._exit(0)
         if self.model is None:
             self._crash("train.py did not call run.prepare(model) before run.steps()")
         s = self.s

@@ -164,3 +164,13 @@ def test_pairing_needs_the_upper_bound_of_the_paired_spread_not_a_lucky_estimate
     assert not decide.paired_is_tighter(0.4 * 2, 4, 1.0)
     assert decide.paired_is_tighter(0.05 * 2, 10, 1.0)
     assert not decide.paired_is_tighter(None, 0, 1.0) and not decide.paired_is_tighter(0.0, 3, 1.0)
+
+
+def test_error_kinds_are_read_from_the_field_and_from_older_entries_text():
+    assert decide.error_kind({"error_kind": "killed", "error": "whatever it says"}) is decide.ErrorKind.KILLED
+    assert decide.error_kind({"error": "killed: no error message; last output: step 3"}) is decide.ErrorKind.KILLED
+    assert decide.error_kind({"error": "recompiled after the warm-up: 1 graph(s)"}) is decide.ErrorKind.RECOMPILED
+    assert decide.error_kind({"error": "stopped at step 9 of max_steps 20 (...)"}) is decide.ErrorKind.STOPPED_SHORT
+    # a raised exception whose text happens to start like a kind is not one when the entry says which it is
+    assert decide.error_kind({"error_kind": None, "error": "ValueError: killed: x"}) is None
+    assert decide.error_kind({}) is None
