@@ -27,8 +27,7 @@ from harness.util import atomic_write_text
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
                   "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
                   "timestamp")
-# harness.decide
-STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "pruned", "crash", "interrupted")
+STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "pruned", "crash", "interrupted")  # decide
 _FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M",
                "num_params_M")
 _REQUIRED_COLS = ("commit", "val_bpb", "status", "description")

@@ -236,13 +236,8 @@ class Run:
     def step_spread(self, rows: list[dict], index: dict) -> str | None:
         """The `!!` line when the runs this run's decision rests on trained different step counts (the machine's
         speed varied under a time budget), else None."""
-        if self.s.max_steps:
-            return None
-        st = standing(rows, index, self.key)
-        spread = floor_step_spread(rows, index, self.key, st)
-        if spread is None:
-            return None
-        return (f"!! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed moved val_bpb as "
+        spread = None if self.s.max_steps else floor_step_spread(rows, index, self.key, standing(rows, index, self.key))
+        return None if spread is None else (f"!! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed moved val_bpb as "
                 f"much as an edit could; this decision mixes the two. Set max_steps (e.g. {spread[2]}) in "
                 f"ground.json's profile, in a commit of its own (a new key)")
 

@@ -267,3 +267,35 @@ def test_a_wall_clock_jump_moves_neither_the_budget_nor_the_hard_stop(monkeypatc
     assert c.clock_jump() == pytest.approx(jump, abs=1.0)
     monkeypatch.setattr(time, "time", real)
     assert c.clock_jump() == 0.0                               # within CLOCK_JUMP_S: nothing to say
+
+
+def test_a_queue_emptied_by_another_process_is_an_empty_queue(tmp_path):
+    """The race of issue 34: a send that found queue.jsonl, then lost it to another process's send before reading
+    it, raised FileNotFoundError and the run went unrecorded. The queue is read under the lock only, and a missing
+    file is an empty queue; a line the database refuses moves aside with the reason."""
+    import threading
+    from harness.database import Rejected
+    from harness.pgconn import Queue
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    q = Queue(tmp_path / "sessions" / "queue.jsonl", local)
+    q.put({"row": {"run_id": "a"}, "entry": {}, "status": None})
+    q.put({"row": {"run_id": "b"}, "entry": {}, "status": None})
+    with local.lock():                                   # another process holds the lock and empties the queue
+        t = threading.Thread(target=lambda: out.append(q.send(lambda item: "keep")))
+        out = []
+        t.start()
+        time.sleep(0.3)
+        assert out == []                                 # waiting for the lock, not reading
+        q.path.unlink()
+    t.join(timeout=10)
+    assert out == [[]] and not q.path.exists()
+
+    def insert(item):
+        if item["row"]["run_id"] == "bad":
+            raise Rejected("no privilege")
+        return "discard"
+    q.put({"row": {"run_id": "bad"}, "entry": {}, "status": None})
+    q.put({"row": {"run_id": "c"}, "entry": {}, "status": None})
+    assert q.send(insert) == [{"run_id": "c", "status": "discard"}] and not q.path.exists()
+    moved = [json.loads(line) for line in (tmp_path / "sessions" / "queue.rejected.jsonl").read_text().splitlines()]
+    assert len(moved) == 1 and moved[0]["reason"] == "no privilege"
