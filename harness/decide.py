@@ -155,12 +155,22 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
         c.seeds.append(seed)
         c.speeds.append(entry.get("host_speed"))
         c.accepted = c.accepted or r["status"] in ACCEPTED
-    dof = sum(len(c.values) - 1 for c in configs.values())
-    ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in configs.values())
+    floor = [c for c in configs.values() if not any(_copy_of(c, o) for o in configs.values() if o is not c
+                                                     and o.first_line < c.first_line)]
+    dof = sum(len(c.values) - 1 for c in floor)
+    ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in floor)
     sigma = math.sqrt(ss / dof) if dof > 0 else None
     accepted = [c for c in configs.values() if c.accepted]
     best = min(accepted, key=lambda c: (c.mean, c.first_line)) if accepted else None
     return Standing(configs, sigma, dof, best)
+
+
+def _copy_of(c: Config, other: Config) -> bool:
+    """c reproduced `other` bit for bit on every seed it ran (an edit that trains the same model: an unused model.json
+    key, a comment): its runs measure nothing new, and counted again they would narrow the floors."""
+    theirs = other.by_seed()
+    return bool(c.seeds) and all(s is not None and theirs.get(s) == v for s, v in c.by_seed().items()) and \
+        len(c.by_seed()) == len(c.values)
 
 
 def paired_floor(st: Standing) -> tuple[float | None, int]:
@@ -172,8 +182,8 @@ def paired_floor(st: Standing) -> tuple[float | None, int]:
     for a in accepted:
         va = a.by_seed()
         for c in st.configs.values():
-            if c is a or (c.accepted and c.first_line < a.first_line):        # each accepted pair once
-                continue
+            if c is a or (c.accepted and c.first_line < a.first_line) or _copy_of(c, a) or _copy_of(a, c):
+                continue                                            # each accepted pair once; copies measure nothing
             d = [v - va[s] for s, v in c.by_seed().items() if s in va]
             if len(d) > 1:
                 m = sum(d) / len(d)
@@ -288,15 +298,18 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
     if -diff > out.margin and n >= MIN_RUNS_TO_KEEP and not control:
         out.status = "keep"
         out.reason = f"gain {-diff:.6f} beyond the margin {out.margin:.6f} over {n} seeds"
-    elif -diff > CONFIRM_Z * floor.sigma * factor and n < MAX_RUNS_PER_CONFIG:
+    elif -diff > CONFIRM_Z * floor.sigma * factor and n < MAX_RUNS_PER_CONFIG and not (
+            paired and all(s in seeds for s in st.best.seeds)):     # paired: a seed the best never ran adds nothing
         out.status, out.control = "confirm", control and -diff > out.margin and n >= MIN_RUNS_TO_KEEP
         out.reason = (f"gain {-diff:.6f}, margin {out.margin:.6f} over {n} seed{'s' * (n > 1)}" + (
             "; !! the host ran faster during this configuration's runs than during every run of the best: not a "
             "keep until the best runs at this speed (a control run)" if out.control else ""))
     else:
         out.reason = (f"no gain over the best ({diff:+.6f})" if diff >= 0 else
-                      f"gain {-diff:.6f} inside the margin {out.margin:.6f} after {n} seeds, the most a "
-                      f"configuration gets")
+                      f"gain {-diff:.6f} under {CONFIRM_Z} standard errors ({CONFIRM_Z * floor.sigma * factor:.6f})"
+                      if -diff <= CONFIRM_Z * floor.sigma * factor else
+                      f"gain {-diff:.6f} inside the margin {out.margin:.6f} after {n} seeds" + (
+                          ", every seed the best ran" if paired else ", the most a configuration gets"))
     return out
 
 

@@ -12,7 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.decide import MIN_RUNS_TO_KEEP, SCORED, UNSCORED, floor_step_spread, next_seed, run_fingerprint
+from harness.decide import (KEEP_Z, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, floor_step_spread, next_seed, paired_floor,
+                            paired_is_tighter, run_fingerprint, t_quantile)
 from harness.database import open_ledger
 from harness.digest import (Digest, _as_trained, _bpb, _epochs, _killed, _requested, _v, _value, cancelled_by_caps,
                             changes, digest, running_now, since_last_improvement)
@@ -28,6 +29,16 @@ MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept v
 MEMORY_TOP, MEMORY_RECENT, MEMORY_VALUES_PER_KEY = 5, 8, 6     # top runs, recent runs, values per hyperparameter
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
+
+
+def paired_note(st) -> str:
+    """Where the ledger shows seed effects shared (harness/decide.py pairs then): the paired margin, for 3 seeds."""
+    var_d, dof_d = paired_floor(st)
+    if st.sigma is None or not paired_is_tighter(var_d, dof_d, st.sigma):
+        return ""
+    margin = KEEP_Z / 1.96 * t_quantile(dof_d) * (var_d / MIN_RUNS_TO_KEEP) ** 0.5
+    return (f"; seeds move configurations together here (paired spread {var_d ** 0.5:.6f} on dof {dof_d}): on the "
+            f"best's {MIN_RUNS_TO_KEEP} seeds the gain needed is {margin:.6f}")
 
 
 def summary_section(d: "Digest") -> list[str]:
@@ -58,7 +69,7 @@ def summary_section(d: "Digest") -> list[str]:
         runs = sum(len(c.values) for c in st.configs.values() if len(c.values) > 1)
         out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
                    f"seeds (dof {st.dof}); a new configuration is kept when the mean of its {MIN_RUNS_TO_KEEP} seeds "
-                   f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}")
+                   f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}" + paired_note(st))
         if spread := floor_step_spread(rows, index, key, st):
             out.append(f"- !! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed varied, "
                        f"and that spread is in the floor; set `max_steps` (e.g. {spread[2]}, their lower quartile) in "
@@ -115,6 +126,9 @@ def last_run_section(d: "Digest") -> list[str]:
             f"{clean_text(last['description'], 80)}"]
     if last["status"] in UNSCORED and le.get("error"):
         out.append(f"- reason: {clean_text(le['error'], 160)}")
+    if (decision := le.get("decision") or {}).get("reason"):
+        out.append(f"- decision: {clean_text(decision['reason'], 160)}" + (
+            " (paired on the seeds both ran)" if decision.get("paired") else ""))
     parent = parent_run(rows, index, last)
     if parent is not None and le:
         diff = changes(entry(parent), le)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.decide import ACCEPTED, run_fingerprint, standing
+from harness.decide import is_scored, run_fingerprint, standing
 
 CURVE_POINTS = 32               # points of a run's stored loss curve
 # Conservative on purpose: mid-run gaps shrink by the end of the schedule, and an edit can start slower and end
@@ -59,14 +59,17 @@ class Pruner:
         """The pruner of a starting run (harness.record.Run): the best configuration's curves in its key."""
         if not getattr(model, "prune", True):
             return cls(reason="early stop: off (model.json \"prune\": false)")
+        if s.max_steps and s.max_steps * PRUNE_UNTIL < PRUNE_MIN_STEPS:
+            return cls(reason=f"early stop: off (max_steps {s.max_steps}: too few steps to judge a curve by, "
+                              f"{PRUNE_MIN_STEPS} at least before {PRUNE_UNTIL:.0%} of them)")
         rows, index = run.store.read()
         st = standing(rows, index, run.key)
         if st.best is None:
             return cls(reason="early stop: off (no best configuration in this key yet)")
         if st.best.fingerprint == run.record["fingerprint"]:
             return cls(reason="early stop: off (this is the best configuration itself)")
-        curves = [index[r["run_id"]]["curve"] for r in rows
-                  if r["comparability_key"] == run.key and r["status"] in ACCEPTED + ("repeat",)
+        curves = [index[r["run_id"]]["curve"] for r in rows            # its confirm runs too: every seed it ran
+                  if r["comparability_key"] == run.key and is_scored(r)
                   and run_fingerprint(r, index) == st.best.fingerprint
                   and isinstance(index.get(r["run_id"], {}).get("curve"), list)
                   and len(index[r["run_id"]]["curve"]) > 1]

@@ -174,3 +174,54 @@ def test_error_kinds_are_read_from_the_field_and_from_older_entries_text():
     # a raised exception whose text happens to start like a kind is not one when the entry says which it is
     assert decide.error_kind({"error_kind": None, "error": "ValueError: killed: x"}) is None
     assert decide.error_kind({}) is None
+
+
+def test_a_copy_of_a_configuration_narrows_neither_floor():
+    """An unused model.json key trains the same model: its runs reproduce the baseline's bit for bit (the CPU trial's
+    control). Counted, they would add dof of the same spread to sigma and zero-variance pairs to the paired floor."""
+    rows, index = ledger(BASE)
+    before = decide.standing(rows, index, "k")
+    rows, index = ledger(BASE + [("n42", "N", 42, 1.000, "confirm"), ("n43", "N", 43, 1.010, "confirm"),
+                                 ("n44", "N", 44, 0.990, "discard")])
+    after = decide.standing(rows, index, "k")
+    assert (after.sigma, after.dof) == (before.sigma, before.dof) == (pytest.approx(0.01), 2)
+    assert decide.paired_floor(after) == (None, 0)
+
+
+def test_a_paired_candidate_is_not_sent_to_a_seed_the_best_never_ran():
+    """With seeds moving configurations together the comparison pairs on the best's seeds; after all of them a
+    fourth seed cannot change it: the decision is made then (the CPU trial spent ~200 s on such runs)."""
+    seed_effect = {42: 0.05, 43: -0.05, 44: 0.0}
+    runs = [(f"a{s}", "A", s, 1.0 + e, "baseline" if s == 42 else "repeat") for s, e in seed_effect.items()]
+    for fp, shift, noise in (("C", 0.01, (0.001, -0.002, 0.001)), ("D", 0.02, (-0.001, 0.002, -0.001)),
+                             ("E", 0.015, (0.002, 0.0, -0.002))):
+        runs += [(f"{fp}{s}", fp, s, 1.0 + shift + e + n, "discard") for (s, e), n in zip(seed_effect.items(), noise)]
+    gains = {42: -0.0021, 43: -0.0019}                         # small gains, inside the paired margin
+    runs += [(f"b{s}", "B", s, 1.0 + seed_effect[s] + g, "confirm") for s, g in gains.items()]
+    rows, index = ledger(runs)
+    d = decide.judge(rows, index, "k", "B", 44, 1.0 - 0.002, timed=False)
+    assert d.paired and d.n == 3 and -d.diff < d.margin
+    assert d.status == "discard" and d.reason.endswith("every seed the best ran")
+
+
+def test_the_pruner_says_off_when_max_steps_are_too_few_and_reads_the_bests_confirm_runs(tmp_path):
+    import dataclasses
+    from harness import config, ledger as ledger_mod, record, settings
+    from test_ledger import _entry, _row
+    res, ses = tmp_path / "results.tsv", tmp_path / "sessions"
+    curve = [[0.0, 5.0], [0.5, 3.0], [1.0, 2.5]]
+    for rid, fp, seed, v, status in (("a", "A", 42, 1.0, None), ("b", "A", 43, 1.01, None),
+                                     ("c", "B", 42, 0.9, None), ("d", "B", 43, 0.91, None), ("e", "B", 44, 0.9, None)):
+        record.append_run(res, ses, _row(rid, v), _entry(fp=fp, seed=seed, curve=curve), status)
+    rows, index = ledger_mod.read_ledger(res), ledger_mod.read_index(ses)
+    assert [r["status"] for r in rows][-1] == "keep"
+
+    class Run:                       # what Pruner.for_run reads of a starting run
+        key, record = "k1", {"fingerprint": "C"}
+        store = ledger_mod.FileLedger(res, ses)
+    model = config.load_model()
+    s = settings.current()
+    p = prune.Pruner.for_run(Run, dataclasses.replace(s, max_steps=0), model)
+    assert len(p.curves) == 3 and p.reason.startswith("early stop: on, against the 3 runs")   # keep + 2 confirms
+    p = prune.Pruner.for_run(Run, dataclasses.replace(s, max_steps=16), model)
+    assert p.curves == [] and p.reason.startswith("early stop: off (max_steps 16: too few steps")

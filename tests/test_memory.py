@@ -351,3 +351,23 @@ def test_the_digest_values_memory_md_renders(tmp_path):
     assert d.st.sigma == pytest.approx(0.0141421, rel=1e-4) and d.st.dof == 1
     text = memory.render_memory(rows, index, "")
     assert f"{d.best_cfg.mean:.6f}" in text and "0.014142" in text        # the renderer shows those values
+
+
+def test_the_summary_gives_the_paired_margin_and_the_last_decision(tmp_path):
+    """Seeds that move configurations together (+-0.05 by seed): memory.md says so with the paired margin, and the
+    last run's decision, with the numbers it was made on, is one line of the digest."""
+    res, ses = tmp_path / "results.tsv", tmp_path / "sessions"
+    effect = {42: 0.05, 43: -0.05, 44: 0.0}
+    runs = [(f"a{s}", "A", s, 1.0 + e) for s, e in effect.items()]
+    for fp, shift, noise in (("C", 0.01, (0.001, -0.002, 0.001)), ("D", 0.02, (-0.001, 0.002, -0.001)),
+                             ("E", 0.015, (0.002, 0.0, -0.002))):
+        runs += [(f"{fp}{s}", fp, s, 1.0 + shift + e + n) for (s, e), n in zip(effect.items(), noise)]
+    runs.append(("b42", "B", 42, 1.0 + 0.05 - 0.02))
+    for rid, fp, seed, v in runs:
+        record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid))
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    decision = index["b42"]["decision"]
+    assert rows[-1]["status"] == "confirm" and decision["paired"] and decision["diff"] == pytest.approx(-0.02)
+    text = (ses / "memory.md").read_text()
+    assert "seeds move configurations together here (paired spread " in text
+    assert f"- decision: {decision['reason']} (paired on the seeds both ran)" in text
