@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness import settings
 from harness.fused import cudnn_attention as cudnn_op, fa4_attention as fa4_op
 from harness.fused.cudnn_attention import cudnn_attention, load_cudnn_frontend
 from harness.fused.fa4_attention import fa4_attention
@@ -152,7 +151,8 @@ BACKENDS = {"reference": attention_reference, "sdpa": attention_sdpa, "flex": at
 
 def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch.device,
                       build=cudnn_op.build_graph, warm_fa4=fa4_op.warm_kernels,
-                      cudnn_loads=lambda: load_cudnn_frontend()[0] is not None) -> tuple[dict, str | None]:
+                      cudnn_loads=lambda: load_cudnn_frontend()[0] is not None,
+                      second_process: bool = False) -> tuple[dict, str | None]:
     """Before compiling: build the cuDNN graphs, or run FA4's kernels once, for the shapes the model needs
     ((B, T, H, D) per micro-step, each sliding window). Returns (platform, line): when the backend cannot take
     this shape (head_dim, dtype, GPU), a copy of PLATFORM that falls back (FA4 to cuDNN, cuDNN to flex, or sdpa
@@ -165,7 +165,7 @@ def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch
         return platform, None
     B, T, H, D = shape
     dtype = getattr(torch, platform["dtype"])
-    if backend == "fa4" and settings.eval_graph_only():
+    if backend == "fa4" and second_process:
         return platform, None
     try:
         if backend == "fa4":
@@ -186,7 +186,8 @@ def confirm_attention(platform: dict, shape: tuple, windows: list, device: torch
         changed = dict(platform, attention=fallback, reasons=reasons)
         line = f"attention: {backend} -> {fallback}: {why}"
         if fallback == "cudnn":
-            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4, cudnn_loads)
+            changed, more = confirm_attention(changed, shape, windows, device, build, warm_fa4, cudnn_loads,
+                                              second_process)
             line += f"\n!! {more}" if more else ""
         return changed, line
     return platform, None

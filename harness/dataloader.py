@@ -188,9 +188,6 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
     single process with world_size x the gradient accumulation would see, in the same order."""
     assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
-    if split == "train" and settings.eval_graph_only():
-        fail("the second process of harness/warm_eval.py compiles the eval's graph and does not train (the "
-             "Session ends it in prepare(), or before its train loader)")
     s = settings.current()
     try:
         m = load_manifest(s)

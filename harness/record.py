@@ -337,9 +337,6 @@ def start_run(tokenizer: Tokenizer, model: ModelConfig, model_changes: dict, des
     """Begin recording: tee the console to sessions/<run_id>.log, record crashes and signals. `platform` is
     PLATFORM as the run uses it (after confirm_attention); default get_platform().
     Bad input found here (data not prepared, source changed) exits 2 before anything is written."""
-    if settings.eval_graph_only():
-        fail("the second process of harness/warm_eval.py compiles the eval's graph and records nothing: train.py "
-             "must not call start_run there")
     try:
         run = Run(settings.current(), tokenizer, model, model_changes, description, platform or get_platform(), extra,
                   seed)

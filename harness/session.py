@@ -129,8 +129,9 @@ class Session:
         """The attention backend for the model's shapes (FA4 or cuDNN can refuse some: the next one then), after
         which the run's record starts and the set-up is printed. Returns the backend for the model's config."""
         m = self.model_config
-        self.platform, fallback = confirm_attention(self.platform, (m.device_batch_size, self.seq_len, n_head,
-                                                                    head_dim), windows, self.device)
+        shape = (m.device_batch_size, self.seq_len, n_head, head_dim)
+        self.platform, fallback = confirm_attention(self.platform, shape, windows, self.device,
+                                                    second_process=self.graph_only)
         if self.rank == 0 and not self.graph_only:
             self.run = start_run(self.tokenizer, m, self.changes, self.args.description, {"world_size": self.world},
                                  self.platform, self.seed)

@@ -15,15 +15,6 @@ from pathlib import Path
 
 from harness.config import ConfigError, GroundConfig, ModelConfig, fail, ground_path, load_ground
 
-# Set, to the training process's pid, in the second process of harness/warm_eval.py: it compiles the eval's
-# graph only; make_dataloader("train") and start_run refuse to run there.
-EVAL_GRAPH_ONLY = "AUTORESEARCH_EVAL_GRAPH_ONLY"
-
-
-def eval_graph_only() -> bool:
-    return bool(os.environ.get(EVAL_GRAPH_ONLY))
-
-
 # ---------------------------------------------------------------------------
 # Mode and run settings
 # ---------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 
 The eval (harness/evaluate.py) calls the model under no_grad with reduction="none": a graph of its own,
 which torch.compile would build at the first eval call, after training (6-9 s for a new model shape on an
-H200). After step 0, train.py calls start(): it runs the same command again with AUTORESEARCH_EVAL_GRAPH_ONLY set:
-that process sets up the same model the same way, runs one val batch through it as evaluate_bpb does and
-exits, leaving the compiled graph in the shared inductor/triton caches, where the eval finds it. It never
-trains or records (make_dataloader("train") and start_run refuse there), it checks that it built the same
-model, and it exits if the training process goes away. If it fails or is not started, the eval compiles
+H200). After step 0, the Session (harness/session.py) calls start(): it runs the same command again with
+AUTORESEARCH_EVAL_GRAPH_ONLY set: that process sets up the same model the same way, runs one val batch through it
+as evaluate_bpb does and exits, leaving the compiled graph in the shared inductor/triton caches, where the eval
+finds it. It never trains or records (its Session starts no record and exits in prepare(), at the latest at
+run.steps()), it checks that it built the same model, and it exits if the training process goes away. If it fails or is not started, the eval compiles
 the graph itself, as before: the metric is the same either way (the same graph, compiled once).
 
 Its cost to the run: on a new shape it autotunes kernels on the same GPU for a few seconds of counted
@@ -33,6 +33,8 @@ from harness.config import fail
 from harness.dataloader import make_dataloader
 from harness.hardware import get_platform
 
+# Set, to the training process's pid, in the second process: read here only (second_process); the Session asks it
+EVAL_GRAPH_ONLY = "AUTORESEARCH_EVAL_GRAPH_ONLY"
 SIGNATURE = "AUTORESEARCH_EVAL_GRAPH_SIGNATURE"
 GIB = 2**30
 CONTEXT_BYTES = 2 * GIB        # the second process's CUDA context, cuDNN workspace and loader buffers
@@ -75,7 +77,7 @@ def start(model: torch.nn.Module, config, platform: dict, batch_size: int, devic
     if free < need:
         return no(f"the GPU has {free / GIB:.1f} GiB free; a second process compiling it now would need about "
                   f"{need / GIB:.1f}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{settings.EVAL_GRAPH_ONLY: str(os.getpid()),
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{EVAL_GRAPH_ONLY: str(os.getpid()),
                                                    SIGNATURE: signature(config, platform, batch_size)})
     try:
         with tempfile.NamedTemporaryFile("w", prefix="eval_graph_", suffix=".log", delete=False) as log:
@@ -130,7 +132,7 @@ def finish(proc: subprocess.Popen | None) -> None:
 def second_process() -> bool:
     """True in the process start() launched; from the first call on, it exits by itself if the training process
     goes away."""
-    parent = os.environ.get(settings.EVAL_GRAPH_ONLY)
+    parent = os.environ.get(EVAL_GRAPH_ONLY)
     if parent and not any(t.name == "eval-graph-watch" for t in threading.enumerate()):
         threading.Thread(target=_watch, args=(int(parent),), name="eval-graph-watch", daemon=True).start()
     return bool(parent)
