@@ -299,7 +299,8 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
         out.status = "keep"
         out.reason = f"gain {-diff:.6f} beyond the margin {out.margin:.6f} over {n} seeds"
     elif -diff > CONFIRM_Z * floor.sigma * factor and n < MAX_RUNS_PER_CONFIG and not (
-            paired and all(s in seeds for s in st.best.seeds)):     # paired: a seed the best never ran adds nothing
+            paired and n >= MIN_RUNS_TO_KEEP and all(s in seeds for s in st.best.seeds)):
+        # (paired, with the seeds a keep needs: another seed the best never ran would not change the comparison)
         out.status, out.control = "confirm", control and -diff > out.margin and n >= MIN_RUNS_TO_KEEP
         out.reason = (f"gain {-diff:.6f}, margin {out.margin:.6f} over {n} seed{'s' * (n > 1)}" + (
             "; !! the host ran faster during this configuration's runs than during every run of the best: not a "
