@@ -83,9 +83,6 @@ SPEED_TOLERANCE = 0.10          # host-speed probes further apart than this shar
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-# The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
-# step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
-STEPS_SPREAD = 1.03
 # What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
 # attention: ~2% more steps) is another comparability key (harness/identity.py), so that a faster machine is never
 # read as a better model.
@@ -344,15 +341,3 @@ def next_seed(rows: list[dict], index: dict, key: str, fingerprint: str, st: Sta
     while seed in used:
         seed += 1
     return seed
-
-
-# ---------------------------------------------------------------------------
-# How much the floor's runs differ in steps
-# ---------------------------------------------------------------------------
-
-def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> tuple[int, int, int] | None:
-    """(fewest, most, lower quartile) of the step counts of the runs the noise floor rests on, when they differ by
-    more than STEPS_SPREAD (the machine's speed varied: the floor holds that spread, not the seeds'); else None."""
-    steps = sorted(r["num_steps"] for r in rows if r["comparability_key"] == key and is_scored(r)
-                   and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1)
-    return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None

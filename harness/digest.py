@@ -13,11 +13,14 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from harness.decide import (ACCEPTED, LEGACY_PREFIXES, ErrorKind, error_kind, is_scored, run_fingerprint,
-                            standing)
+from harness.decide import (ACCEPTED, LEGACY_PREFIXES, ErrorKind, Standing, error_kind, is_scored,
+                            run_fingerprint, standing)
 from harness.ledger import STATUSES, clean_text
 from harness.lineage import flatten, requested_model
 
+# The floor's runs may differ in steps by this factor before memory.md asks for max_steps: on a 25-step CPU run one
+# step moves val_bpb by about as much as a seed (the second trial: 24..26 steps, same seed 2.211 / 2.229)
+STEPS_SPREAD = 1.03
 KILLED = LEGACY_PREFIXES[ErrorKind.KILLED]    # how a killed run's reason reads (harness.recover writes the kind too)
 
 
@@ -193,3 +196,11 @@ def digest(rows: list[dict], index: dict) -> Digest:
     places = Counter(where(entry(r)) for r in cur if entry(r).get("branch") or entry(r).get("worktree"))
     return Digest(rows, index, key, last, cur, st, best_cfg, best, pending, scored, since, branch, others, counts,
                   killed, len(places) > 1, len({entry(r).get("host") for r in cur}))
+
+
+def floor_step_spread(rows: list[dict], index: dict, key: str, st: Standing) -> tuple[int, int, int] | None:
+    """(fewest, most, lower quartile) of the step counts of the runs the noise floor rests on, when they differ by
+    more than STEPS_SPREAD (the machine's speed varied: the floor holds that spread, not the seeds'); else None."""
+    steps = sorted(r["num_steps"] for r in rows if r["comparability_key"] == key and is_scored(r)
+                   and r["num_steps"] is not None and len(st.configs[run_fingerprint(r, index)].values) > 1)
+    return (steps[0], steps[-1], steps[len(steps) // 4]) if steps and steps[-1] > STEPS_SPREAD * steps[0] else None

@@ -12,11 +12,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.decide import (KEEP_Z, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, floor_step_spread, next_seed, paired_floor,
+from harness.decide import (KEEP_Z, MIN_RUNS_TO_KEEP, SCORED, UNSCORED, next_seed, paired_floor,
                             paired_is_tighter, run_fingerprint, t_quantile)
 from harness.database import open_ledger
 from harness.digest import (Digest, _as_trained, _bpb, _epochs, _killed, _requested, _v, _value, cancelled_by_caps,
-                            changes, digest, running_now, since_last_improvement)
+                            changes, digest, floor_step_spread, running_now, since_last_improvement)
 from harness.identity import host_name
 from harness.ledger import STATUSES, claim_state, clean_text
 from harness.lineage import (flatten, key_before, key_differences, parent_run, parent_runs, return_commit,

@@ -7,8 +7,8 @@ Bookkeeping only: the status is decided (harness/decide.py) before this is read.
 
 from __future__ import annotations
 
-from harness.decide import ACCEPTED, floor_step_spread, is_scored, next_seed, run_fingerprint, standing
-from harness.digest import _killed, cancelled_by_caps
+from harness.decide import ACCEPTED, is_scored, next_seed, run_fingerprint, standing
+from harness.digest import _killed, cancelled_by_caps, floor_step_spread
 from harness.identity import host_name
 from harness.lineage import not_judged, parent_run, return_commit, train_command, unjudged_baseline, way_back
 

@@ -25,11 +25,11 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform
 from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, host_name, keeping_ground,
                                key_of, key_parts, launch_info, library_versions, train_py_functions, trained_files)
-from harness.decide import ErrorKind, floor_step_spread, is_scored, run_fingerprint, standing
+from harness.decide import ErrorKind, is_scored, run_fingerprint, standing
 from harness.database import open_ledger
 from harness.ledger import LEGACY_KEY, FileLedger, claim_state, clean_text, process_claim
 from harness.lineage import RECOMPILED, STOPPED_SHORT, env_prefix, parent_run
-from harness.digest import cancelled_by_caps
+from harness.digest import cancelled_by_caps, floor_step_spread
 from harness.memory import write_memory
 from harness.nextstep import next_step
 from harness.settings import Settings
@@ -237,7 +237,9 @@ class Run:
         """The `!!` line when the runs this run's decision rests on trained different step counts (the machine's
         speed varied under a time budget), else None."""
         spread = None if self.s.max_steps else floor_step_spread(rows, index, self.key, standing(rows, index, self.key))
-        return None if spread is None else (f"!! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed moved val_bpb as "
+        if spread is None:
+            return None
+        return (f"!! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed moved val_bpb as "
                 f"much as an edit could; this decision mixes the two. Set max_steps (e.g. {spread[2]}) in "
                 f"ground.json's profile, in a commit of its own (a new key)")
 

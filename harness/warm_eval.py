@@ -6,8 +6,9 @@ H200). After step 0, the Session (harness/session.py) calls start(): it runs the
 AUTORESEARCH_EVAL_GRAPH_ONLY set: that process sets up the same model the same way, runs one val batch through it
 as evaluate_bpb does and exits, leaving the compiled graph in the shared inductor/triton caches, where the eval
 finds it. It never trains or records (its Session starts no record and exits in prepare(), at the latest at
-run.steps()), it checks that it built the same model, and it exits if the training process goes away. If it fails or is not started, the eval compiles
-the graph itself, as before: the metric is the same either way (the same graph, compiled once).
+run.steps()), it checks that it built the same model, and it exits if the training process goes away. If it
+fails or is not started, the eval compiles the graph itself, as before: the metric is the same either way (the
+same graph, compiled once).
 
 Its cost to the run: on a new shape it autotunes kernels on the same GPU for a few seconds of counted
 training (a fraction of a second of training lost on an H200:
