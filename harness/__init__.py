@@ -29,7 +29,8 @@ Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   ledger        results.tsv: append-only under a file lock, one strict parser
   pgconn        the shared database's tables, its connection (URL kept secret, retries) and the local queue
   database      the shared ledger on PostgreSQL for agents on several hosts; local mirror and queue
-  plot          sessions/progress.png: the progress plot, redrawn after every run
+  plot          sessions/progress.png: the progress plot, redrawn after every run; val gain against held-out gain
+  heldout       the human's held-out score of baseline and kept runs: stored, plotted, never shown to the agent
   digest        the values memory.md and `next:` read from the ledger, computed once
   memory        sessions/memory.md: the bounded digest regenerated after every run, one renderer per section
   nextstep      the `next:` line: the protocol's next command after a run

@@ -168,7 +168,7 @@ def prepare(args, s) -> int:
     train_tokenizer(s, manifest)
     tok = Tokenizer.from_directory()
     ntok = 0
-    for path in manifest["train"] + [manifest["val"]]:
+    for path in manifest["train"] + [manifest["val"]] + ([manifest["heldout"]] if manifest.get("heldout") else []):
         tokens, _ = tokenize_file(s, tok, path)
         ntok += len(tokens)
     print(f"tokens: {ntok:,} cached under {s.cache_dir / 'tokens' / tok.fingerprint()}")

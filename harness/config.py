@@ -94,6 +94,8 @@ class DataConfig:
     climbmix_url: str = _f("str", "an http(s) URL", check=lambda v: v.startswith(("http://", "https://")))
     num_train_shards: int = _f("int", "an integer >= 1", check=lambda v: v >= 1)
     val_shard: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
+    heldout_shard: int = _f("int", "an integer >= 0, not the val shard (climbmix: the human's held-out split)",
+                            check=lambda v: v >= 0, default=6541)
     download_workers: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
     probe_timeout_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
     local_dir: str = _f("str", "a folder path (or \"\" when not using source local)")
@@ -320,6 +322,9 @@ def load_ground(path: Path | None = None) -> GroundConfig:
     if cfg.data.split_long_documents and cfg.data.source in ("climbmix", "auto"):
         raise ConfigError(f"{path.name}: key 'data.split_long_documents': expected false with data.source "
                           f"{cfg.data.source} (ClimbMix keeps upstream's cropping)")
+    if cfg.data.heldout_shard == cfg.data.val_shard or cfg.data.heldout_shard < cfg.data.num_train_shards:
+        raise ConfigError(f"{path.name}: key 'data.heldout_shard': expected a shard that is neither the val shard "
+                          f"nor a train shard (>= {cfg.data.num_train_shards}), got {cfg.data.heldout_shard}")
     if cfg.data.source == "local" and not cfg.data.local_dir:
         raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got "
                           f"\"\"")

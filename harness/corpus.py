@@ -7,8 +7,8 @@ Files are read from the interpreter's standard library and, for `builtin`, the s
 environment prepare.py runs in (the locked one under `uv run`). They are filtered (no minified or
 generated files, no data tables, no binary-like text), deduplicated (vendored copies are the same
 file twice), split into documents of a few KB at top-level definitions, so that a row of 2048 tokens
-holds each one whole (best-fit packing crops what does not fit), and pinned to train or val by a hash
-of their path, so no file is on both sides. The same environment and platform give the same corpus;
+holds each one whole (best-fit packing crops what does not fit), and pinned to train, val or the held-out
+split by a hash of their path, so no file is on two sides. The same environment and platform give the same corpus;
 the manifest records its hash, which enters the comparability key.
 """
 
@@ -27,8 +27,9 @@ from pathlib import Path
 
 from harness.util import atomic_write_text, write_text_parquet
 
-CORPUS_VERSION = 2                  # part of the corpus hash: bump when the recipe below changes
+CORPUS_VERSION = 3                  # part of the corpus hash: bump when the recipe below changes
 VAL_PERCENT = 5                     # of files, pinned by a hash of their path
+HELDOUT_PERCENT = 5                 # the next 5%: the human's held-out split, neither trained on nor shown the agent
 TRAIN_SHARDS = 16
 DOC_TARGET_CHARS = 2000             # documents of a few KB: a 2048-token row holds ~6 KB of code
 DOC_MAX_CHARS = 4000                # longer blocks split at methods, then at line boundaries: nothing is cropped
@@ -183,7 +184,7 @@ def build(kind: str, out: Path, folders: list[tuple[str, Path]] | None = None) -
         print(f"{kind}: up to date in {out} ({done['builtin']['files']:,} files, the same sizes and times as when it "
               f"was built); delete that folder to rebuild")
         return done
-    train_docs, val_docs, seen, rejected, dupes = [], [], set(), {}, 0
+    train_docs, val_docs, heldout_docs, seen, rejected, dupes = [], [], [], set(), {}, 0
     kept_files = []
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for n, (rel, digest, why, docs) in enumerate(pool.map(_documents, files, chunksize=64), 1):
@@ -194,7 +195,9 @@ def build(kind: str, out: Path, folders: list[tuple[str, Path]] | None = None) -
             else:
                 seen.add(digest)
                 kept_files.append((rel, digest))
-                (val_docs if _h(rel.split("/", 1)[1]) % 100 < VAL_PERCENT else train_docs).extend(docs)
+                bucket = _h(rel.split("/", 1)[1]) % 100
+                (val_docs if bucket < VAL_PERCENT else heldout_docs if bucket < VAL_PERCENT + HELDOUT_PERCENT
+                 else train_docs).extend(docs)
             if n % 500 == 0 or n == len(files):
                 print(f"\rbuiltin: {n:,}/{len(files):,} files read, {len(kept_files):,} kept, "
                       f"{time.time() - t0:.0f}s   ", end="", flush=True)
@@ -202,6 +205,8 @@ def build(kind: str, out: Path, folders: list[tuple[str, Path]] | None = None) -
     # exact duplicate documents (license headers, boilerplate) would leak val into train
     val_docs = list(dict.fromkeys(val_docs))
     in_val = set(val_docs)
+    heldout_docs = [d for d in dict.fromkeys(heldout_docs) if d not in in_val]
+    in_val.update(heldout_docs)
     train_docs = [d for d in dict.fromkeys(train_docs) if d not in in_val]
     random.Random(1337).shuffle(train_docs)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +217,8 @@ def build(kind: str, out: Path, folders: list[tuple[str, Path]] | None = None) -
         train_paths.append(str(p))
     vp = out / "val.parquet"
     write_text_parquet(vp, val_docs)
+    hp = out / "heldout.parquet"
+    write_text_parquet(hp, heldout_docs)
     corpus = hashlib.sha256(f"{CORPUS_VERSION}\n{kind}\n".encode())
     for rel, digest in kept_files:
         corpus.update(f"{rel}\t{digest}\n".encode())
@@ -219,12 +226,12 @@ def build(kind: str, out: Path, folders: list[tuple[str, Path]] | None = None) -
     print(f"{kind}: {len(kept_files):,} files ({dupes:,} duplicates and {sum(rejected.values()):,} rejected files left "
           f"out), {len(train_docs):,} train + {len(val_docs):,} val documents, {chars[0] / 1e6:.0f} + "
           f"{chars[1] / 1e6:.1f} M characters in {time.time() - t0:.0f}s")
-    result = {"train": train_paths, "val": str(vp), "python": _platform.python_version(),
+    result = {"train": train_paths, "val": str(vp), "heldout": str(hp), "python": _platform.python_version(),
             "builtin": {"kind": kind, "version": CORPUS_VERSION, "corpus_sha256": corpus.hexdigest(),
                         "roots": [str(p) for _, p in folders], "files": len(kept_files), "duplicates": dupes,
                         "rejected": dict(sorted(rejected.items())), "sampled_share": round(keep, 4),
                         "train_documents": len(train_docs), "val_documents": len(val_docs),
-                        "train_chars": chars[0], "val_chars": chars[1]}}
+                        "heldout_documents": len(heldout_docs), "train_chars": chars[0], "val_chars": chars[1]}}
     atomic_write_text(out / BUILD_RECORD, json.dumps({"inputs": inputs.hexdigest(), "result": result}))   # last
     return result
 
@@ -235,7 +242,7 @@ def _finished(out: Path, inputs: str) -> dict | None:
     try:
         record = json.loads((out / BUILD_RECORD).read_text())
         result = record["result"]
-        paths = result["train"] + [result["val"]]
+        paths = result["train"] + [result["val"], result["heldout"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return result if record.get("inputs") == inputs and all(Path(p).exists() for p in paths) else None

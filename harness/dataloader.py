@@ -187,13 +187,13 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     With world_size > 1 (torchrun) every rank packs the same global batch of B x world_size
     rows and keeps rows [rank x B, (rank + 1) x B): the ranks together see exactly the rows a
     single process with world_size x the gradient accumulation would see, in the same order."""
-    assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
+    assert split in ("train", "val", "heldout"), f"split must be 'train', 'val' or 'heldout', got {split!r}"
     s = settings.current()
     try:
         m = load_manifest(s)
     except ConfigError as e:
         fail(str(e))
-    files = m["train"] if split == "train" else [m["val"]]
+    files = m["train"] if split == "train" else [m[split]]
     device = torch.device(device or get_platform()["device"])
     # train loops over its files (epoch counts the passes); val is one pass, never repeated
     # the seed orders the train documents (train.py --seed); val is never shuffled: the metric's rows are fixed

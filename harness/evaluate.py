@@ -8,7 +8,8 @@ does not depend on the tokenizer's vocabulary size and is comparable across toke
 corpus. The rows scored are the first eval_tokens // MAX_SEQ_LEN packed val rows (best-fit
 packing, as in training), the same rows whatever the batch size or the number of processes; if
 the val file holds fewer, the eval is capped, says so with a `!!` line, and the cap enters the
-comparability key.
+comparability key. The human's held-out split is scored the same way (split="heldout"), for the baseline and
+kept runs only, and never reaches the agent (harness/session.py).
 
 The model is called as model(x, y, reduction="none") and must return the per-token loss in nats.
 """
@@ -37,15 +38,15 @@ EVAL_PROGRESS_EVERY_S = 2.0        # a progress line at most this often while sc
 # Evaluation (DO NOT CHANGE — this is the fixed metric)
 # ---------------------------------------------------------------------------
 
-def val_rows_available(s: Settings, tokenizer: Tokenizer, manifest: dict) -> int:
-    """How many packed val rows of MAX_SEQ_LEN + 1 tokens the val file fills before it would wrap."""
-    tok_p, _ = token_cache_paths(s, tokenizer, manifest["val"])
+def val_rows_available(s: Settings, tokenizer: Tokenizer, manifest: dict, which: str = "val") -> int:
+    """How many packed rows of MAX_SEQ_LEN + 1 tokens the val (or held-out) file fills before it would wrap."""
+    tok_p, _ = token_cache_paths(s, tokenizer, manifest[which])
     limit = s.eval_tokens // s.max_seq_len
     split = "_split" if s.ground.data.split_long_documents else ""
     memo = tok_p.with_name(tok_p.name.replace(".tokens.npy", f".rows_T{s.max_seq_len}_max{limit}{split}.json"))
     if memo.exists():
         return json.loads(memo.read_text())["rows"]
-    packer = BestFitPacker(row_stream(s, tokenizer, [manifest["val"]], s.max_seq_len, False), s.max_seq_len + 1)
+    packer = BestFitPacker(row_stream(s, tokenizer, [manifest[which]], s.max_seq_len, False), s.max_seq_len + 1)
     row = np.empty(s.max_seq_len + 1, dtype=np.int32)
     rows = 0
     try:
@@ -83,8 +84,18 @@ def eval_rows(tokenizer: Tokenizer, s: Settings | None = None, verbose: bool = F
     return _EVAL_ROWS[key]
 
 
+def heldout_rows(tokenizer: Tokenizer, s: Settings | None = None) -> int:
+    """Rows of the human's held-out split scored for a kept run: as many as the metric's, capped at what the
+    held-out file holds (0: no held-out split prepared)."""
+    s = s or settings.current()
+    m = load_manifest(s)
+    if not m.get("heldout"):
+        return 0
+    return max(1, min(val_rows_available(s, tokenizer, m, "heldout"), s.eval_tokens // s.max_seq_len))
+
+
 @torch.no_grad()
-def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
+def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int, split: str = "val") -> float:
     """Bits per byte on the pinned val data: summed next-token loss (nats) over the first
     eval_tokens // MAX_SEQ_LEN packed val rows, divided by ln 2 x the UTF-8 bytes of the
     targets. Special tokens (0 bytes) are excluded from both sums. Independent of batch_size
@@ -94,12 +105,12 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     import torch.distributed as dist
     s = settings.current()
     T = s.max_seq_len
-    rows, _ = eval_rows(tokenizer, s)
+    rows = eval_rows(tokenizer, s)[0] if split == "val" else heldout_rows(tokenizer, s)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device(get_platform()["device"])
     token_bytes = get_token_bytes(device=device)
-    loader = make_dataloader(tokenizer, batch_size, T, "val", device=device, rank=rank, world_size=world)
+    loader = make_dataloader(tokenizer, batch_size, T, split, device=device, rank=rank, world_size=world)
     total = torch.zeros(2, dtype=torch.float64, device=device)     # nats, bytes
     row_ids = torch.arange(batch_size, device=device)[:, None]
     done = 0                                                         # global rows before this batch

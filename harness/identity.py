@@ -217,6 +217,7 @@ def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict)
             "caps": s.model_caps,
             **({"fingerprint": "as trained"} if s.model_caps else {}),   # config_fingerprint(capped=)
             **({"corpus": manifest["builtin"]["corpus_sha256"]} if "builtin" in manifest else {}),
+            **({"heldout": manifest["heldout_sha256"]} if manifest.get("heldout_sha256") else {}),
             **({"split_long_documents": True} if s.ground.data.split_long_documents else {}),
             **({"threads": torch.get_num_threads()} if platform.get("device") == "cpu" else {})}   # speed, sums
 

@@ -21,6 +21,7 @@ from harness.identity import host_name
 from harness.ledger import STATUSES, claim_state, clean_text
 from harness.lineage import (flatten, key_before, key_differences, parent_run, parent_runs, return_commit,
                              train_command, unjudged_baseline)
+from harness.heldout import read as heldout_scores
 from harness.plot import write_progress_png
 from harness.settings import Settings
 from harness.util import atomic_write_text
@@ -297,7 +298,7 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)]
     atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note))
     if plot:
-        write_progress_png(rows, index, store.sessions)
+        write_progress_png(rows, index, store.sessions, heldout_scores(store))     # the human's view only
     return memory
 
 

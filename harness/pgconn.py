@@ -16,7 +16,7 @@ from harness.config import ConfigError
 from harness.ledger import LEDGER_COLUMNS, FileLedger
 from harness.util import atomic_write_text
 
-RUNS, CLAIMS, FILES = "autoresearch_runs", "autoresearch_claims", "autoresearch_files"
+RUNS, CLAIMS, FILES, HELDOUT = "autoresearch_runs", "autoresearch_claims", "autoresearch_files", "autoresearch_heldout"
 _TYPES = {"val_bpb": "double precision", "memory_gb": "double precision", "peak_vram_mb": "double precision",
           "mfu_percent": "double precision", "training_seconds": "double precision",
           "total_tokens_M": "double precision", "num_params_M": "double precision", "num_steps": "integer"}
@@ -28,7 +28,8 @@ SCHEMA = (f"CREATE TABLE IF NOT EXISTS {RUNS} (seq bigserial PRIMARY KEY, run_id
           f"CREATE INDEX IF NOT EXISTS {RUNS}_key ON {RUNS} (comparability_key);"
           f"CREATE TABLE IF NOT EXISTS {CLAIMS} (run_id text PRIMARY KEY, claim jsonb NOT NULL, "
           "expires double precision NOT NULL);"
-          f"CREATE TABLE IF NOT EXISTS {FILES} (run_id text PRIMARY KEY, files jsonb NOT NULL);")
+          f"CREATE TABLE IF NOT EXISTS {FILES} (run_id text PRIMARY KEY, files jsonb NOT NULL);"
+          f"CREATE TABLE IF NOT EXISTS {HELDOUT} (run_id text PRIMARY KEY, entry jsonb NOT NULL);")
 LOCK = 0x6175746f72        # pg_advisory_xact_lock key: one writer decides at a time, on every host
 CONNECT_TIMEOUT_S = 3
 RETRY_DELAYS_S = (0.5, 1.5)    # a server restarting answers again within a few seconds
@@ -105,7 +106,7 @@ class Connection:
             try:
                 with conn.transaction():                # created once; a role without CREATE can use existing tables
                     exists = conn.execute(f"SELECT to_regclass('{RUNS}'), to_regclass('{CLAIMS}'), "
-                                          f"to_regclass('{FILES}')").fetchone()
+                                          f"to_regclass('{FILES}'), to_regclass('{HELDOUT}')").fetchone()
                     if None in exists:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
                         conn.execute(SCHEMA)

@@ -11,7 +11,7 @@ What a Session owns, so that no edit of train.py's loop can break it:
 - steps(): the budget's clock (harness/clock.py), the host-speed probe before it, the progress line, divergence,
   the early stop (harness/prune.py), the loss curve, and the second process started after step 0;
 - finish(model): the fixed metric (harness/evaluate.py), the metrics from its own clock and loader, the record,
-  the `---` summary, and the process's exit (os._exit: triton's bindings print ~100 "leaked" lines at teardown).
+  the human's held-out score (harness/heldout.py), the `---` summary, and the exit (os._exit: no teardown).
 A train.py that never calls steps(), lap() or finish() is recorded as a crash that names the missing call.
 """
 
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from harness import settings, warm_eval
+from harness import heldout, settings, warm_eval
 from harness.attention import attention, confirm_attention, prefer_cudnn_sdpa
 from harness.clock import StepClock
 from harness.config import ConfigError, ModelConfig, fail, load_model
@@ -102,19 +102,13 @@ class Session:
         self.device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device(kind)
         self.graph_only = warm_eval.second_process()   # harness/warm_eval.py's copy of this run: no record
         self.args = args
-        self.run = None
-        self.model = None
-        self.clock = None
-        self.pruner = None
+        self.run = self.model = self.clock = self.pruner = None
         self.curve: list[tuple[float, float]] = []
         self.skipped = 0
         self.loader_wait = 0.0
         self.step = 0
         self._lapped = True
-        self._scaler = None
-        self._scale = None
-        self._eval_graph = None
-        self._exit_code = None
+        self._scaler = self._scale = self._eval_graph = self._exit_code = None
         m = self.model_config
         self.grad_accum = m.total_batch_size // (m.device_batch_size * self.seq_len * self.world)
         dtype = getattr(torch, self.platform["dtype"])
@@ -313,6 +307,7 @@ class Session:
         shutdown(self.world)
         if self.run is not None:
             self.run.finish(metrics)
+            heldout.score(self.run, model, self.tokenizer, m.device_batch_size, self.autocast)   # baseline, keep
             self.run.print_summary(time.monotonic() - self.t_start)    # the `---` block agents grep
         self._exit(0)
 

@@ -97,7 +97,7 @@ def download_climbmix(s: Settings, num_shards: int, workers: int, backoff_s: flo
     d = s.ground.data
     out = data_dir(s) / "climbmix"
     out.mkdir(parents=True, exist_ok=True)
-    indices = [i for i in range(num_shards) if i != d.val_shard] + [d.val_shard]
+    indices = [i for i in range(num_shards) if i != d.val_shard] + [d.val_shard, d.heldout_shard]
     done, total_bytes, t0 = 0, 0, time.time()
     errors = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -116,7 +116,8 @@ def download_climbmix(s: Settings, num_shards: int, workers: int, backoff_s: flo
     print()
     if errors:
         raise RuntimeError(f"{len(errors)} shard(s) failed; first: {errors[0]}")
-    return {"train": [str(out / shard_name(i)) for i in indices[:-1]], "val": str(out / shard_name(d.val_shard))}
+    return {"train": [str(out / shard_name(i)) for i in indices[:-2]], "val": str(out / shard_name(d.val_shard)),
+            "heldout": str(out / shard_name(d.heldout_shard))}
 
 
 # ---------------------------------------------------------------------------
@@ -131,7 +132,12 @@ def local_files(s: Settings) -> dict:
     if len(files) < 2:
         raise ConfigError(f"ground.json: key 'data.local_dir': expected at least 2 .parquet/.txt/.jsonl files "
                           f"(the last by name is the pinned val file), found {len(files)} in {d}")
-    return {"train": [str(p) for p in files[:-1]], "val": str(files[-1])}
+    if len(files) < 4:        # a held-out file out of 2 train files would halve what trains
+        print(f"heldout: none: {d} holds {len(files)} data files; with 4 or more, the second-to-last by name becomes "
+              f"the human's held-out split (never trained on)")
+        return {"train": [str(p) for p in files[:-1]], "val": str(files[-1])}
+    print(f"heldout: {files[-2].name} (the second-to-last file by name) is the human's held-out split, not trained on")
+    return {"train": [str(p) for p in files[:-2]], "val": str(files[-1]), "heldout": str(files[-2])}
 
 
 def build_builtin(s: Settings, kind: str = "builtin") -> dict:
@@ -192,9 +198,11 @@ def prepare_data(s: Settings, source: str | None = None, num_shards: int | None 
     def rel(p):    # paths inside the cache are stored relative to it, so the cache can move
         p = Path(p).resolve()
         return p.relative_to(base).as_posix() if p.is_relative_to(base) else str(p)
-    files = dict(files, train=[rel(p) for p in files["train"]], val=rel(files["val"]))
+    files = dict(files, train=[rel(p) for p in files["train"]], val=rel(files["val"]),
+                 **({"heldout": rel(files["heldout"])} if files.get("heldout") else {}))
     manifest = {"source": source, "reason": reason, "train": files["train"], "val": files["val"],
                 "val_sha256": file_sha256(data_dir(s) / files["val"]),
+                **({"heldout_sha256": file_sha256(data_dir(s) / files["heldout"])} if "heldout" in files else {}),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     manifest.update({k: v for k, v in files.items() if k not in ("train", "val")})
     atomic_write_text(manifest_path(s), json.dumps(manifest, indent=2))
@@ -205,6 +213,8 @@ def _resolve_manifest(s: Settings, m: dict) -> dict:
     m = dict(m)
     m["train"] = [str(data_dir(s) / f) for f in m["train"]]     # absolute paths stay absolute
     m["val"] = str(data_dir(s) / m["val"])
+    if m.get("heldout"):
+        m["heldout"] = str(data_dir(s) / m["heldout"])
     return m
 
 

@@ -94,17 +94,18 @@ def _settings_with(run_dir, **data):
 
 def test_climbmix_download_retries_truncation_and_resume(tmp_path, run_dir, monkeypatch):
     served = tmp_path / "served"
-    _make_shards(served, [0, 1, 2, 9])
+    _make_shards(served, [0, 1, 2, 9, 12])
     with ShardServer(served, fail_first={sources.shard_name(1): 2}, truncate_first={sources.shard_name(2): 1}) as srv:
         g = _settings_with(run_dir, source="climbmix", climbmix_url=srv.url, val_shard=9, num_train_shards=3,
-                           cache_dir=str(tmp_path / "cache"))
+                           heldout_shard=12, cache_dir=str(tmp_path / "cache"))
         s = settings.make_settings(g, False, run_dir)
         files = sources.download_climbmix(s, 3, workers=4, backoff_s=0.01)
         out = tmp_path / "cache" / "data" / "climbmix"
-        assert sorted(p.name for p in out.iterdir()) == [sources.shard_name(i) for i in (0, 1, 2, 9)]   # no .tmp left
-        for i in (0, 1, 2, 9):
+        assert sorted(p.name for p in out.iterdir()) == [sources.shard_name(i) for i in (0, 1, 2, 9, 12)]  # no .tmp
+        for i in (0, 1, 2, 9, 12):
             assert (out / sources.shard_name(i)).read_bytes() == (served / sources.shard_name(i)).read_bytes()
         assert files["val"].endswith(sources.shard_name(9)) and len(files["train"]) == 3
+        assert files["heldout"].endswith(sources.shard_name(12))       # the human's held-out shard, not trained
         gets = [n for c, n in srv.requests if c == "GET"]
         assert gets.count(sources.shard_name(1)) == 3          # two 503s, then success
         assert gets.count(sources.shard_name(2)) == 2          # truncated once, then success
@@ -127,16 +128,17 @@ def test_climbmix_permanent_failure_is_reported(tmp_path):
 
 def test_auto_source_uses_climbmix_when_reachable_and_builtin_otherwise(tmp_path, run_dir, monkeypatch, capsys):
     served = tmp_path / "served"
-    _make_shards(served, [0, 7])
+    _make_shards(served, [0, 7, 8])
     with ShardServer(served, {}, {}) as srv:
         g = _settings_with(run_dir, source="auto", climbmix_url=srv.url, val_shard=7, num_train_shards=1,
-                           cache_dir=str(tmp_path / "cache"), probe_timeout_s=2.0)
+                           heldout_shard=8, cache_dir=str(tmp_path / "cache"), probe_timeout_s=2.0)
         s = settings.make_settings(g, False, run_dir)
         m = sources.prepare_data(s)
         assert m["source"] == "climbmix" and m["reason"] == "auto: ClimbMix reachable"
         manifest = json.loads((tmp_path / "cache" / "data" / "manifest.json").read_text())
         assert (manifest["train"] == ["climbmix/shard_00000.parquet"] and manifest["val"]
-                == "climbmix/shard_00007.parquet")
+                == "climbmix/shard_00007.parquet" and manifest["heldout"] == "climbmix/shard_00008.parquet")
+        assert manifest["heldout_sha256"] == util.file_sha256(served / "shard_00008.parquet")
     # server gone: auto falls back to builtin, loudly (builtin build is stubbed to keep the test fast)
     monkeypatch.setattr(sources, "build_builtin", lambda s, kind: {"train": [str(served / "shard_00000.parquet")],
                                                              "val": str(served / "shard_00007.parquet")})

@@ -59,12 +59,20 @@ def _text(nb):
 def test_notebook_on_our_ledger(tmp_path):
     results = tmp_path / "results.tsv"
     _sample_ledger(results)
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "heldout.jsonl").write_text("".join(     # the baseline's and the two keeps' scores
+        json.dumps({"run_id": r, "heldout_bpb": h}) + "\n" for r, h in (("r1", 1.10), ("r2", 1.09), ("r5", 1.1125)))
+        + "not json\n")
     nb = _execute(tmp_path, results)
     png = tmp_path / "progress.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = _text(nb)
     assert "7 runs" in text and "keep rate: 66.7% of 3 decided experiments" in text
     assert "wrote progress.png" in text and "warmdown 0.6" in text
+    held = next(c for c in nb.cells if "heldout.read" in c.source)
+    table = json.dumps(held.outputs[0]["data"])
+    # val gains 0.02 and 0.03; held-out gains 0.01 and -0.0125 (the second keep overfit val)
+    assert "1.1125" in table and "-0.0125" in table and "0.03" in table and "r7" not in table
 
 
 @pytest.mark.slow

@@ -37,11 +37,14 @@ def run(ground: Path, model: Path, seed: int, label: str, log_dir: Path) -> dict
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "--seed", str(seed), "--description",
                         f"noise model {label} seed {seed}"], capture_output=True, text=True, env=env, cwd=REPO)
     (log_dir / f"{label}_{seed}_{int(t0)}.log").write_text(r.stdout + r.stderr)
-    found = dict(re.findall(r"^(val_bpb|num_steps|training_seconds|tokens_per_sec):\s+(\S+)$", r.stdout, re.M))
+    found = dict(re.findall(r"^(val_bpb|num_steps|training_seconds|tokens_per_sec|status):\s+(\S+)$", r.stdout,
+                            re.M))
     if r.returncode != 0 or "val_bpb" not in found:
         raise SystemExit(f"{label} seed {seed}: train.py failed (exit {r.returncode}); log in {log_dir}")
     out = {"config": label, "seed": seed, "val_bpb": float(found["val_bpb"]), "steps": int(found["num_steps"]),
-           "tok_s": float(found["tokens_per_sec"]), "wall_s": round(time.monotonic() - t0, 1)}
+           "tok_s": float(found["tokens_per_sec"]), "wall_s": round(time.monotonic() - t0, 1),
+           "status": found.get("status"), "heldout_note": next((x for x in r.stdout.splitlines()
+                                                                if x.startswith("heldout:")), None)}
     print(json.dumps(out), flush=True)
     return out
 
