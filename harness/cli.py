@@ -7,21 +7,37 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from harness.config import REPO_DIR, ConfigError, agent_files, fail, ground_path, load_ground, load_model, model_path
+from harness.config import ConfigError, agent_files, fail, ground_path, load_ground, load_model, model_path
 
 # Everything else is imported where a command needs it: `--help` and a config error answer without torch.
 
 
+def _uncommitted(path: Path) -> str | None:
+    """Why `path` cannot be overwritten by --restore: uncommitted edits in its own git checkout (wherever it is), or
+    no checkout to tell; None when it is clean."""
+    git = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", path.name], cwd=path.parent,
+                         capture_output=True, text=True)
+    if git.returncode != 0:
+        return f"cannot tell whether {path} has uncommitted edits (not in a git checkout)"
+    return f"{path} has uncommitted edits; commit or discard them first" if git.stdout.strip() else None
+
+
 def restore_run(run_id: str, s=None) -> list[str]:
-    """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits).
-    Returns the files that changed."""
+    """Write a recorded run's model.json and train.py over this checkout's (refused over uncommitted edits, and
+    before anything is written when the recorded files do not load). Returns the files that changed."""
+    import tempfile
+    from harness.checked import RUN_ID
     from harness.database import open_ledger
     from harness.util import atomic_write_text
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"--restore: expected a run id as the ledger writes them (e.g. 20261207T101539Z-d8efdd3-"
+                          f"741b1a92), got {json.dumps(run_id[:80])}")
     store = open_ledger(s)
     files = store.files(run_id)
     if files is None and store.note:
@@ -29,13 +45,18 @@ def restore_run(run_id: str, s=None) -> list[str]:
     if files is None:
         raise ConfigError(f"--restore {run_id}: no model.json and train.py recorded for this run (kept runs of other "
                           f"hosts, or runs with a record in this sessions folder)")
-    paths = ["train.py"] + ([str(model_path())] if model_path().resolve().is_relative_to(REPO_DIR) else [])
-    git = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], cwd=REPO_DIR,
-                         capture_output=True, text=True)
-    if git.returncode != 0:
-        raise ConfigError("--restore: cannot tell whether train.py has uncommitted edits (not a git checkout?)")
-    if git.stdout.strip():
-        raise ConfigError("--restore: train.py or model.json has uncommitted edits; commit or discard them first")
+    if not all(isinstance(files.get(n), str) for n in ("model.json", "train.py")):
+        raise ConfigError(f"--restore {run_id}: the record's files are damaged (model.json and train.py as text "
+                          f"expected); nothing was written")
+    with tempfile.TemporaryDirectory() as tmp:          # the recorded model.json must load as a run would load it
+        (Path(tmp) / "model.json").write_text(files["model.json"], encoding="utf-8")
+        try:
+            load_model(Path(tmp) / "model.json")
+        except ConfigError as e:
+            raise ConfigError(f"--restore {run_id}: its recorded {e}; nothing was written") from None
+    for path in agent_files().values():
+        if path.exists() and (why := _uncommitted(path.resolve())):
+            raise ConfigError(f"--restore: {why}")
     changed = []
     for name, path in agent_files().items():
         if not path.exists() or path.read_text(encoding="utf-8", errors="replace") != files[name]:
@@ -187,6 +208,9 @@ def main(argv=None) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             fail(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
+    for flag, value in (("--restore", args.restore), ("--record-crash", args.record_crash)):
+        if value is not None and not value.strip():
+            fail(f"{flag}: expected a value (a run id, a log path), got an empty one")
     if args.check:
         check()
         return 0
@@ -199,11 +223,11 @@ def main(argv=None) -> int:
             return 0
         if args.send_queued:
             return send_queued(s)
-        if args.restore:
+        if args.restore is not None:
             return restore(args.restore, s)
         if args.migrate_ledger:
             return migrate(s)
-        if args.record_crash:
+        if args.record_crash is not None:
             return record_crash(args.record_crash, s)
         return prepare(args, s)
     except ConfigError as e:

@@ -18,6 +18,7 @@ import contextlib
 import os
 
 from harness import settings
+from harness.checked import check
 from harness.config import ConfigError
 from harness.decide import ACCEPTED, UNSCORED, decide_entry
 from harness.identity import host_name
@@ -34,7 +35,7 @@ class PostgresLedger:
         self.results, self.sessions = local.results, local.sessions
         self.db = Connection(url, env)
         self.queue = Queue(self.sessions / "queue.jsonl", local)
-        self.note = None
+        self.note, self.damage = None, []
         self._say, self._retry, self.check_url, self.close = self.db.say, self.db.retry, self.db.check_url, \
             self.db.close
 
@@ -53,13 +54,16 @@ class PostgresLedger:
                   f"answers")
 
     # -- rows -------------------------------------------------------------------------------
-    @staticmethod
-    def _rows(cur) -> tuple[list[dict], dict]:
-        rows, index = [], {}
+    def _rows(self, cur) -> tuple[list[dict], dict]:
+        rows, index, self.damage = [], {}, []
         for seq, run_id, *values, entry in cur:
             row = dict(zip(_COLS, values), run_id=run_id, line=seq)
             rows.append(row)
-            index[run_id] = dict(entry, run_id=run_id)
+            entry, problems = check(dict(entry, run_id=run_id) if isinstance(entry, dict) else entry, "index",
+                                    f"{RUNS} row {seq}")
+            self.damage += problems
+            if entry is not None:
+                index[run_id] = entry
         return rows, index
 
     def read(self) -> tuple[list[dict], dict]:
@@ -71,7 +75,9 @@ class PostgresLedger:
             return rows, index
         except (Unreachable, ConfigError) as e:
             self.note = f"the shared ledger could not be read ({e}): this machine's runs only"
-            return self.local.read()
+            found = self.local.read()
+            self.damage = self.local.damage
+            return found
 
     def _insert(self, conn, row: dict, entry: dict, status: str | None, files: dict | None = None) -> str:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
@@ -151,7 +157,8 @@ class PostgresLedger:
                 f"SELECT claim FROM {CLAIMS} WHERE expires > %s", (now,)).fetchall())
         except (Unreachable, ConfigError):
             return []
-        return sorted((c for (c,) in found), key=claim_order)
+        checked = [check(c, "claim", f"{CLAIMS} row")[0] for (c,) in found]      # a damaged claim: set aside
+        return sorted((c for c in checked if c is not None), key=claim_order)
 
     def files(self, run_id: str) -> dict | None:
         """model.json and train.py of an accepted run, from whichever host recorded it (this one's record first)."""

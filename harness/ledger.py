@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from harness import settings
+from harness.checked import read_jsonl
 from harness.config import ConfigError
 from harness.decide import UNSCORED, decide_entry
 from harness.settings import Settings
@@ -138,6 +139,9 @@ def check_paths(results: Path, sessions: Path) -> None:
             parent = parent.parent
         if not os.access(parent, os.W_OK):
             raise ConfigError(f"ground.json: key '{kind}': {str(parent)[:100]} is not writable")
+    for path in (Path(str(results) + ".lock"), *(sessions / n for n in ("memory.md", "index.jsonl", "progress.png"))):
+        if path.is_dir():                      # the harness writes these as files: a folder there stops every record
+            raise ConfigError(f"{path}: is a folder where the harness writes a file; move it away")
     check_columns(results)
 
 
@@ -175,18 +179,13 @@ def migrate_ledger(results: Path) -> Path:
     return old
 
 
-def read_index(sessions: Path) -> dict:
-    """sessions/index.jsonl: run_id -> what the ledger row does not hold (fingerprint, seed, model, branch, ...)."""
-    out = {}
-    p = sessions / "index.jsonl"
-    if p.exists():
-        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                e = json.loads(line)
-                out[e["run_id"]] = e
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return out
+def read_index(sessions: Path, damage: list | None = None) -> dict:
+    """sessions/index.jsonl: run_id -> what the ledger row does not hold (fingerprint, seed, model, branch, ...),
+    each entry checked (harness/checked.py); what was set aside is added to `damage`."""
+    index, problems = read_jsonl(sessions / "index.jsonl", "index")
+    if damage is not None:
+        damage += problems
+    return index
 
 
 def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, status: str | None = None,
@@ -287,6 +286,7 @@ class FileLedger:
         self.results, self.sessions = results, sessions
         self.claims_path = results.with_name(results.name + ".claims")
         self.note = None                      # a line for memory.md about where its rows came from
+        self.damage: list[str] = []
 
     def lock(self):
         return ledger_lock(self.results)
@@ -295,7 +295,8 @@ class FileLedger:
         check_paths(self.results, self.sessions)
 
     def read(self) -> tuple[list[dict], dict]:
-        return read_ledger(self.results, warn=lambda m: None), read_index(self.sessions)
+        self.damage = []                      # entries set aside, for memory.md's `!!` lines
+        return read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage)
 
     def append(self, row: dict, entry: dict, status: str | None = None, after=None, files: dict | None = None) -> dict:
         """Decide, append and drop the run's claim under the lock; then after(self) (memory.md), still under it.
@@ -308,15 +309,8 @@ class FileLedger:
 
     # -- runs in flight: what each started run trains, until it is recorded or its claim expires ----------
     def _read_claims(self) -> list[dict]:
-        if not self.claims_path.exists():
-            return []
-        out = []
-        for line in self.claims_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                c = json.loads(line)
-                if isinstance(c, dict) and "run_id" in c and isinstance(c.get("expires"), (int, float)):
-                    out.append(c)
-        return out
+        claims, _ = read_jsonl(self.claims_path, "claim")        # a damaged claim: set aside (it only informs)
+        return list(claims.values())
 
     def _write_claims(self, claims: list[dict]) -> None:
         if not claims:

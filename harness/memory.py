@@ -28,6 +28,7 @@ from harness.util import atomic_write_text
 
 MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept verbatim on top
 MEMORY_TOP, MEMORY_RECENT, MEMORY_VALUES_PER_KEY = 5, 8, 6     # top runs, recent runs, values per hyperparameter
+MEMORY_DAMAGE_LINES = 3       # `!!` lines for entries of harness-written files set aside (harness/checked.py)
 MEMORY_AGENTS = 16             # agents (host/branch) given their own commit to return to
 NOTES_HEADER = "## Notes"
 
@@ -257,10 +258,16 @@ def tried_section(d: "Digest") -> list[str]:
 
 
 def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] = (), now: float = 0.0,
-                  note: str | None = None) -> str:
-    """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes)."""
+                  note: str | None = None, damage: list[str] = ()) -> str:
+    """Deterministic digest of the ledger and the runs in flight (same inputs -> same bytes). `damage`: entries
+    of harness-written files set aside (harness/checked.py), a `!!` line each (the first few)."""
     out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
     out += [f"!! {note}", ""] if note else []
+    shown = [clean_text(line, 240) for line in list(dict.fromkeys(damage))[:MEMORY_DAMAGE_LINES]]
+    out += [f"!! damaged entry: {line}" for line in shown] + [""] * bool(shown)
+    if len(damage) > len(shown):
+        out += [f"!! ... and {len(set(damage)) - len(shown)} more damaged entries: `uv run prepare.py --memory` "
+                f"prints them all", ""]
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
                 "second seed, `uv run train.py --seed 43`, so that the noise floor exists before the first decision.",
@@ -296,12 +303,18 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     rows, index = store.read()
     now = time.time() if now is None else now
     claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)]
-    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note))
+    damage = list(getattr(store, "damage", []))
+    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note, damage))
     if plot:
         write_progress_png(rows, index, store.sessions, heldout_scores(store))     # the human's view only
     return memory
 
 
 def regenerate_memory(s: Settings | None = None) -> Path:
-    with (store := open_ledger(s)).lock():
-        return write_memory(store, plot=True)
+    store = open_ledger(s)
+    getattr(store, "local", store).check()        # a folder where memory.md or the lock goes: one line, exit 2
+    with store.lock():
+        path = write_memory(store, plot=True)
+    for line in dict.fromkeys(store.damage):      # memory.md shows the first few; the command prints them all
+        print(f"!! damaged entry: {line}")
+    return path

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from harness import settings
+from harness.checked import RUN_ID, read_record
 from harness.config import REPO_DIR, ConfigError
 from harness.database import open_ledger
 from harness.decide import ErrorKind
@@ -37,16 +38,16 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     run_id = log.name[:-4] if log.name.endswith(".log") else log.name
     store = open_ledger(s)
     results, sessions = store.results, store.sessions
+    if log.resolve().parent != sessions.resolve() or not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"--record-crash {str(log)[:100]}: expected a run's log in {sessions} (<run_id>.log)")
     rec_path = log.with_suffix(".json")
     if not rec_path.exists():
         raise ConfigError(f"{rec_path}: no run record beside the log (not a train.py run log?)")
-    try:
-        rec = json.loads(rec_path.read_text(encoding="utf-8", errors="replace"))
-        if not isinstance(rec, dict):
-            raise ValueError("not an object")
-    except ValueError as e:
-        raise ConfigError(f"{rec_path.name}: not a run record ({type(e).__name__}); record this run by hand or "
-                          f"remove the log") from None
+    rec, damage = read_record(rec_path)           # harness/checked.py: damaged fields are set aside, said here
+    if rec is None:
+        raise ConfigError(f"{damage[0]}; record this run by hand or remove the log")
+    for line in damage:
+        print(f"!! {line}")
     worktree = (rec.get("git") or {}).get("worktree")
     if worktree and Path(worktree).resolve() != REPO_DIR.resolve():      # its commits and return points are there
         raise ConfigError(f"{rec_path.name}: run {run_id} ran in {worktree}; record it there: cd "
@@ -74,6 +75,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
     if not raised:
         entry["error_kind"] = ErrorKind.KILLED.value
     row = append_run(results, sessions, row, entry, status="crash", store=store)
-    rec.update(status="crash", error=entry["error"])
-    atomic_write_text(rec_path, json.dumps(rec, indent=2, default=str))
+    original = json.loads(rec_path.read_text(encoding="utf-8", errors="replace"))   # damaged fields kept as found
+    original.update(status="crash", error=entry["error"])
+    atomic_write_text(rec_path, json.dumps(original, indent=2, default=str))
     return row

@@ -418,6 +418,7 @@ def test_both_backends_keep_the_files_of_a_kept_run_for_other_agents(store, tmp_
 
 @pytest.mark.slow
 def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
+    R1, R2 = "20261207T000000Z-abcdef0-0001", "20261207T000000Z-abcdef0-0002"
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     from conftest import sync_working_tree
@@ -430,31 +431,32 @@ def test_restore_writes_a_kept_runs_files_into_a_clone(tmp_path, workspace):
     (tmp_path / "sessions").mkdir()
     kept = {"model.json": (clone / "model.json").read_text().replace('"depth": 8', '"depth": 6'),
             "train.py": (clone / "train.py").read_text() + "\n# kept on another branch\n"}
-    (tmp_path / "sessions" / "r1.json").write_text(json.dumps({"run_id": "r1", "files": kept}))
+    (tmp_path / "sessions" / f"{R1}.json").write_text(json.dumps({"run_id": R1, "files": kept}))
     env = dict(os.environ, AUTORESEARCH_GROUND=str(tmp_path / "ground.json"))
     env.pop("AUTORESEARCH_MODEL", None)
-    restore = lambda: subprocess.run([sys.executable, "prepare.py", "--restore", "r1"], cwd=clone, env=env,  # noqa
+    restore = lambda: subprocess.run([sys.executable, "prepare.py", "--restore", R1], cwd=clone, env=env,  # noqa
                                      capture_output=True, text=True, timeout=120)
     (clone / "train.py").write_text((clone / "train.py").read_text() + "# an uncommitted edit\n")
     r = restore()
     assert r.returncode == 2 and "uncommitted edits; commit or discard them first" in r.stderr
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py"], check=True)
     r = restore()
-    assert r.returncode == 0 and "restored model.json, train.py from run r1" in r.stdout, r.stderr
+    assert r.returncode == 0 and f"restored model.json, train.py from run {R1}" in r.stdout, r.stderr
     assert (clone / "train.py").read_text() == kept["train.py"] and '"depth": 6' in (clone / "model.json").read_text()
     assert "!!" not in r.stdout                                      # a run the ledger does not hold: no status
     # a run the ledger holds as a discard: restored, with a word that it was never kept
     store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
     record.append_run(store.results, store.sessions, _row("base", 1.0), _entry(fp="A"))
-    record.append_run(store.results, store.sessions, _row("r2", 1.1, status="discard"), _entry(fp="B"), "discard")
-    (tmp_path / "sessions" / "r2.json").write_text(json.dumps({"run_id": "r2", "files": kept}))
+    record.append_run(store.results, store.sessions, _row(R2, 1.1, status="discard"), _entry(fp="B"), "discard")
+    (tmp_path / "sessions" / f"{R2}.json").write_text(json.dumps({"run_id": R2, "files": kept}))
     subprocess.run(["git", "-C", str(clone), "checkout", "-q", "--", "train.py", "model.json"], check=True)
-    r = subprocess.run([sys.executable, "prepare.py", "--restore", "r2"], cwd=clone, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "prepare.py", "--restore", R2], cwd=clone, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.splitlines()[-2:] == [      # the warning before the commit it asks for
-        "!! run r2 is a `discard`: its configuration was never kept (memory.md's best is the one to build on)",
-        "restored model.json, train.py from run r2; commit it: git commit -am \"build on r2\""]
-    r = subprocess.run([sys.executable, "prepare.py", "--restore", "nope"], cwd=clone, env=env, capture_output=True,
+        f"!! run {R2} is a `discard`: its configuration was never kept (memory.md's best is the one to build on)",
+        f"restored model.json, train.py from run {R2}; commit it: git commit -am \"build on {R2}\""]
+    r = subprocess.run([sys.executable, "prepare.py", "--restore", R1.replace("0001", "0009")], cwd=clone, env=env,
+                       capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "no model.json and train.py recorded for this run" in r.stderr
 

@@ -1,0 +1,111 @@
+"""Harness-written files damaged (issue 34, round 2): each one set aside with one line, never a traceback, and the
+next run or digest still written; --restore and --record-crash take only what the ledger writes.
+
+    uv run pytest tests/test_damaged_files.py
+"""
+
+import json
+
+import pytest
+
+from harness import checked, ledger, record
+from conftest import run_script
+from test_ledger import _entry, _row
+
+RID = "20261207T000000Z-abcdef0-00000001"
+
+
+def _ledger_with_two_runs(run_dir):
+    store = ledger.FileLedger(run_dir / "results.tsv", run_dir / "sessions")
+    record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry(fp="A"))
+    record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0b", 1.1), _entry(fp="B"))
+    return store
+
+
+@pytest.mark.parametrize("field, value", [("model", "notadict"), ("git", "abc"), ("launch", {"env": []}),
+                                          ("seed", "42"), ("curve", {"a": 1})])
+def test_a_damaged_run_record_is_recorded_as_a_crash_and_the_memory_goes_on(run_dir, field, value):
+    store = _ledger_with_two_runs(run_dir)
+    rec = {"run_id": RID, "status": "running", "git": {"commit": "abcdef0"}, "seed": 42, field: value}
+    (store.sessions / f"{RID}.json").write_text(json.dumps(rec))
+    (store.sessions / f"{RID}.log").write_text("step 00001 | loss 9.0\nKilled\n")
+    r = run_script("prepare.py", run_dir, "--record-crash", str(store.sessions / f"{RID}.log"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    shown = f"{field}.env" if field == "launch" else field
+    assert f"!! {RID}.json: key '{shown}'" in r.stdout and "set aside" in r.stdout
+    rows, index = store.read()
+    assert [x["status"] for x in rows][-1] == "crash" and rows[-1]["run_id"] == RID and store.damage == []
+    assert json.loads((store.sessions / f"{RID}.json").read_text())[field] == value     # the file keeps what it had
+    m = run_script("prepare.py", run_dir, "--memory")
+    assert m.returncode == 0 and "Traceback" not in m.stderr
+
+
+def test_a_damaged_index_line_is_one_line_in_memory_md_and_the_rest_is_read(run_dir):
+    store = _ledger_with_two_runs(run_dir)
+    with open(store.sessions / "index.jsonl", "a") as f:
+        f.write(json.dumps({"run_id": "20261207T000000Z-abcdef0-0c", "model": "notadict", "seed": 43}) + "\n")
+        f.write("[1, 2]\n{not json\n")
+    index = ledger.read_index(store.sessions, damage := [])
+    assert index["20261207T000000Z-abcdef0-0c"] == {"run_id": "20261207T000000Z-abcdef0-0c", "seed": 43}
+    assert damage == ["index.jsonl:3: key 'model' is \"notadict\", not what the harness writes: that field set aside",
+                      "index.jsonl:4: not a JSON object (list): set aside", "index.jsonl:5: not JSON: set aside"]
+    m = run_script("prepare.py", run_dir, "--memory")
+    assert m.returncode == 0 and m.stdout.count("!! damaged entry: index.jsonl:") == 3
+    memory = (store.sessions / "memory.md").read_text()
+    assert "!! damaged entry: index.jsonl:3: key 'model' is \"notadict\"" in memory
+    assert "## Best configuration" in memory or "best:" in memory
+
+
+@pytest.mark.parametrize("claim", [{"run_id": "x", "expires": 9e99}, {"run_id": "x", "started": "soon", "expires": 9e99},
+                                   {"started": 1.0, "expires": 9e99}, "text"])
+def test_a_damaged_claim_is_set_aside(tmp_path, claim):
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    good = {"run_id": "y", "started": 1.0, "expires": 9e99, "host": "h"}
+    store.claims_path.write_text(json.dumps(claim) + "\n" + json.dumps(good) + "\n")
+    assert [c["run_id"] for c in store.claims(2.0)] == ["y"]
+
+
+@pytest.mark.parametrize("name", ["memory.md", "index.jsonl"])
+def test_a_folder_where_the_harness_writes_a_file_is_one_line(run_dir, name):
+    _ledger_with_two_runs(run_dir)
+    (run_dir / "sessions" / name).unlink(missing_ok=True)
+    (run_dir / "sessions" / name).mkdir()
+    for args in (["--memory"], ["--check"]):
+        r = run_script("prepare.py", run_dir, *args)
+        assert (r.returncode, r.stderr.strip()) == (2, f"error: {run_dir / 'sessions' / name}: is a folder where the "
+                                                       f"harness writes a file; move it away")
+
+
+@pytest.mark.parametrize("arg", ["../../evil", "/etc/passwd", "20261207T000000Z-abc/../x-00", "", "  "])
+def test_restore_takes_only_a_run_id(run_dir, arg):
+    (run_dir / "sessions").mkdir()
+    evil = run_dir.parent / "evil.json"
+    evil.write_text(json.dumps({"files": {"model.json": "{}", "train.py": "print('owned')\n"}}))
+    r = run_script("prepare.py", run_dir, "--restore", arg)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "expected a run id" in r.stderr or "expected a value" in r.stderr
+
+
+@pytest.mark.parametrize("files, why", [({"model.json": '{"depth": "eight"}', "train.py": "x = 1\n"},
+                                         "its recorded model.json: key 'depth'"),
+                                        ({"model.json": "{not json", "train.py": "x = 1\n"}, "its recorded model.json"),
+                                        ({"model.json": 1, "train.py": 2}, "the record's files are damaged")])
+def test_restore_validates_the_recorded_files_before_writing(run_dir, files, why):
+    (run_dir / "sessions").mkdir()
+    (run_dir / "sessions" / f"{RID}.json").write_text(json.dumps({"run_id": RID, "files": files}))
+    before = (run_dir / "model.json").read_text()
+    r = run_script("prepare.py", run_dir, "--restore", RID)
+    assert r.returncode == 2 and why in r.stderr and "nothing was written" in r.stderr, r.stderr
+    assert (run_dir / "model.json").read_text() == before
+
+
+@pytest.mark.parametrize("arg", ["", "../x.log", "/tmp/elsewhere/20261207T000000Z-abcdef0-00000001.log"])
+def test_record_crash_takes_only_a_log_in_the_sessions_folder(run_dir, tmp_path, arg):
+    (run_dir / "sessions").mkdir()
+    r = run_script("prepare.py", run_dir, "--record-crash", arg)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and not (run_dir / "results.tsv").exists()
+
+
+def test_the_run_id_pattern_is_the_one_runs_get():
+    assert checked.RUN_ID.fullmatch("20261207T101539Z-d8efdd3-741b1a92")
+    assert not checked.RUN_ID.fullmatch("20261207T101539Z-d8e/../x-741b1a92")
