@@ -108,3 +108,15 @@ def read_record(path: Path) -> tuple[dict | None, list[str]]:
     except (OSError, ValueError) as e:
         return None, [f"{path.name}: not a run record ({type(e).__name__})"]
     return check(obj, "record", path.name)
+
+
+def verify_rows(rows: list[dict], index: dict, legacy_key: str) -> int:
+    """Rows of results.tsv with no index entry of their run (every recorded run has one) become `unverified`: never
+    a best, a floor or a bar. It catches a hand-added row, not a determined forger (who would add both lines; a
+    signed ledger or the shared database's permissions would stop that). Returns how many; rows are fresh per
+    read, so the file is never changed."""
+    n = 0
+    for r in rows:
+        if r.get("run_id") not in index and r.get("comparability_key") != legacy_key and r["status"] != "unverified":
+            r["status"], n = "unverified", n + 1
+    return n

@@ -263,6 +263,9 @@ def _show(value: Any) -> str:
     return shown if len(shown) <= MAX_SHOWN_CHARS and len(text) <= window else shown[:MAX_SHOWN_CHARS] + "..."
 
 
+EXTRA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")      # model.json `extra` keys: the agent's own knobs
+
+
 def _key(name: str) -> str:
     """A key for an error line: printable, on one line, cut short."""
     return _show(name)[1:-1] if not re.fullmatch(r"[\w.]{1,60}", name) else name
@@ -335,6 +338,9 @@ def load_model(path: Path | None = None) -> ModelConfig:
     path = Path(path or model_path())
     cfg = _build(ModelConfig, _read_json(path), path.name)
     for key, value in cfg.extra.items():
+        if not EXTRA_KEY.fullmatch(key):       # it is printed in memory.md: no Markdown, no control characters
+            raise ConfigError(f"{path.name}: key 'extra.{_key(key)}': expected an identifier (letters, digits, _; "
+                              f"a letter or _ first; at most 64)")
         if not isinstance(value, (int, float, str, bool)) and value is not None:
             raise ConfigError(f"{path.name}: key 'extra.{_key(key)}': expected a number, string, bool or null, got "
                               f"{_show(value)}")

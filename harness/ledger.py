@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from harness import settings
-from harness.checked import read_jsonl
+from harness.checked import read_jsonl, verify_rows
 from harness.config import ConfigError
 from harness.decide import UNSCORED, decide_entry
 from harness.settings import Settings
@@ -28,7 +28,8 @@ from harness.util import atomic_write_text
 LEDGER_COLUMNS = ("run_id", "commit", "val_bpb", "memory_gb", "status", "description", "peak_vram_mb", "mfu_percent",
                   "training_seconds", "total_tokens_M", "num_params_M", "num_steps", "mode", "comparability_key",
                   "timestamp")
-STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "pruned", "crash", "interrupted")  # decide
+STATUSES = ("baseline", "keep", "confirm", "discard", "repeat", "rerun", "pruned", "crash", "interrupted",  # decide
+            "unverified")                 # read only: a row with no run record (harness/checked.py verify_rows)
 _FLOAT_COLS = ("val_bpb", "memory_gb", "peak_vram_mb", "mfu_percent", "training_seconds", "total_tokens_M",
                "num_params_M")
 _REQUIRED_COLS = ("commit", "val_bpb", "status", "description")
@@ -193,9 +194,10 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
     """Under the ledger lock: decide the status (unless given), append the row and its index entry, then
     call after(results, sessions) (the memory writer) before the lock is released. Returns the row as written."""
     with ledger_lock(results):
-        rows = read_ledger(results, warn=lambda m: None)
+        rows, index = read_ledger(results, warn=lambda m: None), read_index(sessions)
+        verify_rows(rows, index, LEGACY_KEY)     # a row with no run record decides nothing
         row, index_entry = dict(row), dict(index_entry)
-        row["status"] = decide_entry(rows, read_index(sessions), row, index_entry, status)
+        row["status"] = decide_entry(rows, index, row, index_entry, status)
         if row["status"] in UNSCORED:
             row["val_bpb"] = None
         if any(r["run_id"] == row["run_id"] for r in rows):
@@ -296,7 +298,11 @@ class FileLedger:
 
     def read(self) -> tuple[list[dict], dict]:
         self.damage = []                      # entries set aside, for memory.md's `!!` lines
-        return read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage)
+        rows, index = read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage)
+        if n := verify_rows(rows, index, LEGACY_KEY):
+            self.damage.append(f"{self.results.name}: {n} row(s) with no run record in index.jsonl (hand-added, or "
+                               f"killed between row and record): shown as unverified, never a best")
+        return rows, index
 
     def append(self, row: dict, entry: dict, status: str | None = None, after=None, files: dict | None = None) -> dict:
         """Decide, append and drop the run's claim under the lock; then after(self) (memory.md), still under it.

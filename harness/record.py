@@ -35,7 +35,7 @@ from harness.nextstep import next_step
 from harness.settings import Settings
 from harness.sources import load_manifest
 from harness.tokenizer import Tokenizer
-from harness.util import atomic_write_text
+from harness.util import Tee, atomic_write_text
 
 CLAIM_GRACE_S = 600      # a claim outlives its run's hard wall limit (harness.clock): then its machine died
 EPOCHS_WARN = 4          # passes over the train split past which a run says it repeats its data
@@ -78,25 +78,6 @@ def append_run(results: Path, sessions: Path, row: dict, index_entry: dict, stat
 # ---------------------------------------------------------------------------
 # The run: console log, JSON record, exactly one ledger row
 # ---------------------------------------------------------------------------
-
-class _Tee:
-    def __init__(self, stream, log):
-        self.stream, self.log = stream, log
-
-    def write(self, data):
-        # log first, flushed: whatever the console showed is in the log, even after SIGKILL
-        self.log.write(data)
-        self.log.flush()
-        self.stream.write(data)
-        return len(data)
-
-    def flush(self):
-        self.stream.flush()
-        self.log.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
 
 class Run:
     """One experiment's record. Created by start_run(); finish() or crash() records it once."""
@@ -146,9 +127,7 @@ class Run:
     def start(self) -> "Run":
         import signal
         self.sessions.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
-        self._orig = (sys.stdout, sys.stderr)
-        sys.stdout, sys.stderr = _Tee(sys.stdout, self._log), _Tee(sys.stderr, self._log)
+        sys.stdout, sys.stderr = Tee(sys.stdout, self.log_path), Tee(sys.stderr, self.log_path)
         start = {"run_id": self.run_id, "comparability_key": self.key, "commit": self.git["commit"]}
         print(f"run_start: {json.dumps(start)}")
         print(f"run_id: {self.run_id}  commit: {self.git['commit']}{' (dirty)' if self.git['dirty'] else ''}")
@@ -180,8 +159,9 @@ class Run:
         import signal
         name = signal.Signals(signum).name
         if self._finishing:                  # the outcome is being recorded: interrupting that would lose it
-            print(f"\n{name} received while the run is being recorded: recording first")
-            return
+            return                           # (no word: a write here could land inside the one it interrupted)
+        for stream in (sys.stdout, sys.stderr):
+            getattr(stream, "reopen", lambda: None)()      # the signal may have come inside a write to the old ones
         print(f"\n{name} received: recording the run as interrupted")
         self.finish({}, status="interrupted", error=f"{name} received")
         raise SystemExit(128 + signum)

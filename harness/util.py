@@ -73,3 +73,35 @@ def bytecode_note(module) -> str | None:
            else "it could not be written")
     return (f"note: {module.__name__}'s bytecode is not cached ({why}): each run recompiles its sources at start-up; "
             f"`uv sync --compile-bytecode` once, or PYTHONPYCACHEPREFIX=<a writable folder>, fixes it")
+
+
+class Tee:
+    """A console stream that also writes to the run's log: log first, flushed, so that whatever the console showed
+    is in the log even after SIGKILL."""
+
+    def __init__(self, stream, log_path: Path):
+        self.stream, self.log_path = stream, log_path
+        self.log = open(log_path, "a", encoding="utf-8", buffering=1)
+
+    def write(self, data):
+        self.log.write(data)
+        self.log.flush()
+        self.stream.write(data)
+        return len(data)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+    def reopen(self) -> None:
+        """New objects on the same log and console, for a signal handler: the signal (a terminal's Ctrl-C reaches
+        the whole process group, `timeout` sends it twice) may have arrived inside a write to the old ones, and a
+        buffered file written from inside its own write raises `reentrant call`."""
+        self.log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+        try:
+            self.stream = open(os.dup(self.stream.fileno()), "w", encoding="utf-8", buffering=1)
+        except (OSError, ValueError, AttributeError):      # a console without a file descriptor: kept
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -109,3 +109,42 @@ def test_record_crash_takes_only_a_log_in_the_sessions_folder(run_dir, tmp_path,
 def test_the_run_id_pattern_is_the_one_runs_get():
     assert checked.RUN_ID.fullmatch("20261207T101539Z-d8efdd3-741b1a92")
     assert not checked.RUN_ID.fullmatch("20261207T101539Z-d8e/../x-741b1a92")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["training", "recording"])
+def test_a_process_group_ctrl_c_twice_is_one_interrupted_row(run_dir, when):
+    """What a terminal's Ctrl-C and `timeout` do: SIGINT to the whole process group, twice. The handler writes
+    through fresh streams (the signal may come inside a write to the log), and a second signal while recording is
+    ignored: one `interrupted` row, no traceback in the log, and `next:` runs the commit again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["test"]["time_budget_s"] = 60 if when == "training" else 2
+    (run_dir / "ground.json").write_text(json.dumps(g))
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
+               AUTORESEARCH_MODEL=str(run_dir / "model.json"), PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, str(REPO / "train.py")], cwd=run_dir, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    marker = "step 00002" if when == "training" else "eval"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        logs = list((run_dir / "sessions").glob("*.log")) if (run_dir / "sessions").exists() else []
+        if logs and marker in logs[0].read_text(errors="replace"):
+            break
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    rows = ledger.read_ledger(run_dir / "results.tsv")
+    log = next((run_dir / "sessions").glob("*.log")).read_text(errors="replace")
+    assert len(rows) == 1 and "Traceback" not in log and "reentrant" not in log, out[-3000:]
+    if rows[0]["status"] == "interrupted":       # recording had not begun: the interrupt is the outcome
+        assert p.returncode == 130 and "next: " in out and "uv run train.py" in out.split("next: ")[-1]
+    else:                                        # it had: the run's own outcome stands, recorded once
+        assert when == "recording" and rows[0]["status"] == "baseline" and p.returncode in (0, 130)
