@@ -23,6 +23,7 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   warm_eval     the eval's graph, compiled by a second process while the run trains
 
 Bookkeeping: what a run means (the keep rule, the ledger, the digest)
+  checked       every harness-written file read through one check: a damaged entry set aside, named in one line
   decide        the keep rule: configurations' means over seeds, the noise floor, the margin, paired seeds
   lineage       which run each run built on, the commit to return to, the commands a run prints
   identity      what identifies a run: commit, configuration fingerprint, host, the comparability key
