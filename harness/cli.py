@@ -159,6 +159,8 @@ def migrate(s) -> int:
     from harness.ledger import LEDGER_COLUMNS, ledger_paths, migrate_ledger
     from harness.memory import regenerate_memory
     results, _ = ledger_paths(s)
+    if not results.is_file():
+        raise ConfigError(f"--migrate-ledger: no ledger to migrate at {results} (ground.json ledger.results)")
     old = migrate_ledger(results)
     print(f"ledger: {results} rewritten with {len(LEDGER_COLUMNS)} columns; the old file is {old}")
     print(f"memory: {regenerate_memory(s)}")

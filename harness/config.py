@@ -73,6 +73,15 @@ def _f(kind, expect, check=None, choices=(), default=_REQUIRED):
     return field(metadata={"spec": Spec(kind, expect, check, tuple(choices), default)})
 
 
+MAX_MAGNITUDE = 10**18            # no setting needs more (peak FLOP/s of a large node: ~1e16)
+MAX_PATH_CHARS = 4096             # PATH_MAX on Linux
+
+
+def _path_ok(v: str, empty: bool = False) -> bool:
+    """A path value: one line, no control characters, at most MAX_PATH_CHARS (an OS error later is no message)."""
+    return (empty or v.strip() != "") and len(v) <= MAX_PATH_CHARS and not re.search(r"[\x00-\x1f\x7f]", v)
+
+
 def _compiles(pattern: str) -> bool:
     import regex                                   # tiktoken's own dependency; the tokenizer's pattern dialect
     try:
@@ -90,7 +99,7 @@ def _is_pow2(v: int) -> bool:
 class DataConfig:
     source: str = _f("choice", "one of auto, climbmix, local, builtin, builtin-stdlib",
                      choices=("auto", "climbmix", "local", "builtin", "builtin-stdlib"))
-    cache_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
+    cache_dir: str = _f("str", "a folder path (one line, at most 4096 characters)", check=_path_ok)
     climbmix_url: str = _f("str", "an http(s) URL", check=lambda v: v.startswith(("http://", "https://")))
     num_train_shards: int = _f("int", "an integer >= 1", check=lambda v: v >= 1)
     val_shard: int = _f("int", "an integer >= 0", check=lambda v: v >= 0)
@@ -98,7 +107,8 @@ class DataConfig:
                             check=lambda v: v >= 0, default=6541)
     download_workers: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
     probe_timeout_s: float = _f("num", "a positive number of seconds", check=lambda v: v > 0)
-    local_dir: str = _f("str", "a folder path (or \"\" when not using source local)")
+    local_dir: str = _f("str", "a folder path (or \"\" when not using source local)",
+                        check=lambda v: _path_ok(v, empty=True))
     split_long_documents: bool = _f("bool", "true or false (local sources: documents longer than a row are split "
                                             "into row-sized pieces instead of cropped)", default=False)
 
@@ -109,7 +119,7 @@ class TokenizerConfig:
     split_pattern: str = _f("str", "a non-empty regex that compiles", check=lambda v: v != "" and _compiles(v))
     num_reserved_tokens: int = _f("int", "an integer between 1 and 64", check=lambda v: 1 <= v <= 64)
     bos_token: str = _f("str", "one of the reserved tokens <|reserved_N|>",
-                        check=lambda v: re.fullmatch(r"<\|reserved_\d+\|>", v) is not None)
+                        check=lambda v: re.fullmatch(r"<\|reserved_\d{1,4}\|>", v) is not None)
     max_train_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
     doc_cap_chars: int = _f("int", "a positive integer", check=lambda v: v > 0)
 
@@ -138,8 +148,8 @@ class ProcessorConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    results: str = _f("str", "a file path", check=lambda v: v.strip() != "")
-    sessions_dir: str = _f("str", "a folder path", check=lambda v: v.strip() != "")
+    results: str = _f("str", "a file path (one line, at most 4096 characters)", check=_path_ok)
+    sessions_dir: str = _f("str", "a folder path (one line, at most 4096 characters)", check=_path_ok)
     backend: str = _f("choice", "one of file, postgres", choices=("file", "postgres"), default="file")
     database_url_env: str = _f("str", "the name of an environment variable that holds the postgresql:// URL (the "
                                "URL and its password stay out of tracked files)",
@@ -187,6 +197,8 @@ MODEL_INT_KEYS = ("depth", "aspect_ratio", "head_dim", "total_batch_size", "devi
 def _typed(spec: Spec, value: Any):
     """Return the value converted to the spec's type, or None when the type is wrong."""
     is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_num and not abs(value) <= MAX_MAGNITUDE:       # 1e400 is inf, 10**400 overflows float(): bounded first
+        return None
     if spec.kind == "int":
         return value if isinstance(value, int) and not isinstance(value, bool) else None
     if spec.kind == "num":
@@ -308,10 +320,10 @@ def load_ground(path: Path | None = None) -> GroundConfig:
     for name in ("train", "test"):
         for key, cap in getattr(cfg, name).model_caps.items():
             if key not in MODEL_INT_KEYS:
-                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected one of "
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{_key(key)}': expected one of "
                                   f"{', '.join(MODEL_INT_KEYS)}")
             if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
-                raise ConfigError(f"{path.name}: key '{name}.model_caps.{key}': expected a positive integer, got "
+                raise ConfigError(f"{path.name}: key '{name}.model_caps.{_key(key)}': expected a positive integer, got "
                                   f"{_show(cap)}")
         prof = getattr(cfg, name)
         if 0 < prof.max_steps <= prof.excluded_steps:       # no step would count: no budget, no tok/s

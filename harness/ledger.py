@@ -125,14 +125,15 @@ def check_paths(results: Path, sessions: Path) -> None:
     for path, kind in ((results, "ledger.results"), (sessions, "ledger.sessions_dir")):
         try:
             st = os.stat(path)
-            exists, is_dir = True, stat.S_ISDIR(st.st_mode)
+            exists, is_dir, is_file = True, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
         except FileNotFoundError:
-            exists, is_dir = False, False
+            exists, is_dir, is_file = False, False, False
         except (OSError, ValueError) as e:      # a NUL byte, a name too long (pathlib would answer "no such file")
             raise ConfigError(f"ground.json: key '{kind}': not a usable path ({type(e).__name__}: "
                               f"{str(e)[:60]})") from None
-        if kind == "ledger.results" and is_dir:
-            raise ConfigError(f"ground.json: key '{kind}': expected a file, got the folder {str(path)[:100]}")
+        if kind == "ledger.results" and exists and not is_file:      # a folder, /dev/full, /dev/null: rows lost
+            raise ConfigError(f"ground.json: key '{kind}': expected a regular file, got {str(path)[:100]}"
+                              f"{' (a folder)' if is_dir else ''}")
         if kind == "ledger.sessions_dir" and exists and not is_dir:
             raise ConfigError(f"ground.json: key '{kind}': expected a folder, got the file {str(path)[:100]}")
         parent = path.parent
@@ -287,8 +288,7 @@ class FileLedger:
     def __init__(self, results: Path, sessions: Path):
         self.results, self.sessions = results, sessions
         self.claims_path = results.with_name(results.name + ".claims")
-        self.note = None                      # a line for memory.md about where its rows came from
-        self.damage: list[str] = []
+        self.note, self.damage = None, []     # memory.md's lines: where its rows came from; entries set aside
 
     def lock(self):
         return ledger_lock(self.results)

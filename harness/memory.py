@@ -8,6 +8,7 @@ number of runs; the agent's `## Notes` section is kept verbatim below the genera
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +25,7 @@ from harness.lineage import (flatten, key_before, key_differences, parent_run, p
 from harness.heldout import read as heldout_scores
 from harness.plot import write_progress_png
 from harness.settings import Settings
-from harness.util import atomic_write_text
+from harness.util import atomic_write_bytes
 
 MEMORY_MAX_BYTES = 8192        # generated part; the agent's ## Notes are kept verbatim on top
 MEMORY_TOP, MEMORY_RECENT, MEMORY_VALUES_PER_KEY = 5, 8, 6     # top runs, recent runs, values per hyperparameter
@@ -288,12 +289,28 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
 
 
 
+_NOTES = re.compile(r"^\ufeff?#{1,6}[ \t]*notes[ \t]*\r?$", re.I | re.M)     # any level or case, after a BOM
+
+
 def read_notes(memory: Path) -> str:
-    text = memory.read_text(encoding="utf-8", errors="replace") if memory.exists() else ""
-    if text.startswith(NOTES_HEADER):
-        return text
-    i = text.find("\n" + NOTES_HEADER)
-    return text[i + 1:] if i >= 0 else ""
+    """The agent's Notes section of memory.md, byte for byte: its header at any level or case (after a BOM too),
+    bytes that are not UTF-8 kept as they are (surrogate escapes, written back as the same bytes). A memory.md that
+    lost its header is copied whole to memory.notes-lost.md with a `!!` line, never dropped in silence."""
+    try:
+        raw = memory.read_bytes()
+    except FileNotFoundError:
+        return ""
+    text = raw.decode("utf-8", "surrogateescape")
+    found = _NOTES.search(text)
+    if found:
+        return text[found.start():]
+    if text.strip() and not text.lstrip("\ufeff").startswith("# memory.md"):    # the agent's own file: all notes
+        return f"{NOTES_HEADER}\n\n{text}"
+    if text.strip():
+        lost = memory.with_name("memory.notes-lost.md")
+        atomic_write_bytes(lost, raw)
+        print(f"!! {memory.name} had no Notes header: it was regenerated, and the old file is kept whole in {lost}")
+    return ""
 
 
 def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
@@ -304,7 +321,8 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     now = time.time() if now is None else now
     claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)]
     damage = list(getattr(store, "damage", []))
-    atomic_write_text(memory, render_memory(rows, index, read_notes(memory), claims, now, store.note, damage))
+    text = render_memory(rows, index, read_notes(memory), claims, now, store.note, damage)
+    atomic_write_bytes(memory, text.encode("utf-8", "surrogateescape"))       # the Notes' own bytes, as read
     if plot:
         write_progress_png(rows, index, store.sessions, heldout_scores(store))     # the human's view only
     return memory

@@ -148,3 +148,42 @@ def test_a_process_group_ctrl_c_twice_is_one_interrupted_row(run_dir, when):
         assert p.returncode == 130 and "next: " in out and "uv run train.py" in out.split("next: ")[-1]
     else:                                        # it had: the run's own outcome stands, recorded once
         assert when == "recording" and rows[0]["status"] == "baseline" and p.returncode in (0, 130)
+
+
+@pytest.mark.parametrize("notes", [b"\xef\xbb\xbf## Notes\n- after a BOM\n", b"## notes\n- lower case\n",
+                                   b"### Notes\n- level 3\n", b"## Notes\n- caf\xe9 in Latin-1\n\x00 and a NUL\n"])
+def test_the_notes_are_kept_byte_for_byte_whatever_their_header(tmp_path, notes):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    record.append_run(res, ses, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry())
+    memory = ses / "memory.md"
+    memory.write_bytes(memory.read_bytes().split(b"## Notes")[0] + notes)
+    for _ in range(2):                                   # regenerated twice: the same bytes, one header
+        record.append_run(res, ses, _row(f"20261207T00000{_}Z-abcdef0-0b", 1.1), _entry(fp=f"B{_}"))
+        raw = memory.read_bytes()
+        assert raw.endswith(b"\n" + notes) and raw.lower().count(b"notes\n") == 1
+
+
+def test_a_memory_md_without_its_notes_header_is_kept_whole_beside_it(tmp_path, capsys):
+    res, ses = tmp_path / "results.tsv", tmp_path / "s"
+    record.append_run(res, ses, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry())
+    memory = ses / "memory.md"
+    old = memory.read_bytes().split(b"## Notes")[0] + b"my plan: try a deeper model\n"
+    memory.write_bytes(old)
+    record.append_run(res, ses, _row("20261207T000000Z-abcdef0-0b", 1.1), _entry(fp="B"))
+    assert (ses / "memory.notes-lost.md").read_bytes() == old
+    assert "!! memory.md had no Notes header" in capsys.readouterr().out and b"## Notes" in memory.read_bytes()
+
+
+def test_migrate_without_a_ledger_is_one_line(run_dir):
+    r = run_script("prepare.py", run_dir, "--migrate-ledger")
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: --migrate-ledger: no ledger to migrate at "
+                                                   f"{run_dir / 'results.tsv'} (ground.json ledger.results)")
+
+
+@pytest.mark.parametrize("device", ["/dev/full", "/dev/null"])
+def test_a_ledger_that_cannot_hold_rows_fails_at_check(run_dir, device):
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"]["results"] = device
+    (run_dir / "ground.json").write_text(json.dumps(g))
+    r = run_script("prepare.py", run_dir, "--check")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "ledger.results" in r.stderr, r.stderr
