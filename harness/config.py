@@ -73,12 +73,10 @@ def _f(kind, expect, check=None, choices=(), default=_REQUIRED):
     return field(metadata={"spec": Spec(kind, expect, check, tuple(choices), default)})
 
 
-MAX_MAGNITUDE = 10**18            # no setting needs more (peak FLOP/s of a large node: ~1e16)
-MAX_PATH_CHARS = 4096             # PATH_MAX on Linux
+MAX_MAGNITUDE, MAX_PATH_CHARS = 10**18, 4096     # no setting needs more (a node's peak FLOP/s: ~1e16); PATH_MAX
 
 
-def _path_ok(v: str, empty: bool = False) -> bool:
-    """A path value: one line, no control characters, at most MAX_PATH_CHARS (an OS error later is no message)."""
+def _path_ok(v: str, empty: bool = False) -> bool:     # one line, no control characters (an OSError is no message)
     return (empty or v.strip() != "") and len(v) <= MAX_PATH_CHARS and not re.search(r"[\x00-\x1f\x7f]", v)
 
 
@@ -173,8 +171,7 @@ class ModelConfig:
     depth: int = _f("int", "an integer between 1 and 256", check=lambda v: 1 <= v <= 256)
     aspect_ratio: int = _f("int", "a positive integer", check=lambda v: v >= 1)
     head_dim: int = _f("int", "an even integer between 8 and 512", check=lambda v: 8 <= v <= 512 and v % 2 == 0)
-    window_pattern: str = _f("str", "a non-empty string of S and L",
-                             check=lambda v: re.fullmatch(r"[SL]+", v) is not None)
+    window_pattern: str = _f("str", "a non-empty string of S and L", check=lambda v: re.fullmatch(r"[SL]+", v))
     total_batch_size: int = _f("int", "a power of two (tokens per optimizer step)", check=_is_pow2)
     device_batch_size: int = _f("int", "a power of two (rows per forward pass)", check=_is_pow2)
     embedding_lr: float = _f("num", "a non-negative number", check=lambda v: v >= 0)
@@ -186,12 +183,12 @@ class ModelConfig:
     warmup_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
     warmdown_ratio: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
     final_lr_frac: float = _f("num", "a number in [0, 1]", check=lambda v: 0 <= v <= 1)
-    prune: bool = _f("bool", "true or false (stop a run early whose loss curve is clearly worse than the best's: "
-                             "harness/prune.py)", default=True)
+    prune: bool = _f("bool", "true or false (the early stop of harness/prune.py)", default=True)
     extra: dict = _f("object", "an object of agent-defined scalars (read by train.py)", default={})
 
 
 MODEL_INT_KEYS = ("depth", "aspect_ratio", "head_dim", "total_batch_size", "device_batch_size")
+EXTRA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")      # model.json `extra` keys: the agent's own knobs
 
 
 def _typed(spec: Spec, value: Any):
@@ -275,9 +272,6 @@ def _show(value: Any) -> str:
     return shown if len(shown) <= MAX_SHOWN_CHARS and len(text) <= window else shown[:MAX_SHOWN_CHARS] + "..."
 
 
-EXTRA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")      # model.json `extra` keys: the agent's own knobs
-
-
 def _key(name: str) -> str:
     """A key for an error line: printable, on one line, cut short."""
     return _show(name)[1:-1] if not re.fullmatch(r"[\w.]{1,60}", name) else name
@@ -285,8 +279,7 @@ def _key(name: str) -> str:
 
 def _no_duplicates(pairs):
     keys = [k for k, _ in pairs]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    if dup is not None:
+    if (dup := next((k for k in keys if keys.count(k) > 1), None)) is not None:
         raise ValueError(f"duplicate key '{_key(dup)}'")
     return dict(pairs)
 
@@ -317,30 +310,27 @@ def _read_json(path: Path) -> Any:
 def load_ground(path: Path | None = None) -> GroundConfig:
     path = Path(path or ground_path())
     cfg = _build(GroundConfig, _read_json(path), path.name)
-    for name in ("train", "test"):
-        for key, cap in getattr(cfg, name).model_caps.items():
+    for name, prof in (("train", cfg.train), ("test", cfg.test)):
+        for key, cap in prof.model_caps.items():
             if key not in MODEL_INT_KEYS:
                 raise ConfigError(f"{path.name}: key '{name}.model_caps.{_key(key)}': expected one of "
                                   f"{', '.join(MODEL_INT_KEYS)}")
             if not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
                 raise ConfigError(f"{path.name}: key '{name}.model_caps.{_key(key)}': expected a positive integer, got "
                                   f"{_show(cap)}")
-        prof = getattr(cfg, name)
         if 0 < prof.max_steps <= prof.excluded_steps:       # no step would count: no budget, no tok/s
             raise ConfigError(f"{path.name}: key '{name}.max_steps': expected 0 (no cap) or more than "
                               f"{name}.excluded_steps ({prof.excluded_steps}), got {prof.max_steps}")
-    bos_index = int(re.fullmatch(r"<\|reserved_(\d+)\|>", cfg.tokenizer.bos_token).group(1))
-    if bos_index >= cfg.tokenizer.num_reserved_tokens:
-        raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of "
-                          f"<|reserved_0|>..<|reserved_{cfg.tokenizer.num_reserved_tokens - 1}|>, got "
-                          f"{_show(cfg.tokenizer.bos_token)}")
-    if cfg.data.split_long_documents and cfg.data.source in ("climbmix", "auto"):
-        raise ConfigError(f"{path.name}: key 'data.split_long_documents': expected false with data.source "
-                          f"{cfg.data.source} (ClimbMix keeps upstream's cropping)")
-    if cfg.data.heldout_shard == cfg.data.val_shard or cfg.data.heldout_shard < cfg.data.num_train_shards:
-        raise ConfigError(f"{path.name}: key 'data.heldout_shard': expected a shard that is neither the val shard "
-                          f"nor a train shard (>= {cfg.data.num_train_shards}), got {cfg.data.heldout_shard}")
-    if cfg.data.source == "local" and not cfg.data.local_dir:
+    if int(re.fullmatch(r"<\|reserved_(\d+)\|>", (t := cfg.tokenizer).bos_token).group(1)) >= t.num_reserved_tokens:
+        raise ConfigError(f"{path.name}: key 'tokenizer.bos_token': expected one of <|reserved_0|>..<|reserved_"
+                          f"{t.num_reserved_tokens - 1}|>, got {_show(t.bos_token)}")
+    if (d := cfg.data).split_long_documents and d.source in ("climbmix", "auto"):
+        raise ConfigError(f"{path.name}: key 'data.split_long_documents': expected false with data.source {d.source} "
+                          f"(ClimbMix keeps upstream's cropping)")
+    if d.heldout_shard == d.val_shard or d.heldout_shard < d.num_train_shards:     # never trained
+        raise ConfigError(f"{path.name}: key 'data.heldout_shard': expected a shard that is neither the val shard nor "
+                          f"a train shard (>= {d.num_train_shards}), got {d.heldout_shard}")
+    if d.source == "local" and not d.local_dir:
         raise ConfigError(f"{path.name}: key 'data.local_dir': expected a folder path when data.source is local, got "
                           f"\"\"")
     return cfg

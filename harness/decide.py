@@ -78,15 +78,13 @@ CONFIRM_Z = 0.5                 # another seed while the gain exceeds CONFIRM_Z 
 PAIRED_MIN_DOF = 4              # paired differences decide once their own spread rests on this many dof, and the
 PAIRED_MAX_RATIO = 0.6          # upper 95% bound of their variance is under this share of the unpaired one (a
                                 # bound, not the estimate: choosing on a small estimate would choose its luck)
+PAIRED_ACCEPTED = 16            # the paired spread is pooled against the latest accepted configurations only: its
+                                # cost stays linear in the ledger (a campaign of 10,000 rows), its estimate recent
 SPEED_TOLERANCE = 0.10          # host-speed probes further apart than this share are not comparable (the probe
                                 # itself spreads 4.6% on an idle H100: docs/records/2026-12-07_noise-model-h100)
 # one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-# What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
-# attention: ~2% more steps) is another comparability key (harness/identity.py), so that a faster machine is never
-# read as a better model.
-PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
 
 
 # ---------------------------------------------------------------------------
@@ -118,6 +116,7 @@ class Standing:
     sigma: float | None     # None until some configuration was run under two seeds
     dof: int
     best: Config | None
+    copies: set = field(default_factory=set)      # copy_pairs(configs)
 
     def margin(self, n: int) -> float:
         """The gain a configuration of n runs must show over the best (unpaired): judge()'s margin."""
@@ -152,22 +151,32 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
         c.seeds.append(seed)
         c.speeds.append(entry.get("host_speed"))
         c.accepted = c.accepted or r["status"] in ACCEPTED
-    floor = [c for c in configs.values() if not any(_copy_of(c, o) for o in configs.values() if o is not c
-                                                     and o.first_line < c.first_line)]
+    copies = copy_pairs(configs)
+    later = {c for c, o in copies if configs[o].first_line < configs[c].first_line}
+    floor = [c for c in configs.values() if c.fingerprint not in later]
     dof = sum(len(c.values) - 1 for c in floor)
     ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in floor)
     sigma = math.sqrt(ss / dof) if dof > 0 else None
     accepted = [c for c in configs.values() if c.accepted]
     best = min(accepted, key=lambda c: (c.mean, c.first_line)) if accepted else None
-    return Standing(configs, sigma, dof, best)
+    return Standing(configs, sigma, dof, best, copies)
 
 
-def _copy_of(c: Config, other: Config) -> bool:
-    """c reproduced `other` bit for bit on every seed it ran (an edit that trains the same model: an unused model.json
-    key, a comment): its runs measure nothing new, and counted again they would narrow the floors."""
-    theirs = other.by_seed()
-    return bool(c.seeds) and all(s is not None and theirs.get(s) == v for s, v in c.by_seed().items()) and \
-        len(c.by_seed()) == len(c.values)
+def copy_pairs(configs: dict) -> set:
+    """(c, other): configuration c reproduced `other` bit for bit on every seed it ran (an edit that trains the same
+    model: an unused model.json key, a comment): its runs measure nothing new, and counted again they would narrow
+    the floors. Found through the (seed, val_bpb) pairs configurations share: linear in runs, not in their pairs."""
+    having: dict = {}
+    for c in configs.values():
+        for pair in c.by_seed().items():
+            having.setdefault(pair, set()).add(c.fingerprint)
+    out = set()
+    for c in configs.values():
+        pairs = c.by_seed()
+        if pairs and len(pairs) == len(c.values):
+            out.update((c.fingerprint, o) for o in set.intersection(*(having[p] for p in pairs.items()))
+                       if o != c.fingerprint)
+    return out
 
 
 def paired_floor(st: Standing) -> tuple[float | None, int]:
@@ -175,13 +184,15 @@ def paired_floor(st: Standing) -> tuple[float | None, int]:
     minus theirs on each seed both ran, deviations from that pair's mean difference pooled. (None, 0) when no
     pair shares two seeds."""
     ss, dof = 0.0, 0
-    accepted = [c for c in st.configs.values() if c.accepted]
-    for a in accepted:
-        va = a.by_seed()
-        for c in st.configs.values():
-            if c is a or (c.accepted and c.first_line < a.first_line) or _copy_of(c, a) or _copy_of(a, c):
+    seeded = {c.fingerprint: c.by_seed() for c in st.configs.values()}
+    multi = [c for c in st.configs.values() if len(seeded[c.fingerprint]) > 1]     # one seed pairs nothing
+    for a in sorted((c for c in multi if c.accepted), key=lambda c: c.first_line)[-PAIRED_ACCEPTED:]:
+        va = seeded[a.fingerprint]
+        for c in multi:
+            if c is a or (c.accepted and c.first_line < a.first_line) or (c.fingerprint, a.fingerprint) in st.copies \
+                    or (a.fingerprint, c.fingerprint) in st.copies:
                 continue                                            # each accepted pair once; copies measure nothing
-            d = [v - va[s] for s, v in c.by_seed().items() if s in va]
+            d = [v - va[s] for s, v in seeded[c.fingerprint].items() if s in va]
             if len(d) > 1:
                 m = sum(d) / len(d)
                 ss += sum((x - m) ** 2 for x in d)
@@ -205,11 +216,7 @@ def paired_is_tighter(var_d: float | None, dof_d: int, sigma: float) -> bool:
 
 def t_quantile(dof: int) -> float:
     """One-sided 97.5% quantile of Student's t (the next smaller tabled dof: never narrower); 1.96 beyond 30."""
-    if dof < 1:
-        return math.inf
-    if dof > 30:
-        return 1.96
-    return T_975[max(d for d in T_975 if d <= dof)]
+    return math.inf if dof < 1 else 1.96 if dof > 30 else T_975[max(d for d in T_975 if d <= dof)]
 
 
 # ---------------------------------------------------------------------------

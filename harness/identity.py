@@ -24,7 +24,6 @@ from typing import NamedTuple
 import torch
 
 from harness.config import REPO_DIR, ConfigError, agent_files, ground_path, model_path
-from harness.decide import PLATFORM_KEYS
 from harness.evaluate import eval_rows
 from harness.settings import Settings
 from harness.tokenizer import Tokenizer
@@ -202,6 +201,11 @@ def trained_files() -> dict:
     """model.json and train.py as this run reads them: what another agent needs to build on it (--restore)."""
     return {name: path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
             for name, path in agent_files().items()}
+
+
+# What sets the tokens a fixed budget buys, and their numerics: another GPU model or kernel choice (cuDNN -> FA4
+# attention: ~2% more steps) is another comparability key, so that a faster machine is never read as a better model.
+PLATFORM_KEYS = ("device_name", "dtype", "attention", "mlp", "rope", "loss", "compile", "compile_scope")
 
 
 def key_parts(s: Settings, tokenizer: Tokenizer, manifest: dict, platform: dict) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.decide import ACCEPTED, UNSCORED, is_scored, standing
+from harness.decide import ACCEPTED, UNSCORED, is_scored, run_fingerprint, standing
 from harness.util import atomic_path
 
 
@@ -35,18 +35,12 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path, heldout: d
                [r["val_bpb"] for i, r in scored if r["status"] not in ACCEPTED], s=14, c="#bbbbbb", label="not kept")
     kept = [(i, r) for i, r in scored if r["status"] in ACCEPTED]
     ax.scatter([i for i, _ in kept], [r["val_bpb"] for _, r in kept], s=28, c="#1f77b4", label="kept", zorder=3)
-    xs, best, band = [], [], []
-    moves = [i for i, r in enumerate(cur) if r["status"] in ACCEPTED + ("repeat",)] + [len(cur) - 1]
-    for i in sorted(set(moves)):                  # the best configuration's mean as the ledger stood after run i
-        st = standing(cur[: i + 1], index, key)
-        if st.best is not None:
-            xs.append(i)
-            best.append(st.best.mean)
-            band.append(st.sigma or 0.0)
+    xs, best = best_line(cur, index)
+    sigma = standing(cur, index, key).sigma or 0.0          # the floor as measured now: one standing, not one a step
     if xs:
         ax.step(xs, best, where="post", c="#1f77b4", lw=1.2, label="best configuration (mean over seeds)")
-        ax.fill_between(xs, [b - s for b, s in zip(best, band)], [b + s for b, s in zip(best, band)], step="post",
-                        color="#1f77b4", alpha=0.12, label="± noise floor (sigma)")
+        ax.fill_between(xs, [b - sigma for b in best], [b + sigma for b in best], step="post", color="#1f77b4",
+                        alpha=0.12, label="± noise floor (sigma, as measured now)")
     crashes = [i for i, r in enumerate(cur) if r["status"] in UNSCORED]
     if crashes and scored:
         top = max(r["val_bpb"] for _, r in scored)
@@ -65,6 +59,29 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path, heldout: d
     plt.close(fig)
     return out
 
+
+
+def best_line(cur: list[dict], index: dict) -> tuple[list[int], list[float]]:
+    """The best configuration's mean after each run that moved it, in one sweep: the accepted configuration with the
+    lowest mean of its scored runs (a seed's rerun once), earliest first on a tie, as decide.standing picks it."""
+    values, first, accepted, seen, xs, ys = {}, {}, {}, set(), [], []
+    for i, r in enumerate(cur):
+        fp, seed = run_fingerprint(r, index), index.get(r["run_id"], {}).get("seed")
+        if not is_scored(r) or (seed is not None and (fp, seed) in seen):
+            continue
+        seen.add((fp, seed))
+        values.setdefault(fp, []).append(r["val_bpb"])
+        first.setdefault(fp, i)
+        if r["status"] in ACCEPTED or fp in accepted:
+            accepted[fp] = (sum(values[fp]) / len(values[fp]), first[fp])
+            mean = min(accepted.values())[0]
+            if not ys or mean != ys[-1]:
+                xs.append(i)
+                ys.append(mean)
+    if xs and xs[-1] != len(cur) - 1:
+        xs.append(len(cur) - 1)
+        ys.append(ys[-1])
+    return xs, ys
 
 
 def gain_panel(ax, held: list[tuple[int, dict, float]]) -> None:
