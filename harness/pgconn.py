@@ -75,6 +75,11 @@ class Connection:
         """What no wait will mend, before any connection: a URL psycopg cannot read, a port that is not a number
         (psycopg would report it as a host it cannot resolve, and the run would queue forever)."""
         from psycopg import Error, conninfo
+        userinfo = self.url.split("://", 1)[-1].rpartition("@")[0]
+        if re.search(r"[@/#?]", userinfo) or userinfo.count(":") > 1:     # libpq would read a host out of it
+            raise ConfigError(f"ground.json: key 'ledger.database_url_env': the user or password in ${self.env} holds "
+                              f"@ : / # or ? unencoded; percent-encode them (python -c \"import urllib.parse, "
+                              f"getpass; print(urllib.parse.quote(getpass.getpass(), safe=''))\")")
         try:
             info = conninfo.conninfo_to_dict(self.url)
         except Error as e:
@@ -88,9 +93,12 @@ class Connection:
         import psycopg
         try:
             # a client that dies inside a transaction must not hold the lock every host waits for
+            # the URL's own options (a search_path schema) kept: ours are added after them, never in their place
+            mine = "-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s"
+            theirs = psycopg.conninfo.conninfo_to_dict(self.url).get("options") or ""
             conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True, keepalives=1,
                                    keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
-                                   options="-c lock_timeout=30s -c idle_in_transaction_session_timeout=60s")
+                                   options=f"{theirs} {mine}".strip())
         except psycopg.OperationalError as e:
             text = self.say(e)
             if (getattr(e, "sqlstate", None) in _REFUSED or "authentication failed" in text or "does not exist" in text

@@ -469,3 +469,57 @@ def test_a_crashed_configuration_retried_is_not_called_a_rerun(tmp_path):
     memory.write_memory(st, now=1_800_000_060.0)
     running = (st.sessions / "memory.md").read_text().split("## Running now")[1].split("\n## ")[0]
     assert "already recorded" not in running and "!!" not in running
+
+
+@pytest.mark.parametrize("password", ["pa@ssword1", "p@ss:w0rd/#", "a/b", "x?y"])
+def test_an_unencoded_password_stops_the_run_with_one_line_and_no_fragment(tmp_path, password):
+    pytest.importorskip("psycopg")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    with pytest.raises(config.ConfigError) as e:
+        database.PostgresLedger(f"postgresql://agent:{password}@db-host:5432/x", local).check_url()
+    assert str(e.value).startswith("ground.json: key 'ledger.database_url_env': the user or password in "
+                                   "$AUTORESEARCH_DATABASE_URL holds @ : / # or ? unencoded; percent-encode them")
+    assert not any(piece in str(e.value) for piece in (password, "ssword1", "w0rd", "db-host"))
+    database.PostgresLedger("postgresql://agent:p%40ss%3Aw0rd%2F%23@db-host:5432/x", local).check_url()   # encoded
+
+
+def test_a_schema_in_the_url_holds_the_tables(postgres, tmp_path):
+    import psycopg
+    url = postgres.new_database("schemas")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA proj_a")
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    store = database.PostgresLedger(url + ("&" if "?" in url else "?") + "options=-csearch_path%3Dproj_a", local)
+    record.append_run(local.results, local.sessions, _row("a", 1.0), _entry(), store=store)
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass('proj_a.autoresearch_runs'), to_regclass('public.autoresearch_runs'),"
+                             " (SELECT count(*) FROM proj_a.autoresearch_runs)").fetchone()
+    assert found[0] is not None and found[1] is None and found[2] == 1
+    shown = store.db.retry(lambda conn: conn.execute("SELECT current_setting('search_path'), "
+                                                     "current_setting('lock_timeout')").fetchone())
+    assert shown == ("proj_a", "30s")               # the URL's option and the store's own, both in force
+
+
+def test_a_role_with_the_documented_grants_records_runs(postgres, tmp_path):
+    """docs/USAGE.md's grants, run as written: the owner creates the tables, a role that owns nothing records runs,
+    held-out scores and claims through them."""
+    import re
+    import psycopg
+    from harness import heldout
+    url = postgres.new_database("grants")
+    owner = database.PostgresLedger(url, ledger.FileLedger(tmp_path / "o.tsv", tmp_path / "o"))
+    owner.check()                                              # creates the tables
+    grants = re.search(r"    (GRANT USAGE ON SCHEMA.*?TO agent;)\n\n", (REPO / "docs" / "USAGE.md").read_text(),
+                       re.S).group(1).replace("TO agent", "TO runner")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS runner")
+        conn.execute("CREATE ROLE runner LOGIN PASSWORD 'runner-pw'")
+        conn.execute(grants)
+    local = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    store = database.PostgresLedger(url.replace(f"agent:{postgres.PASSWORD}", "runner:runner-pw"), local)
+    record.append_run(local.results, local.sessions, _row("a", 1.0), _entry(), store=store)
+    store.claim({"run_id": "b", "started": 1.0, "expires": 9e99, "host": "h"})
+    heldout.add(store, {"run_id": "a", "heldout_bpb": 1.1})
+    assert [r["run_id"] for r in store.read()[0]] == ["a"] and [c["run_id"] for c in store.claims(2.0)] == ["b"]
+    assert heldout.read(database.PostgresLedger(url, ledger.FileLedger(tmp_path / "x.tsv", tmp_path / "x")))["a"][
+        "heldout_bpb"] == 1.1                                  # in the database, not only in this host's file
