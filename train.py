@@ -450,7 +450,7 @@ def main():
     optimizer = model.setup_optimizer(m, run.ortho_dtype)
     model = run.prepare(model)                 # counted, broadcast, compiled as PLATFORM says
     scaler = run.grad_scaler()                 # fp16 (Volta/Turing): loss scaling; else None
-    train_loader = run.train_loader(m.device_batch_size)
+    train_loader = run.train_loader()          # at the device_batch_size this card holds (<= model.json's)
     x, y, epoch = next(train_loader)
 
     for step in run.steps():                   # until the budget (or max_steps) is spent, or an early stop

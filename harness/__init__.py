@@ -21,6 +21,7 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)
   warm_eval     the eval's graph, compiled by a second process while the run trains
+  fit           the largest device_batch_size the card holds, by a forward/backward probe before the budget
 
 Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   checked       every harness-written file read through one check: a damaged entry set aside, named in one line

@@ -18,10 +18,11 @@ import sys
 import torch
 
 from harness import settings
-from harness.config import ConfigError, ProcessorConfig, fail
+from harness.config import ConfigError, ModelConfig, ProcessorConfig, fail
 from harness.fused import fa4_attention
 from harness.fused.cudnn_attention import load_cudnn_frontend
-from harness.util import reachable
+from harness.settings import Settings, describe_changes
+from harness.util import bytecode_note, reachable
 
 # ---------------------------------------------------------------------------
 # The decision: hardware facts + overrides -> PLATFORM (pure)
@@ -308,3 +309,19 @@ def platform_lines(p: dict) -> list[str]:
         v = f"{p[k] / 1e12:.1f} TFLOP/s" if k == "peak_flops" else p[k]
         lines.append(f"  {k:16s} {v}  ({p['reasons'][k]})")
     return lines
+
+
+def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
+    """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
+    lines = []
+    if world > 1:
+        lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
+                     f"each {model.device_batch_size} rows per micro-step")
+    lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
+                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the steps, not the budget, end "
+                                                     f"the run and its LR schedule)" if s.max_steps else ""))
+    lines += [f"  {line}" for line in describe_changes(changes, s, world)]
+    if platform["compile"] and s.excluded_steps == 0 and not s.max_steps:      # harness/clock.py counts from step 1
+        lines.append("!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache "
+                     "makes it (a configuration's first run pays more than its repeats)")
+    return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]

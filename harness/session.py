@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import gc
 import math
 import os
@@ -31,20 +32,20 @@ import torch
 from harness import heldout, settings, warm_eval
 from harness.attention import attention, confirm_attention, prefer_cudnn_sdpa
 from harness.clock import StepClock
-from harness.config import ConfigError, ModelConfig, fail, load_model
+from harness.config import ConfigError, fail, load_model
 from harness.dataloader import make_dataloader, train_tokens
 from harness.distributed import all_reduce_gradients, broadcast_parameters, setup_distributed, shutdown
 from harness.evaluate import eval_rows, evaluate_bpb
+from harness.fit import fit_batch
 from harness.fused.relu2_mlp import relu2_mlp
 from harness.fused.rope_norm import rope_norm
 from harness.fused.softcap_loss import softcap_cross_entropy
-from harness.hardware import compile_caches, get_platform, platform_lines
+from harness.hardware import compile_caches, get_platform, setup_lines
 from harness.prune import Pruner, thin_curve
 from harness.record import start_run
-from harness.settings import Settings, describe_changes, effective_model
+from harness.settings import effective_model
 from harness.speed import host_speed
 from harness.tokenizer import Tokenizer
-from harness.util import bytecode_note
 
 # what train.py imports from here besides Session: one attention call over PLATFORM's backends, and the fused
 # kernels PLATFORM may choose (each used next to the plain line it replaces)
@@ -53,22 +54,6 @@ __all__ = ["Session", "attention", "relu2_mlp", "rope_norm", "softcap_cross_entr
 MISSING_STEPS = "train.py never iterated run.steps(): the harness's clock did not run"
 MISSING_LAP = "train.py's loop did not call run.lap(loss) in step {step}: the budget's clock cannot run"
 MISSING_FINISH = "train.py ended without run.finish(model): no val_bpb"
-
-
-def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
-    """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
-    lines = []
-    if world > 1:
-        lines.append(f"distributed: {world} processes ({'nccl' if platform['device'] == 'cuda' else 'gloo'}), "
-                     f"each {model.device_batch_size} rows per micro-step")
-    lines.append(f"mode: {s.mode} ({s.mode_reason}); T={s.max_seq_len}, budget={s.time_budget_s:g}s, "
-                 f"eval_tokens={s.eval_tokens:,}" + (f", max_steps={s.max_steps} (the steps, not the budget, end "
-                                                     f"the run and its LR schedule)" if s.max_steps else ""))
-    lines += [f"  {line}" for line in describe_changes(changes, s, world)]
-    if platform["compile"] and s.excluded_steps == 0 and not s.max_steps:      # harness/clock.py counts from step 1
-        lines.append("!! excluded_steps 0: step 0's compile counts in the budget, as many seconds as the compile cache "
-                     "makes it (a configuration's first run pays more than its repeats)")
-    return lines + platform_lines(platform) + [note for note in [bytecode_note(torch)] if note]
 
 
 class Session:
@@ -145,6 +130,14 @@ class Session:
                                    list(getattr(model, "window_sizes", [])))
         self.num_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = model.estimate_flops() if hasattr(model, "estimate_flops") else 0
+        if self.device.type == "cuda":          # the largest device_batch_size this card holds (harness/fit.py)
+            b, line = fit_batch(model, self.model_config, self.seq_len, self.world, self.vocab_size, self.device,
+                                self.autocast, self.s.cache_dir / "batch_fit.json", probe=not self.graph_only)
+            print(line)
+            if self.run is not None:
+                self.run.record["batch_fit"] = {"requested": self.model_config.device_batch_size, "effective": b}
+            self.model_config = dataclasses.replace(self.model_config, device_batch_size=b)
+            self.grad_accum = self.model_config.total_batch_size // (b * self.seq_len * self.world)
         m = self.model_config
         print(f"parameters: {self.num_params:,}  FLOPs/token: {self.flops_per_token:.3e}")
         print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {self.seq_len} x "
@@ -174,11 +167,12 @@ class Session:
             self._scaler = torch.amp.GradScaler(self.device.type)
         return self._scaler
 
-    def train_loader(self, batch_size: int):
-        """The train split's (x, y, epoch) batches for this process, in the seed's order; the seconds spent
-        waiting on it during counted steps are measured."""
+    def train_loader(self, batch_size: int | None = None):
+        """The train split's (x, y, epoch) batches for this process, in the seed's order, at the device_batch_size
+        the card holds (a larger request is cut to it); the seconds spent waiting during counted steps measured."""
         if self.graph_only:                     # prepare() was skipped: the eval compiles its own graph
             os._exit(0)
+        batch_size = min(batch_size or self.model_config.device_batch_size, self.model_config.device_batch_size)
         loader = make_dataloader(self.tokenizer, batch_size, self.seq_len, "train", device=self.device,
                                  rank=self.rank, world_size=self.world, seed=self.seed)
         while True:

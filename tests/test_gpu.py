@@ -248,6 +248,23 @@ def test_optimizer_steps_on_cuda_match_the_cpu():
     assert max(errors[:2]) < 1e-2 and errors[2] < 2e-2 and errors[3] < 1e-5, errors
 
 
+def test_the_batch_fit_halves_until_a_capped_card_holds_it(tmp_path, monkeypatch):
+    """harness/fit.py on a 12 GB cap of this card: a model whose 64-row forward/backward needs more is trained at
+    fewer rows (total_batch_size unchanged), and the choice is cached for the next run."""
+    import dataclasses as dc
+    from harness import fit
+    from harness.config import load_model
+    monkeypatch.setenv(fit.MEMORY_ENV, "12")
+    m = dc.replace(load_model(Path(__file__).resolve().parents[1] / "model.json"), device_batch_size=64)
+    model = train.build_model(train.GPTConfig(n_layer=m.depth), torch.device("cuda"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    b, line = fit.fit_batch(model, m, 2048, 1, 8192, torch.device("cuda"), autocast, tmp_path / "fit.json")
+    assert b < 64 and m.total_batch_size % (b * 2048) == 0 and "did not fit 12 GB" in line, line
+    again, line2 = fit.fit_batch(model, m, 2048, 1, 8192, torch.device("cuda"), autocast, tmp_path / "fit.json")
+    assert again == b and "(cached probe)" in line2
+    torch.cuda.set_per_process_memory_fraction(1.0)
+
+
 if __name__ == "__main__":
     n = 0
     for backend in ("sdpa", "flex", "cudnn", "fa4"):

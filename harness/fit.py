@@ -1,0 +1,117 @@
+"""The largest device_batch_size that fits this card, found by a real forward/backward before the budget starts.
+
+    AUTORESEARCH_GPU_MEMORY_GB=24 uv run train.py     # also: leave the rest of a shared card to other work
+
+The default model.json asks for 128 rows of 2,048 tokens per micro-step (about 37 GB on an H100): on a 24 GB or
+16 GB card that is an out-of-memory crash at the first step. Before the budget, the model (not yet compiled) runs
+one forward/backward at model.json's device_batch_size, then at half of it, and so on, until one fits within
+FIT_HEADROOM of the memory this process may use. total_batch_size never changes: gradient accumulation makes up
+the difference, so the optimizer steps are the same. The eager probe needs at least the memory the compiled model
+does (inductor fuses activations away), so the choice errs small. model.json's value stays an upper bound. The
+choice is cached per model configuration, card and memory limit (<cache>/batch_fit.json): later runs skip the
+probe. An out-of-memory error later in a run is still a crash with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from harness.config import REPO_DIR, ConfigError
+from harness.util import atomic_write_text
+
+FIT_HEADROOM = 0.90        # of the memory the process may use: room for the optimizer's state and the allocator
+MEMORY_ENV = "AUTORESEARCH_GPU_MEMORY_GB"
+
+
+def memory_limit(device: torch.device) -> tuple[float, str]:
+    """(bytes this process may use, why): the card's total, or AUTORESEARCH_GPU_MEMORY_GB (applied to torch)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    asked = os.environ.get(MEMORY_ENV, "").strip()
+    if not asked:
+        return total, f"{total / 2**30:.1f} GB on this card"
+    try:
+        gb = float(asked)
+        if not 0 < gb * 2**30 <= total:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"${MEMORY_ENV}: expected a number of GB between 0 and this card's "
+                          f"{total / 2**30:.1f}, got {asked[:40]!r}") from None
+    torch.cuda.set_per_process_memory_fraction(gb * 2**30 / total, device)
+    return gb * 2**30, f"{gb:g} GB (${MEMORY_ENV}) of this card's {total / 2**30:.1f}"
+
+
+def candidates(requested: int, total_batch: int, seq_len: int, world: int) -> list[int]:
+    """model.json's value, then halves of it, each dividing total_batch_size over seq_len x processes."""
+    out, b = [], requested
+    while b >= 1:
+        if total_batch % (b * seq_len * world) == 0:
+            out.append(b)
+        b //= 2
+    return out
+
+
+def fits(model: torch.nn.Module, rows: int, seq_len: int, vocab: int, device: torch.device, autocast,
+         limit: float) -> bool:
+    """One forward/backward of `rows` random rows: True when its peak stays under FIT_HEADROOM x limit."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    x = torch.randint(0, vocab, (rows, seq_len + 1), device=device)
+    try:
+        with autocast:
+            loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        ok = torch.cuda.max_memory_allocated(device) <= FIT_HEADROOM * limit
+    except torch.cuda.OutOfMemoryError:
+        ok = False
+    finally:
+        model.zero_grad(set_to_none=True)
+        loss = x = None
+        torch.cuda.empty_cache()
+    return ok
+
+
+def fit_batch(model, m, seq_len: int, world: int, vocab: int, device, autocast, cache: os.PathLike,
+              probe: bool = True) -> tuple[int, str]:
+    """(device_batch_size to train with, the line that says why) for ModelConfig `m` and this train.py. `probe`
+    False (the warm-eval second process): the cached choice, else the requested value. With several processes the
+    smallest choice of any is taken by all."""
+    requested, total_batch = m.device_batch_size, m.total_batch_size
+    limit, where = memory_limit(device)
+    code = hashlib.sha256(json.dumps(dataclasses.asdict(m), sort_keys=True, default=str).encode()
+                          + (REPO_DIR / "train.py").read_bytes()).hexdigest()[:16]     # what sets the activations
+    cache_key = f"{code}|{torch.cuda.get_device_name(device)}|{int(limit) >> 20}MB|T{seq_len}|world{world}"
+    try:
+        known = json.loads(open(cache).read())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(cache_key), int):
+        b = known[cache_key]
+        return b, (f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "") +
+                   f": fits {where} (cached probe)")
+    if not probe:
+        return requested, "device_batch_size: not probed in the second process"
+    tried = []
+    for b in candidates(requested, total_batch, seq_len, world):
+        if fits(model, b, seq_len, vocab, device, autocast, limit):
+            break
+        tried.append(b)
+    else:
+        raise torch.cuda.OutOfMemoryError(f"not even {tried[-1] if tried else requested} row(s) of {seq_len} tokens "
+                                          f"fit in {where}: make the model smaller (depth, aspect_ratio)")
+    if world > 1:                              # every process must split the batch the same way
+        import torch.distributed as dist
+        agreed = torch.tensor([b], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        b = int(agreed.item())
+    if isinstance(known, dict):
+        known[cache_key] = b
+        atomic_write_text(Path(cache), json.dumps(known, indent=1, sort_keys=True))
+    why = (f"{', '.join(map(str, tried))} did not fit" if tried else "fits") + f" {where}"
+    return b, f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "") + f": {why} " \
+              f"(forward/backward probe; cached)"
