@@ -10,6 +10,7 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   settings      the run's effective constants: mode, sequence length, budget, eval size, caps
   util          atomic writes, file hashes, a network probe
   fused/        GPU kernels behind custom ops (cuDNN and FA4 attention, softcap loss, rope + norm, ReLU^2 MLP)
+  rocm          PLATFORM's rows for AMD GPUs: from torch.version.hip and the gfx architecture
   hardware      PLATFORM: device, dtype, attention backend, fused kernels, compile, peak FLOPs
   attention     one attention call over the backends PLATFORM chooses from
   distributed   torchrun: process group, gradient all-reduce, host-side agreement

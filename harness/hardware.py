@@ -21,6 +21,7 @@ from harness import settings
 from harness.config import ConfigError, ModelConfig, ProcessorConfig, fail
 from harness.fused import fa4_attention
 from harness.fused.cudnn_attention import load_cudnn_frontend
+from harness.rocm import rocm_platform
 from harness.settings import Settings, describe_changes
 from harness.util import bytecode_note, reachable
 
@@ -156,6 +157,8 @@ def resolve_platform(hw: dict, proc: ProcessorConfig) -> dict:
     """
     reasons = {}
     device, reasons["device"] = decide_device(hw, proc)
+    if device == "cuda" and hw.get("hip"):            # AMD: its own rows, never the NVIDIA capability's
+        return rocm_platform(hw, proc, hw.get("name", "AMD GPU"))
     cc = tuple(hw["capability"]) if device == "cuda" and hw.get("capability") else None
     name = hw.get("name", "cpu") if device == "cuda" else "Apple MPS" if device == "mps" else \
         _platform.processor() or "cpu"
@@ -251,6 +254,9 @@ def probe_hardware(proc: ProcessorConfig, probe_fa3: bool = True, probe_timeout_
         p = torch.cuda.get_device_properties(0)
         hw.update(name=p.name, capability=(p.major, p.minor), sm_count=p.multi_processor_count,
                   clock_mhz=(getattr(p, "clock_rate", 0) / 1000) or _nvidia_smi_max_clock())
+        if getattr(torch.version, "hip", None):        # ROCm: no NVIDIA kernels to probe (harness/rocm.py)
+            hw.update(hip=torch.version.hip, gfx=getattr(p, "gcnArchName", ""))
+            return hw
         if proc.attention in ("auto", "fa4") and (p.major in (9, 10) or proc.attention == "fa4"):
             mod, why = fa4_attention.load_fa4(settings.current().cache_dir / "compile" / "flash_attn_cute")
             hw["fa4"] = (mod is not None, why)

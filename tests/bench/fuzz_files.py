@@ -153,6 +153,7 @@ def main():
                 if o in ("traceback", "unrecorded") or o.startswith("exit"):
                     tail = (p.stdout + p.stderr).strip().splitlines()[-1:] or [""]
                     bad.append(f"{fname} / {damage} / {label}: {o}: {tail[0][:160]}")
+                    print(f"!! {bad[-1]}", flush=True)
             print(f"{fname:14s} {damage:18s} done", flush=True)
     print("\n".join(bad) if bad else "no tracebacks, no unrecorded runs")
     print(f"cases: {len(files)} files x {len(DAMAGES)} damages; outcomes: "
