@@ -110,13 +110,32 @@ def read_record(path: Path) -> tuple[dict | None, list[str]]:
     return check(obj, "record", path.name)
 
 
-def verify_rows(rows: list[dict], index: dict, legacy_key: str) -> int:
+def verify_rows(rows: list[dict], index: dict, legacy_key: str, sessions: Path | None = None) -> int:
     """Rows of results.tsv with no index entry of their run (every recorded run has one) become `unverified`: never
-    a best, a floor or a bar. It catches a hand-added row, not a determined forger (who would add both lines; a
-    signed ledger or the shared database's permissions would stop that). Returns how many; rows are fresh per
-    read, so the file is never changed."""
+    a best, a floor or a bar. A run killed between its row and its index line is reconciled from its run record
+    (written before the row), when that record holds the same run and val_bpb. This catches a hand-added row, not a
+    determined forger (who would add both lines; a signed ledger or the shared database's permissions would stop
+    that). Returns how many rows were marked; rows are fresh per read, so the file is never changed."""
     n = 0
     for r in rows:
-        if r.get("run_id") not in index and r.get("comparability_key") != legacy_key and r["status"] != "unverified":
+        if r.get("run_id") in index or r.get("comparability_key") == legacy_key or r["status"] == "unverified":
+            continue
+        entry = _entry_from_record(sessions, r) if sessions is not None else None
+        if entry is not None:
+            index[r["run_id"]] = entry
+        else:
             r["status"], n = "unverified", n + 1
     return n
+
+
+def _entry_from_record(sessions: Path, row: dict) -> dict | None:
+    run_id = str(row.get("run_id"))
+    if not RUN_ID.fullmatch(run_id):
+        return None
+    rec, _ = read_record(sessions / f"{run_id}.json")
+    written = (rec or {}).get("row")
+    if not isinstance(written, dict) or not isinstance(rec.get("index_entry"), dict) or written.get("run_id") != run_id:
+        return None
+    same = (written.get("val_bpb") is None) == (row.get("val_bpb") is None) and (
+        row.get("val_bpb") is None or abs(float(written["val_bpb"]) - row["val_bpb"]) < 5e-7)
+    return check(dict(rec["index_entry"], run_id=run_id), "index", f"{run_id}.json")[0] if same else None

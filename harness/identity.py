@@ -81,18 +81,16 @@ def train_py_functions(train_py: Path | None = None) -> dict:
     except SyntaxError:
         return {"(train.py does not parse)": digest(text)}
     out, module = {}, []
-    for node in tree.body:
-        seg = ast.get_source_segment(text, node) or ""
+    for node in tree.body:            # the syntax tree, not the text: a comment or a blank line changes nothing
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            out[node.name] = digest(seg)
+            out[node.name] = digest(ast.dump(node))
         elif isinstance(node, ast.ClassDef):
             methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
             for m in methods:
-                out[f"{node.name}.{m.name}"] = digest(ast.get_source_segment(text, m) or "")
-            out[node.name] = digest("\n".join(ast.get_source_segment(text, n) or "" for n in node.body
-                                              if n not in methods))
+                out[f"{node.name}.{m.name}"] = digest(ast.dump(m))
+            out[node.name] = digest("\n".join(ast.dump(n) for n in node.body if n not in methods))
         else:
-            module.append(seg)
+            module.append(ast.dump(node))
     out["(module level)"] = digest("\n".join(module))
     return out
 

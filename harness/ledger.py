@@ -196,7 +196,7 @@ def append_record(results: Path, sessions: Path, row: dict, index_entry: dict, s
     call after(results, sessions) (the memory writer) before the lock is released. Returns the row as written."""
     with ledger_lock(results):
         rows, index = read_ledger(results, warn=lambda m: None), read_index(sessions)
-        verify_rows(rows, index, LEGACY_KEY)     # a row with no run record decides nothing
+        verify_rows(rows, index, LEGACY_KEY, sessions)     # a row with no run record decides nothing
         row, index_entry = dict(row), dict(index_entry)
         row["status"] = decide_entry(rows, index, row, index_entry, status)
         if row["status"] in UNSCORED:
@@ -299,7 +299,7 @@ class FileLedger:
     def read(self) -> tuple[list[dict], dict]:
         self.damage = []                      # entries set aside, for memory.md's `!!` lines
         rows, index = read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage)
-        if n := verify_rows(rows, index, LEGACY_KEY):
+        if n := verify_rows(rows, index, LEGACY_KEY, self.sessions):
             self.damage.append(f"{self.results.name}: {n} row(s) with no run record in index.jsonl (hand-added, or "
                                f"killed between row and record): shown as unverified, never a best")
         return rows, index

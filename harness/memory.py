@@ -203,12 +203,13 @@ def noise_section(d: "Digest") -> list[str]:
     st = d.st
     out = []
     repeats = sorted((c for c in st.configs.values() if len(c.values) > 1),
-                     key=lambda c: (-len(c.values), c.first_line))
+                     key=lambda c: (c is not st.best, -len(c.values), c.first_line))     # the best first, always
     if repeats:
         out += ["## Noise (configurations run under several seeds)"]
         for c in repeats[:4]:
-            out.append(f"- {c.fingerprint}: {len(c.values)} runs, mean {c.mean:.6f}, "
-                       f"val_bpb {min(c.values):.6f}..{max(c.values):.6f} (spread {max(c.values) - min(c.values):.6f})")
+            out.append(f"- {c.fingerprint}{' (the best)' if c is st.best else ''}: {len(c.values)} runs, mean "
+                       f"{c.mean:.6f}, val_bpb {min(c.values):.6f}..{max(c.values):.6f} (spread "
+                       f"{max(c.values) - min(c.values):.6f})")
         out.append("")
     return out
 

@@ -72,7 +72,13 @@ def append_run(results: Path, sessions: Path, row: dict, index_entry: dict, stat
            plot: bool = False, store=None, files: dict | None = None) -> dict:
     """Append one run to the ledger (results.tsv, or `store`) and regenerate memory.md (and progress.png)."""
     store = store or FileLedger(results, sessions)
-    return store.append(row, index_entry, status, after=lambda st: write_memory(st, plot), files=files)
+
+    def digest(st):                        # the row is in: a disk that fills now costs the digest, not the record
+        try:
+            write_memory(st, plot)
+        except OSError as e:
+            print(f"!! recorded; memory.md could not be written: {type(e).__name__}: {e}")
+    return store.append(row, index_entry, status, after=digest, files=files)
 
 
 # ---------------------------------------------------------------------------
@@ -190,6 +196,8 @@ class Run:
             print(f"!! this run read the train split {metrics['epochs']:.1f} times: past a few passes val_bpb "
                   f"measures memorization as much as learning, and what wins here may not transfer")
         self.record.update(metrics=metrics, error=error, row=row, index_entry=index_entry)
+        with contextlib.suppress(OSError):
+            self._write_json()               # before the row: a kill between row and index line is reconciled from it
         try:
             self.recorded = append_run(self.results, self.sessions, row, index_entry, status, plot=True,
                                    store=self.store, files=self.record["files"])

@@ -187,3 +187,53 @@ def test_a_ledger_that_cannot_hold_rows_fails_at_check(run_dir, device):
     (run_dir / "ground.json").write_text(json.dumps(g))
     r = run_script("prepare.py", run_dir, "--check")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "ledger.results" in r.stderr, r.stderr
+
+
+def test_a_hand_added_row_is_unverified_and_never_the_best(tmp_path):
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry(fp="A"))
+    record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0b", 1.01, status="repeat"),
+                      _entry(fp="A", seed=43))
+    with open(store.results, "a") as f:                      # a well-formed row, forged by hand: no run record
+        f.write(ledger.ledger_line(_row("20261207T000000Z-abcdef0-ff", 0.1, status="keep")))
+    rows, index = store.read()
+    assert [r["status"] for r in rows] == ["baseline", "repeat", "unverified"]
+    assert store.damage == ["results.tsv: 1 row(s) with no run record in index.jsonl (hand-added, or killed between "
+                            "row and record): shown as unverified, never a best"]
+    row = record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0c", 0.99),
+                            _entry(fp="B"))
+    assert row["status"] == "confirm"                       # better than the real best (1.005); against 0.1: discard
+    memory = (store.sessions / "memory.md").read_text()
+    assert "best: val_bpb 1.005000" in memory and "0.100000" not in memory.split("## Recent")[0]
+    assert "!! damaged entry: results.tsv: 1 row(s) with no run record" in memory
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_run_killed_between_its_row_and_its_index_line_is_reconciled_from_its_record(tmp_path, same):
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry(fp="A"))
+    rid = "20261207T000000Z-abcdef0-0b"
+    row = _row(rid, 1.01, status="repeat")
+    (store.sessions / f"{rid}.json").write_text(json.dumps({
+        "run_id": rid, "status": "running", "row": dict(row, val_bpb=1.01 if same else 0.5),
+        "index_entry": _entry(fp="A", seed=43)}))
+    with open(store.results, "a") as f:                      # the row landed; the kill came before index.jsonl
+        f.write(ledger.ledger_line(row))
+    rows, index = store.read()
+    if same:
+        assert rows[-1]["status"] == "repeat" and index[rid]["fingerprint"] == "A" and index[rid]["seed"] == 43
+        assert store.damage == []
+    else:                                                     # the record disagrees on val_bpb: not believed
+        assert rows[-1]["status"] == "unverified" and rid not in index
+
+
+def test_a_disk_full_after_the_row_says_recorded(tmp_path, monkeypatch, capsys):
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(record, "write_memory", full)
+    row = record.append_run(store.results, store.sessions, _row("20261207T000000Z-abcdef0-0a", 1.0), _entry())
+    assert row["status"] == "baseline" and len(ledger.read_ledger(store.results)) == 1
+    assert "!! recorded; memory.md could not be written: OSError: [Errno 28] No space left on device" in \
+        capsys.readouterr().out

@@ -5,6 +5,7 @@ comparability key and its parts.
 """
 
 from harness import config, lineage, memory
+from conftest import REPO
 from harness.hardware import get_platform as hardware_platform
 from test_ledger import _entry, _row
 
@@ -178,3 +179,20 @@ def test_a_launch_records_the_thread_setting_it_was_given(monkeypatch):
     assert identity.launch_info() == {"per_node": 1, "env": {}}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert identity.launch_info() == {"per_node": 1, "omp_num_threads": "1", "env": {}}
+
+
+def test_a_comment_changes_no_function_of_train_py(tmp_path):
+    """memory.md said `norm changed` where norm only gained a comment: the parts are hashed from the syntax tree,
+    as the fingerprint is; a changed expression still shows."""
+    from harness.identity import train_py_functions
+    src = (REPO / "train.py").read_text()
+    base = tmp_path / "a.py"
+    base.write_text(src)
+    commented = tmp_path / "b.py"
+    commented.write_text(src.replace("def norm(x):", "def norm(x):  # the RMS norm, unchanged\n    # a comment",
+                                     1))
+    changed = tmp_path / "c.py"
+    changed.write_text(src.replace("def norm(x):", "def norm(x):\n    x = x * 1.0", 1))
+    a, b, c = (train_py_functions(p) for p in (base, commented, changed))
+    assert "def norm(x):" in src and a == b
+    assert [k for k in a if a[k] != c[k]] == ["norm"]

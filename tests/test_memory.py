@@ -371,3 +371,20 @@ def test_the_summary_gives_the_paired_margin_and_the_last_decision(tmp_path):
     text = (ses / "memory.md").read_text()
     assert "seeds move configurations together here (paired spread " in text
     assert f"- decision: {decision['reason']} (paired on the seeds both ran)" in text
+
+
+def test_the_noise_section_always_lists_the_best_first():
+    """The trial's memory.md left the best configuration out of "Noise" when four others had more seeds."""
+    rows, index = [], {}
+    def add(run_id, v, status, fp, seed):
+        rows.append(dict(_row(run_id, v, status=status), line=len(rows) + 2))
+        index[run_id] = dict(_entry(fp=fp, seed=seed), run_id=run_id)
+    add("a42", 0.90, "baseline", "A", 42)
+    add("a43", 0.91, "repeat", "A", 43)
+    for fp in "BCDE":
+        for k, st in enumerate(("confirm", "confirm", "discard")):
+            add(f"{fp}{k}", 0.95 + k * 0.001, st, fp, 42 + k)
+    text = memory.render_memory(rows, index, "")
+    noise = text.split("## Noise (configurations run under several seeds)\n")[1].split("\n\n")[0].splitlines()
+    assert noise[0] == "- A (the best): 2 runs, mean 0.905000, val_bpb 0.900000..0.910000 (spread 0.010000)"
+    assert len(noise) == 4 and all("(the best)" not in line for line in noise[1:])
