@@ -15,6 +15,7 @@ record or by --send-queued, re-decided against the shared rows, exactly once (ru
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 from harness import settings
@@ -26,6 +27,7 @@ from harness.ledger import FileLedger, claim_order, ledger_paths
 from harness.pgconn import (CLAIMS, FILES, LOCK, RUNS, SCHEMA, Connection, Queue, Rejected, Unreachable,  # noqa: F401
                             _COLS, _QCOLS, _json)
 from harness.settings import Settings
+from harness.util import atomic_write_text
 
 class PostgresLedger:
     """The shared backend: the same methods as harness.ledger.FileLedger, over one database for all hosts."""
@@ -135,9 +137,22 @@ class PostgresLedger:
             forced = item["status"] if item["status"] in UNSCORED else None
             return self._retry(lambda conn: self._insert(conn, item["row"], item["entry"], forced, item.get("files")))
         sent = self.queue.send(insert)
+        local = {r["run_id"]: r["status"] for r in self.local.read()[0]}
         for r in sent:
-            print(f"ledger: sent queued run {r['run_id']} to the shared database: {r['status']}")
+            here = local.get(r["run_id"])
+            print(f"ledger: sent queued run {r['run_id']} to the shared database: {r['status']}" +
+                  (f" (this host had decided {here}; the database's decision stands)" if here not in (None, r["status"])
+                   else ""))
+            if here not in (None, r["status"]):      # the mirror's row stays as written; its record says so
+                self._annotate(r["run_id"], r["status"], here)
         return sent
+
+    def _annotate(self, run_id: str, shared: str, here: str) -> None:
+        path = self.sessions / f"{run_id}.json"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            rec.update(shared_status=shared, local_status=here)
+            atomic_write_text(path, json.dumps(rec, indent=2, default=str))
 
     # -- runs in flight ---------------------------------------------------------------------
     def claim(self, claim: dict) -> None:

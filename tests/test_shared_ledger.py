@@ -523,3 +523,25 @@ def test_a_role_with_the_documented_grants_records_runs(postgres, tmp_path):
     assert [r["run_id"] for r in store.read()[0]] == ["a"] and [c["run_id"] for c in store.claims(2.0)] == ["b"]
     assert heldout.read(database.PostgresLedger(url, ledger.FileLedger(tmp_path / "x.tsv", tmp_path / "x")))["a"][
         "heldout_bpb"] == 1.1                                  # in the database, not only in this host's file
+
+
+def test_a_queued_runs_record_learns_the_databases_decision(postgres, tmp_path, capsys):
+    """Host B, offline, records its first run as its own baseline; the database already holds host A's baseline of
+    the key, so the sent run is re-decided (a repeat of A's configuration): B's record says both decisions."""
+    url = postgres.new_database("mirror")
+    a = ledger.FileLedger(tmp_path / "a.tsv", tmp_path / "a")
+    record.append_run(a.results, a.sessions, _row("20261207T000000Z-aaaaaaa-0a", 1.0), _entry(fp="A"),
+                      store=database.PostgresLedger(url, a))
+    b = ledger.FileLedger(tmp_path / "b.tsv", tmp_path / "b")
+    rid = "20261207T000000Z-bbbbbbb-0b"
+    down = database.PostgresLedger(f"postgresql://agent:x@127.0.0.1:{_free_port()}/mirror", b)
+    assert record.append_run(b.results, b.sessions, _row(rid, 1.01), _entry(fp="A", seed=43),
+                             store=down)["status"] == "baseline"
+    (b.sessions / f"{rid}.json").write_text(json.dumps({"run_id": rid, "status": "baseline"}))
+    capsys.readouterr()
+    sent = database.PostgresLedger(url, b).send_queued()
+    assert [r["status"] for r in sent] == ["repeat"]
+    assert (f"ledger: sent queued run {rid} to the shared database: repeat (this host had decided baseline; the "
+            f"database's decision stands)") in capsys.readouterr().out
+    rec = json.loads((b.sessions / f"{rid}.json").read_text())
+    assert (rec["shared_status"], rec["local_status"]) == ("repeat", "baseline")
