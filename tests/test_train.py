@@ -69,7 +69,7 @@ def test_smoke_run_prints_summary_and_records(run_dir):
 
 def test_divergence_fails_fast_with_a_reason(run_dir):
     m = json.loads((run_dir / "model.json").read_text())
-    m.update(matrix_lr=1e30, embedding_lr=1e30, unembedding_lr=1e30, scalar_lr=1e30)
+    m.update(matrix_lr=1e15, embedding_lr=1e15, unembedding_lr=1e15, scalar_lr=1e15)
     write_json(run_dir / "model.json", m)
     r = run_script("train.py", run_dir, "--description", "huge lr")
     assert r.returncode == 1
