@@ -99,6 +99,7 @@ class Run:
         default = (f"(uncommitted edits on {self.git['commit']})" if self.git["dirty"]
                    else self.git["subject"] or "(no description)")
         self.description = clean_text(description or default, 200)
+        self.full_description = str(description or default)
         self.manifest = load_manifest(s)
         # the key from this machine's PLATFORM, not the run's copy: a backend the model's shapes refused at start-up
         # (confirm_attention) is the edit's doing, judged in its lineage's key; the record keeps what ran
@@ -121,6 +122,7 @@ class Run:
             "data": {k: self.manifest[k] for k in ("source", "val", "val_sha256")},
             "tokenizer": tokenizer.fingerprint(), "eval_tokens": eval_rows(tokenizer, s)[0] * s.max_seq_len,
             "argv": sys.argv, "host": host_name(), "files": trained_files(), **(extra or {}),
+            **({"description_full": self.full_description} if self.full_description != self.description else {}),
         }
         self.recorded = None
         self.warnings = []                 # the start's `!!` lines, said again before `next:`
@@ -142,6 +144,9 @@ class Run:
         rows, index = self.store.read()
         self.ground = ground_commit_note(after_a_run=any(r["commit"] == self.git.get("parent") for r in rows))
         self.warnings = self.cap_warnings(rows, index) + ([self.ground.line] if self.ground else [])
+        if self.full_description != self.description:      # the ledger's cell is one clean line of 200 at most
+            self.warnings.append(f"!! the description was shortened or cleaned for the ledger (one line, no control "
+                                 f"characters or bars, at most 200 characters); the full text is in {self.json_path}")
         for line in self.warnings:
             print(line)
         self._write_json()

@@ -237,3 +237,14 @@ def test_a_disk_full_after_the_row_says_recorded(tmp_path, monkeypatch, capsys):
     assert row["status"] == "baseline" and len(ledger.read_ledger(store.results)) == 1
     assert "!! recorded; memory.md could not be written: OSError: [Errno 28] No space left on device" in \
         capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_shortened_description_says_so_and_keeps_its_full_text(run_dir):
+    text = "try a deeper model | with " + "x" * 300 + "\nand a second line"
+    r = run_script("train.py", run_dir, "--description", text)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = ledger.read_ledger(run_dir / "results.tsv")
+    rec = json.loads((run_dir / "sessions" / f"{row['run_id']}.json").read_text())
+    assert len(row["description"]) == 200 and "|" not in row["description"] and rec["description_full"] == text
+    assert "!! the description was shortened or cleaned for the ledger" in r.stdout
