@@ -89,7 +89,7 @@ def read_jsonl(path: Path, kind: str, key: str = "run_id") -> tuple[dict, list[s
             continue
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):           # RecursionError: nested deeper than the parser goes
             problems.append(f"{path.name}:{n}: not JSON: set aside")
             continue
         entry, found = check(obj, kind, f"{path.name}:{n}")
@@ -105,7 +105,7 @@ def read_record(path: Path) -> tuple[dict | None, list[str]]:
         obj = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except FileNotFoundError:
         return None, [f"{path.name}: no such run record"]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         return None, [f"{path.name}: not a run record ({type(e).__name__})"]
     return check(obj, "record", path.name)
 

@@ -149,7 +149,7 @@ class PostgresLedger:
 
     def _annotate(self, run_id: str, shared: str, here: str) -> None:
         path = self.sessions / f"{run_id}.json"
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
             rec = json.loads(path.read_text(encoding="utf-8"))
             rec.update(shared_status=shared, local_status=here)
             atomic_write_text(path, json.dumps(rec, indent=2, default=str))

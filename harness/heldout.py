@@ -79,7 +79,7 @@ def read(store) -> dict:
     path = local.sessions / HELDOUT_FILE
     with contextlib.suppress(OSError):
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):
                 e = json.loads(line)
                 if isinstance(e, dict) and isinstance(e.get("run_id"), str) and _number(e.get("heldout_bpb")):
                     out[e["run_id"]] = e

@@ -276,7 +276,7 @@ def claim_state(claim: dict, host: str) -> str:
         return "alive"
     try:                                       # recorded (or queued for the shared ledger) after all: not gone
         status = json.loads(Path(claim["record"]).read_text(encoding="utf-8")).get("status")
-    except (KeyError, OSError, ValueError, AttributeError):
+    except (KeyError, OSError, ValueError, AttributeError, RecursionError):
         status = "running"
     return "gone" if status == "running" else "unknown"
 
@@ -345,6 +345,6 @@ class FileLedger:
         """model.json and train.py as the run trained them, from its record sessions/<run_id>.json."""
         try:
             found = json.loads((self.sessions / f"{run_id}.json").read_text(encoding="utf-8")).get("files")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
         return found if isinstance(found, dict) and {"model.json", "train.py"} <= set(found) else None

@@ -183,7 +183,7 @@ class Queue:
                     try:
                         item = json.loads(left[0])
                         sent.append(dict(item["row"], status=insert(item)))
-                    except (ValueError, KeyError, TypeError, Rejected) as e:   # kept aside, with the reason
+                    except (ValueError, KeyError, TypeError, RecursionError, Rejected) as e:   # kept aside, why
                         with open(rejected, "a", encoding="utf-8") as f:
                             f.write(_json({"line": left[0], "reason": str(e)[:300]}) + "\n")
                         print(f"warning: a queued run the shared database cannot take moved to {rejected}: {e}",

@@ -37,6 +37,7 @@ def record_crash_from_log(log: Path, s: Settings | None = None) -> dict:
         raise ConfigError(f"{log}: no such log file")
     run_id = log.name[:-4] if log.name.endswith(".log") else log.name
     store = open_ledger(s)
+    getattr(store, "local", store).check()      # a ledger that cannot take the row: one line, before anything
     results, sessions = store.results, store.sessions
     if log.resolve().parent != sessions.resolve() or not RUN_ID.fullmatch(run_id):
         raise ConfigError(f"--record-crash {str(log)[:100]}: expected a run's log in {sessions} (<run_id>.log)")

@@ -248,3 +248,24 @@ def test_a_shortened_description_says_so_and_keeps_its_full_text(run_dir):
     rec = json.loads((run_dir / "sessions" / f"{row['run_id']}.json").read_text())
     assert len(row["description"]) == 200 and "|" not in row["description"] and rec["description_full"] == text
     assert "!! the description was shortened or cleaned for the ledger" in r.stdout
+
+
+def test_json_nested_past_the_parser_is_a_damaged_line(run_dir):
+    """tests/bench/fuzz_files.py found it: json.loads raises RecursionError, not ValueError, on deep nesting."""
+    store = _ledger_with_two_runs(run_dir)
+    with open(store.sessions / "index.jsonl", "a") as f:
+        f.write("[" * 100000 + "]" * 100000 + "\n")
+    index = ledger.read_index(store.sessions, damage := [])
+    assert len(index) == 2 and damage == ["index.jsonl:3: not JSON: set aside"]
+    m = run_script("prepare.py", run_dir, "--memory")
+    assert m.returncode == 0 and "Traceback" not in m.stderr
+
+
+def test_record_crash_with_the_ledger_a_folder_is_one_line(run_dir):
+    (run_dir / "sessions").mkdir()
+    (run_dir / "results.tsv").mkdir()
+    (run_dir / "sessions" / f"{RID}.json").write_text(json.dumps({"run_id": RID, "status": "running"}))
+    (run_dir / "sessions" / f"{RID}.log").write_text("Killed\n")
+    r = run_script("prepare.py", run_dir, "--record-crash", str(run_dir / "sessions" / f"{RID}.log"))
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: ground.json: key 'ledger.results': expected a regular "
+                                                   f"file, got {run_dir / 'results.tsv'} (a folder)")
