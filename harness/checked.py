@@ -1,4 +1,4 @@
-"""Every harness-written file read through one check: run records, index entries, claims, queued runs.
+"""Every harness-written file read through one check: run records, index entries, claims.
 
     uv run prepare.py --memory        # a damaged entry is named in one `!!` line of memory.md and set aside
 
@@ -33,10 +33,8 @@ SCHEMAS = {
                    comparability_key=_TEXT, mode=_TEXT, argv=_LIST, world_size=int, row=_OBJ, index_entry=_OBJ),
     "claim": dict(_ENTRY, started=_NUM, expires=_NUM, pid=int, pid_start=int, machine=_TEXT, log=_TEXT,
                   record=_TEXT, comparability_key=_TEXT, description=_TEXT),
-    "queued": {"run_id": _TEXT, "row": _OBJ, "entry": _OBJ, "status": _TEXT, "files": _OBJ},
 }
-REQUIRED = {"index": ("run_id",), "record": ("run_id",), "claim": ("run_id", "started", "expires"),
-            "queued": ("run_id", "row", "entry")}
+REQUIRED = {"index": ("run_id",), "record": ("run_id",), "claim": ("run_id", "started", "expires")}
 _NESTED = {("launch", "env"): _OBJ, ("git", "commit"): _TEXT, ("git", "worktree"): _TEXT, ("launch", "per_node"): int}
 
 
@@ -136,6 +134,7 @@ def _entry_from_record(sessions: Path, row: dict) -> dict | None:
     written = (rec or {}).get("row")
     if not isinstance(written, dict) or not isinstance(rec.get("index_entry"), dict) or written.get("run_id") != run_id:
         return None
-    same = (written.get("val_bpb") is None) == (row.get("val_bpb") is None) and (
-        row.get("val_bpb") is None or abs(float(written["val_bpb"]) - row["val_bpb"]) < 5e-7)
+    mine, theirs = written.get("val_bpb"), row.get("val_bpb")
+    same = (mine is None and theirs is None) or (_ok(mine, _NUM) and mine is not None and theirs is not None
+                                                 and abs(mine - theirs) < 5e-7)
     return check(dict(rec["index_entry"], run_id=run_id), "index", f"{run_id}.json")[0] if same else None

@@ -63,8 +63,8 @@ def fits(model: torch.nn.Module, rows: int, seq_len: int, vocab: int, device: to
     torch.cuda.reset_peak_memory_stats(device)
     x = torch.randint(0, vocab, (rows, seq_len + 1), device=device)
     try:
-        with autocast:
-            loss = model(x[:, :-1], x[:, 1:])
+        with autocast:                         # contiguous: the loss views its targets flat
+            loss = model(x[:, :-1].contiguous(), x[:, 1:].contiguous())
         loss.backward()
         ok = torch.cuda.max_memory_allocated(device) <= FIT_HEADROOM * limit
     except torch.cuda.OutOfMemoryError:
@@ -90,28 +90,33 @@ def fit_batch(model, m, seq_len: int, world: int, vocab: int, device, autocast, 
         known = json.loads(open(cache).read())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(cache_key), int):
-        b = known[cache_key]
-        return b, (f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "") +
-                   f": fits {where} (cached probe)")
+    cached = known.get(cache_key) if isinstance(known, dict) else None
     if not probe:
-        return requested, "device_batch_size: not probed in the second process"
-    tried = []
-    for b in candidates(requested, total_batch, seq_len, world):
-        if fits(model, b, seq_len, vocab, device, autocast, limit):
-            break
-        tried.append(b)
-    else:
-        raise torch.cuda.OutOfMemoryError(f"not even {tried[-1] if tried else requested} row(s) of {seq_len} tokens "
-                                          f"fit in {where}: make the model smaller (depth, aspect_ratio)")
-    if world > 1:                              # every process must split the batch the same way
+        return (cached if isinstance(cached, int) else requested), "device_batch_size: as the first process chose"
+    b, tried = cached if isinstance(cached, int) else 0, []
+    if not b:
+        for b in candidates(requested, total_batch, seq_len, world):
+            if fits(model, b, seq_len, vocab, device, autocast, limit):
+                break
+            tried.append(b)
+        else:
+            b = 0                               # nothing fits: said below, on every process at once
+    if world > 1:                              # every process splits the batch the same way, or all stop together
         import torch.distributed as dist
         agreed = torch.tensor([b], device=device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
         b = int(agreed.item())
-    if isinstance(known, dict):
+    if not b:
+        raise torch.cuda.OutOfMemoryError(f"not even 1 row of {seq_len} tokens fits in {where}: make the model "
+                                          f"smaller (depth, aspect_ratio)")
+    line = f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "")
+    if isinstance(cached, int):
+        return b, f"{line}: fits {where} (cached probe)"
+    free, total = torch.cuda.mem_get_info(device)
+    shared = total - free > 2 * 2**30 + torch.cuda.memory_reserved(device)      # other processes hold memory
+    if isinstance(known, dict) and not shared:  # a busy card's answer is today's, not the card's
         known[cache_key] = b
         atomic_write_text(Path(cache), json.dumps(known, indent=1, sort_keys=True))
     why = (f"{', '.join(map(str, tried))} did not fit" if tried else "fits") + f" {where}"
-    return b, f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "") + f": {why} " \
-              f"(forward/backward probe; cached)"
+    return b, f"{line}: {why} (forward/backward probe; " + ("not cached: other processes hold memory on this card)"
+                                                            if shared else "cached)")

@@ -23,6 +23,7 @@ from harness.plot import write_progress_png
 
 HELDOUT_STATUSES = ("baseline", "keep")      # the configurations the night's progress is made of
 HELDOUT_FILE = "heldout.jsonl"
+HELDOUT_TABLE = f"CREATE TABLE IF NOT EXISTS {HELDOUT} (run_id text PRIMARY KEY, entry jsonb NOT NULL)"
 
 
 def score(run, model, tokenizer, batch_size: int, autocast) -> dict | None:
@@ -62,11 +63,13 @@ def add(store, entry: dict) -> None:
     with store.lock():
         with open(local.sessions / HELDOUT_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
-        if hasattr(store, "db"):
-            with contextlib.suppress(Unreachable):    # the local file keeps it; the database gets the next one
-                store.db.retry(lambda conn: conn.execute(
+        if hasattr(store, "db"):      # the local file keeps it when the database cannot (down; a role without
+            try:                       # CREATE on a database made before this table existed)
+                store.db.retry(lambda conn: (conn.execute(HELDOUT_TABLE), conn.execute(
                     f"INSERT INTO {HELDOUT} (run_id, entry) VALUES (%s, %s) ON CONFLICT (run_id) DO NOTHING",
-                    (entry["run_id"], json.dumps(entry))))
+                    (entry["run_id"], json.dumps(entry)))))
+            except (Unreachable, ConfigError) as e:
+                print(f"!! heldout: kept in {HELDOUT_FILE} only; the shared database did not take it ({e})")
         rows, index = store.read()
         write_progress_png(rows, index, local.sessions, read(store))
 

@@ -265,10 +265,11 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
     of harness-written files set aside (harness/checked.py), a `!!` line each (the first few)."""
     out = ["# memory.md — generated from the ledger after every run; edit only the Notes section at the end", ""]
     out += [f"!! {note}", ""] if note else []
-    shown = [clean_text(line, 240) for line in list(dict.fromkeys(damage))[:MEMORY_DAMAGE_LINES]]
+    unique = list(dict.fromkeys(damage))
+    shown = [clean_text(line, 240) for line in unique[:MEMORY_DAMAGE_LINES]]
     out += [f"!! damaged entry: {line}" for line in shown] + [""] * bool(shown)
-    if len(damage) > len(shown):
-        out += [f"!! ... and {len(set(damage)) - len(shown)} more damaged entries: `uv run prepare.py --memory` "
+    if len(unique) > len(shown):
+        out += [f"!! ... and {len(unique) - len(shown)} more damaged entries: `uv run prepare.py --memory` "
                 f"prints them all", ""]
     if not rows:
         out += ["No runs recorded yet. Start with a baseline run: `uv run train.py`, then the same code under a",
@@ -290,7 +291,7 @@ def render_memory(rows: list[dict], index: dict, notes: str, claims: list[dict] 
 
 
 
-_NOTES = re.compile(r"^\ufeff?#{1,6}[ \t]*notes[ \t]*\r?$", re.I | re.M)     # any level or case, after a BOM
+_NOTES = re.compile(r"^\ufeff?#{1,6}[ \t]*notes\b[^\n]*$", re.I | re.M)     # any level, case, tail; after a BOM
 
 
 def read_notes(memory: Path) -> str:

@@ -114,7 +114,7 @@ class Connection:
             try:
                 with conn.transaction():                # created once; a role without CREATE can use existing tables
                     exists = conn.execute(f"SELECT to_regclass('{RUNS}'), to_regclass('{CLAIMS}'), "
-                                          f"to_regclass('{FILES}'), to_regclass('{HELDOUT}')").fetchone()
+                                          f"to_regclass('{FILES}')").fetchone()   # heldout: harness/heldout.py
                     if None in exists:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
                         conn.execute(SCHEMA)

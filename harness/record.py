@@ -169,6 +169,8 @@ class Run:
     def _on_signal(self, signum, frame):
         import signal
         name = signal.Signals(signum).name
+        if self.recorded is not None:        # recorded already (the held-out eval runs after): just stop
+            os._exit(128 + signum)
         if self._finishing:                  # the outcome is being recorded: interrupting that would lose it
             return                           # (no word: a write here could land inside the one it interrupted)
         for stream in (sys.stdout, sys.stderr):

@@ -138,6 +138,7 @@ class Session:
                 self.run.record["batch_fit"] = {"requested": self.model_config.device_batch_size, "effective": b}
             self.model_config = dataclasses.replace(self.model_config, device_batch_size=b)
             self.grad_accum = self.model_config.total_batch_size // (b * self.seq_len * self.world)
+            torch.cuda.reset_peak_memory_stats(self.device)      # peak_vram_mb is the run's, not the probe's
         m = self.model_config
         print(f"parameters: {self.num_params:,}  FLOPs/token: {self.flops_per_token:.3e}")
         print(f"batch: {m.total_batch_size:,} tokens/step = {m.device_batch_size} x {self.seq_len} x "
@@ -301,7 +302,10 @@ class Session:
         shutdown(self.world)
         if self.run is not None:
             self.run.finish(metrics)
-            heldout.score(self.run, model, self.tokenizer, m.device_batch_size, self.autocast)   # baseline, keep
+            try:                                # the human's extra, after the record: never the run's outcome
+                heldout.score(self.run, model, self.tokenizer, m.device_batch_size, self.autocast)
+            except Exception as e:  # noqa: BLE001 - an OOM, the database, matplotlib: said, and the summary follows
+                print(f"!! heldout: not scored ({type(e).__name__}: {str(e)[:160]}); the run is recorded")
             self.run.print_summary(time.monotonic() - self.t_start)    # the `---` block agents grep
         self._exit(0)
 

@@ -64,7 +64,8 @@ if triton is not None:
 def _ce_launch(logits: torch.Tensor):
     rows, V = logits.shape
     block = min(4096, 1 << (V - 1).bit_length())
-    return (rows,), dict(BLOCK=block, APPROX=logits.is_cuda, num_warps=8 if block >= 2048 else 4)
+    approx = logits.is_cuda and not torch.version.hip          # tanh.approx is NVIDIA PTX: ROCm takes libdevice's
+    return (rows,), dict(BLOCK=block, APPROX=approx, num_warps=8 if block >= 2048 else 4)
 
 
 @torch.library.custom_op("autoresearch::softcap_ce", mutates_args=())
