@@ -65,13 +65,18 @@ def add(store, entry: dict) -> None:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
         if hasattr(store, "db"):      # the local file keeps it when the database cannot (down; a role without
             try:                       # CREATE on a database made before this table existed)
-                store.db.retry(lambda conn: (conn.execute(HELDOUT_TABLE), conn.execute(
-                    f"INSERT INTO {HELDOUT} (run_id, entry) VALUES (%s, %s) ON CONFLICT (run_id) DO NOTHING",
-                    (entry["run_id"], json.dumps(entry)))))
+                store.db.retry(lambda conn: _insert(conn, entry))
             except (Unreachable, ConfigError) as e:
                 print(f"!! heldout: kept in {HELDOUT_FILE} only; the shared database did not take it ({e})")
         rows, index = store.read()
         write_progress_png(rows, index, local.sessions, read(store))
+
+
+def _insert(conn, entry: dict) -> None:
+    if conn.execute(f"SELECT to_regclass('{HELDOUT}')").fetchone()[0] is None:    # only then: CREATE needs a grant
+        conn.execute(HELDOUT_TABLE)
+    conn.execute(f"INSERT INTO {HELDOUT} (run_id, entry) VALUES (%s, %s) ON CONFLICT (run_id) DO NOTHING",
+                 (entry["run_id"], json.dumps(entry)))
 
 
 def read(store) -> dict:

@@ -131,8 +131,11 @@ class Session:
         self.num_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = model.estimate_flops() if hasattr(model, "estimate_flops") else 0
         if self.device.type == "cuda":          # the largest device_batch_size this card holds (harness/fit.py)
-            b, line = fit_batch(model, self.model_config, self.seq_len, self.world, self.vocab_size, self.device,
-                                self.autocast, self.s.cache_dir / "batch_fit.json", probe=not self.graph_only)
+            try:
+                b, line = fit_batch(model, self.model_config, self.seq_len, self.world, self.vocab_size, self.device,
+                                    self.autocast, self.s.cache_dir / "batch_fit.json", probe=not self.graph_only)
+            except ConfigError as e:
+                fail(str(e))
             print(line)
             if self.run is not None:
                 self.run.record["batch_fit"] = {"requested": self.model_config.device_batch_size, "effective": b}
