@@ -1,6 +1,6 @@
 """Damage each harness-written file in 24 ways, then run what reads them (not a test; prints the counts).
 
-    uv run python tests/bench/fuzz_files.py [--out /tmp/fuzz_files] [--runs every|first]
+    uv run python tests/bench/fuzz_files.py [--out /tmp/fuzz_files] [--runs every|first] [--files results.tsv,...]
 
 A tiny workspace (a local corpus from the standard library, vocab 512, 64-token rows, 2 s budget) gets a ledger of
 two real runs. Then, for each file (results.tsv, sessions/index.jsonl, a run record, the claims file, memory.md,
@@ -107,6 +107,7 @@ def outcome(p: subprocess.CompletedProcess, trained: bool, before: int, after: i
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--files", help="comma-separated names of the files to damage (default: all six)")
     ap.add_argument("--runs", choices=("every", "first"), default="every",
                     help="a real train.py run after every damage (default), or after each file's first only")
     args = ap.parse_args()
@@ -122,6 +123,8 @@ def main():
     files = {"results.tsv": base / "results.tsv", "index.jsonl": ses / "index.jsonl", "run record": ses / record,
              "claims": base / "results.tsv.claims", "memory.md": ses / "memory.md",
              "heldout.jsonl": ses / "heldout.jsonl"}
+    if args.files:
+        files = {k: v for k, v in files.items() if k in args.files.split(",")}
     killed = "20261207T000000Z-0000000-0000dead"
     counts, bad = {}, []
     for fname, path in files.items():
