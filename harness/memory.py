@@ -321,7 +321,9 @@ def write_memory(store, plot: bool = False, now: float | None = None) -> Path:
     memory = store.sessions / "memory.md"
     rows, index = store.read()
     now = time.time() if now is None else now
-    claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)]
+    recorded = {r["run_id"] for r in rows}      # a run killed after its row is recorded: its claim says nothing
+    claims = [dict(c, gone=claim_state(c, host_name()) == "gone") for c in store.claims(now)
+              if c["run_id"] not in recorded]
     damage = list(getattr(store, "damage", []))
     text = render_memory(rows, index, read_notes(memory), claims, now, store.note, damage)
     atomic_write_bytes(memory, text.encode("utf-8", "surrogateescape"))       # the Notes' own bytes, as read

@@ -270,7 +270,8 @@ class Run:
                      expires=now + 2 * self.s.time_budget_s + CLAIM_GRACE_S, log=str(self.log_path.resolve()),
                      record=str(self.json_path.resolve()), **process_claim(host_name()))
         lines = []
-        for c in self.store.claims(now):
+        recorded = {r["run_id"] for r in rows}                 # a kill after the row: recorded, its claim stale
+        for c in (c for c in self.store.claims(now) if c["run_id"] not in recorded):
             if claim_state(c, host_name()) == "gone":         # killed outright: not running; told to its own agent
                 mine = c.get("host") in (None, host_name()) and c.get("worktree") in (None, str(REPO_DIR))
                 if mine:                                      # (no word here that --record-crash reads as a reason)

@@ -269,3 +269,18 @@ def test_record_crash_with_the_ledger_a_folder_is_one_line(run_dir):
     r = run_script("prepare.py", run_dir, "--record-crash", str(run_dir / "sessions" / f"{RID}.log"))
     assert (r.returncode, r.stderr.strip()) == (2, f"error: ground.json: key 'ledger.results': expected a regular "
                                                    f"file, got {run_dir / 'results.tsv'} (a folder)")
+
+
+def test_a_claim_of_a_recorded_run_is_neither_running_nor_lost(tmp_path, capsys):
+    """A SIGKILL after the row (before the claim was dropped): the next start does not say the run ended without
+    a record, and memory.md does not list it as running."""
+    from harness.ledger import process_claim
+    store = ledger.FileLedger(tmp_path / "results.tsv", tmp_path / "sessions")
+    rid = "20261207T000000Z-abcdef0-0a"
+    record.append_run(store.results, store.sessions, _row(rid, 1.0), _entry())
+    store.claim(dict(run_id=rid, started=1.0, expires=9e99, host="h", log="x.log", record=str(tmp_path / "none.json"),
+                     **process_claim("h")))
+    from harness import memory
+    memory.write_memory(store, now=2.0)
+    text = (store.sessions / "memory.md").read_text()
+    assert "Running now" not in text and rid in text
