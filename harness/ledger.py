@@ -141,7 +141,7 @@ def check_paths(results: Path, sessions: Path) -> None:
             parent = parent.parent
         if not os.access(parent, os.W_OK):
             raise ConfigError(f"ground.json: key '{kind}': {str(parent)[:100]} is not writable")
-    for path in (Path(str(results) + ".lock"), *(sessions / n for n in ("memory.md", "index.jsonl", "progress.png"))):
+    for path in (Path(f"{results}.lock"), Path(f"{results}.claims"), sessions / "memory.md", sessions / "index.jsonl"):
         if path.is_dir():                      # the harness writes these as files: a folder there stops every record
             raise ConfigError(f"{path}: is a folder where the harness writes a file; move it away")
     check_columns(results)

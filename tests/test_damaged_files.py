@@ -65,15 +65,15 @@ def test_a_damaged_claim_is_set_aside(tmp_path, claim):
     assert [c["run_id"] for c in store.claims(2.0)] == ["y"]
 
 
-@pytest.mark.parametrize("name", ["memory.md", "index.jsonl"])
+@pytest.mark.parametrize("name", ["sessions/memory.md", "sessions/index.jsonl", "results.tsv.claims"])
 def test_a_folder_where_the_harness_writes_a_file_is_one_line(run_dir, name):
     _ledger_with_two_runs(run_dir)
-    (run_dir / "sessions" / name).unlink(missing_ok=True)
-    (run_dir / "sessions" / name).mkdir()
+    (run_dir / name).unlink(missing_ok=True)
+    (run_dir / name).mkdir()
     for args in (["--memory"], ["--check"]):
         r = run_script("prepare.py", run_dir, *args)
-        assert (r.returncode, r.stderr.strip()) == (2, f"error: {run_dir / 'sessions' / name}: is a folder where the "
-                                                       f"harness writes a file; move it away")
+        assert (r.returncode, r.stderr.strip()) == (2, f"error: {run_dir / name}: is a folder where the harness "
+                                                       f"writes a file; move it away")
 
 
 @pytest.mark.parametrize("arg", ["../../evil", "/etc/passwd", "20261207T000000Z-abc/../x-00", "", "  "])
