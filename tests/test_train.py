@@ -223,6 +223,7 @@ def test_epochs_in_summary_and_a_warning_when_the_data_repeats(tmp_path, run_dir
         (small / f"{i}.txt").write_text(" ".join(f"word{(i * 7 + j) % 50}" for j in range(300)))
     g = json.loads((run_dir / "ground.json").read_text())
     g["data"].update(local_dir=str(small), cache_dir=str(tmp_path / "cache"))
+    g["test"]["max_steps"] = 12                  # steps, not the 2 s budget: a loaded machine trains as many
     write_json(run_dir / "ground.json", g)
     r = run_script("prepare.py", run_dir)
     assert r.returncode == 0, r.stderr
