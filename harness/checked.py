@@ -1,4 +1,4 @@
-"""Every harness-written file read through one check: run records, index entries, claims.
+"""Every harness-written file read through one check: run records, index entries, claims, held-out scores.
 
     uv run prepare.py --memory        # a damaged entry is named in one `!!` line of memory.md and set aside
 
@@ -33,8 +33,10 @@ SCHEMAS = {
                    comparability_key=_TEXT, mode=_TEXT, argv=_LIST, world_size=int, row=_OBJ, index_entry=_OBJ),
     "claim": dict(_ENTRY, started=_NUM, expires=_NUM, pid=int, pid_start=int, machine=_TEXT, log=_TEXT,
                   record=_TEXT, comparability_key=_TEXT, description=_TEXT),
+    "heldout": {"run_id": _TEXT, "heldout_bpb": _NUM, "heldout_seconds": _NUM, "rows": int, "val_bpb": _NUM},
 }
-REQUIRED = {"index": ("run_id",), "record": ("run_id",), "claim": ("run_id", "started", "expires")}
+REQUIRED = {"index": ("run_id",), "record": ("run_id",), "claim": ("run_id", "started", "expires"),
+            "heldout": ("run_id", "heldout_bpb")}
 _NESTED = {("launch", "env"): _OBJ, ("git", "commit"): _TEXT, ("git", "worktree"): _TEXT, ("launch", "per_node"): int}
 
 

@@ -7,9 +7,9 @@ The default model.json asks for 128 rows of 2,048 tokens per micro-step (about 3
 one forward/backward at model.json's device_batch_size, then at half of it, and so on, until one runs within the
 memory this process may use. total_batch_size never changes: gradient accumulation makes up the difference, so the
 optimizer steps are the same. The eager probe needs at least the memory the compiled model does (inductor frees
-activations eager keeps), so a size that fits here fits in training, and the choice errs small. model.json's value stays an upper bound. The
-choice is cached per model configuration, card and memory limit (<cache>/batch_fit.json): later runs skip the
-probe. An out-of-memory error later in a run is still a crash with its reason.
+activations eager keeps), so a size that fits here fits in training, and the choice errs small. model.json's value
+stays an upper bound. The choice is cached per model configuration, card and memory limit (<cache>/batch_fit.json):
+later runs skip the probe. An out-of-memory error later in a run is still a crash with its reason.
 """
 
 from __future__ import annotations

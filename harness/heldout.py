@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import time
 
+from harness.checked import check, read_jsonl
 from harness.config import ConfigError
 from harness.evaluate import evaluate_bpb, heldout_rows
 from harness.pgconn import HELDOUT, Unreachable
@@ -80,24 +81,13 @@ def _insert(conn, entry: dict) -> None:
 
 
 def read(store) -> dict:
-    """run_id -> held-out entry: this host's sessions/heldout.jsonl, and every host's in the shared database.
-    A damaged line is set aside (the scores are the human's view, never an input to a decision)."""
-    local = getattr(store, "local", store)
-    out = {}
-    path = local.sessions / HELDOUT_FILE
-    with contextlib.suppress(OSError):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError, RecursionError):
-                e = json.loads(line)
-                if isinstance(e, dict) and isinstance(e.get("run_id"), str) and _number(e.get("heldout_bpb")):
-                    out[e["run_id"]] = e
+    """run_id -> held-out entry: this host's sessions/heldout.jsonl, and every host's in the shared database, each
+    checked (harness/checked.py); a damaged one is set aside (the scores are the human's view, never an input to a
+    decision)."""
+    out, _ = read_jsonl(getattr(store, "local", store).sessions / HELDOUT_FILE, "heldout")
     if hasattr(store, "db"):
         with contextlib.suppress(Unreachable, ConfigError):    # unreachable: this host's scores still show
             for (e,) in store.db.retry(lambda conn: conn.execute(f"SELECT entry FROM {HELDOUT}").fetchall()):
-                if isinstance(e, dict) and isinstance(e.get("run_id"), str) and _number(e.get("heldout_bpb")):
+                if (e := check(e, "heldout", HELDOUT)[0]) is not None:
                     out.setdefault(e["run_id"], e)
     return out
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from harness import settings
-from harness.checked import read_jsonl, verify_rows
+from harness.checked import read_jsonl, read_record, verify_rows
 from harness.config import ConfigError
 from harness.decide import UNSCORED, decide_entry
 from harness.settings import Settings
@@ -343,8 +343,5 @@ class FileLedger:
 
     def files(self, run_id: str) -> dict | None:
         """model.json and train.py as the run trained them, from its record sessions/<run_id>.json."""
-        try:
-            found = json.loads((self.sessions / f"{run_id}.json").read_text(encoding="utf-8")).get("files")
-        except (OSError, ValueError, AttributeError, RecursionError):
-            return None
+        found = (read_record(self.sessions / f"{run_id}.json")[0] or {}).get("files")
         return found if isinstance(found, dict) and {"model.json", "train.py"} <= set(found) else None
