@@ -125,7 +125,7 @@ def test_a_baseline_is_scored_for_the_human_and_a_repeat_is_not(held_workspace, 
     d = held_workspace
     _, m = _prepare(d, monkeypatch)
     assert m["heldout"].endswith("c_heldout.parquet") and m["train"][-1].endswith("b_train.parquet")
-    first = run_script("train.py", d)
+    first = run_script("train.py", d, "--description", "a baseline")       # not the commit subject: it may say "held"
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     scores = heldout.read(ledger.FileLedger(d / "results.tsv", d / "sessions"))
     (run_id, entry), = scores.items()
@@ -137,7 +137,7 @@ def test_a_baseline_is_scored_for_the_human_and_a_repeat_is_not(held_workspace, 
     assert "scored for this baseline in" in line and f"{entry['heldout_bpb']:.4f}" not in first.stdout
     memory = (d / "sessions" / "memory.md").read_text()
     assert "held" not in memory.lower() and f"{entry['heldout_bpb']:.4f}" not in memory
-    second = run_script("train.py", d, "--seed", "43")
+    second = run_script("train.py", d, "--seed", "43", "--description", "a repeat")
     assert second.returncode == 0 and "status:           repeat" in second.stdout
     assert "heldout:" not in second.stdout and len(heldout.read(ledger.FileLedger(d / "results.tsv",
                                                                                   d / "sessions"))) == 1
