@@ -12,6 +12,7 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   fused/        GPU kernels behind custom ops (cuDNN and FA4 attention, softcap loss, rope + norm, ReLU^2 MLP)
   rocm          PLATFORM's rows for AMD GPUs: from torch.version.hip and the gfx architecture
   hardware      PLATFORM: device, dtype, attention backend, fused kernels, compile, peak FLOPs
+  cards         the tokens/s to expect of a card class, measured or said to be an estimate
   attention     one attention call over the backends PLATFORM chooses from
   distributed   torchrun: process group, gradient all-reduce, host-side agreement
   clock         step timing for the budget (monotonic), without a host sync inside a step
@@ -21,8 +22,8 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
   tokenizer     BPE training (rustbpe) served by tiktoken; token_bytes; the token cache
   dataloader    best-fit packing of documents into rows, prefetched
   evaluate      evaluate_bpb: the fixed metric (do not change)
-  warm_eval     the eval's graph, compiled by a second process while the run trains
   fit           the largest device_batch_size the card holds, by a forward/backward probe before the budget
+  warm_eval     the eval's graph, compiled by a second process while the run trains
 
 Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   checked       every harness-written file read through one check: a damaged entry set aside, named in one line

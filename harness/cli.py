@@ -105,7 +105,36 @@ def check(verbose: bool = True) -> tuple:
         for line in describe_changes(changes, s):
             print(f"  {line}")
         print("\n".join(platform_lines(p)))
+        print("\n".join(card_lines(s, model, p)))
     return s, model, changes
+
+
+def card_lines(s, model, p: dict) -> list[str]:
+    """The batch split this card holds (on a CUDA GPU the run's own forward/backward probe, cached for the first
+    run) and the tokens/s to expect of it."""
+    import contextlib
+    import io
+
+    import torch
+    import train                                   # the agent's model, built as a run builds it
+    from harness.cards import rate_line
+    from harness.fit import fit_batch
+    from harness.tokenizer import Tokenizer
+    config = train.build_config(model, s.max_seq_len, Tokenizer.from_directory().get_vocab_size(), p)
+    b, why = model.device_batch_size, "no CUDA GPU: model.json's device_batch_size, capped by the profile"
+    with contextlib.redirect_stdout(io.StringIO()):            # build_model prints the config a run prints
+        if p["device"] == "cuda":
+            device = torch.device("cuda")
+            net = train.build_model(config, device)
+            autocast = torch.autocast("cuda", getattr(torch, p["dtype"]), enabled=p["dtype"] != "float32")
+            b, why = fit_batch(net, model, s.max_seq_len, 1, config.vocab_size, device, autocast,
+                               s.cache_dir / "batch_fit.json")
+            del net
+        with torch.device("meta"):
+            flops = train.GPT(config).estimate_flops()
+    accum = model.total_batch_size // (b * s.max_seq_len)
+    return [f"batch: {model.total_batch_size:,} tokens/step = {b} x {s.max_seq_len} x {accum} accumulation "
+            f"steps ({why})", rate_line(p["device_name"], p["peak_flops"], flops)]
 
 
 def parser() -> argparse.ArgumentParser:

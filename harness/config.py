@@ -18,10 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# ---------------------------------------------------------------------------
-# Where the configs live
-# ---------------------------------------------------------------------------
-
 REPO_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -39,9 +35,7 @@ def agent_files() -> dict[str, Path]:
     return {"model.json": model_path(), "train.py": REPO_DIR / "train.py"}
 
 
-# ---------------------------------------------------------------------------
 # Errors: one type, one line, exit code 2
-# ---------------------------------------------------------------------------
 
 class ConfigError(Exception):
     """Bad input (config, data, ledger). The message is one line naming the file and key."""
@@ -53,9 +47,7 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-# ---------------------------------------------------------------------------
 # Config schema: frozen dataclasses, every field carries its check
-# ---------------------------------------------------------------------------
 
 _REQUIRED = object()      # marks a config key without a default
 
@@ -157,11 +149,12 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class GroundConfig:
-    mode: str = _f("choice", "one of auto, train, test", choices=("auto", "train", "test"))
+    mode: str = _f("choice", "one of auto, train, test, small", choices=("auto", "train", "test", "small"))
     data: DataConfig = None
     tokenizer: TokenizerConfig = None
     train: ProfileConfig = None
     test: ProfileConfig = None
+    small: ProfileConfig = None            # optional: the profile for 8-24 GB cards (README, "Your hardware")
     processor: ProcessorConfig = None
     ledger: LedgerConfig = None
 
@@ -231,9 +224,9 @@ def _build(cls, raw: Any, fname: str, prefix: str = ""):
         key = f"{prefix}{f.name}"
         if f.name in _NESTED.get(cls.__name__, {}):
             sub = _NESTED[cls.__name__][f.name]
-            if f.name not in raw:
+            if f.name not in raw and f.name not in _OPTIONAL:
                 raise ConfigError(f"{fname}: missing key '{key}' (an object)")
-            values[f.name] = _build(sub, raw[f.name], fname, key + ".")
+            values[f.name] = _build(sub, raw[f.name], fname, key + ".") if f.name in raw else None
             continue
         spec: Spec = f.metadata["spec"]
         if f.name not in raw:
@@ -255,8 +248,10 @@ def _build(cls, raw: Any, fname: str, prefix: str = ""):
 
 _NESTED = {
     "GroundConfig": {"data": DataConfig, "tokenizer": TokenizerConfig, "train": ProfileConfig,
-                     "test": ProfileConfig, "processor": ProcessorConfig, "ledger": LedgerConfig},
+                     "test": ProfileConfig, "small": ProfileConfig, "processor": ProcessorConfig,
+                     "ledger": LedgerConfig},
 }
+_OPTIONAL = {"small"}       # a ground.json from before the small profile still loads
 
 
 MAX_SHOWN_CHARS = 60        # of a bad value or key quoted in an error line: the line stays one short line
@@ -310,7 +305,10 @@ def _read_json(path: Path) -> Any:
 def load_ground(path: Path | None = None) -> GroundConfig:
     path = Path(path or ground_path())
     cfg = _build(GroundConfig, _read_json(path), path.name)
-    for name, prof in (("train", cfg.train), ("test", cfg.test)):
+    if getattr(cfg, cfg.mode, True) is None:
+        raise ConfigError(f"{path.name}: key 'small': expected a profile object when mode is small (see the "
+                          f"repository's ground.json)")
+    for name, prof in (p for p in (("train", cfg.train), ("test", cfg.test), ("small", cfg.small)) if p[1]):
         for key, cap in prof.model_caps.items():
             if key not in MODEL_INT_KEYS:
                 raise ConfigError(f"{path.name}: key '{name}.model_caps.{_key(key)}': expected one of "

@@ -45,6 +45,15 @@ def memory_limit(device: torch.device) -> tuple[float, str]:
     return gb * 2**30, f"{gb:g} GB (${MEMORY_ENV}) of this card's {total / 2**30:.1f} GB"
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes another process could use: the card's free memory, and under $AUTORESEARCH_GPU_MEMORY_GB no more than
+    the cap leaves beside this process (the smaller card it stands for has no more)."""
+    free, total = torch.cuda.mem_get_info(device)
+    asked = os.environ.get(MEMORY_ENV, "").strip()
+    cap = memory_limit(device)[0] if asked else total
+    return int(max(0, min(free, cap - torch.cuda.memory_reserved(device))))
+
+
 def candidates(requested: int, total_batch: int, seq_len: int, world: int) -> list[int]:
     """model.json's value, then halves of it, each dividing total_batch_size over seq_len x processes."""
     out, b = [], requested

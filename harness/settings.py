@@ -2,7 +2,7 @@
 
     uv run prepare.py --check        # prints the mode, its reason and every cap applied
 
-ground.json has two profiles, `train` and `test`; the mode picks one. `current()` is the run's
+ground.json has the profiles `train`, `test` and (optional) `small`; the mode picks one. `current()` is the run's
 settings, loaded once; `cached()` gives the other modules a cache that `reset()` empties with them.
 """
 
@@ -21,7 +21,7 @@ from harness.config import ConfigError, GroundConfig, ModelConfig, fail, ground_
 
 @dataclass(frozen=True)
 class Settings:
-    mode: str                 # train | test
+    mode: str                 # train | test | small
     mode_reason: str
     max_seq_len: int
     time_budget_s: float
@@ -49,7 +49,7 @@ def resolve_mode(requested: str, cuda_available: bool) -> tuple[str, str]:
 
 def make_settings(ground: GroundConfig, cuda_available: bool, ground_dir: Path) -> Settings:
     mode, reason = resolve_mode(ground.mode, cuda_available)
-    prof = ground.train if mode == "train" else ground.test
+    prof = getattr(ground, mode)
     cache = Path(os.path.expanduser(ground.data.cache_dir))
     cache = cache if cache.is_absolute() else ground_dir / cache
     return Settings(mode, reason, prof.max_seq_len, prof.time_budget_s, prof.eval_tokens,

@@ -32,6 +32,7 @@ import torch
 from harness import settings
 from harness.config import fail
 from harness.dataloader import make_dataloader
+from harness.fit import free_memory
 from harness.hardware import get_platform
 
 # Set, to the training process's pid, in the second process: read here only (second_process); the Session asks it
@@ -74,7 +75,7 @@ def start(model: torch.nn.Module, config, platform: dict, batch_size: int, devic
     logits = batch_size * config.sequence_len * config.vocab_size
     need = (sum(p.numel() * p.element_size() for p in model.parameters()) + CONTEXT_BYTES
             + logits * (4 if platform["compile_scope"] == "model" else 20))
-    free, _ = torch.cuda.mem_get_info(device)
+    free = free_memory(device)                 # a card capped by $AUTORESEARCH_GPU_MEMORY_GB counts as that size
     if free < need:
         return no(f"the GPU has {free / GIB:.1f} GiB free; a second process compiling it now would need about "
                   f"{need / GIB:.1f}")

@@ -6,6 +6,7 @@
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,10 +110,28 @@ def test_modes():
     assert changes == {} and m2.depth == 8 and s.max_seq_len == 2048
 
 
+def test_small_profile_for_small_cards():
+    """mode "small": T 512, a 4M-token eval, 65,536 tokens a step (thousands of steps in 5 minutes on a 16 GB card);
+    the model itself is the agent's (no depth or width cap); a ground.json without the profile still loads."""
+    g = dataclasses.replace(config.load_ground(REPO / "ground.json"), mode="small")
+    s = settings.make_settings(g, True, REPO)
+    assert (s.mode, s.mode_reason) == ("small", "ground.json mode = small")
+    assert (s.max_seq_len, s.time_budget_s, s.eval_tokens, s.excluded_steps) == (512, 300, 4194304, 2)
+    m, changes = settings.effective_model(config.load_model(REPO / "model.json"), s)
+    assert changes == {"total_batch_size": (524288, 65536)}
+    assert (m.depth, m.aspect_ratio, m.device_batch_size, m.total_batch_size // (m.device_batch_size * 512)) == \
+        (8, 64, 128, 1)
+
+
 def test_check_cli_prints_mode_and_platform(run_dir):
     r = run_script("prepare.py", run_dir, "--check")
     assert r.returncode == 0, r.stderr
     assert "mode: test (ground.json mode = test)" in r.stdout
+    split = re.search(r"^batch: ([\d,]+) tokens/step = (\d+) x (\d+) x (\d+) accumulation steps \(no CUDA GPU: "
+                      r"model.json's device_batch_size, capped by the profile\)$", r.stdout, re.M)
+    total, rows, T, accum = (int(v.replace(",", "")) for v in split.groups())
+    assert total == rows * T * accum and T == json.loads((run_dir / "ground.json").read_text())["test"]["max_seq_len"]
+    assert "expected tok/s: no estimate: this device has no reference peak FLOP/s" in r.stdout
     assert "attention        sdpa" in r.stdout and "dtype            float32" in r.stdout
 
 

@@ -64,3 +64,19 @@ def test_the_fit_runs_real_forward_backwards_and_caches(tmp_path, monkeypatch, c
     b2, line2 = fit.fit_batch(model, m, 32, 1, 256, cpu, contextlib.nullcontext(), tmp_path / "busy.json")
     assert b2 == 16 and line2.endswith("(forward/backward probe; not cached: other processes hold memory on this "
                                        "card)") and not (tmp_path / "busy.json").exists()
+
+
+def test_expected_rate_of_a_card_tier():
+    """--check's tok/s range: the MFU measured on an H100 where the card is one, a wide estimate elsewhere, both
+    over the model's FLOPs per token (so a bigger model.json gets a lower range)."""
+    from harness.cards import expected_rate, rate_line
+    fpt = 2.4e8                                       # about the default model.json at T 2048
+    low, high, how = expected_rate("NVIDIA H100 80GB HBM3", 989e12, fpt)
+    assert (round(low), round(high)) == (round(989e12 * 0.43 / fpt), round(989e12 * 0.45 / fpt))
+    assert 1.7e6 < low < high < 1.9e6 and "measured on an H100" in how and "run300-h100" in how
+    low, high, how = expected_rate("NVIDIA GeForce RTX 4090", 165.2e12, fpt)
+    assert (round(low), round(high)) == (round(165.2e12 * 0.25 / fpt), round(165.2e12 * 0.45 / fpt))
+    assert how.startswith("an estimate, not measured on this card class: its peak 165.2 TFLOP/s")
+    assert expected_rate("NVIDIA H200", 989e12, 2 * fpt)[1] == expected_rate("NVIDIA H200", 989e12, fpt)[1] / 2
+    assert rate_line("cpu", 0.0, fpt).startswith("expected tok/s: no estimate")
+    assert rate_line("NVIDIA H100 80GB HBM3", 989e12, fpt).startswith("expected tok/s: 1.77M-1.85M on this card")
