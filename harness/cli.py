@@ -151,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
                     help="send the runs recorded while the shared database was unreachable (ledger.backend postgres)")
     ap.add_argument("--restore", metavar="RUN_ID",
                     help="write a recorded run's model.json and train.py here (a kept run of another host, too)")
+    ap.add_argument("--serve", action="store_true",
+                    help="the live view of the ledger in a browser (needs the web extra: uv run --extra web ...)")
+    ap.add_argument("--bind", default="127.0.0.1", help="--serve's interface (another than 127.0.0.1 needs a token)")
+    ap.add_argument("--port", type=int, default=8765, help="--serve's port (default 8765)")
+    ap.add_argument("--token", help="--serve's access token (or $AUTORESEARCH_WEB_TOKEN, kept out of `ps`)")
     ap.add_argument("--migrate-ledger", action="store_true",
                     help="rewrite an upstream/fork results.tsv with this ledger's columns (the old file is kept)")
     return ap
@@ -182,6 +187,17 @@ def restore(run_id: str, s) -> int:
     print(f"restored {', '.join(changed)} from run {run_id}; commit it: git commit -am \"build on "
           f"{run_id}\"" if changed else f"run {run_id}: model.json and train.py are already these")
     return 0
+
+
+def serve(args, s) -> int:
+    try:
+        from harness import web
+    except ImportError as e:
+        raise ConfigError(f"--serve: the live view needs the web extra ({e.name} is missing): uv run --extra web "
+                          f"prepare.py --serve") from None
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: expected a port number between 1 and 65535, got {args.port}")
+    return web.serve(s, args.bind, args.port, args.token)
 
 
 def migrate(s) -> int:
@@ -258,6 +274,8 @@ def main(argv=None) -> int:
             return restore(args.restore, s)
         if args.migrate_ledger:
             return migrate(s)
+        if args.serve:
+            return serve(args, s)
         if args.record_crash is not None:
             return record_crash(args.record_crash, s)
         return prepare(args, s)

@@ -1,0 +1,141 @@
+"""The live view's data: the ledger's runs, one run's story and the runs in flight, as plain JSON-ready values.
+
+    uv run --extra web prepare.py --serve        # harness/web.py serves these to the browser
+
+Read-only. Everything here comes from the configured ledger (results.tsv + index.jsonl, or the shared database:
+every host's runs), the held-out scores and, for runs of this host, their logs. Values only: the browser renders
+every text with textContent (never as HTML), and nothing here names the database URL or any secret.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+
+from harness.decide import ACCEPTED, is_scored, run_fingerprint, standing
+from harness.lineage import parent_run
+
+STEP_LINE = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\d.naif]+)")      # harness/clock.py's progress line
+LOG_TAIL_BYTES = 16384          # of a run's log, shown on its page
+LIVE_LOG_BYTES = 4 << 20        # read of a running run's log for its curve: a 5 min GPU run writes ~0.3 MB
+HOVER_CHARS = 120               # of a description in the night's table and hover
+
+
+def runs_table(rows: list[dict], index: dict, heldout: dict) -> dict:
+    """Every run as columns (the night's chart and the runs table read the same arrays): compact for 10,000 runs."""
+    cols = {k: [] for k in ("run_id", "time", "status", "val_bpb", "host", "branch", "key", "seed", "desc",
+                            "config", "heldout", "steps")}
+    for r in rows:
+        e = index.get(r["run_id"], {})
+        h = heldout.get(r["run_id"], {})
+        for k, v in (("run_id", r["run_id"]), ("time", r.get("timestamp") or ""), ("status", r["status"]),
+                     ("val_bpb", r.get("val_bpb")), ("host", e.get("host") or "?"), ("branch", e.get("branch") or "?"),
+                     ("key", r.get("comparability_key") or ""), ("seed", e.get("seed")),
+                     ("desc", (r.get("description") or "")[:HOVER_CHARS]), ("config", run_fingerprint(r, index)[:12]),
+                     ("heldout", h.get("heldout_bpb")), ("steps", r.get("num_steps"))):
+            cols[k].append(v)
+    return cols
+
+
+def key_summary(rows: list[dict], index: dict, key: str) -> dict:
+    """The running best of one key (accepted runs in ledger order, the lowest val_bpb so far), the best
+    configuration's mean and the noise floor sigma (the band drawn around it)."""
+    best_line, low = [], None
+    for r in rows:
+        if r["comparability_key"] == key and r["status"] in ACCEPTED and r.get("val_bpb") is not None:
+            low = r["val_bpb"] if low is None else min(low, r["val_bpb"])
+            best_line.append([r.get("timestamp") or "", low])
+    st = standing(rows, index, key)
+    return {"key": key, "best_line": best_line, "best_mean": st.best.mean if st.best else None,
+            "best_runs": len(st.best.values) if st.best else 0, "sigma": st.sigma, "dof": st.dof}
+
+
+def night(rows: list[dict], index: dict, heldout: dict) -> dict:
+    keys = list(dict.fromkeys(r["comparability_key"] for r in reversed(rows)))     # the newest key first
+    return {"runs": runs_table(rows, index, heldout), "keys": [key_summary(rows, index, k) for k in keys[:8]]}
+
+
+def best_curves(rows: list[dict], index: dict, key: str) -> tuple[str | None, list]:
+    """(the best configuration's first accepted run, the loss curves of its scored runs) in `key`."""
+    st = standing(rows, index, key)
+    if st.best is None:
+        return None, []
+    mine = [r for r in rows if r["comparability_key"] == key and is_scored(r)
+            and run_fingerprint(r, index) == st.best.fingerprint]
+    first = next((r["run_id"] for r in mine if r["status"] in ACCEPTED), None)
+    return first, [{"run_id": r["run_id"], "seed": index.get(r["run_id"], {}).get("seed"),
+                    "curve": index[r["run_id"]]["curve"]} for r in mine
+                   if isinstance(index.get(r["run_id"], {}).get("curve"), list)]
+
+
+def diff(old: str | None, new: str | None, name: str) -> list[str]:
+    if old is None or new is None:
+        return []
+    return list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{name} (parent)", name, lineterm="", n=2))
+
+
+def tail(path: Path | None, limit: int = LOG_TAIL_BYTES) -> str:
+    """The end of a log as text (its \\r-joined step lines on lines of their own)."""
+    if path is None or not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - limit))
+        return f.read().decode("utf-8", errors="replace").replace("\r", "\n")
+
+
+def log_curve(path: Path | None) -> list[list[float]]:
+    """(progress, train loss) of each step line of a log, for a run still in flight."""
+    text = tail(path, LIVE_LOG_BYTES)
+    out = []
+    for m in STEP_LINE.finditer(text):
+        try:
+            out.append([float(m.group(2)) / 100, float(m.group(3))])
+        except ValueError:
+            continue
+    return out
+
+
+def _text(files: dict | None, name: str) -> str | None:
+    v = (files or {}).get(name)
+    return json.dumps(v, indent=2) if isinstance(v, dict) else v if isinstance(v, str) else None
+
+
+def one_run(store, rows: list[dict], index: dict, heldout: dict, run_id: str) -> dict | None:
+    """One run: its row and record, what it changed against the run it built on, its curve beside the best's,
+    its log's tail (this host's runs) and the decision with its numbers."""
+    row = next((r for r in rows if r["run_id"] == run_id), None)
+    if row is None:
+        return None
+    e = index.get(run_id, {})
+    parent = parent_run(rows, index, row)
+    mine, theirs = store.files(run_id), store.files(parent["run_id"]) if parent else None
+    best_run, curves = best_curves(rows, index, row["comparability_key"])
+    sessions = getattr(store, "local", store).sessions
+    return {"row": {k: v for k, v in row.items()}, "host": e.get("host"), "branch": e.get("branch"),
+            "seed": e.get("seed"), "config": run_fingerprint(row, index), "error": e.get("error"),
+            "decision": e.get("decision") if isinstance(e.get("decision"), dict) else None,
+            "heldout": heldout.get(run_id, {}).get("heldout_bpb"), "parent": parent["run_id"] if parent else None,
+            "model_diff": diff(_text(theirs, "model.json"), _text(mine, "model.json"), "model.json"),
+            "train_diff": diff(_text(theirs, "train.py"), _text(mine, "train.py"), "train.py"),
+            "files": mine is not None, "parent_files": theirs is not None,
+            "curve": e.get("curve") if isinstance(e.get("curve"), list) else [],
+            "best_run": best_run, "best_curves": [c for c in curves if c["run_id"] != run_id],
+            "log": tail(sessions / f"{run_id}.log")}
+
+
+def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:
+    """The runs in flight (claims: every host's), each with its live loss curve where its log is on this host,
+    beside the curves of the best configuration of its key."""
+    out = []
+    for c in store.claims(now):
+        log = Path(c["log"]) if isinstance(c.get("log"), str) else None
+        key = c.get("comparability_key") or ""
+        best_run, curves = best_curves(rows, index, key)
+        out.append({"run_id": c["run_id"], "host": c.get("host"), "branch": c.get("branch"),
+                    "description": c.get("description"), "seed": c.get("seed"), "key": key,
+                    "config": (c.get("fingerprint") or "")[:12], "started": c.get("started"),
+                    "curve": log_curve(log) if log else [], "log_here": bool(log and log.is_file()),
+                    "best_run": best_run, "best_curves": curves})
+    return out
