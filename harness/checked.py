@@ -75,8 +75,13 @@ def check(obj, kind: str, where: str) -> tuple[dict | None, list[str]]:
     return out, problems
 
 
-def read_jsonl(path: Path, kind: str, key: str = "run_id") -> tuple[dict, list[str]]:
-    """key -> the last valid entry of a JSON-lines file the harness appends to; a missing file is empty."""
+_NOT_JSON = object()
+
+
+def read_jsonl(path: Path, kind: str, key: str = "run_id", memo: dict | None = None) -> tuple[dict, list[str]]:
+    """key -> the last valid entry of a JSON-lines file the harness appends to; a missing file is empty. `memo`
+    (a dict the caller keeps) holds each line's checked entry: a reader that reads the file again (the live view)
+    parses only its new lines."""
     out, problems = {}, []
     try:
         raw = path.read_bytes()
@@ -87,12 +92,18 @@ def read_jsonl(path: Path, kind: str, key: str = "run_id") -> tuple[dict, list[s
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):           # RecursionError: nested deeper than the parser goes
-            problems.append(f"{path.name}:{n}: not JSON: set aside")
-            continue
-        entry, found = check(obj, kind, f"{path.name}:{n}")
+        if memo is not None and (n, line) in memo:
+            entry, found = memo[(n, line)]
+            entry = None if entry is None else dict(entry)          # a reader may change its copy
+        else:
+            try:
+                obj = json.loads(line)
+            except (ValueError, RecursionError):       # RecursionError: nested deeper than the parser goes
+                obj = _NOT_JSON
+            entry, found = check(obj, kind, f"{path.name}:{n}") if obj is not _NOT_JSON else (
+                None, [f"{path.name}:{n}: not JSON: set aside"])
+            if memo is not None:
+                memo[(n, line)] = (None if entry is None else dict(entry), found)
         problems += found
         if entry is not None:
             out[entry[key]] = entry

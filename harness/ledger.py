@@ -181,10 +181,10 @@ def migrate_ledger(results: Path) -> Path:
     return old
 
 
-def read_index(sessions: Path, damage: list | None = None) -> dict:
+def read_index(sessions: Path, damage: list | None = None, memo: dict | None = None) -> dict:
     """sessions/index.jsonl: run_id -> what the ledger row does not hold (fingerprint, seed, model, branch, ...),
     each entry checked (harness/checked.py); what was set aside is added to `damage`."""
-    index, problems = read_jsonl(sessions / "index.jsonl", "index")
+    index, problems = read_jsonl(sessions / "index.jsonl", "index", memo=memo)
     if damage is not None:
         damage += problems
     return index
@@ -288,6 +288,7 @@ class FileLedger:
     def __init__(self, results: Path, sessions: Path):
         self.results, self.sessions = results, sessions
         self.claims_path = results.with_name(results.name + ".claims")
+        self.memo = None                      # {} keeps parsed index lines between reads (harness/web.py)
         self.note, self.damage = None, []     # memory.md's lines: where its rows came from; entries set aside
 
     def lock(self):
@@ -298,7 +299,7 @@ class FileLedger:
 
     def read(self) -> tuple[list[dict], dict]:
         self.damage = []                      # entries set aside, for memory.md's `!!` lines
-        rows, index = read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage)
+        rows, index = read_ledger(self.results, warn=lambda m: None), read_index(self.sessions, self.damage, self.memo)
         if n := verify_rows(rows, index, LEGACY_KEY, self.sessions):
             self.damage.append(f"{self.results.name}: {n} row(s) with no run record in index.jsonl (hand-added, or "
                                f"killed between row and record): shown as unverified, never a best")

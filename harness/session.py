@@ -303,6 +303,9 @@ class Session:
                        epochs=self.step * m.total_batch_size / train_tokens(self.tokenizer),
                        compiled_in_budget=self.clock.compiled_in_budget)
         shutdown(self.world)
+        if self._scaler is not None:            # fp16: a skipped step trained nothing (the same steps, fewer updates)
+            print(f"gradscaler: {self.skipped} of {self.step} steps skipped (inf/nan gradients at the loss scale; "
+                  f"final scale {self._scaler.get_scale():g})")
         if self.run is not None:
             self.run.finish(metrics)
             try:                                # the human's extra, after the record: never the run's outcome

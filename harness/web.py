@@ -61,6 +61,7 @@ class Snapshot:
     def __init__(self, store):
         self.store, self.lock = store, threading.Lock()
         self.local = getattr(store, "local", store)
+        self.local.memo = {}                # index.jsonl's lines parsed once: a new record costs its own line
         self.version, self.data, self.cache = None, None, {}
 
     def _stat(self, path) -> tuple:

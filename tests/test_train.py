@@ -6,6 +6,7 @@ prepare still runs.
 """
 
 import json
+import re
 import math
 import os
 import signal
@@ -291,3 +292,21 @@ def test_a_compiled_cpu_run_that_recompiles_in_its_budget_is_not_judged(run_dir)
     rec = json.loads((run_dir / "sessions" / f"{row['run_id']}.json").read_text())
     assert rec["platform"]["compile"] is True and rec["metrics"]["compiled_in_budget"] == 1
     assert math.isfinite(rec["metrics"]["val_bpb"]) and float(summary["val_bpb"]) == round(rec["metrics"]["val_bpb"], 6)
+
+
+@pytest.mark.slow
+def test_fp16_says_how_many_steps_its_grad_scaler_skipped(run_dir):
+    """processor.dtype float16 (the Volta/Turing path, forced here on the CPU): the GradScaler's skipped steps
+    (a step whose fp16 gradients overflowed at the loss scale trains nothing) are counted and printed."""
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["processor"]["dtype"] = "float16"
+    g["test"]["max_steps"] = 6
+    write_json(run_dir / "ground.json", g)
+    r = run_script("train.py", run_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "use_grad_scaler  True  (fp16 gradients underflow without loss scaling)" in r.stdout
+    m = re.search(r"^gradscaler: (\d+) of (\d+) steps skipped \(inf/nan gradients at the loss scale; final scale "
+                  r"([\d.e+]+)\)$", r.stdout, re.M)
+    skipped, steps, scale = int(m.group(1)), int(m.group(2)), float(m.group(3))
+    assert steps == 6 and 0 <= skipped <= steps and scale == 65536.0 / 2 ** skipped      # halved once per skip
+    assert parse_summary(r.stdout)["dtype"] == "float16"

@@ -53,7 +53,7 @@ async function night() {
   for (const i of scored) (groups[`${R.host[i]} / ${R.branch[i]}`] ||= []).push(i);
   const traces = Object.entries(groups).map(([name, ii]) => ({
     type: "scatter", mode: "markers", name: esc(name), x: ii.map(i => R.time[i]), y: ii.map(i => R.val_bpb[i]),
-    marker: {size: 8, color: ii.map(i => COLORS[R.status[i]] || "#555"), line: {width: 1, color: "#fff"}},
+    marker: {size: 7, color: ii.map(i => COLORS[R.status[i]] || "#555")},
     customdata: ii.map(i => R.run_id[i]),
     text: ii.map(i => `${esc(R.status[i])} ${bpb(R.val_bpb[i])}<br>${esc(R.desc[i])}<br>seed ${R.seed[i]}`),
     hoverinfo: "text"}));
@@ -216,6 +216,7 @@ async function render(version) {
     if (n) document.getElementById("ledger").textContent = `ledger: ${n.ledger}` + (n.note ? ` (${n.note})` : "");
     document.body.dataset.version = version || "";
     document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
+    document.body.dataset.renderedAt = String(Math.round(performance.now()));     // ms since navigation
   } catch (e) {
     main.replaceChildren(el("p", {class: "note", text: `could not read the ledger: ${e.message}`}));
   }

@@ -3,7 +3,7 @@ model.json and how long the probe takes (not a test; prints the figures).
 
     python tests/bench/bench_fit.py [--caps none,24,16,12]
 
-Random tokens, train.py's own model built as a run builds it (PLATFORM's kernels, not compiled), T = 2048, one
+Random tokens, train.py's own model built as a run builds it (build_config with PLATFORM's kernels, not compiled), T = 2048, one
 process; each cap in a fresh subprocess (a per-process memory fraction cannot be raised again).
 """
 
@@ -24,15 +24,13 @@ def one(cap: str, cache: str) -> dict:
     import train
     from harness import fit
     from harness.config import load_model
+    from harness.hardware import get_platform
     if cap != "none":
         os.environ[fit.MEMORY_ENV] = cap
-    m = load_model(REPO / "model.json")
-    model = train.build_model(train.GPTConfig(n_layer=m.depth, n_embd=m.depth * m.aspect_ratio,
-                                              n_head=m.depth * m.aspect_ratio // m.head_dim,
-                                              n_kv_head=m.depth * m.aspect_ratio // m.head_dim),
-                              torch.device("cuda"))
+    m, P = load_model(REPO / "model.json"), get_platform()
+    model = train.build_model(train.build_config(m, 2048, 8192, P), torch.device("cuda"))   # PLATFORM's kernels
     t0 = time.perf_counter()
-    b, line = fit.fit_batch(model, m, 2048, 1, 8192, torch.device("cuda"), torch.autocast("cuda", torch.bfloat16),
+    b, line = fit.fit_batch(model, m, 2048, 1, 8192, torch.device("cuda", 0), torch.autocast("cuda", torch.bfloat16),
                             Path(cache))
     return {"cap_gb": cap, "device_batch_size": b, "grad_accum": m.total_batch_size // (b * 2048),
             "probe_s": round(time.perf_counter() - t0, 2), "line": line}

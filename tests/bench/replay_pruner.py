@@ -24,6 +24,7 @@ The true class of an edit comes from its three completed runs:
   noise floor, as in a session's ledger) and the edit's first two runs (confirm);
 - loser: its mean val_bpb over the 3 seeds above the baseline's mean;
 - neutral: otherwise (better on the mean, not kept).
+A "clear" loser is worse than the baseline by more than the margin judge() asks of a keep (its mirror image).
 Prints and saves the share of losers' runs stopped, the share stopped by half the budget, the steps they saved,
 the share of keeps' (and of every better-than-baseline edit's) runs stopped, the per-edit table, and the same
 figures under other PRUNE_* constants (set as harness.prune's module attributes in this process only).
@@ -236,9 +237,10 @@ def true_classes(runs: list[dict], names: list[str]) -> dict:
             held.append({"run_id": rid, "comparability_key": key, "status": s, "val_bpb": r["val_bpb"],
                          "line": len(rows) + len(held)})
         cls = "keep" if d.status == "keep" else "loser" if mean > base_mean else "neutral"
+        clear = cls == "loser" and d.diff > d.margin      # worse by more than the margin a keep must clear
         out[name] = {"class": cls, "mean": mean, "diff": mean - base_mean, "decision": d.status,
                      "margin": d.margin, "judged_diff": d.diff, "paired": d.paired, "sigma": d.sigma, "dof": d.dof,
-                     "sequential": seq}
+                     "sequential": seq, "clear_loser": clear}
     return out
 
 
@@ -251,7 +253,8 @@ def figures(runs: list[dict], classes: dict, n: int, base_runs: list[dict]) -> d
         if c is None or c["class"] == "crash":
             continue
         stop = replay_run(r, curves, r["model"].get("warmup_ratio", 0.0), n)
-        per_run.append({"name": r["name"], "seed": r["seed"], "class": c["class"], "val_bpb": r["val_bpb"],
+        per_run.append({"name": r["name"], "seed": r["seed"], "class": c["class"], "clear": c["clear_loser"],
+                        "val_bpb": r["val_bpb"],
                         "stop": stop, "trained": n if stop is None else stop + 1})
     loo = []                                     # each baseline run against the other two: the same configuration
     for i, r in enumerate(base_runs):
@@ -264,6 +267,7 @@ def figures(runs: list[dict], classes: dict, n: int, base_runs: list[dict]) -> d
     keeps = [x for x in per_run if x["class"] == "keep"]
     better = [x for x in per_run if x["class"] in ("keep", "neutral")]
     stopped = [x for x in losers if x["stop"] is not None]
+    clear = [x for x in losers if x["clear"]]
     saved = sum(n - x["trained"] for x in stopped)
     return {
         "loser_runs": len(losers), "loser_runs_stopped": len(stopped),
@@ -271,6 +275,8 @@ def figures(runs: list[dict], classes: dict, n: int, base_runs: list[dict]) -> d
         "share_losers_stopped_by_half": share(losers, lambda x: x["stop"] is not None and x["trained"] <= n / 2),
         "loser_steps_saved": saved, "loser_steps_total": n * len(losers),
         "share_loser_budget_saved": saved / (n * len(losers)) if losers else float("nan"),
+        "clear_loser_runs": len(clear), "clear_loser_runs_stopped": sum(x["stop"] is not None for x in clear),
+        "share_clear_losers_stopped_by_half": share(clear, lambda x: x["stop"] is not None and x["trained"] <= n / 2),
         "keep_runs": len(keeps), "keep_runs_stopped": sum(x["stop"] is not None for x in keeps),
         "better_runs": len(better), "better_runs_stopped": sum(x["stop"] is not None for x in better),
         "baseline_leave_one_out_stops": loo, "per_run": per_run,
@@ -345,16 +351,18 @@ def replay_phase(args) -> None:
         if c["class"] == "crash":
             print(f"| {name} | crash | - | - | - | - | {stops} | - |")
             continue
-        print(f"| {name} | {c['class']} | {c['mean']:.6f} | {c['diff']:+.6f} | {c['decision']} / "
+        print(f"| {name} | {c['class'] + ' (clear)' * c['clear_loser']} | {c['mean']:.6f} | {c['diff']:+.6f} | {c['decision']} / "
               f"{','.join(c['sequential'])} | {c['margin']:.4f} | {stops} | "
               f"{', '.join(f'{g:+.1%}' for g in gaps)} |")
-    print("\n| constants | losers' runs stopped | by half the budget | loser steps saved | keeps' runs stopped | "
-          "better-than-baseline runs stopped | baseline runs stopped (leave-one-out) |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| constants | losers' runs stopped | by half the budget | loser steps saved | clear losers' runs stopped "
+          "(by half) | keeps' runs stopped | better-than-baseline runs stopped | baseline runs stopped "
+          "(leave-one-out) |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, _, f in sens:
         print(f"| {label} | {f['loser_runs_stopped']}/{f['loser_runs']} ({f['share_losers_stopped']:.0%}) | "
               f"{f['share_losers_stopped_by_half']:.0%} | {f['loser_steps_saved']}/{f['loser_steps_total']} "
-              f"({f['share_loser_budget_saved']:.0%}) | {f['keep_runs_stopped']}/{f['keep_runs']} | "
+              f"({f['share_loser_budget_saved']:.0%}) | {f['clear_loser_runs_stopped']}/{f['clear_loser_runs']} "
+              f"({f['share_clear_losers_stopped_by_half']:.0%}) | {f['keep_runs_stopped']}/{f['keep_runs']} | "
               f"{f['better_runs_stopped']}/{f['better_runs']} | "
               f"{sum(s is not None for s in f['baseline_leave_one_out_stops'])}/{len(base_runs)} |")
     print(f"\nharness constants: {main['share_losers_stopped']:.1%} of the losers' runs stopped "
