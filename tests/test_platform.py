@@ -70,10 +70,12 @@ ROWS = [
      ("bfloat16", False, "fa4", True, "bfloat16", "bfloat16", "triton")),
     ("B200 with FA4", hw((10, 0), "NVIDIA B200", 148, 1965, fa3=(False, "x"), fa4=FA4_OK),
      ("bfloat16", False, "fa4", True, "bfloat16", "bfloat16", "triton")),
-    ("RTX 5090 with FA4 installed", hw((12, 0), "NVIDIA GeForce RTX 5090", 170, 2400, fa4=FA4_OK),
+    ("RTX 5090 with FA4 installed", hw((12, 0), "NVIDIA GeForce RTX 5090", 170, 2407, fa4=FA4_OK),
      ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "triton")),
     ("A100 with FA4 installed", hw((8, 0), "NVIDIA A100", 108, 1410, fa4=FA4_OK),
      ("bfloat16", False, "flex", True, "bfloat16", "bfloat16", "plain")),
+    ("RTX 3090", hw((8, 6), "NVIDIA GeForce RTX 3090", 82, 1695), ("bfloat16", False, "flex", True, "bfloat16",
+                                                                   "bfloat16", "plain")),
 ]
 
 
@@ -138,6 +140,10 @@ def test_peak_flops_from_table():
     assert hardware.resolve_platform(ROWS[6][1], AUTO)["peak_flops"] == pytest.approx(65.1e12, rel=1e-3)
     # no spec clock for a 4090: the device's max clock is used
     assert hardware.resolve_platform(ROWS[4][1], AUTO)["peak_flops"] == pytest.approx(512 * 128 * 2520e6)
+    # consumer cards: dense 16-bit tensor FLOPs with fp32 accumulation (NVIDIA's datasheets: 71, 165.2, 209.5)
+    for card, tflops in (("RTX 3090", 71.2), ("RTX 4090", 165.2), ("RTX 5090 with FA4 installed", 209.5)):
+        assert hardware.resolve_platform(next(r[1] for r in ROWS if r[0] == card),
+                                         AUTO)["peak_flops"] / 1e12 == pytest.approx(tflops, abs=0.1), card
     h200 = hw((9, 0), "NVIDIA H200", 132, 1980, fa3=(False, "x"))
     assert hardware.resolve_platform(h200, AUTO)["peak_flops"] == pytest.approx(989.4e12, rel=1e-3)
     unknown = hw((6, 1), "GTX 1080", 20, 1700)
