@@ -34,8 +34,19 @@ const put = (...kids) => main.replaceChildren(...kids.filter(k => k != null));
 
 function kpi(label, value) { return el("div", {class: "kpi"}, el("b", {text: value}), label); }
 
-function plot(div, traces, layout) {
-  Plotly.react(div, traces, Object.assign({margin: {l: 60, r: 20, t: 30, b: 90}, hovermode: "closest",
+// plotly.js (4.8 MB) is loaded by the pages that draw, once, while their data is fetched: the runs table never waits
+let plotlyLoaded = null;
+function needPlotly() {
+  return plotlyLoaded ||= new Promise((ok, fail) => {
+    const s = el("script", {src: "/static/plotly.min.js"});
+    s.onload = ok; s.onerror = () => fail(new Error("plotly.min.js did not load"));
+    document.head.append(s);
+  });
+}
+
+async function plot(div, traces, layout) {
+  await needPlotly();
+  await Plotly.react(div, traces, Object.assign({margin: {l: 60, r: 20, t: 30, b: 90}, hovermode: "closest",
                                            legend: {orientation: "h", y: -0.2}}, layout), {displaylogo: false, responsive: true});
 }
 
@@ -88,7 +99,7 @@ async function night() {
        kpi("noise floor sigma", best.sigma == null ? "not yet" : `${bpb(best.sigma)} (dof ${best.dof})`)),
     el("p", {class: "legend"}, ...Object.entries(COLORS).map(([st, c]) => el("span", {}, badge(st), " "))),
     chart);
-  plot(chart, traces, {title: {text: "val_bpb over the night (lower is better)"}, yaxis: {title: {text: "val_bpb"}}});
+  await plot(chart, traces, {title: {text: "val_bpb over the night (lower is better)"}, yaxis: {title: {text: "val_bpb"}}});
   chart.on("plotly_click", ev => { const id = ev.points[0].customdata; if (id) location.href = "/run/" + encodeURIComponent(id); });
 }
 
@@ -175,7 +186,7 @@ async function oneRun(id) {
     diffBlock("train.py against the run it built on", d.train_diff, d.files && d.parent_files ? "no change" : "not compared"),
     el("div", {class: "card"}, el("h3", {text: "train loss against the best configuration's runs"}), chart),
     el("div", {class: "card"}, el("h3", {text: "log (its end)"}), el("pre", {id: "log", text: d.log || "(no log of this run on this host)"})));
-  plot(chart, curveTraces(d.curve, r.run_id, d.best_curves), {xaxis: {title: {text: "share of the budget"}},
+  await plot(chart, curveTraces(d.curve, r.run_id, d.best_curves), {xaxis: {title: {text: "share of the budget"}},
                                                               yaxis: {title: {text: "train loss (smoothed)"}}});
 }
 
@@ -194,13 +205,14 @@ async function live() {
     return card;
   });
   main.replaceChildren(...cards);            // in the page first: plotly sizes a chart by its place
-  d.forEach((c, i) => plot(cards[i].querySelector(".chart"), curveTraces(c.curve, "this run (live)", c.best_curves),
-                           {xaxis: {title: {text: "share of the budget"}, range: [0, 1]}, yaxis: {title: {text: "train loss"}}}));
+  await Promise.all(d.map((c, i) => plot(cards[i].querySelector(".chart"), curveTraces(c.curve, "this run (live)",
+    c.best_curves), {xaxis: {title: {text: "share of the budget"}, range: [0, 1]}, yaxis: {title: {text: "train loss"}}})));
 }
 
 // --- routing and updates -----------------------------------------------------------------------------------------
 function route() {
   const p = location.pathname;
+  if (p !== "/runs") needPlotly();             // fetched beside the page's data
   for (const [id, on] of [["nav-night", p === "/"], ["nav-runs", p === "/runs"], ["nav-live", p === "/live"]])
     document.getElementById(id).classList.toggle("here", on);
   if (p === "/runs") return runs();

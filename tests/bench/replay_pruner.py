@@ -1,13 +1,13 @@
 """The early stop (harness/prune.py) replayed on real, completed train.py curves: issue 31 (not a test; about
 110 minutes of 2 CPU cores for the run phase at its defaults, seconds for the replay).
 
-    uv run python tests/bench/replay_pruner.py --run [--out /tmp/replay] [--steps 50] [--batch-cap 4096]
+    uv run python tests/bench/replay_pruner.py --run [--out /tmp/replay] [--steps 50] [--batch-cap 2048]
         [--json /tmp/replay/runs.json] [--resume] [--only NAME,...]
     uv run python tests/bench/replay_pruner.py --replay /tmp/replay/runs.json [--report replay.json]
 
 --run: a private ground.json under --out (mode "test", data.source "builtin", its own ledger under --out,
 test.max_steps --steps and a time_budget_s of 3600 s, so that steps, not seconds, end every run; --batch-cap
-lowers the test profile's total_batch_size cap to fit the CPU's time), then train.py (this checkout's) at
+lowers the test profile's total_batch_size cap, and its device_batch_size cap with it, to fit the CPU's time), then train.py (this checkout's) at
 `nice -n 19`, one run at a time: the baseline (model.json) under seeds 42, 43, 44, then each of EDITS under the same
 seeds, every model.json with "prune": false, so that every run goes to completion. After every run the JSON file
 holds all runs so far (the full log, the per-step smoothed losses as printed, val_bpb, the ledger's status and
@@ -76,7 +76,7 @@ EDITS = [
     ("head_dim 32", {"head_dim": 32}),
     ("window_pattern L", {"window_pattern": "L"}),
     ("depth 1", {"depth": 1}),
-    ("total_batch_size /2", {"total_batch_size": 2048, "device_batch_size": 8}),
+    ("total_batch_size /2", {"total_batch_size": "half"}),      # half the profile's cap (device_batch_size to fit)
     ("warmup_ratio 0.1", {"warmup_ratio": 0.1}),
     ("warmup_ratio 0.3", {"warmup_ratio": 0.3}),
 ]
@@ -100,8 +100,10 @@ def write_ground(out: Path, steps: int, batch_cap: int | None) -> Path:
                        backend="file")
     g["test"]["max_steps"] = steps
     g["test"]["time_budget_s"] = 3600          # never reached: steps end every run
-    if batch_cap:
-        g["test"]["model_caps"]["total_batch_size"] = batch_cap
+    if batch_cap:                              # and the rows per pass, so that one pass fits in the batch
+        caps = g["test"]["model_caps"]
+        caps["total_batch_size"] = batch_cap
+        caps["device_batch_size"] = min(caps["device_batch_size"], max(1, batch_cap // g["test"]["max_seq_len"]))
     path = out / "ground.json"
     path.write_text(json.dumps(g, indent=2))
     return path
@@ -158,6 +160,12 @@ def run_phase(args) -> None:
     done = {(r["name"], r["seed"]) for r in data["runs"]}
     only = set(args.only.split(",")) if args.only else None
     plan = [("baseline", {})] + [(n, e) for n, e in EDITS if only is None or n in only]
+    g = json.loads(ground.read_text())["test"]
+    cap = g["model_caps"]["total_batch_size"]
+    for i, (name, edit) in enumerate(plan):
+        if edit.get("total_batch_size") == "half":
+            rows = min(g["model_caps"]["device_batch_size"], cap // 2 // g["max_seq_len"])
+            plan[i] = (name, dict(edit, total_batch_size=cap // 2, device_batch_size=rows))
     for name, edit in plan:
         for seed in SEEDS:
             if (name, seed) in done:
@@ -379,12 +387,12 @@ def replay_phase(args) -> None:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", action="store_true", help="make the runs (real train.py, ~70 s each on 2 cores)")
+    ap.add_argument("--run", action="store_true", help="make the runs (real train.py, 40-80 s each on 2 shared cores)")
     ap.add_argument("--out", default="/tmp/replay", help="work folder: ground.json, ledger, model files")
     ap.add_argument("--json", help="the runs' file (default OUT/runs.json)")
     ap.add_argument("--steps", type=int, default=50, help="test.max_steps of every run (default 50)")
-    ap.add_argument("--batch-cap", type=int, default=4096,
-                    help="test profile's total_batch_size cap (default 4096; 0 keeps ground.json's)")
+    ap.add_argument("--batch-cap", type=int, default=2048,
+                    help="test profile's total_batch_size cap (default 2048; 0 keeps ground.json's)")
     ap.add_argument("--resume", action="store_true", help="keep the runs the JSON file holds; make the others")
     ap.add_argument("--only", help="comma-separated edit names (default: all of EDITS)")
     ap.add_argument("--replay", help="a runs JSON file: replay it against the pruner")
