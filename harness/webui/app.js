@@ -62,9 +62,10 @@ async function night() {
   const scored = idx.filter(i => R.val_bpb[i] != null);
   const groups = {};
   for (const i of scored) (groups[`${R.host[i]} / ${R.branch[i]}`] ||= []).push(i);
-  const traces = Object.entries(groups).map(([name, ii]) => ({
+  const SYMBOLS = ["circle", "square", "triangle-up", "cross", "star", "x", "pentagon", "hexagon"];   // per host/branch
+  const traces = Object.entries(groups).map(([name, ii], g) => ({
     type: "scatter", mode: "markers", name: esc(name), x: ii.map(i => R.time[i]), y: ii.map(i => R.val_bpb[i]),
-    marker: {size: 7, color: ii.map(i => COLORS[R.status[i]] || "#555")},
+    marker: {size: 8, symbol: SYMBOLS[g % SYMBOLS.length], color: ii.map(i => COLORS[R.status[i]] || "#555")},
     customdata: ii.map(i => R.run_id[i]),
     text: ii.map(i => `${esc(R.status[i])} ${bpb(R.val_bpb[i])}<br>${esc(R.desc[i])}<br>seed ${R.seed[i]}`),
     hoverinfo: "text"}));
@@ -97,7 +98,8 @@ async function night() {
        kpi("confirm runs", count("confirm")), kpi("crashes", count("crash")), kpi("pruned", count("pruned")),
        kpi("best mean", best.best_mean == null ? "none" : `${bpb(best.best_mean)} (${best.best_runs} runs)`),
        kpi("noise floor sigma", best.sigma == null ? "not yet" : `${bpb(best.sigma)} (dof ${best.dof})`)),
-    el("p", {class: "legend"}, ...Object.entries(COLORS).map(([st, c]) => el("span", {}, badge(st), " "))),
+    el("p", {class: "legend"}, "colour: the status; shape: the host / branch ",
+       ...Object.keys(COLORS).map(st => el("span", {}, badge(st), " "))),
     chart);
   await plot(chart, traces, {title: {text: "val_bpb over the night (lower is better)"}, yaxis: {title: {text: "val_bpb"}}});
   chart.on("plotly_click", ev => { const id = ev.points[0].customdata; if (id) location.href = "/run/" + encodeURIComponent(id); });
