@@ -8,6 +8,8 @@ number of runs; the agent's `## Notes` section is kept verbatim below the genera
 
 from __future__ import annotations
 
+import json
+
 import re
 import time
 from collections import Counter
@@ -219,8 +221,14 @@ def tried_section(d: "Digest") -> list[str]:
     rows, index, cur, entry, st, pending = d.rows, d.index, d.cur, d.entry, d.st, d.pending
     out = []
     # a crash counts against a key only where the key changed from the parent
-    tried = {}
+    tried, labels = {}, {}
     parents = parent_runs(rows, index)
+
+    def shown(val) -> str:                      # _v once per distinct value: 10,000 runs x their keys otherwise
+        key = (type(val), json.dumps(val, sort_keys=True) if isinstance(val, (dict, list)) else val)
+        if key not in labels:
+            labels[key] = _v(val)
+        return labels[key]
     for r in cur:
         e = entry(r)
         m = _requested(e)
@@ -231,7 +239,7 @@ def tried_section(d: "Digest") -> list[str]:
         config = st.configs.get(run_fingerprint(r, index)) if r["status"] in SCORED else None
         trained = flatten(e.get("model"))
         for k, val in m.items():
-            label = _v(val) if trained.get(k, val) == val else f"{_v(val)} ({_as_trained(e, k, val, trained[k])})"
+            label = shown(val) if trained.get(k, val) == val else f"{_v(val)} ({_as_trained(e, k, val, trained[k])})"
             slot = tried.setdefault(k, {}).setdefault(label, [None, 0, 0, 0])
             slot[1] += 1
             if config is not None and (slot[0] is None or (not config.accepted, config.mean)

@@ -401,6 +401,31 @@ def test_the_command_line_on_the_shared_ledger(postgres, run_dir):
                                                                                "memory.md").read_text()
 
 
+def test_two_send_queued_at_once_send_each_run_once(postgres, run_dir):
+    """Two `prepare.py --send-queued` started together on one host's queue (an agent's and the user's): the local
+    lock lets one send, the other finds the queue emptied; every queued run is in the database once, none is set
+    aside as rejected, and the counts the two print add up to the queue."""
+    url = postgres.new_database("send_race")
+    g = json.loads((run_dir / "ground.json").read_text())
+    g["ledger"].update(backend="postgres")
+    write_json(run_dir / "ground.json", g)
+    queue = run_dir / "sessions" / "queue.jsonl"
+    queue.parent.mkdir()
+    queue.write_text("".join(json.dumps({"row": _row(f"q{i}", 1.0 + i / 1000), "entry": _entry(fp="A", seed=42 + i),
+                                         "status": None}) + "\n" for i in range(6)))
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), AUTORESEARCH_MODEL=str(run_dir /
+               "model.json"), AUTORESEARCH_DATABASE_URL=url, PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, str(REPO / "prepare.py"), "--send-queued"], cwd=run_dir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    sent = sorted(int(re.search(r"^sent: (\d+) queued run\(s\)$", out, re.M).group(1)) for out, _ in outs)
+    assert sent == [0, 6] and not queue.exists() and not queue.with_name("queue.rejected.jsonl").exists()
+    rows, _ = database.PostgresLedger(url, ledger.FileLedger(run_dir / "results.tsv", run_dir / "sessions")).read()
+    assert sorted(r["run_id"] for r in rows) == [f"q{i}" for i in range(6)]
+    assert [r["status"] for r in rows] == ["baseline", "repeat", "repeat", "repeat", "repeat", "repeat"]
+
+
 def test_both_backends_keep_the_files_of_a_kept_run_for_other_agents(store, tmp_path):
     files = {"model.json": '{"depth": 6}\n', "train.py": "# the kept train.py\n"}
     if isinstance(store, ledger.FileLedger):              # one host: the run's own record holds them
