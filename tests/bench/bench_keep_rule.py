@@ -148,6 +148,55 @@ def family_rule(z_keep: float, z_confirm: float, min_runs: int, max_runs: int):
     return lambda *a: decide.Decision(status(*a))
 
 
+EB_MIN_EDITS = 10               # first runs of configurations needed before the prior is used
+
+
+def eb_judge(rows, index, key, fingerprint, seed, val_bpb):
+    """decide.judge with an effect-size prior learned from this ledger (empirical Bayes), a candidate lever: each
+    configuration's first run against the best (its decision's diff d and standard error se) is one draw of
+    d = theta + e; their mean mu and tau^2 = var(d) - mean(se^2) (method of moments) give the prior N(mu, tau^2).
+    While a configuration has fewer runs than a keep needs, its confirm test reads the posterior: another seed
+    when -(mu + B (d - mu)) > CONFIRM_Z x sqrt(B) se, B = tau^2 / (tau^2 + se^2). The keep test is unchanged."""
+    d = decide.judge(rows, index, key, fingerprint, seed, val_bpb)
+    if d.status not in ("confirm", "discard") or d.diff is None or not d.se_factor or d.n >= decide.MIN_RUNS_TO_KEEP:
+        return d
+    obs = [(e["decision"]["diff"], (e["decision"]["se_factor"] * e["decision"]["sigma"]) ** 2) for e in index.values()
+           if (e.get("decision") or {}).get("n") == 1 and e["decision"].get("diff") is not None
+           and e["decision"].get("se_factor") and e["decision"].get("sigma")]
+    if len(obs) < EB_MIN_EDITS:
+        return d
+    diffs = [x for x, _ in obs]
+    mu = statistics.mean(diffs)
+    tau2 = max(statistics.variance(diffs) - statistics.mean(v for _, v in obs), 0.0)
+    se2 = (d.se_factor * d.sigma) ** 2
+    shrink = tau2 / (tau2 + se2)
+    post = mu + shrink * (d.diff - mu)
+    d.status = "confirm" if -post > decide.CONFIRM_Z * (shrink * se2) ** 0.5 and shrink > 0 else "discard"
+    return d
+
+
+def eb_keep_judge(rows, index, key, fingerprint, seed, val_bpb):
+    """decide.judge with the same prior used the other way (a second candidate lever): a configuration on its second
+    seed is kept when the posterior gain passes the keep margin on the posterior standard error."""
+    d = decide.judge(rows, index, key, fingerprint, seed, val_bpb)
+    if d.status != "confirm" or d.n != 2 or d.diff is None or not d.se_factor:
+        return d
+    obs = [(e["decision"]["diff"], (e["decision"]["se_factor"] * e["decision"]["sigma"]) ** 2) for e in index.values()
+           if (e.get("decision") or {}).get("n") == 1 and e["decision"].get("diff") is not None
+           and e["decision"].get("se_factor") and e["decision"].get("sigma")]
+    if len(obs) < EB_MIN_EDITS:
+        return d
+    diffs = [x for x, _ in obs]
+    mu = statistics.mean(diffs)
+    tau2 = max(statistics.variance(diffs) - statistics.mean(v for _, v in obs), 0.0)
+    se2 = (d.se_factor * d.sigma) ** 2
+    shrink = tau2 / (tau2 + se2)
+    post = mu + shrink * (d.diff - mu)
+    if -post > decide.KEEP_Z / 1.96 * decide.t_quantile(d.dof) * (shrink * se2) ** 0.5 and not d.control:
+        d.status = "keep"
+    return d
+
+
 def summarize(name: str, nights: list[dict]) -> str:
     keeps = sum(n["keeps"] for n in nights)
     false = sum(n["false"] for n in nights)
@@ -170,6 +219,8 @@ def main():
                     help="share of the noise variance common to all configurations under one seed (0: independent; "
                          "default: the CPU's measured 0.75, the lower of the two measurements)")
     ap.add_argument("--all-mixes", action="store_true", help="the four mixes of docs/ instead of --gains/--neutral")
+    ap.add_argument("--eb", action="store_true", help="add this rule with the empirical-Bayes prior (eb_judge)")
+    ap.add_argument("--skip-previous", action="store_true", help="leave out the previous rule (faster)")
     args = ap.parse_args()
     MIX.update(gain=args.gains, neutral=args.neutral)
     SHARED.update(rho=args.shared_seed_effect)
@@ -200,8 +251,11 @@ def main():
         rng_g = random.Random(args.seed)
         greedy = [greedy_night(rng_g, args.runs) for _ in range(args.nights)]
         print(f"| {label} " + summarize("greedy (upstream)", greedy))
-        for name, rule in (("previous rule (97.5% t margin, 3 seeds)", family_rule(1.96, 0.0, 3, 4)),
-                           ("this rule (harness/decide.py)", decide.judge)):
+        rules = [("previous rule (97.5% t margin, 3 seeds)", family_rule(1.96, 0.0, 3, 4))] * (not args.skip_previous)
+        rules += [("this rule (harness/decide.py)", decide.judge)]
+        rules += [("this rule + empirical-Bayes prior on the confirm test", eb_judge),
+                  ("this rule + empirical-Bayes prior: a keep on two seeds", eb_keep_judge)] * args.eb
+        for name, rule in rules:
             RULE["judge"] = rule
             rng = random.Random(args.seed)
             print(f"| {label} " + summarize(name, [ours_night(rng, args.runs) for _ in range(args.nights)]), flush=True)

@@ -2,16 +2,17 @@
 110 minutes of 2 CPU cores for the run phase at its defaults, seconds for the replay).
 
     uv run python tests/bench/replay_pruner.py --run [--out /tmp/replay] [--steps 50] [--batch-cap 2048]
-        [--json /tmp/replay/runs.json] [--resume] [--only NAME,...]
+        [--threads 1] [--json /tmp/replay/runs.json] [--resume] [--only NAME,...]
     uv run python tests/bench/replay_pruner.py --replay /tmp/replay/runs.json [--report replay.json]
 
 --run: a private ground.json under --out (mode "test", data.source "builtin", its own ledger under --out,
 test.max_steps --steps and a time_budget_s of 3600 s, so that steps, not seconds, end every run; --batch-cap
-lowers the test profile's total_batch_size cap, and its device_batch_size cap with it, to fit the CPU's time), then train.py (this checkout's) at
-`nice -n 19`, one run at a time: the baseline (model.json) under seeds 42, 43, 44, then each of EDITS under the same
-seeds, every model.json with "prune": false, so that every run goes to completion. After every run the JSON file
-holds all runs so far (the full log, the per-step smoothed losses as printed, val_bpb, the ledger's status and
-stored curve): --resume skips the runs it already holds.
+lowers the test profile's total_batch_size cap, and its device_batch_size cap with it, to fit the CPU's time),
+then train.py (this checkout's) at `nice -n 19` with OMP_NUM_THREADS --threads, one run at a time: the baseline
+(model.json) under seeds 42, 43, 44, then each of EDITS under the same seeds, every model.json with "prune": false,
+so that every run goes to completion. After every run the JSON file holds all runs so far (the full log, the
+per-step smoothed losses as printed, val_bpb, the ledger's status and stored curve): --resume skips the runs it
+already holds.
 
 --replay: every edit's run fed, step by step, into a real harness.prune.Pruner built as Pruner.for_run builds it
 against the baseline's 3 runs (their curves as the ledger stores them: thin_curve of (progress, smoothed loss)),
@@ -129,11 +130,14 @@ def index_entry(out: Path, run_id: str | None) -> dict:
     return {}
 
 
-def one_run(out: Path, ground: Path, name: str, model: dict, seed: int) -> dict:
+def one_run(out: Path, ground: Path, name: str, model: dict, seed: int, threads: int) -> dict:
     model_path = out / "models" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".json")
     model_path.parent.mkdir(exist_ok=True)
     model_path.write_text(json.dumps(model, indent=2))
-    env = dict(os.environ, AUTORESEARCH_GROUND=str(ground), AUTORESEARCH_MODEL=str(model_path), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, AUTORESEARCH_GROUND=str(ground), AUTORESEARCH_MODEL=str(model_path), PYTHONUNBUFFERED="1",
+               THP_MEM_ALLOC_ENABLE="1")          # huge pages for torch's CPU buffers: fewer page faults, same numbers
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)     # one thread: a run beside another process's does not stall
     t0 = time.monotonic()
     r = subprocess.run(["nice", "-n", "19", sys.executable, str(REPO / "train.py"), "--seed", str(seed),
                         "--description", f"replay_pruner {name} seed {seed}"],
@@ -153,7 +157,8 @@ def run_phase(args) -> None:
     ground = write_ground(out, args.steps, args.batch_cap)
     base = json.loads((REPO / "model.json").read_text())
     base["prune"] = False
-    data = {"max_steps": args.steps, "batch_cap": args.batch_cap, "seeds": list(SEEDS), "ground": str(ground),
+    data = {"max_steps": args.steps, "batch_cap": args.batch_cap, "threads": args.threads, "seeds": list(SEEDS),
+            "ground": str(ground),
             "baseline_model": base, "runs": []}
     if args.resume and json_path.exists():
         data["runs"] = json.loads(json_path.read_text())["runs"]
@@ -170,7 +175,7 @@ def run_phase(args) -> None:
         for seed in SEEDS:
             if (name, seed) in done:
                 continue
-            r = one_run(out, ground, name, dict(base, **edit), seed)
+            r = one_run(out, ground, name, dict(base, **edit), seed, args.threads)
             data["runs"].append(r)
             json_path.write_text(json.dumps(data))
             print(json.dumps({k: r[k] for k in ("name", "seed", "val_bpb", "num_steps", "status", "wall_s",
@@ -359,7 +364,8 @@ def replay_phase(args) -> None:
         if c["class"] == "crash":
             print(f"| {name} | crash | - | - | - | - | {stops} | - |")
             continue
-        print(f"| {name} | {c['class'] + ' (clear)' * c['clear_loser']} | {c['mean']:.6f} | {c['diff']:+.6f} | {c['decision']} / "
+        label = c["class"] + " (clear)" * c["clear_loser"]
+        print(f"| {name} | {label} | {c['mean']:.6f} | {c['diff']:+.6f} | {c['decision']} / "
               f"{','.join(c['sequential'])} | {c['margin']:.4f} | {stops} | "
               f"{', '.join(f'{g:+.1%}' for g in gaps)} |")
     print("\n| constants | losers' runs stopped | by half the budget | loser steps saved | clear losers' runs stopped "
@@ -393,6 +399,7 @@ def main():
     ap.add_argument("--steps", type=int, default=50, help="test.max_steps of every run (default 50)")
     ap.add_argument("--batch-cap", type=int, default=2048,
                     help="test profile's total_batch_size cap (default 2048; 0 keeps ground.json's)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1; 0: unset)")
     ap.add_argument("--resume", action="store_true", help="keep the runs the JSON file holds; make the others")
     ap.add_argument("--only", help="comma-separated edit names (default: all of EDITS)")
     ap.add_argument("--replay", help="a runs JSON file: replay it against the pruner")
