@@ -8,7 +8,7 @@ Every run is train.py in train mode on the builtin corpus, seed 42, ended by `ma
 so that each trains the same tokens: a cap changes only the batch split (harness/fit.py picks device_batch_size
 under $AUTORESEARCH_GPU_MEMORY_GB, which also calls torch.cuda.set_per_process_memory_fraction), so val_bpb
 must agree within the same-seed spread (`cap:none` twice measures it). `fp16` forces processor.dtype float16
-(GradScaler); `small:GB` runs ground.json's `small` profile for --small-budget seconds under that cap. Each run
+(GradScaler); `fp16eager` / `bf16eager` also turn compile off and attention to SDPA (the Volta/Turing path); `small:GB` runs ground.json's `small` profile for --small-budget seconds under that cap. Each run
 appends its `---` summary and its batch line to <out>/caps.jsonl; logs go to <out>/logs/. Wheels in .whl/
 (rustbpe, cudnn-frontend) are installed first where the machine has no network.
 """
@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE, LEDGER = "/tmp/ar_cache", "/tmp/caps_ledger"
 
 
-def ground(out: Path, steps: int, mode: str = "train", dtype: str = "auto", budget: float = 0) -> Path:
+def ground(out: Path, steps: int, mode: str = "train", dtype: str = "auto", budget: float = 0,
+           processor: dict | None = None) -> Path:
     g = json.loads((REPO / "ground.json").read_text())
     g["mode"] = mode
     g["data"].update(source="builtin", cache_dir=CACHE)
@@ -34,9 +35,10 @@ def ground(out: Path, steps: int, mode: str = "train", dtype: str = "auto", budg
         g["train"].update(max_steps=steps, time_budget_s=600)       # the steps end the run, not the clock
     else:
         g[mode].update(time_budget_s=budget)
-    g["processor"]["dtype"] = dtype
-    g["ledger"] = {"results": f"{LEDGER}/{mode}_{dtype}/results.tsv", "sessions_dir": f"{LEDGER}/{mode}_{dtype}/s"}
-    path = out / f"ground_{mode}_{dtype}.json"
+    g["processor"].update(dtype=dtype, **(processor or {}))
+    tag = f"{mode}_{dtype}" + ("_eager" if processor else "")
+    g["ledger"] = {"results": f"{LEDGER}/{tag}/results.tsv", "sessions_dir": f"{LEDGER}/{tag}/s"}
+    path = out / f"ground_{tag}.json"
     path.write_text(json.dumps(g, indent=2))
     return path
 
@@ -82,8 +84,10 @@ def job(name: str, args, env: dict) -> dict | None:
         return None
     kind, _, cap = name.partition(":")
     gb = cap if kind in ("cap", "small") else args.fp16_cap
+    eager = {"compile": False, "attention": "sdpa"}      # the path a Volta/Turing card takes
     path = (ground(out, args.steps, "small", budget=args.small_budget) if kind == "small"
-            else ground(out, args.steps, dtype="float16" if kind == "fp16" else "auto"))
+            else ground(out, args.steps, dtype="float16" if kind.startswith("fp16") else "bfloat16"
+                        if kind == "bf16eager" else "auto", processor=eager if kind.endswith("eager") else None))
     env = dict(env, AUTORESEARCH_GROUND=str(path))
     if gb and gb != "none":
         env["AUTORESEARCH_GPU_MEMORY_GB"] = gb
