@@ -23,6 +23,7 @@ and the share of runs spent on the baseline's seeds and on confirmations.
 """
 
 import argparse
+import json
 import itertools
 import random
 import statistics
@@ -38,6 +39,7 @@ RULE = {"judge": decide.judge}           # the rule ours_night runs (main swaps 
 
 MIX = {"gain": 0.25, "neutral": 0.25}    # the rest are losses; set by --gains / --neutral
 MIXES = ((0.25, 0.25), (0.10, 0.40), (0.40, 0.20), (0.25, 0.50))     # gains, neutral (--all-mixes)
+PRUNE = {"on": True}                     # early stops simulated where the edits carry stop fractions (--curves)
 SHARED = {"rho": 0.0}                    # share of the noise variance that is the seed's own, common to every
                                          # configuration run under that seed (--shared-seed-effect)
 
@@ -50,6 +52,44 @@ def noise(rng: random.Random, seeds: dict, seed: int) -> float:
     if seed not in seeds:
         seeds[seed] = rng.gauss(0.0, SIGMA)
     return rho ** 0.5 * seeds[seed] + (1 - rho) ** 0.5 * rng.gauss(0.0, SIGMA)
+
+
+MEASURED = {"edits": []}                # (effect in sigma, the pruner's stop fractions of its runs): --curves
+
+
+def measured_edits(path: str) -> tuple[list, float]:
+    """The real edits of a pruner-replay campaign (tests/bench/replay_pruner.py --run: each edit's completed runs
+    under three seeds): each edit's effect in units of the seed sigma (its mean val_bpb minus the baseline's, over
+    the pooled within-edit standard deviation) and, per run, the share of the budget after which the real
+    harness.prune.Pruner stops it against the baseline's curves (None: it runs to completion). The night then draws
+    its edits from these (with replacement): the learning curves and the effect sizes are the measured ones."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import replay_pruner as rp
+    d = json.loads(Path(path).read_text())
+    n, runs = d["max_steps"], [r for r in d["runs"] if r.get("val_bpb") is not None]
+    by: dict = {}
+    for r in runs:
+        by.setdefault(r["name"], []).append(r)
+    full = {k: v for k, v in by.items() if len(v) >= 3}
+    within = [(r["val_bpb"] - statistics.mean(x["val_bpb"] for x in v)) ** 2 for v in full.values() for r in v]
+    sigma = (sum(within) / sum(len(v) - 1 for v in full.values())) ** 0.5
+    base = statistics.mean(r["val_bpb"] for r in full["baseline"])
+    curves = rp.baseline_curves(full["baseline"], n)
+    edits = []
+    for name, rs in full.items():
+        if name == "baseline":
+            continue
+        stops = [rp.replay_run(r, curves, (r.get("model") or {}).get("warmup_ratio", 0.0), n) for r in rs]
+        edits.append(((statistics.mean(r["val_bpb"] for r in rs) - base) / sigma,
+                      [None if st is None else (st + 1) / n for st in stops]))
+    return edits, sigma
+
+
+def draw_edit(rng: random.Random) -> tuple[float, list]:
+    """(true effect in sigma, the stop fractions of its runs: empty where early stops are not simulated)."""
+    if MEASURED["edits"]:
+        return rng.choice(MEASURED["edits"])
+    return edit_effect(rng), []
 
 
 def edit_effect(rng: random.Random) -> float:
@@ -66,7 +106,7 @@ def greedy_night(rng: random.Random, runs: int) -> dict:
     true, best_seen = 0.0, noise(rng, seeds, 42)          # upstream: seed 42 always
     keeps = false = edits = 0
     for _ in range(runs - 1):
-        effect = edit_effect(rng)
+        effect = draw_edit(rng)[0]
         edits += 1
         seen = true + effect + noise(rng, seeds, 42)
         if seen < best_seen:
@@ -90,27 +130,45 @@ def ours_night(rng: random.Random, runs: int) -> dict:
         used += 1
         return d.status
 
-    true = 0.0
+    def pruned(fp: str, seed: int, share: float) -> str:
+        """A run the early stop ended after `share` of its budget: recorded, never scored, it costs that share."""
+        nonlocal used, saved
+        rid = f"r{len(rows)}"
+        rows.append({"run_id": rid, "comparability_key": "k", "status": "pruned", "val_bpb": None,
+                     "line": len(rows) + 2, "commit": fp})
+        index[rid] = {"fingerprint": fp, "seed": seed}
+        used += share
+        saved += 1 - share
+        return "pruned"
+
+    true, saved = 0.0, 0.0
     seeds = {}
     run("c0", 42, true + noise(rng, seeds, 42))
     run("c0", 43, true + noise(rng, seeds, 43))
     keeps = false = edits = confirmations = 0
+
+    def one(fp: str, seed: int, effect: float, stops: list) -> str:
+        stop = rng.choice(stops) if stops else None          # drawn with or without early stops: the same nights
+        if stop is not None and PRUNE["on"]:
+            return pruned(fp, seed, stop)
+        return run(fp, seed, true + effect + noise(rng, seeds, seed))
+
     while used < runs:
-        effect = edit_effect(rng)
+        effect, stops = draw_edit(rng)
         edits += 1
         fp = f"c{edits}"
         seed = decide.next_seed(rows, index, "k", fp)
-        status = run(fp, seed, true + effect + noise(rng, seeds, seed))
+        status = one(fp, seed, effect, stops)
         while status == "confirm" and used < runs:
             seed = decide.next_seed(rows, index, "k", fp)
             confirmations += 1
-            status = run(fp, seed, true + effect + noise(rng, seeds, seed))
+            status = one(fp, seed, effect, stops)
         if status == "keep":
             true += effect
             keeps += 1
             false += effect >= 0
     return {"edits": edits, "keeps": keeps, "false": false, "true": true, "extra_runs": 1 + confirmations,
-            "runs": used}
+            "runs": used, "saved": saved}
 
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -201,6 +259,9 @@ def summarize(name: str, nights: list[dict]) -> str:
     keeps = sum(n["keeps"] for n in nights)
     false = sum(n["false"] for n in nights)
     runs = sum(n["runs"] for n in nights)
+    saved = sum(n.get("saved", 0.0) for n in nights)
+    if MEASURED["edits"]:
+        name += f" | {100 * saved / runs:.1f}%"            # the share of the night's runs early stops gave back
     return (f"| {name} | {statistics.mean(n['edits'] for n in nights):.1f} | "
             f"{statistics.mean(n['keeps'] for n in nights):.1f} | "
             f"{100 * false / max(keeps, 1):.1f}% | {statistics.mean(n['true'] for n in nights):+.2f} sigma | "
@@ -221,6 +282,8 @@ def main():
     ap.add_argument("--all-mixes", action="store_true", help="the four mixes of docs/ instead of --gains/--neutral")
     ap.add_argument("--eb", action="store_true", help="add this rule with the empirical-Bayes prior (eb_judge)")
     ap.add_argument("--skip-previous", action="store_true", help="leave out the previous rule (faster)")
+    ap.add_argument("--curves", help="a replay_pruner.py --run JSON: draw the night's edits from its real edits, with "
+                                     "their learning curves' early stops (measured_edits)")
     args = ap.parse_args()
     MIX.update(gain=args.gains, neutral=args.neutral)
     SHARED.update(rho=args.shared_seed_effect)
@@ -238,6 +301,8 @@ def main():
                   f"{100 * sum(n['false'] for n in nights) / max(keeps, 1):.1f}% | {keeps / args.nights:.1f} |",
                   flush=True)
         return
+    if args.curves:
+        return curves_main(args)
     mixes = MIXES if args.all_mixes else ((args.gains, args.neutral),)
     print(f"{args.nights} nights x {args.runs} runs; edit effects: gains and losses of 0.5-3 sigma; seed effect shared "
           f"by configurations: {args.shared_seed_effect:.0%} of the variance (measured: 0.75 CPU, 0.93 H100, "
@@ -259,6 +324,28 @@ def main():
             RULE["judge"] = rule
             rng = random.Random(args.seed)
             print(f"| {label} " + summarize(name, [ours_night(rng, args.runs) for _ in range(args.nights)]), flush=True)
+
+
+def curves_main(args) -> None:
+    """The night on measured edits (--curves): greedy, this rule without early stops, this rule with them."""
+    MEASURED["edits"], sigma = measured_edits(args.curves)
+    effects = sorted(e for e, _ in MEASURED["edits"])
+    stopped = [st for _, stops in MEASURED["edits"] for st in stops if st is not None]
+    print(f"{args.nights} nights x {args.runs} runs; {len(effects)} measured edits ({args.curves}), effects in units of "
+          f"the seed sigma {sigma:.6f}: min {effects[0]:+.1f}, median {statistics.median(effects):+.1f}, max "
+          f"{effects[-1]:+.1f}; {sum(e < 0 for e in effects)} better than the baseline; {len(stopped)} of "
+          f"{3 * len(effects)} runs stopped early in the replay; seed effect shared: {args.shared_seed_effect:.0%}")
+    print("| rule | runs early stops gave back | edits tried / night | keeps / night | false keeps (share of keeps) | "
+          "true value at dawn | runs on seeds and confirmations |")
+    print("|---|---|---|---|---|---|---|")
+    print(summarize("greedy (upstream)", [greedy_night(random.Random(args.seed), args.runs)
+                                          for _ in range(args.nights)]))
+    for on in (False, True):
+        PRUNE["on"] = on
+        RULE["judge"] = decide.judge
+        rng = random.Random(args.seed)
+        print(summarize(f"this rule, early stops {'on' if on else 'off'}",
+                        [ours_night(rng, args.runs) for _ in range(args.nights)]), flush=True)
 
 
 if __name__ == "__main__":
