@@ -209,6 +209,22 @@ def family_rule(z_keep: float, z_confirm: float, min_runs: int, max_runs: int):
 EB_MIN_EDITS = 10               # first runs of configurations needed before the prior is used
 
 
+def posterior(index: dict, d: decide.Decision) -> tuple[float, float, float] | None:
+    """(posterior mean of the candidate's effect, B, se^2) under the prior of the ledger's first runs; None with
+    fewer than EB_MIN_EDITS of them."""
+    obs = [(e["decision"]["diff"], (e["decision"]["se_factor"] * e["decision"]["sigma"]) ** 2) for e in index.values()
+           if (e.get("decision") or {}).get("n") == 1 and e["decision"].get("diff") is not None
+           and e["decision"].get("se_factor") and e["decision"].get("sigma")]
+    if len(obs) < EB_MIN_EDITS:
+        return None
+    diffs = [x for x, _ in obs]
+    mu = statistics.mean(diffs)
+    tau2 = max(statistics.variance(diffs) - statistics.mean(v for _, v in obs), 0.0)
+    se2 = (d.se_factor * d.sigma) ** 2
+    shrink = tau2 / (tau2 + se2)
+    return mu + shrink * (d.diff - mu), shrink, se2
+
+
 def eb_judge(rows, index, key, fingerprint, seed, val_bpb):
     """decide.judge with an effect-size prior learned from this ledger (empirical Bayes), a candidate lever: each
     configuration's first run against the best (its decision's diff d and standard error se) is one draw of
@@ -218,17 +234,10 @@ def eb_judge(rows, index, key, fingerprint, seed, val_bpb):
     d = decide.judge(rows, index, key, fingerprint, seed, val_bpb)
     if d.status not in ("confirm", "discard") or d.diff is None or not d.se_factor or d.n >= decide.MIN_RUNS_TO_KEEP:
         return d
-    obs = [(e["decision"]["diff"], (e["decision"]["se_factor"] * e["decision"]["sigma"]) ** 2) for e in index.values()
-           if (e.get("decision") or {}).get("n") == 1 and e["decision"].get("diff") is not None
-           and e["decision"].get("se_factor") and e["decision"].get("sigma")]
-    if len(obs) < EB_MIN_EDITS:
+    found = posterior(index, d)
+    if found is None:
         return d
-    diffs = [x for x, _ in obs]
-    mu = statistics.mean(diffs)
-    tau2 = max(statistics.variance(diffs) - statistics.mean(v for _, v in obs), 0.0)
-    se2 = (d.se_factor * d.sigma) ** 2
-    shrink = tau2 / (tau2 + se2)
-    post = mu + shrink * (d.diff - mu)
+    post, shrink, se2 = found
     d.status = "confirm" if -post > decide.CONFIRM_Z * (shrink * se2) ** 0.5 and shrink > 0 else "discard"
     return d
 
@@ -239,17 +248,10 @@ def eb_keep_judge(rows, index, key, fingerprint, seed, val_bpb):
     d = decide.judge(rows, index, key, fingerprint, seed, val_bpb)
     if d.status != "confirm" or d.n != 2 or d.diff is None or not d.se_factor:
         return d
-    obs = [(e["decision"]["diff"], (e["decision"]["se_factor"] * e["decision"]["sigma"]) ** 2) for e in index.values()
-           if (e.get("decision") or {}).get("n") == 1 and e["decision"].get("diff") is not None
-           and e["decision"].get("se_factor") and e["decision"].get("sigma")]
-    if len(obs) < EB_MIN_EDITS:
+    found = posterior(index, d)
+    if found is None:
         return d
-    diffs = [x for x, _ in obs]
-    mu = statistics.mean(diffs)
-    tau2 = max(statistics.variance(diffs) - statistics.mean(v for _, v in obs), 0.0)
-    se2 = (d.se_factor * d.sigma) ** 2
-    shrink = tau2 / (tau2 + se2)
-    post = mu + shrink * (d.diff - mu)
+    post, shrink, se2 = found
     if -post > decide.KEEP_Z / 1.96 * decide.t_quantile(d.dof) * (shrink * se2) ** 0.5 and not d.control:
         d.status = "keep"
     return d
