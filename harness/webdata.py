@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from harness.checked import RUN_ID
 from harness.decide import ACCEPTED, is_scored, run_fingerprint, standing
 from harness.lineage import parent_run
 
@@ -122,7 +123,7 @@ def one_run(store, rows: list[dict], index: dict, heldout: dict, run_id: str) ->
             "files": mine is not None, "parent_files": theirs is not None,
             "curve": e.get("curve") if isinstance(e.get("curve"), list) else [],
             "best_run": best_run, "best_curves": [c for c in curves if c["run_id"] != run_id],
-            "log": tail(sessions / f"{run_id}.log")}
+            "log": tail(sessions / f"{run_id}.log") if RUN_ID.fullmatch(run_id) else ""}   # no path from a hand-made row
 
 
 def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:

@@ -247,3 +247,26 @@ def test_a_token_guards_any_other_interface(tmp_path, run_dir):
             assert "Content-Security-Policy" in night.headers
     finally:
         stop()
+
+
+def test_the_views_values_without_a_browser(tmp_path):
+    """webdata: a running log's curve, a crash's page without a decision, and a hand-made row's id never naming a
+    file outside sessions/."""
+    from harness import heldout, webdata
+    from harness.ledger import LEDGER_COLUMNS, ledger_line
+    store, ids = build_ledger(tmp_path / "ledger")
+    curve = webdata.log_curve(Path(store.sessions) / "inflight.log")
+    assert len(curve) == 30 and curve[0] == [0.0, 5.0] and curve[-1] == [0.29, pytest.approx(5 - 29 / 40)]
+    (tmp_path / "secret.log").write_text("not for the browser")
+    with open(store.results, "a") as f:          # a row added by hand, its id a path
+        f.write(ledger_line({c: None for c in LEDGER_COLUMNS} | {"run_id": "../secret", "commit": "x", "val_bpb": 0.5,
+                                                                 "status": "keep", "description": "forged",
+                                                                 "comparability_key": "k1"}))
+    rows, index = store.read()
+    page = webdata.one_run(store, rows, index, heldout.read(store), "../secret")
+    assert page["log"] == "" and page["row"]["status"] == "unverified"
+    crash = webdata.one_run(store, rows, index, {}, ids["crash"])
+    assert crash["decision"] is None and crash["error"] == "CUDA out of memory" and crash["row"]["val_bpb"] is None
+    night = webdata.night(rows, index, heldout.read(store))
+    assert night["runs"]["status"][-1] == "unverified" and night["keys"][0]["best_mean"] == pytest.approx(0.9875)
+    assert webdata.one_run(store, rows, index, {}, "no-such-run") is None
