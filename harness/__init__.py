@@ -39,6 +39,7 @@ Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   memory        sessions/memory.md: the bounded digest regenerated after every run, one renderer per section
   nextstep      the `next:` line: the protocol's next command after a run
   prune         early stop: a run whose loss curve is clearly worse than the best's at the same point
+  liveclaim     a run's claim sent again with its curve so far, for the live view of other hosts
   webdata       the live view's values: every run as columns, one run's story, the runs in flight
   web           the live view: the ledger in a browser, served read-only (prepare.py --serve)
   record        a run's log, JSON record and ledger row; crashes and signals recorded

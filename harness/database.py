@@ -157,7 +157,9 @@ class PostgresLedger:
             atomic_write_text(path, json.dumps(rec, indent=2, default=str))
 
     # -- runs in flight ---------------------------------------------------------------------
-    def claim(self, claim: dict) -> None:
+    def claim(self, claim: dict, quiet: bool = False) -> bool:
+        """The run's claim, inserted or replaced (harness/liveclaim.py sends it again with the curve so far).
+        Returns whether the database took it; `quiet`: say nothing when it did not."""
         def work(conn):
             conn.execute(f"DELETE FROM {CLAIMS} WHERE expires < %s", (claim["started"],))
             conn.execute(f"INSERT INTO {CLAIMS} (run_id, claim, expires) VALUES (%s, %s::jsonb, %s) ON CONFLICT "
@@ -165,8 +167,11 @@ class PostgresLedger:
                          (claim["run_id"], _json(claim), claim["expires"]))
         try:
             self._retry(work)
+            return True
         except (Unreachable, ConfigError) as e:
-            print(f"ledger: the shared database did not take this run's claim ({e}); other agents do not see it")
+            if not quiet:
+                print(f"ledger: the shared database did not take this run's claim ({e}); other agents do not see it")
+            return False
 
     def claims(self, now: float) -> list[dict]:
         try:

@@ -28,6 +28,7 @@ from harness.identity import (config_fingerprint, git_info, ground_commit_note, 
 from harness.decide import ErrorKind, is_scored, run_fingerprint, standing
 from harness.database import open_ledger
 from harness.ledger import LEGACY_KEY, FileLedger, claim_state, clean_text, process_claim
+from harness.liveclaim import LiveClaim
 from harness.lineage import RECOMPILED, STOPPED_SHORT, env_prefix, parent_run
 from harness.digest import cancelled_by_caps, floor_step_spread
 from harness.memory import write_memory
@@ -127,7 +128,7 @@ class Run:
         self.recorded = None
         self.warnings = []                 # the start's `!!` lines, said again before `next:`
         self.ground = None                 # identity.ground_commit_note at the start: `next:` keeps ground.json
-        self._finishing = False
+        self._finishing, self.live = False, None      # live: harness/liveclaim.py, from the claim on
         self.log_path = self.sessions / f"{self.run_id}.log"
         self.json_path = self.sessions / f"{self.run_id}.json"
 
@@ -188,6 +189,8 @@ class Run:
             return self.recorded
         self._finishing = True
         warm_eval.stop()                     # a run ending early leaves no second process behind
+        if self.live is not None:
+            self.live.stop()                 # no claim written after the record deletes it
         metrics = {k: (float(v) if isinstance(v, (int, float)) and k != "num_steps" else v) for k, v in metrics.items()}
         compiled = metrics.get("compiled_in_budget")           # None: not measured (a crash, an interrupt)
         row = self._row(metrics)
@@ -295,6 +298,7 @@ class Run:
         for line in lines:
             print(line)
         self.store.claim(claim)
+        self.live = LiveClaim(self.store, claim)      # the claim again with the curve so far (the shared ledger)
         with self.store.lock():              # memory.md's "Running now" as of this start, for every agent reading it
             write_memory(self.store)
         return [line for line in lines if line.startswith("!!")]

@@ -8,12 +8,11 @@ What a Session owns, so that no edit of train.py's loop can break it:
   printed set-up lines, the run's record (started before training; crashes and signals recorded);
 - prepare(model): parameters and FLOPs, the batch split, broadcast over processes, compile, and in the warm-eval
   second process (harness/warm_eval.py) the eval graph, after which that process exits;
-- steps(): the budget's clock (harness/clock.py), the host-speed probe before it, the progress line, divergence,
-  the early stop (harness/prune.py), the loss curve, and the second process started after step 0;
+- steps(): the budget's clock, the host-speed probe, the progress line, divergence, the early stop, the loss
+  curve (sent with the claim: harness/liveclaim.py), and the second process started after step 0;
 - finish(model): the fixed metric (harness/evaluate.py), the metrics from its own clock and loader, the record,
   the human's held-out score (harness/heldout.py), the `---` summary, and the exit (os._exit: no teardown).
-A train.py that never calls steps(), lap() or finish() is recorded as a crash that names the missing call.
-"""
+A train.py that never calls steps(), lap() or finish() is recorded as a crash naming the missing call."""
 
 from __future__ import annotations
 
@@ -257,6 +256,8 @@ class Session:
         self.curve.append((p, lap.smooth_loss))
         if self.pruner is not None:
             self.pruner.check(lap.step, p, lap.smooth_loss)
+        if self.run is not None and self.run.live is not None:
+            self.run.live.update(self.curve)    # other hosts' live views draw it (the shared ledger)
         extra = "".join(f" | {k}: {v:.2f}" if isinstance(v, float) else f" | {k}: {v}"
                         for k, v in lap.info.items() if k != "progress")
         print(f"\rstep {lap.step:05d} ({100 * p:.1f}%) | loss: {lap.smooth_loss:.6f}{extra} | "

@@ -87,7 +87,7 @@ class Snapshot:
             db = ()
         files = (self.local.results, self.local.sessions / "index.jsonl", self.local.claims_path,
                  self.local.sessions / heldout.HELDOUT_FILE)
-        return (tuple(self._stat(p) for p in files), db, tuple(c["run_id"] for c in claims), logs)
+        return (tuple(self._stat(p) for p in files), db, tuple((c["run_id"], c.get("steps")) for c in claims), logs)
 
     def get(self) -> tuple:
         """(version, rows, index, held-out scores), read again if anything changed since the last call; the
@@ -212,5 +212,5 @@ def serve(s, bind: str, port: int, token: str | None) -> int:
             stopping.set()
             super().handle_exit(sig, frame)
     Server(uvicorn.Config(make_app(store, token, stopping=stopping), host=bind, port=port, log_level="warning",
-                          timeout_graceful_shutdown=2)).run()
+                          ws="none", timeout_graceful_shutdown=2)).run()
     return 0

@@ -126,9 +126,17 @@ def one_run(store, rows: list[dict], index: dict, heldout: dict, run_id: str) ->
             "log": tail(sessions / f"{run_id}.log") if RUN_ID.fullmatch(run_id) else ""}   # no path from a hand-made row
 
 
+def _points(curve) -> list:
+    """A claim's curve (harness/liveclaim.py), pairs of numbers only: it comes from another host."""
+    if not isinstance(curve, list):
+        return []
+    return [[float(p[0]), float(p[1])] for p in curve if isinstance(p, list) and len(p) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
+
+
 def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:
-    """The runs in flight (claims: every host's), each with its live loss curve where its log is on this host,
-    beside the curves of the best configuration of its key."""
+    """The runs in flight (claims: every host's), each with its live loss curve (from its log where it is on this
+    host, else the curve its claim carries), beside the curves of the best configuration of its key."""
     out = []
     for c in store.claims(now):
         log = Path(c["log"]) if isinstance(c.get("log"), str) else None
@@ -137,6 +145,7 @@ def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:
         out.append({"run_id": c["run_id"], "host": c.get("host"), "branch": c.get("branch"),
                     "description": c.get("description"), "seed": c.get("seed"), "key": key,
                     "config": (c.get("fingerprint") or "")[:12], "started": c.get("started"),
-                    "curve": log_curve(log) if log else [], "log_here": bool(log and log.is_file()),
+                    "curve": log_curve(log) if log and log.is_file() else _points(c.get("curve")),
+                    "log_here": bool(log and log.is_file()), "claim_curve": not (log and log.is_file()),
                     "best_run": best_run, "best_curves": curves})
     return out

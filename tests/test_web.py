@@ -270,3 +270,44 @@ def test_the_views_values_without_a_browser(tmp_path):
     night = webdata.night(rows, index, heldout.read(store))
     assert night["runs"]["status"][-1] == "unverified" and night["keys"][0]["best_mean"] == pytest.approx(0.9875)
     assert webdata.one_run(store, rows, index, {}, "no-such-run") is None
+
+
+def test_another_hosts_run_in_flight_shows_the_curve_its_claim_carries(browser, postgres, tmp_path, monkeypatch):
+    """harness/liveclaim.py on a real server: host b's run in flight sends its claim again with its curve; host a's
+    view draws it (b's log is not on a) and follows it; after stop() nothing is written, and the record's deletion
+    of the claim empties "Running now"."""
+    from harness import database, ledger, liveclaim
+    url = postgres.new_database("web_live_claim")
+    a, b = (database.PostgresLedger(url, ledger.FileLedger(tmp_path / h / "results.tsv", tmp_path / h / "sessions"))
+            for h in ("a", "b"))
+    add_run(a, 1, "baseline", 1.0, "host-a", "night/a", 42, "cfgA" * 4, "baseline on a")
+    add_run(a, 2, "repeat", 1.002, "host-a", "night/a", 43, "cfgA" * 4, "seed 43 on a")
+    now = time.time()
+    claim = {"run_id": run_id(7), "started": now - 30, "expires": now + 3600, "host": "host-b", "branch": "night/b",
+             "description": "lr x2 on b", "seed": 42, "fingerprint": "cfgB" * 4, "comparability_key": "k1",
+             "log": "/on/host-b/only.log"}
+    b.claim(claim)
+    monkeypatch.setattr(liveclaim, "LIVE_CLAIM_S", 0.0)
+    live = liveclaim.LiveClaim(b, claim)
+    live.update([(0.1, 6.0), (0.2, 5.5)])
+    live.thread.join()
+    base, stop = start_server(a)
+    try:
+        page = open_page(browser, base + "/live")
+        page.wait_for_selector("[data-live]")
+        assert "2 points so far (its log is on another host" in page.inner_text("[data-live] .meta")
+        trace = page.evaluate("document.querySelector('[data-live] .chart').data.at(-1)")
+        assert trace["name"] == "this run (live)" and trace["y"] == [6.0, 5.5]
+        live.update([(0.1, 6.0), (0.2, 5.5), (0.3, 5.1)])
+        live.thread.join()
+        wait_js(page, "document.querySelector('[data-live] .meta').textContent.includes('3 points so far')", UPDATE_S)
+        live.stop()
+        live.update([(0.1, 6.0)] * 5)                   # stopped: nothing more is sent
+        assert live.thread.is_alive() is False and a.claims(time.time())[0]["steps"] == 3
+        add_run(b, 7, "discard", 1.03, "host-b", "night/b", 42, "cfgB" * 4, "lr x2 on b")   # recorded: unclaimed
+        page.wait_for_selector("#none", timeout=int(UPDATE_S * 1000) + 1000)
+        assert page.inner_text("#none") == "Nothing is running now."
+    finally:
+        stop()
+        a.close()
+        b.close()

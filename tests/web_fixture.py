@@ -97,7 +97,7 @@ def start_server(store, token: str | None = None, poll_s: float = 0.2):
     from harness.web import make_app
     port, stopping = free_port(), threading.Event()
     server = uvicorn.Server(uvicorn.Config(make_app(store, token, poll_s, stopping), host="127.0.0.1", port=port,
-                                           log_level="warning", timeout_graceful_shutdown=1))
+                                           log_level="warning", ws="none", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20

@@ -203,7 +203,8 @@ async function live() {
       el("p", {class: "meta"}), el("div", {class: "chart small"}));
     const mins = c.started ? ((Date.now() / 1000 - c.started) / 60).toFixed(1) : "?";
     card.querySelector(".meta").textContent = `run ${c.run_id}, seed ${c.seed}, configuration ${c.config}, ` +
-      `started ${mins} min ago; ${c.curve.length} steps so far` + (c.log_here ? "" : " (its log is on another host: no live curve)");
+      `started ${mins} min ago; ${c.curve.length} ${c.log_here ? "steps" : "points"} so far` + (c.log_here ? "" :
+      " (its log is on another host: the curve its claim carries, every 10 s)");
     return card;
   });
   main.replaceChildren(...cards);            // in the page first: plotly sizes a chart by its place
