@@ -18,6 +18,7 @@ server's own scripts only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -211,6 +212,8 @@ def serve(s, bind: str, port: int, token: str | None) -> int:
         def handle_exit(self, sig, frame):          # Ctrl-C: the open /events streams end first
             stopping.set()
             super().handle_exit(sig, frame)
-    Server(uvicorn.Config(make_app(store, token, stopping=stopping), host=bind, port=port, log_level="warning",
-                          ws="none", timeout_graceful_shutdown=2)).run()
+    with contextlib.suppress(KeyboardInterrupt):    # uvicorn raises the Ctrl-C again once it has stopped
+        Server(uvicorn.Config(make_app(store, token, stopping=stopping), host=bind, port=port, log_level="warning",
+                              ws="none", timeout_graceful_shutdown=2)).run()
+    print("live view: stopped")
     return 0

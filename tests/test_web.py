@@ -12,6 +12,7 @@ any other interface, and no secret reaches the browser.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -311,3 +312,35 @@ def test_another_hosts_run_in_flight_shows_the_curve_its_claim_carries(browser, 
         stop()
         a.close()
         b.close()
+
+
+def test_prepare_serve_starts_answers_and_stops_on_ctrl_c(run_dir):
+    """The command README gives: it prints its URL (127.0.0.1, no token), serves the page and the API of the
+    configured ledger, and a Ctrl-C ends it at once with an open /events stream."""
+    import requests
+    from web_fixture import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "prepare.py"), "--serve", "--port", str(port)], cwd=run_dir,
+                            env=dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"), PYTHONUNBUFFERED="1",
+                                     AUTORESEARCH_MODEL=str(run_dir / "model.json")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line == f"live view of {run_dir / 'results.tsv'}: http://127.0.0.1:{port}/\n", line
+        for _ in range(100):                           # the server listens a moment after the line
+            try:
+                page = requests.get(f"http://127.0.0.1:{port}/runs", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
+        night = requests.get(f"http://127.0.0.1:{port}/api/night", timeout=5).json()
+        assert night["runs"]["run_id"] == [] and night["ledger"] == str(run_dir / "results.tsv")
+        events = requests.get(f"http://127.0.0.1:{port}/events", stream=True, timeout=5)
+        assert next(events.iter_lines()).startswith(b"data: {\"version\"")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0 and time.monotonic() - t0 < 10
+        events.close()
+    finally:
+        proc.kill()
