@@ -137,9 +137,10 @@ def _points(curve) -> list:
 def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:
     """The runs in flight (claims: every host's), each with its live loss curve (from its log where it is on this
     host, else the curve its claim carries), beside the curves of the best configuration of its key."""
-    out = []
+    out, sessions = [], getattr(store, "local", store).sessions.resolve()
     for c in store.claims(now):
-        log = Path(c["log"]) if isinstance(c.get("log"), str) else None
+        log = sessions / f"{c['run_id']}.log"          # this host's runs only: never a path a claim names
+        log = log if RUN_ID.fullmatch(c["run_id"]) and Path(str(c.get("log"))).resolve() == log else None
         key = c.get("comparability_key") or ""
         best_run, curves = best_curves(rows, index, key)
         out.append({"run_id": c["run_id"], "host": c.get("host"), "branch": c.get("branch"),

@@ -150,7 +150,7 @@ def test_a_new_record_and_a_new_step_appear_without_a_reload(browser, served):
     page.goto(base + "/live")
     page.wait_for_selector("[data-live]")
     page.evaluate("window.__same_page = 2")
-    log = Path(store.sessions) / "inflight.log"
+    log = Path(store.sessions) / f"{ids['inflight']}.log"
     with open(log, "a") as f:
         f.write("".join(f"step {s:05d} ({s:.1f}%) | loss: {5 - s / 40:.6f} | dt: 280ms\r" for s in range(30, 35)))
     wait_js(page, "document.querySelector('[data-live] .meta').textContent.includes('35 steps so far')", UPDATE_S)
@@ -256,7 +256,7 @@ def test_the_views_values_without_a_browser(tmp_path):
     from harness import heldout, webdata
     from harness.ledger import LEDGER_COLUMNS, ledger_line
     store, ids = build_ledger(tmp_path / "ledger")
-    curve = webdata.log_curve(Path(store.sessions) / "inflight.log")
+    curve = webdata.log_curve(Path(store.sessions) / f"{ids['inflight']}.log")
     assert len(curve) == 30 and curve[0] == [0.0, 5.0] and curve[-1] == [0.29, pytest.approx(5 - 29 / 40)]
     (tmp_path / "secret.log").write_text("not for the browser")
     with open(store.results, "a") as f:          # a row added by hand, its id a path
@@ -271,6 +271,11 @@ def test_the_views_values_without_a_browser(tmp_path):
     night = webdata.night(rows, index, heldout.read(store))
     assert night["runs"]["status"][-1] == "unverified" and night["keys"][0]["best_mean"] == pytest.approx(0.9875)
     assert webdata.one_run(store, rows, index, {}, "no-such-run") is None
+    (tmp_path / "other.log").write_text("step 00001 (50.0%) | loss: 1.000000 |\r")      # a file the claim names
+    now = time.time()
+    store.claim({"run_id": run_id(98), "started": now, "expires": now + 60, "log": str(tmp_path / "other.log")})
+    forged = next(c for c in webdata.live(store, rows, index, now) if c["run_id"] == run_id(98))
+    assert (forged["curve"], forged["log_here"]) == ([], False)      # only sessions/<run_id>.log of this host
 
 
 def test_another_hosts_run_in_flight_shows_the_curve_its_claim_carries(browser, postgres, tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ def build_ledger(root: Path, store=None, hosts=("gpu-a", "gpu-b")) -> tuple[obje
     with open(sessions / HELDOUT_FILE, "a") as f:
         for name, score in (("baseline", 1.006), ("keep", 0.991)):
             f.write(json.dumps({"run_id": ids[name], "heldout_bpb": score, "heldout_seconds": 0.9, "rows": 100}) + "\n")
-    log = sessions / "inflight.log"
+    log = sessions / f"{run_id(99)}.log"
     log.write_text("".join(f"step {s:05d} ({s:.1f}%) | loss: {5 - s / 40:.6f} | dt: 280ms\r" for s in range(0, 30)))
     now = time.time()
     store.claim({"run_id": run_id(99), "started": now - 120, "expires": now + 3600, "host": a, "branch": "night/a",
