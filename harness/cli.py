@@ -120,18 +120,25 @@ def card_lines(s, model, p: dict) -> list[str]:
     from harness.cards import rate_line
     from harness.fit import fit_batch
     from harness.tokenizer import Tokenizer
-    config = train.build_config(model, s.max_seq_len, Tokenizer.from_directory().get_vocab_size(), p)
     b, why = model.device_batch_size, "no CUDA GPU: model.json's device_batch_size, capped by the profile"
-    with contextlib.redirect_stdout(io.StringIO()):            # build_model prints the config a run prints
-        if p["device"] == "cuda":
-            device = torch.device("cuda")
-            net = train.build_model(config, device)
-            autocast = torch.autocast("cuda", getattr(torch, p["dtype"]), enabled=p["dtype"] != "float32")
-            b, why = fit_batch(net, model, s.max_seq_len, 1, config.vocab_size, device, autocast,
-                               s.cache_dir / "batch_fit.json")
-            del net
-        with torch.device("meta"):
-            flops = train.GPT(config).estimate_flops()
+    try:
+        config = train.build_config(model, s.max_seq_len, Tokenizer.from_directory().get_vocab_size(), p)
+        with contextlib.redirect_stdout(io.StringIO()):        # build_model prints the config a run prints
+            free, total = torch.cuda.mem_get_info() if p["device"] == "cuda" else (0, 0)
+            if p["device"] == "cuda" and total - free > 2 * 2**30:
+                why = (f"not probed: other processes hold {(total - free) / 2**30:.1f} GB of this card (a run's own "
+                       f"probe decides; model.json's value shown)")
+            elif p["device"] == "cuda":
+                device = torch.device("cuda")
+                net = train.build_model(config, device)
+                autocast = torch.autocast("cuda", getattr(torch, p["dtype"]), enabled=p["dtype"] != "float32")
+                b, why = fit_batch(net, model, s.max_seq_len, 1, config.vocab_size, device, autocast,
+                                   s.cache_dir / "batch_fit.json")
+                del net
+            with torch.device("meta"):
+                flops = train.GPT(config).estimate_flops()
+    except (ConfigError, torch.cuda.OutOfMemoryError, AttributeError, TypeError) as e:   # train.py is the agent's
+        return [f"batch: not probed ({type(e).__name__}: {str(e)[:160]})"]
     accum = model.total_batch_size // (b * s.max_seq_len)
     return [f"batch: {model.total_batch_size:,} tokens/step = {b} x {s.max_seq_len} x {accum} accumulation "
             f"steps ({why})", rate_line(p["device_name"], p["peak_flops"], flops)]

@@ -33,8 +33,9 @@ class LiveClaim:
             return
         self.sent_at = now
         claim = dict(self.claim, curve=thin_curve(list(curve)), steps=len(curve))
-        self.thread = threading.Thread(target=self._send, args=(claim,), name="live-claim", daemon=True)
-        self.thread.start()
+        thread = threading.Thread(target=self._send, args=(claim,), name="live-claim", daemon=True)
+        thread.start()                          # started before it is kept: stop() never joins an unstarted one
+        self.thread = thread
 
     def _send(self, claim: dict) -> None:
         if not self.stopped and not self.store.claim(claim, quiet=True):

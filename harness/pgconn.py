@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 
 from harness.config import ConfigError
@@ -59,6 +60,7 @@ class Connection:
         self.schema_ready = False
         self._conn = None
         self._down_until, self._down_reason = 0.0, ""
+        self._lock = threading.RLock()     # one transaction at a time: threads (the live view's, a live claim's) share it
 
     def say(self, e: Exception, limit: int = 300) -> str:
         """An error as one line, without the URL or its password (messages end up in logs and memory.md)."""
@@ -127,6 +129,10 @@ class Connection:
     def retry(self, work):
         """work(conn) in one transaction on the store's connection; a lost connection (a server restart) is opened
         again and the transaction retried, then Unreachable."""
+        with self._lock:
+            return self._retry(work)
+
+    def _retry(self, work):
         import psycopg
         if time.monotonic() < self._down_until:          # just tried and failed: do not wait again within a record
             raise Unreachable(self._down_reason)
@@ -147,9 +153,10 @@ class Connection:
                 raise Rejected(f"the shared ledger (${self.env}): {type(e).__name__}: {self.say(e)}") from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 

@@ -21,15 +21,16 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import os
 import threading
 import time
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -56,61 +57,97 @@ def plotly_js() -> Path:
 
 
 class Snapshot:
-    """The ledger, read again only when it changed: file sizes and times (results.tsv, index.jsonl, claims,
-    held-out scores, the logs of runs in flight), or on PostgreSQL the newest row, claim and score."""
+    """The ledger as the pages read it, kept up to date by one thread of its own (run(), every poll): a request never
+    waits on the files or the database. Two parts, each with its version: the ledger (results.tsv, index.jsonl,
+    the held-out scores; on PostgreSQL the newest row and score), read again only when it changed, and the runs in
+    flight (the claims, the logs of this host's runs), which change at every step and are cheap to read."""
 
-    def __init__(self, store):
-        self.store, self.lock = store, threading.Lock()
+    def __init__(self, store, poll_s: float = POLL_S):
+        self.store, self.poll_s, self.lock = store, poll_s, threading.RLock()
         self.local = getattr(store, "local", store)
-        self.local.memo = {}                # index.jsonl's lines parsed once: a new record costs its own line
-        self.version, self.data, self.cache, self.looked = None, None, {}, 0.0
+        self.local.memo = {}                # FileLedger's seam: index.jsonl's lines parsed once, a record costs its own
+        self.ledger_version = self.live_version = None
+        self.data, self.claims, self.cache, self.error = None, [], {}, None
+        self.ready = threading.Event()
 
-    def _stat(self, path) -> tuple:
+    @staticmethod
+    def _stat(path) -> tuple:
         try:
             st = os.stat(path)
             return st.st_size, st.st_mtime_ns
         except OSError:
             return ()
 
-    def current_version(self) -> tuple:
-        now = time.time()
-        claims = self.store.claims(now)
-        logs = tuple(self._stat(c["log"]) for c in claims if isinstance(c.get("log"), str))
+    def _ledger_part(self) -> tuple:
+        files = (self.local.results, self.local.sessions / "index.jsonl", self.local.sessions / heldout.HELDOUT_FILE)
+        db = ()
         if hasattr(self.store, "db"):
-            from harness.pgconn import CLAIMS, HELDOUT, RUNS, Unreachable
-            try:
+            from harness.pgconn import HELDOUT, RUNS, Unreachable
+            try:                                # the held-out table may be missing on an older database
                 db = self.store.db.retry(lambda conn: conn.execute(
-                    f"SELECT (SELECT coalesce(max(seq), 0) FROM {RUNS}), (SELECT count(*) FROM {HELDOUT}), "
-                    f"(SELECT count(*) FROM {CLAIMS})").fetchone())
+                    f"SELECT (SELECT coalesce(max(seq), 0) FROM {RUNS}), to_regclass(%s) IS NOT NULL",
+                    (HELDOUT,)).fetchone())
+                if db[1]:
+                    db = (db[0], self.store.db.retry(lambda conn: conn.execute(
+                        f"SELECT count(*) FROM {HELDOUT}").fetchone())[0])
             except (Unreachable, ConfigError):      # read() says so (store.note) and shows this host's runs
-                db = ("unreachable", int(now) // 10)
-        else:
-            db = ()
-        files = (self.local.results, self.local.sessions / "index.jsonl", self.local.claims_path,
-                 self.local.sessions / heldout.HELDOUT_FILE)
-        return (tuple(self._stat(p) for p in files), db, tuple((c["run_id"], c.get("steps")) for c in claims), logs)
+                db = ("unreachable", int(time.time()) // 60)
+        return tuple(self._stat(p) for p in files), db
 
-    def get(self) -> tuple:
-        """(version, rows, index, held-out scores), read again if anything changed since the last call; the
-        change is looked for at most every POLL_S / 2, however many pages are open."""
-        if time.monotonic() - self.looked < POLL_S / 2 and self.data is not None:
+    def refresh(self) -> None:
+        """Look once: the claims and logs always, the ledger when its part changed."""
+        claims = self.store.claims(time.time())
+        part = self._ledger_part()
+        if part != self.ledger_version:
+            rows, index = self.store.read()
+            data = (rows, index, heldout.read(self.store))
             with self.lock:
-                return (str(hash(self.version)), *self.data)
-        v = self.current_version()
-        self.looked = time.monotonic()
+                self.data, self.ledger_version, self.cache = data, part, {}
+        live = (self._stat(self.local.claims_path),
+                tuple((c["run_id"], c.get("steps"), self._stat(webdata.local_log(self.store, c) or "")) for c in claims))
         with self.lock:
-            if v != self.version:
-                rows, index = self.store.read()
-                self.data, self.version, self.cache = (rows, index, heldout.read(self.store)), v, {}
-            return (str(hash(self.version)), *self.data)
+            self.claims, self.live_version, self.error = claims, live, None
+        self.ready.set()
 
-    def cached(self, name: str, make) -> bytes:
-        """A response body computed once per version (the night's 10,000 runs are serialized once)."""
-        version, *data = self.get()
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                self.refresh()
+            except ConfigError as e:            # a ledger damaged by hand: the page says so, and it looks again
+                with self.lock:
+                    self.error = str(e)
+                self.ready.set()
+            stopping.wait(self.poll_s)
+
+    def versions(self) -> dict:
         with self.lock:
-            if (name, version) not in self.cache:
-                self.cache[(name, version)] = json.dumps(make(*data), separators=(",", ":"), default=str).encode()
-            return self.cache[(name, version)]
+            return {"ledger": str(hash(self.ledger_version)), "live": str(hash(self.live_version))}
+
+    def cached(self, name: str, make, live: bool = False) -> bytes:
+        """A response body computed once per version of what it reads (10,000 runs are serialized once)."""
+        self.ready.wait(60)
+        with self.lock:
+            if self.error or self.data is None:
+                raise ConfigError(self.error or "the ledger has not been read yet")
+            key = (name, self.ledger_version, self.live_version if live else None)
+            if key not in self.cache:
+                value = make(*self.data, self.claims)
+                try:
+                    body = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+                except ValueError:             # a NaN or infinity from a hand-edited file: shown as missing
+                    body = json.dumps(_finite(value), separators=(",", ":"), default=str)
+                self.cache[key] = body.encode()
+            return self.cache[key]
+
+
+def _finite(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def ledger_name(store) -> str:
@@ -141,8 +178,10 @@ class TokenGate(BaseHTTPMiddleware):
 
 def make_app(store, token: str | None = None, poll_s: float = POLL_S,
              stopping: threading.Event | None = None) -> Starlette:
-    """The view's routes; `stopping`, once set, ends the open /events streams (the server can then stop at once)."""
-    snap, stopping = Snapshot(store), stopping or threading.Event()
+    """The view's routes and the thread that keeps its Snapshot; `stopping`, once set, ends that thread and the open
+    /events streams (the server can then stop at once)."""
+    snap, stopping = Snapshot(store, poll_s), stopping or threading.Event()
+    threading.Thread(target=snap.run, args=(stopping,), name="live-view-snapshot", daemon=True).start()
 
     def page(request):
         return FileResponse(UI_DIR / "index.html", headers=HEADERS)
@@ -154,38 +193,46 @@ def make_app(store, token: str | None = None, poll_s: float = POLL_S,
             return Response("not found", 404, headers=HEADERS)
         return FileResponse(path, headers={**HEADERS, "Cache-Control": "max-age=3600"})
 
-    def body(data: bytes, status: int = 200) -> Response:
-        return Response(data, status, media_type="application/json", headers=HEADERS)
+    def answer(name: str, make, live: bool = False) -> Response:
+        try:
+            return Response(snap.cached(name, make, live), media_type="application/json", headers=HEADERS)
+        except ConfigError as e:
+            return JSONResponse({"error": str(e)}, 503, headers=HEADERS)
 
     def api_night(request):
-        return body(snap.cached("night", lambda rows, index, held: dict(
-            webdata.night(rows, index, held), ledger=ledger_name(store), note=getattr(store, "note", None))))
+        return answer("night", lambda rows, index, held, claims: dict(
+            webdata.night(rows, index, held), ledger=ledger_name(store), note=getattr(store, "note", None)))
 
     def api_run(request):
         run_id = request.path_params["run_id"]
-        found = snap.cached(f"run:{run_id}", lambda rows, index, held: webdata.one_run(store, rows, index, held,
-                                                                                        run_id))
-        return body(found) if found != b"null" else JSONResponse({"error": "no such run"}, 404, headers=HEADERS)
+        rows = snap.data[0] if snap.data else []
+        if not any(r["run_id"] == run_id for r in rows):        # a miss is not cached (any id would grow it)
+            return JSONResponse({"error": "no such run"}, 404, headers=HEADERS)
+        return answer(f"run:{run_id}", lambda rows, index, held, claims: webdata.one_run(store, rows, index, held,
+                                                                                          run_id))
 
     def api_live(request):
-        return body(snap.cached("live", lambda rows, index, held: webdata.live(store, rows, index, time.time())))
+        return answer("live", lambda rows, index, held, claims: webdata.live(store, rows, index, claims), live=True)
 
     async def events(request):
         async def stream():
             last = None
             while not stopping.is_set() and not await request.is_disconnected():
-                version = (await run_in_threadpool(snap.get))[0]
-                if version != last:
-                    last = version
-                    yield f"data: {json.dumps({'version': version})}\n\n"
-                await asyncio.sleep(poll_s)
+                versions = snap.versions()      # no I/O: the snapshot's thread looks
+                if versions != last:
+                    last = versions
+                    yield f"data: {json.dumps(versions)}\n\n"
+                await asyncio.sleep(poll_s / 2)
         return StreamingResponse(stream(), media_type="text/event-stream", headers=HEADERS)
 
-    routes = [Route(p, page) for p in ("/", "/runs", "/live", "/run/{run_id}")] + [
+    routes = [Route(p, page) for p in ("/", "/runs", "/live", "/run/{run_id:path}")] + [
         Route("/static/{name}", asset), Route("/api/night", api_night), Route("/api/live", api_live),
-        Route("/api/run/{run_id}", api_run), Route("/events", events),
+        Route("/api/run/{run_id:path}", api_run), Route("/events", events),
         Route("/favicon.ico", lambda request: Response(status_code=204, headers=HEADERS))]
-    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)] if token else [])
+    # no token: this machine only, and a page elsewhere that rebinds its name to 127.0.0.1 is refused by its Host
+    middleware = ([Middleware(TokenGate, token=token)] if token else
+                  [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL) + ["[::1]"])])
+    return Starlette(routes=routes, middleware=middleware)
 
 
 def check_bind(bind: str, token: str | None) -> None:

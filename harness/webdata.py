@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import os
 import re
 from pathlib import Path
 
@@ -41,15 +43,26 @@ def runs_table(rows: list[dict], index: dict, heldout: dict) -> dict:
 
 
 def key_summary(rows: list[dict], index: dict, key: str) -> dict:
-    """The running best of one key (accepted runs in ledger order, the lowest val_bpb so far), the best
-    configuration's mean and the noise floor sigma (the band drawn around it)."""
-    best_line, low = [], None
+    """The running best of one key as the keep rule sees it (after each run of an accepted configuration, the
+    lowest mean over the seeds of the accepted configurations), at the runs' times; the best configuration's mean
+    and the noise floor sigma (the band drawn around it)."""
+    sums: dict = {}                          # configuration -> [sum, n] of its scored runs
+    accepted, best_line, best = set(), [], None
     for r in rows:
-        if r["comparability_key"] == key and r["status"] in ACCEPTED and r.get("val_bpb") is not None:
-            low = r["val_bpb"] if low is None else min(low, r["val_bpb"])
-            best_line.append([r.get("timestamp") or "", low])
+        if r["comparability_key"] != key or not is_scored(r):
+            continue
+        fp = run_fingerprint(r, index)
+        acc = sums.setdefault(fp, [0.0, 0])
+        acc[0], acc[1] = acc[0] + r["val_bpb"], acc[1] + 1
+        if r["status"] in ACCEPTED:
+            accepted.add(fp)
+        if fp in accepted:
+            now = min(sums[f][0] / sums[f][1] for f in accepted)
+            if now != best:
+                best = now
+                best_line.append([r.get("timestamp") or "", now])
     st = standing(rows, index, key)
-    return {"key": key, "best_line": best_line, "best_mean": st.best.mean if st.best else None,
+    return {"key": key, "best_line": sorted(best_line), "best_mean": st.best.mean if st.best else None,
             "best_runs": len(st.best.values) if st.best else 0, "sigma": st.sigma, "dof": st.dof}
 
 
@@ -67,7 +80,7 @@ def best_curves(rows: list[dict], index: dict, key: str) -> tuple[str | None, li
             and run_fingerprint(r, index) == st.best.fingerprint]
     first = next((r["run_id"] for r in mine if r["status"] in ACCEPTED), None)
     return first, [{"run_id": r["run_id"], "seed": index.get(r["run_id"], {}).get("seed"),
-                    "curve": index[r["run_id"]]["curve"]} for r in mine
+                    "curve": _points(index[r["run_id"]]["curve"])} for r in mine
                    if isinstance(index.get(r["run_id"], {}).get("curve"), list)]
 
 
@@ -92,9 +105,11 @@ def log_curve(path: Path | None) -> list[list[float]]:
     out = []
     for m in STEP_LINE.finditer(text):
         try:
-            out.append([float(m.group(2)) / 100, float(m.group(3))])
+            point = [float(m.group(2)) / 100, float(m.group(3))]
         except ValueError:
             continue
+        if math.isfinite(point[1]):
+            out.append(point)
     return out
 
 
@@ -121,32 +136,48 @@ def one_run(store, rows: list[dict], index: dict, heldout: dict, run_id: str) ->
             "model_diff": diff(_text(theirs, "model.json"), _text(mine, "model.json"), "model.json"),
             "train_diff": diff(_text(theirs, "train.py"), _text(mine, "train.py"), "train.py"),
             "files": mine is not None, "parent_files": theirs is not None,
-            "curve": e.get("curve") if isinstance(e.get("curve"), list) else [],
+            "curve": _points(e.get("curve")),
             "best_run": best_run, "best_curves": [c for c in curves if c["run_id"] != run_id],
             "log": tail(sessions / f"{run_id}.log") if RUN_ID.fullmatch(run_id) else ""}   # no path from a hand-made row
 
 
 def _points(curve) -> list:
-    """A claim's curve (harness/liveclaim.py), pairs of numbers only: it comes from another host."""
+    """A stored curve (an index entry's, a claim's: harness/liveclaim.py), finite pairs of numbers only: it may come
+    from another host, or a hand-edited file."""
     if not isinstance(curve, list):
         return []
     return [[float(p[0]), float(p[1])] for p in curve if isinstance(p, list) and len(p) == 2
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p)]
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and _finite(x) for x in p)]
 
 
-def live(store, rows: list[dict], index: dict, now: float) -> list[dict]:
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:                   # an integer too large for a float (JSON allows it)
+        return False
+
+
+def local_log(store, claim: dict) -> Path | None:
+    """The log of a run in flight on this host: sessions/<run_id>.log, never another path a claim names."""
+    sessions = getattr(store, "local", store).sessions
+    log = sessions / f"{claim.get('run_id')}.log"
+    if not RUN_ID.fullmatch(str(claim.get("run_id"))) or not isinstance(claim.get("log"), str):
+        return None
+    return log if os.path.abspath(claim["log"]) == os.path.abspath(log) else None
+
+
+def live(store, rows: list[dict], index: dict, claims: list[dict]) -> list[dict]:
     """The runs in flight (claims: every host's), each with its live loss curve (from its log where it is on this
     host, else the curve its claim carries), beside the curves of the best configuration of its key."""
-    out, sessions = [], getattr(store, "local", store).sessions.resolve()
-    for c in store.claims(now):
-        log = sessions / f"{c['run_id']}.log"          # this host's runs only: never a path a claim names
-        log = log if RUN_ID.fullmatch(c["run_id"]) and Path(str(c.get("log"))).resolve() == log else None
+    out = []
+    for c in claims:
+        log = local_log(store, c)
+        here = log is not None and log.is_file()
         key = c.get("comparability_key") or ""
         best_run, curves = best_curves(rows, index, key)
         out.append({"run_id": c["run_id"], "host": c.get("host"), "branch": c.get("branch"),
                     "description": c.get("description"), "seed": c.get("seed"), "key": key,
                     "config": (c.get("fingerprint") or "")[:12], "started": c.get("started"),
-                    "curve": log_curve(log) if log and log.is_file() else _points(c.get("curve")),
-                    "log_here": bool(log and log.is_file()), "claim_curve": not (log and log.is_file()),
+                    "curve": log_curve(log) if here else _points(c.get("curve")), "log_here": here,
                     "best_run": best_run, "best_curves": curves})
     return out

@@ -270,11 +270,12 @@ def test_the_views_values_without_a_browser(tmp_path):
     assert crash["decision"] is None and crash["error"] == "CUDA out of memory" and crash["row"]["val_bpb"] is None
     night = webdata.night(rows, index, heldout.read(store))
     assert night["runs"]["status"][-1] == "unverified" and night["keys"][0]["best_mean"] == pytest.approx(0.9875)
+    assert [v for _, v in night["keys"][0]["best_line"]] == pytest.approx([1.0, 1.002, 0.9875])   # the rule's means
     assert webdata.one_run(store, rows, index, {}, "no-such-run") is None
     (tmp_path / "other.log").write_text("step 00001 (50.0%) | loss: 1.000000 |\r")      # a file the claim names
     now = time.time()
     store.claim({"run_id": run_id(98), "started": now, "expires": now + 60, "log": str(tmp_path / "other.log")})
-    forged = next(c for c in webdata.live(store, rows, index, now) if c["run_id"] == run_id(98))
+    forged = next(c for c in webdata.live(store, rows, index, store.claims(now)) if c["run_id"] == run_id(98))
     assert (forged["curve"], forged["log_here"]) == ([], False)      # only sessions/<run_id>.log of this host
 
 
@@ -342,7 +343,10 @@ def test_prepare_serve_starts_answers_and_stops_on_ctrl_c(run_dir):
         night = requests.get(f"http://127.0.0.1:{port}/api/night", timeout=5).json()
         assert night["runs"]["run_id"] == [] and night["ledger"] == str(run_dir / "results.tsv")
         events = requests.get(f"http://127.0.0.1:{port}/events", stream=True, timeout=5)
-        assert next(events.iter_lines()).startswith(b"data: {\"version\"")
+        first = json.loads(next(events.iter_lines()).removeprefix(b"data: "))
+        assert set(first) == {"ledger", "live"}
+        rebound = requests.get(f"http://127.0.0.1:{port}/api/night", headers={"Host": "rebound.example:80"}, timeout=5)
+        assert rebound.status_code == 400          # a page elsewhere whose name now points here: refused by its Host
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0 and time.monotonic() - t0 < 10

@@ -6,7 +6,7 @@ const COLORS = {baseline: "#1f77b4", keep: "#2ca02c", confirm: "#17becf", discar
                 rerun: "#bcbd22", pruned: "#ff7f0e", crash: "#d62728", interrupted: "#8c564b", unverified: "#e377c2"};
 const SHOWN_ROWS = 500;             // of the runs table: the newest matches; the count says how many match
 const main = document.getElementById("main");
-const state = {version: null, night: null, filters: {key: "", host: "", status: "", seed: "", text: ""}};
+const state = {versions: null, night: null, table: null, filters: {key: "", host: "", status: "", seed: "", text: ""}};
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -91,7 +91,7 @@ async function night() {
   keySel.value = state.filters.key;
   keySel.onchange = () => { state.filters.key = keySel.value; night(); };
   const best = d.keys.find(x => x.key === state.filters.key) || {};
-  const chart = el("div", {class: "chart", id: "night-chart"});
+  const chart = document.getElementById("night-chart") || el("div", {class: "chart", id: "night-chart"});
   main.replaceChildren(
     el("div", {class: "filters"}, el("label", {text: "comparability key "}), keySel),
     el("div", {class: "kpis", id: "kpis"}, kpi("runs", idx.length), kpi("keeps", count("keep")),
@@ -101,14 +101,18 @@ async function night() {
     el("p", {class: "legend"}, "colour: the status; shape: the host / branch ",
        ...Object.keys(COLORS).map(st => el("span", {}, badge(st), " "))),
     chart);
-  await plot(chart, traces, {title: {text: "val_bpb over the night (lower is better)"}, yaxis: {title: {text: "val_bpb"}}});
-  chart.on("plotly_click", ev => { const id = ev.points[0].customdata; if (id) location.href = "/run/" + encodeURIComponent(id); });
+  const fresh = !chart.data;
+  await plot(chart, traces, {title: {text: "val_bpb over the night (lower is better)"}, yaxis: {title: {text: "val_bpb"}},
+                             xaxis: {type: "date"}, uirevision: state.filters.key});     // zoom kept across updates
+  if (fresh) chart.on("plotly_click", ev => { const id = ev.points[0].customdata; if (id) location.href = "/run/" + encodeURIComponent(id); });
 }
 
 // --- runs -------------------------------------------------------------------------------------------------------
 async function runs() {
   const d = state.night = await getJSON("/api/night");
-  const R = d.runs, f = state.filters;
+  if (state.table && document.getElementById("runs-body")) return state.table(d.runs);   // the filters stay as typed
+  let R = d.runs;
+  const f = state.filters;
   const uniq = col => [...new Set(R[col])].filter(v => v != null).sort();
   const select = (name, values) => {
     const s = el("select", {id: "f-" + name}, el("option", {value: "", text: `every ${name}`}),
@@ -139,6 +143,7 @@ async function runs() {
     shown.textContent = `${match.length} of ${R.run_id.length} runs match` +
                         (match.length > SHOWN_ROWS ? ` (the newest ${SHOWN_ROWS} shown)` : "");
   }
+  state.table = runsNow => { R = runsNow; table(); };
   main.replaceChildren(
     el("div", {class: "filters"}, select("key", uniq("key")), select("host", uniq("host")),
        select("status", uniq("status")), input("seed", "seed"), input("text", "description or run id")),
@@ -215,7 +220,7 @@ async function live() {
 // --- routing and updates -----------------------------------------------------------------------------------------
 function route() {
   const p = location.pathname;
-  if (p !== "/runs") needPlotly();             // fetched beside the page's data
+  if (p !== "/runs") { needPlotly(); state.table = null; }             // fetched beside the page's data
   for (const [id, on] of [["nav-night", p === "/"], ["nav-runs", p === "/runs"], ["nav-live", p === "/live"]])
     document.getElementById(id).classList.toggle("here", on);
   if (p === "/runs") return runs();
@@ -224,16 +229,21 @@ function route() {
   return night();
 }
 
-async function render(version) {
+let rendering = false, again = false;
+async function render() {                     // one at a time: an update during a render renders once more after
+  if (rendering) { again = true; return; }
+  rendering = true;
   try {
     await route();
     const n = state.night;
     if (n) document.getElementById("ledger").textContent = `ledger: ${n.ledger}` + (n.note ? ` (${n.note})` : "");
-    document.body.dataset.version = version || "";
     document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
     document.body.dataset.renderedAt = String(Math.round(performance.now()));     // ms since navigation
   } catch (e) {
     main.replaceChildren(el("p", {class: "note", text: `could not read the ledger: ${e.message}`}));
+  } finally {
+    rendering = false;
+    if (again) { again = false; render(); }
   }
 }
 
@@ -242,10 +252,12 @@ function connect() {
   const es = new EventSource("/events");
   es.onopen = () => { conn.textContent = "live"; };
   es.onerror = () => { conn.textContent = "reconnecting…"; };
-  es.onmessage = ev => {
-    const v = JSON.parse(ev.data).version;
-    if (v !== state.version) { state.version = v; render(v); }
+  es.onmessage = ev => {                      // the ledger's version, and the runs in flight's
+    const v = JSON.parse(ev.data), old = state.versions || {};
+    state.versions = v;
+    if (!old.ledger) return;                  // the first message: the page was just drawn
+    if (v.ledger !== old.ledger || (location.pathname === "/live" && v.live !== old.live)) render();
   };
 }
 
-render(null).then(connect);
+render().then(connect);
