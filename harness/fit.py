@@ -30,7 +30,7 @@ MEMORY_ENV = "AUTORESEARCH_GPU_MEMORY_GB"
 
 def memory_limit(device: torch.device) -> tuple[float, str]:
     """(bytes this process may use, why): the card's total, or AUTORESEARCH_GPU_MEMORY_GB (applied to torch)."""
-    if device.index is None:                    # "cuda": the current card (the memory fraction needs an index)
+    if device.type == "cuda" and device.index is None:     # "cuda": the current card (the fraction needs an index)
         device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     asked = os.environ.get(MEMORY_ENV, "").strip()
