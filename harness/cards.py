@@ -12,9 +12,8 @@ from __future__ import annotations
 
 # (a substring of the device name, MFU low, MFU high, where it was measured)
 MEASURED_MFU = (
-    ("H200", 0.45, 0.46, "docs/records/2026-11-28_run300-h200-cudnn (300 s, 1.91M tok/s)"),
-    ("H100", 0.43, 0.45, "docs/records/2026-11-28_run300-h100-cudnn and 2026-12-07_heldout-fixed-steps-h100 "
-                         "(1.79M-1.84M tok/s)"),
+    ("H200", 0.45, 0.46, "docs/records/2026-11-28_run300-h200-cudnn"),
+    ("H100", 0.43, 0.45, "docs/records/2026-11-28_run300-h100-cudnn and 2026-12-07_heldout-fixed-steps-h100"),
 )
 # Consumer cards, older cards and small batches run below the H100's utilization: how far is not measured here.
 ESTIMATED_MFU = (0.25, 0.45)

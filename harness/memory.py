@@ -9,7 +9,6 @@ number of runs; the agent's `## Notes` section is kept verbatim below the genera
 from __future__ import annotations
 
 import json
-
 import re
 import time
 from collections import Counter

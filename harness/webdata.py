@@ -22,7 +22,7 @@ from harness.lineage import parent_run
 
 STEP_LINE = re.compile(r"step (\d+) \(([\d.]+)%\) \| loss: ([-\d.naif]+)")      # harness/clock.py's progress line
 LOG_TAIL_BYTES = 16384          # of a run's log, shown on its page
-LIVE_LOG_BYTES = 4 << 20        # read of a running run's log for its curve: a 5 min GPU run writes ~0.3 MB
+LIVE_LOG_BYTES = 4 << 20        # read of a running run's log for its curve: more than a 5-minute run writes
 HOVER_CHARS = 120               # of a description in the night's table and hover
 
 
