@@ -1,5 +1,5 @@
 """The early stop (harness/prune.py) replayed on real, completed train.py curves: issue 31 (not a test; about
-110 minutes of 2 CPU cores for the run phase at its defaults, seconds for the replay).
+85 minutes of 2 shared CPU cores for the run phase at its defaults, seconds for the replay).
 
     uv run python tests/bench/replay_pruner.py --run [--out /tmp/replay] [--steps 50] [--batch-cap 2048]
         [--threads 1] [--json /tmp/replay/runs.json] [--resume] [--only NAME,...]
@@ -80,6 +80,10 @@ EDITS = [
     ("total_batch_size /2", {"total_batch_size": "half"}),      # half the profile's cap (device_batch_size to fit)
     ("warmup_ratio 0.1", {"warmup_ratio": 0.1}),
     ("warmup_ratio 0.3", {"warmup_ratio": 0.3}),
+    # added after the first 30 had run, none of them kept: wider models, the one direction that gained (aspect_ratio
+    # 96 on all three seeds), so that the set holds edits the keep rule keeps
+    ("aspect_ratio 128", {"aspect_ratio": 128}),
+    ("aspect_ratio 160", {"aspect_ratio": 160}),
 ]
 STEP_LINE = re.compile(r"step (\d{5}) \(([\d.]+)%\) \| loss: ([-\d.naif]+)")
 
