@@ -288,7 +288,7 @@ class FileLedger:
     def __init__(self, results: Path, sessions: Path):
         self.results, self.sessions = results, sessions
         self.claims_path = results.with_name(results.name + ".claims")
-        self.memo = None                      # {} keeps parsed index lines between reads (harness/web.py)
+        self.memo = {}                        # index.jsonl's lines parsed once per process (harness/checked.py)
         self.note, self.damage = None, []     # memory.md's lines: where its rows came from; entries set aside
 
     def lock(self):

@@ -31,8 +31,9 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path, heldout: d
                              squeeze=False, gridspec_kw={"height_ratios": [2, 1]} if held else None)
     ax = axes[0][0]
     scored = [(i, r) for i, r in enumerate(cur) if is_scored(r)]
-    ax.scatter([i for i, r in scored if r["status"] not in ACCEPTED],
-               [r["val_bpb"] for i, r in scored if r["status"] not in ACCEPTED], s=14, c="#bbbbbb", label="not kept")
+    ax.plot([i for i, r in scored if r["status"] not in ACCEPTED],              # markers of one line: 10,000 draw
+            [r["val_bpb"] for i, r in scored if r["status"] not in ACCEPTED], "o", ms=3.5, c="#bbbbbb",
+            label="not kept")                                                    # in a fraction of a scatter's time
     kept = [(i, r) for i, r in scored if r["status"] in ACCEPTED]
     ax.scatter([i for i, _ in kept], [r["val_bpb"] for _, r in kept], s=28, c="#1f77b4", label="kept", zorder=3)
     xs, best = best_line(cur, index)
@@ -52,7 +53,8 @@ def write_progress_png(rows: list[dict], index: dict, sessions: Path, heldout: d
     ax.legend(fontsize=7, loc="upper right")
     if held:
         gain_panel(axes[1][0], held)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.94 if held else 0.91, bottom=0.08 if held else 0.12,
+                        hspace=0.08)                                  # fixed margins: tight_layout measures every text
     out = sessions / "progress.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp)

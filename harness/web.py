@@ -65,7 +65,6 @@ class Snapshot:
     def __init__(self, store, poll_s: float = POLL_S):
         self.store, self.poll_s, self.lock = store, poll_s, threading.RLock()
         self.local = getattr(store, "local", store)
-        self.local.memo = {}                # FileLedger's seam: index.jsonl's lines parsed once, a record costs its own
         self.ledger_version = self.live_version = None
         self.data, self.claims, self.cache, self.error = None, [], {}, None
         self.ready = threading.Event()

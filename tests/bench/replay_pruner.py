@@ -302,18 +302,22 @@ def figures(runs: list[dict], classes: dict, n: int, base_runs: list[dict]) -> d
 
 SENSITIVITY = [            # (label, {constant: value}) set on harness.prune for one replay each
     ("harness constants", {}),
-    ("PRUNE_MIN_GAP 0.05", {"PRUNE_MIN_GAP": 0.05}),
-    ("PRUNE_MIN_GAP 0.02", {"PRUNE_MIN_GAP": 0.02}),
-    ("PRUNE_MIN_GAP 0.01", {"PRUNE_MIN_GAP": 0.01}),
-    ("PRUNE_MIN_GAP 0", {"PRUNE_MIN_GAP": 0.0}),
-    ("PRUNE_Z 2", {"PRUNE_Z": 2.0}),
-    ("PRUNE_Z 2, MIN_GAP 0.05", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.05}),
-    ("PRUNE_Z 2, MIN_GAP 0.02", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.02}),
-    ("MIN_GAP 0.05, MIN_STEPS 15", {"PRUNE_MIN_GAP": 0.05, "PRUNE_MIN_STEPS": 15}),
-    ("MIN_GAP 0.02, MIN_STEPS 15", {"PRUNE_MIN_GAP": 0.02, "PRUNE_MIN_STEPS": 15}),
-    ("MIN_GAP 0.02, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.02, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
-    ("MIN_GAP 0.05, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.05, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
+    ("MIN_GAP 0.05", {"PRUNE_MIN_GAP": 0.05}),
+    ("MIN_GAP 0.03", {"PRUNE_MIN_GAP": 0.03}),
+    ("MIN_GAP 0.02", {"PRUNE_MIN_GAP": 0.02}),
+    ("MIN_GAP 0.01", {"PRUNE_MIN_GAP": 0.01}),
+    ("MIN_GAP 0", {"PRUNE_MIN_GAP": 0.0}),
+    ("Z 2", {"PRUNE_Z": 2.0}),
+    ("Z 3, MIN_GAP 0.03", {"PRUNE_Z": 3.0, "PRUNE_MIN_GAP": 0.03}),
+    ("Z 3, MIN_GAP 0.02", {"PRUNE_Z": 3.0, "PRUNE_MIN_GAP": 0.02}),
+    ("Z 2, MIN_GAP 0.03", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.03}),
+    ("Z 2, MIN_GAP 0.02", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.02}),
     ("MIN_GAP 0.02, CHECKS 2", {"PRUNE_MIN_GAP": 0.02, "PRUNE_CHECKS": 2}),
+    ("MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
+    ("MIN_GAP 0.05, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.05, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
+    ("MIN_GAP 0.03, MIN_STEPS 15, FROM 0.3", {"PRUNE_MIN_GAP": 0.03, "PRUNE_MIN_STEPS": 15, "PRUNE_FROM": 0.3}),
+    ("MIN_GAP 0.03, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.03, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
+    ("MIN_GAP 0.02, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.02, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
 ]
 
 
