@@ -59,9 +59,10 @@ class Pruner:
         """The pruner of a starting run (harness.record.Run): the best configuration's curves in its key."""
         if not getattr(model, "prune", True):
             return cls(reason="early stop: off (model.json \"prune\": false)")
-        if s.max_steps and s.max_steps * PRUNE_UNTIL < PRUNE_MIN_STEPS:
+        judged = int(s.max_steps * PRUNE_UNTIL) - max(PRUNE_MIN_STEPS, -int(-PRUNE_FROM * s.max_steps)) + 1
+        if s.max_steps and judged < PRUNE_CHECKS:      # no PRUNE_CHECKS steps in a row inside the window
             return cls(reason=f"early stop: off (max_steps {s.max_steps}: too few steps to judge a curve by, "
-                              f"{PRUNE_MIN_STEPS} at least before {PRUNE_UNTIL:.0%} of them)")
+                              f"{PRUNE_CHECKS} in a row from step {PRUNE_MIN_STEPS} before {PRUNE_UNTIL:.0%} of them)")
         rows, index = run.store.read()
         st = standing(rows, index, run.key)
         if st.best is None:

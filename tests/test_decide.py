@@ -225,3 +225,5 @@ def test_the_pruner_says_off_when_max_steps_are_too_few_and_reads_the_bests_conf
     assert len(p.curves) == 3 and p.reason.startswith("early stop: on, against the 3 runs")   # keep + 2 confirms
     p = prune.Pruner.for_run(Run, dataclasses.replace(s, max_steps=16), model)
     assert p.curves == [] and p.reason.startswith("early stop: off (max_steps 16: too few steps")
+    for steps, on in ((29, False), (31, False), (32, True), (50, True)):     # steps 20-22 inside 40-70%: 32 on
+        assert bool(prune.Pruner.for_run(Run, dataclasses.replace(s, max_steps=steps), model).curves) is on, steps
