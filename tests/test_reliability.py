@@ -109,7 +109,7 @@ CONFIG_CASES = [   # bytes of ground.json -> the one error line
     (b'{"mode": ' + b"9" * 5000 + b"}", "ground.json: not valid JSON: a number too long to read"),
     (b"[" * 100000 + b"]" * 100000, "ground.json: not valid JSON: nested too deeply"),
     (b'{"mo\\nde": 1}', "ground.json: unknown key 'mo\\nde' (expected one of: mode, data, tokenizer, train, test, "
-                        "processor, ledger)"),
+                        "small, processor, ledger)"),
 ]
 
 
