@@ -53,6 +53,20 @@ def sd(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
 
+def private_ground(out: Path) -> dict:
+    """AUTORESEARCH_GROUND's ground.json (default: the repository's) with its ledger moved under `out` (a file
+    ledger of its own) and its data paths made absolute, so that the data stays where it is."""
+    src = Path(os.environ.get("AUTORESEARCH_GROUND", REPO / "ground.json"))
+    g = json.loads(src.read_text())
+    for k in ("cache_dir", "local_dir"):      # paths relative to the original ground.json
+        v = g["data"].get(k)
+        if v and not v.startswith(("~", "/")):
+            g["data"][k] = str((src.parent / v).resolve())
+    g["ledger"] = dict(g.get("ledger", {}), results=str(out / "results.tsv"), sessions_dir=str(out / "sessions"),
+                       backend="file")
+    return g
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="42,43,44,45")
@@ -69,14 +83,7 @@ def main():
         return
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    ground_src = Path(os.environ.get("AUTORESEARCH_GROUND", REPO / "ground.json"))
-    g = json.loads(ground_src.read_text())
-    for k in ("cache_dir", "local_dir"):      # keep the data where it is: paths relative to the original ground.json
-        v = g["data"].get(k)
-        if v and not v.startswith(("~", "/")):
-            g["data"][k] = str((ground_src.parent / v).resolve())
-    g["ledger"] = dict(g.get("ledger", {}), results=str(out / "results.tsv"), sessions_dir=str(out / "sessions"),
-                       backend="file")
+    g = private_ground(out)
     ground = out / "ground.json"
     ground.write_text(json.dumps(g, indent=2))
     model_src = Path(os.environ.get("AUTORESEARCH_MODEL", REPO / "model.json"))

@@ -93,16 +93,11 @@ STEP_LINE = re.compile(r"step (\d{5}) \(([\d.]+)%\) \| loss: ([-\d.naif]+)")
 # ---------------------------------------------------------------------------
 
 def write_ground(out: Path, steps: int, batch_cap: int | None) -> Path:
-    src = Path(os.environ.get("AUTORESEARCH_GROUND", REPO / "ground.json"))
-    g = json.loads(src.read_text())
-    for k in ("cache_dir", "local_dir"):      # keep the data where it is: paths relative to the original ground.json
-        v = g["data"].get(k)
-        if v and not v.startswith(("~", "/")):
-            g["data"][k] = str((src.parent / v).resolve())
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from noise_model import private_ground
+    g = private_ground(out)
     g["mode"] = "test"
     g["data"]["source"] = "builtin"
-    g["ledger"] = dict(g.get("ledger", {}), results=str(out / "results.tsv"), sessions_dir=str(out / "sessions"),
-                       backend="file")
     g["test"]["max_steps"] = steps
     g["test"]["time_budget_s"] = 3600          # never reached: steps end every run
     if batch_cap:                              # and the rows per pass, so that one pass fits in the batch
