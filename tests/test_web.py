@@ -265,7 +265,9 @@ def test_the_views_values_without_a_browser(tmp_path):
                                                                  "comparability_key": "k1"}))
     rows, index = store.read()
     page = webdata.one_run(store, rows, index, heldout.read(store), "../secret")
-    assert page["log"] == "" and page["row"]["status"] == "unverified"
+    assert page["log"] == "" and page["row"]["status"] == "unverified" and page["files"] is False
+    (tmp_path / "secret.json").write_text(json.dumps({"run_id": "x", "files": {"model.json": "SECRET", "train.py": ""}}))
+    assert store.files("../secret") is None
     crash = webdata.one_run(store, rows, index, {}, ids["crash"])
     assert crash["decision"] is None and crash["error"] == "CUDA out of memory" and crash["row"]["val_bpb"] is None
     night = webdata.night(rows, index, heldout.read(store))
