@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from harness import settings
-from harness.checked import RUN_ID, read_jsonl, read_record, verify_rows
+from harness.checked import read_jsonl, read_record, verify_rows
 from harness.config import ConfigError
 from harness.decide import UNSCORED, decide_entry
 from harness.settings import Settings
@@ -344,7 +344,7 @@ class FileLedger:
 
     def files(self, run_id: str) -> dict | None:
         """model.json and train.py as trained, from sessions/<run_id>.json (a hand-made row's id names no file)."""
-        if not RUN_ID.fullmatch(str(run_id)):
+        if Path(str(run_id)).name != str(run_id) or str(run_id).startswith("."):     # a name, never a path
             return None
         found = (read_record(self.sessions / f"{run_id}.json")[0] or {}).get("files")
         return found if isinstance(found, dict) and {"model.json", "train.py"} <= set(found) else None
