@@ -19,12 +19,11 @@ import time
 from harness.checked import check, read_jsonl
 from harness.config import ConfigError
 from harness.evaluate import evaluate_bpb, heldout_rows
-from harness.pgconn import HELDOUT, Unreachable
+from harness.pgconn import HELDOUT, HELDOUT_TABLE, Unreachable
 from harness.plot import write_progress_png
 
 HELDOUT_STATUSES = ("baseline", "keep")      # the configurations the night's progress is made of
 HELDOUT_FILE = "heldout.jsonl"
-HELDOUT_TABLE = f"CREATE TABLE IF NOT EXISTS {HELDOUT} (run_id text PRIMARY KEY, entry jsonb NOT NULL)"
 
 
 def score(run, model, tokenizer, batch_size: int, autocast) -> dict | None:
