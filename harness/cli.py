@@ -118,18 +118,18 @@ def card_lines(s, model, p: dict) -> list[str]:
     import torch
     import train                                   # the agent's model, built as a run builds it
     from harness.cards import rate_line
-    from harness.fit import fit_batch
+    from harness.fit import BUSY_BYTES, fit_batch, held_by_others
     from harness.tokenizer import Tokenizer
     b, why = model.device_batch_size, "no CUDA GPU: model.json's device_batch_size, capped by the profile"
     try:
         config = train.build_config(model, s.max_seq_len, Tokenizer.from_directory().get_vocab_size(), p)
         with contextlib.redirect_stdout(io.StringIO()):        # build_model prints the config a run prints
-            free, total = torch.cuda.mem_get_info() if p["device"] == "cuda" else (0, 0)
-            if p["device"] == "cuda" and total - free > 2 * 2**30:
-                why = (f"not probed: other processes hold {(total - free) / 2**30:.1f} GB of this card (a run's own "
-                       f"probe decides; model.json's value shown)")
+            device = torch.device("cuda")
+            others = held_by_others(device) if p["device"] == "cuda" else 0
+            if others > BUSY_BYTES:
+                why = (f"not probed: other processes hold {others / 2**30:.1f} GB of this card (a run's own probe "
+                       f"decides; model.json's value shown)")
             elif p["device"] == "cuda":
-                device = torch.device("cuda")
                 net = train.build_model(config, device)
                 autocast = torch.autocast("cuda", getattr(torch, p["dtype"]), enabled=p["dtype"] != "float32")
                 b, why = fit_batch(net, model, s.max_seq_len, 1, config.vocab_size, device, autocast,

@@ -26,6 +26,7 @@ from harness.config import REPO_DIR, ConfigError
 from harness.util import atomic_write_text
 
 MEMORY_ENV = "AUTORESEARCH_GPU_MEMORY_GB"
+BUSY_BYTES = 2 * 2**30          # held by other processes beyond this: the card is shared now (a CUDA context: <1 GB)
 
 
 def memory_limit(device: torch.device) -> tuple[float, str]:
@@ -54,6 +55,12 @@ def free_memory(device: torch.device) -> int:
     asked = os.environ.get(MEMORY_ENV, "").strip()
     cap = memory_limit(device)[0] if asked else total
     return int(max(0, min(free, cap - torch.cuda.memory_reserved(device))))
+
+
+def held_by_others(device: torch.device) -> int:
+    """Bytes of this card that other processes hold (besides this process's own allocator)."""
+    free, total = torch.cuda.mem_get_info(device)
+    return max(0, total - free - torch.cuda.memory_reserved(device))
 
 
 def candidates(requested: int, total_batch: int, seq_len: int, world: int) -> list[int]:
@@ -121,8 +128,7 @@ def fit_batch(model, m, seq_len: int, world: int, vocab: int, device, autocast, 
     line = f"device_batch_size {requested}" + (f" -> {b}" if b != requested else "")
     if isinstance(cached, int):
         return b, f"{line}: fits {where} (cached probe)"
-    free, total = torch.cuda.mem_get_info(device)
-    shared = total - free > 2 * 2**30 + torch.cuda.memory_reserved(device)      # other processes hold memory
+    shared = held_by_others(device) > BUSY_BYTES
     if isinstance(known, dict) and not shared:  # a busy card's answer is today's, not the card's
         known[cache_key] = b
         atomic_write_text(Path(cache), json.dumps(known, indent=1, sort_keys=True))
