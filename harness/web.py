@@ -122,6 +122,13 @@ class Snapshot:
         with self.lock:
             return {"ledger": str(hash(self.ledger_version)), "live": str(hash(self.live_version))}
 
+    def per_ledger(self, name, make):
+        """A value computed once per version of the ledger (its cache is emptied when the ledger changes)."""
+        with self.lock:
+            if ("value", name, self.ledger_version) not in self.cache:
+                self.cache[("value", name, self.ledger_version)] = make()
+            return self.cache[("value", name, self.ledger_version)]
+
     def cached(self, name: str, make, live: bool = False) -> bytes:
         """A response body computed once per version of what it reads (10,000 runs are serialized once)."""
         self.ready.wait(60)
@@ -134,18 +141,21 @@ class Snapshot:
                 try:
                     body = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
                 except ValueError:             # a NaN or infinity from a hand-edited file: shown as missing
-                    body = json.dumps(_finite(value), separators=(",", ":"), default=str)
+                    body = json.dumps(_nulled(value), separators=(",", ":"), default=str)
+                if live:                        # the runs in flight change at every step: keep only the newest
+                    for old in [k for k in self.cache if k[0] == name]:
+                        del self.cache[old]
                 self.cache[key] = body.encode()
             return self.cache[key]
 
 
-def _finite(v):
+def _nulled(v):
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
+        return {k: _nulled(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
+        return [_nulled(x) for x in v]
     return v
 
 
@@ -211,7 +221,9 @@ def make_app(store, token: str | None = None, poll_s: float = POLL_S,
                                                                                           run_id))
 
     def api_live(request):
-        return answer("live", lambda rows, index, held, claims: webdata.live(store, rows, index, claims), live=True)
+        return answer("live", lambda rows, index, held, claims: webdata.live(
+            store, rows, index, claims, lambda key: snap.per_ledger(("best", key), lambda: webdata.best_curves(
+                rows, index, key))), live=True)
 
     async def events(request):
         async def stream():

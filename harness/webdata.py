@@ -166,15 +166,18 @@ def local_log(store, claim: dict) -> Path | None:
     return log if os.path.abspath(claim["log"]) == os.path.abspath(log) else None
 
 
-def live(store, rows: list[dict], index: dict, claims: list[dict]) -> list[dict]:
+def live(store, rows: list[dict], index: dict, claims: list[dict], best=None) -> list[dict]:
     """The runs in flight (claims: every host's), each with its live loss curve (from its log where it is on this
-    host, else the curve its claim carries), beside the curves of the best configuration of its key."""
+    host, else the curve its claim carries), beside the curves of the best configuration of its key. `best(key)`:
+    best_curves of the key, kept by the caller while the ledger is unchanged (the curves in flight change at
+    every step, the best's do not)."""
+    best = best or (lambda key: best_curves(rows, index, key))
     out = []
     for c in claims:
         log = local_log(store, c)
         here = log is not None and log.is_file()
         key = c.get("comparability_key") or ""
-        best_run, curves = best_curves(rows, index, key)
+        best_run, curves = best(key)
         out.append({"run_id": c["run_id"], "host": c.get("host"), "branch": c.get("branch"),
                     "description": c.get("description"), "seed": c.get("seed"), "key": key,
                     "config": (c.get("fingerprint") or "")[:12], "started": c.get("started"),
