@@ -235,6 +235,11 @@ def test_a_token_guards_any_other_interface(tmp_path, run_dir):
                        text=True, timeout=60, env=dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json"),
                                                        AUTORESEARCH_WEB_TOKEN=""), cwd=run_dir)
     assert r.returncode == 2 and r.stderr.startswith("error: --bind 0.0.0.0: another interface") and r.stdout == ""
+    r = subprocess.run([sys.executable, str(REPO / "prepare.py"), "--serve", "--port", "70000"], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, AUTORESEARCH_GROUND=str(run_dir / "ground.json")),
+                       cwd=run_dir)
+    assert (r.returncode, r.stderr, r.stdout) == (2, "error: --port: expected a port number between 1 and 65535, got "
+                                                     "70000\n", "")
     store, ids = build_ledger(tmp_path / "ledger")
     base, stop = start_server(store, token="t0k3n")
     try:
