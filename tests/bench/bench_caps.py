@@ -8,7 +8,10 @@ Every run is train.py in train mode on the builtin corpus, seed 42, ended by `ma
 so that each trains the same tokens: a cap changes only the batch split (harness/fit.py picks device_batch_size
 under $AUTORESEARCH_GPU_MEMORY_GB, which also calls torch.cuda.set_per_process_memory_fraction), so val_bpb
 must agree within the same-seed spread (`cap:none` twice measures it). `fp16` forces processor.dtype float16
-(GradScaler); `fp16eager` / `bf16eager` also turn compile off and attention to SDPA (the Volta/Turing path); `small:GB` runs ground.json's `small` profile for --small-budget seconds under that cap. Each run
+(GradScaler); `fp16eager` / `bf16eager` also turn compile off and attention to SDPA (the Volta/Turing path); `small:GB`
+runs ground.json's `small` profile for --small-budget seconds under that cap. A job may carry diagnostic patches
+(tests/bench/patched_train.py): `fp16+s24` starts the GradScaler at 2^24, `fp16+plain` runs the mlp, rope and loss
+as plain ops. Each run
 appends its `---` summary and its batch line to <out>/caps.jsonl; logs go to <out>/logs/. Wheels in .whl/
 (rustbpe, cudnn-frontend) are installed first where the machine has no network.
 """
@@ -82,6 +85,7 @@ def job(name: str, args, env: dict) -> dict | None:
         rc, s = run([py, "tests/bench/bench_fit.py", "--caps", "none,24,16,12,8"], env, logs / "probe.log")
         print((logs / "probe.log").read_text())
         return None
+    name, *patches = name.split("+")      # fp16+s24: GradScaler from 2^24; +plain: no Triton mlp/rope/loss
     kind, _, cap = name.partition(":")
     gb = cap if kind in ("cap", "small") else args.fp16_cap
     eager = {"compile": False, "attention": "sdpa"}      # the path a Volta/Turing card takes
@@ -91,9 +95,13 @@ def job(name: str, args, env: dict) -> dict | None:
     env = dict(env, AUTORESEARCH_GROUND=str(path))
     if gb and gb != "none":
         env["AUTORESEARCH_GPU_MEMORY_GB"] = gb
-    n = len(list(logs.glob(f"{kind}_{gb}_*.log")))
-    log = logs / f"{kind}_{gb}_{n}.log"
-    rc, secs = run([py, "train.py", "--seed", "42", "--description", f"bench_caps {name}"], env, log)
+    patch = [a for p in patches for a in (["--plain"] if p == "plain" else ["--init-scale", p[1:]])]
+    name = "+".join([name, *patches])
+    stem = f"{kind}{''.join('+' + p for p in patches)}_{gb}"
+    n = len(list(logs.glob(f"{stem}_*.log")))
+    log = logs / f"{stem}_{n}.log"
+    cmd = [py, "tests/bench/patched_train.py", *patch, "--"] if patch else [py, "train.py"]
+    rc, secs = run([*cmd, "--seed", "42", "--description", f"bench_caps {name}"], env, log)
     row = {"job": name, "cap_gb": gb, "rc": rc, "wall_s": round(secs, 1), **summary(log)}
     with open(out / "caps.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

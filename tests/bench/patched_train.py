@@ -1,0 +1,39 @@
+"""train.py with one diagnostic change, for bench_caps' fp16 variants (not a test; never used by a real run).
+
+    python3 tests/bench/patched_train.py [--init-scale K] [--plain] -- <train.py arguments>
+
+--init-scale K: the GradScaler starts at 2^K instead of torch's 2^16. --plain: PLATFORM's mlp, rope and loss are
+plain ops (attention and compile as PLATFORM chose them), to separate the Triton kernels from fp16 itself.
+"""
+
+import argparse
+import functools
+import runpy
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--init-scale", type=int)
+    ap.add_argument("--plain", action="store_true")
+    ap.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    import torch
+    from harness import hardware
+    if args.init_scale is not None:
+        torch.amp.GradScaler = functools.partial(torch.amp.GradScaler, init_scale=2.0 ** args.init_scale)
+        print(f"patched_train: GradScaler init_scale 2^{args.init_scale}")
+    if args.plain:
+        resolve = hardware.resolve_platform
+
+        def plain(hw, proc):
+            p = resolve(hw, proc)
+            p.update(mlp="plain", rope="plain", loss="plain")
+            return p
+        hardware.resolve_platform = plain
+        print("patched_train: mlp, rope and loss as plain ops")
+    sys.argv = ["train.py", *[a for a in args.rest if a != "--"]]
+    runpy.run_path(str(REPO / "train.py"), run_name="__main__")
