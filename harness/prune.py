@@ -5,10 +5,13 @@ of the budget stops there, recorded as `pruned` (never scored, never evidence fo
 
 Every run stores its loss curve (CURVE_POINTS points of (progress, smoothed train loss)) in its index entry. At
 start a run reads the curves of the best configuration's runs in its key; from PRUNE_FROM to PRUNE_UNTIL of the
-budget (and past the warm-up, and after PRUNE_MIN_STEPS steps) it is stopped when its smoothed loss stays above
-the best's mean at that point by more than PRUNE_Z of their spread and PRUNE_MIN_GAP of the loss, at
-PRUNE_CHECKS consecutive steps. An edit that starts slow by design (a longer warm-up, a schedule that pays off
-late) turns it off with `"prune": false` in model.json (program.md says when).
+budget (and past the warm-up, and after PRUNE_MIN_STEPS steps) it is stopped when, at PRUNE_CHECKS consecutive
+steps, its smoothed loss is both above the best's mean at that point by more than PRUNE_Z of their spread and
+above the best's mean at (1 - PRUNE_LAG) of that point: the best had already reached this loss with PRUNE_LAG
+less of the budget. The lag, not a share of the loss, is the measure because a gap in loss means little where the
+curve is steep (early in a short GPU run, seeds' runs differ by several percent) and much where it is flat.
+An edit that starts slow by design (a longer warm-up, a schedule that pays off late) turns it off with
+`"prune": false` in model.json (program.md says when).
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from dataclasses import dataclass, field
 from harness.decide import is_scored, run_fingerprint, standing
 
 CURVE_POINTS = 32               # points of a run's stored loss curve
-# Conservative on purpose: mid-run gaps shrink by the end of the schedule, and an edit can start slower and end
-# better. On the H100 (docs/records/2026-12-07_noise-model-h100/), the runs of one configuration under four seeds
-# spread 5.6% at 38% of a 60 s budget, and the one run these constants stopped (15% above) ended 1.3% worse than
-# the best's run of its seed.
-PRUNE_FROM, PRUNE_UNTIL = 0.4, 0.7      # the share of the budget within which a run may be stopped
-PRUNE_MIN_STEPS = 20            # never judged on fewer steps
+# Sized on real curves (docs/records/2026-12-07_pruner-replay-cpu/): of the runs that ended better than the best,
+# none was ever more than 13% behind it in the window (99 CPU runs), nor was the neutral edit that a gap of 2% of the
+# loss stopped on an H100 in a 60 s run (docs/records/2026-12-07_noise-model-h100/); PRUNE_LAG sits 1.5x above both.
+# The spread (PRUNE_Z) is a second condition where the best's own runs disagree.
+PRUNE_FROM, PRUNE_UNTIL = 0.3, 0.7      # the share of the budget within which a run may be stopped
+PRUNE_MIN_STEPS = 15            # never judged on fewer steps
 PRUNE_MIN_CURVES = 2            # the best's runs with a curve needed to measure their spread
-PRUNE_Z = 4.0                   # above the best's mean by this many of their standard deviations,
-PRUNE_MIN_GAP = 0.10            # and by this share of the loss at least
+PRUNE_Z = 2.0                   # above the best's mean by this many of their standard deviations,
+PRUNE_LAG = 0.20                # and above the best's mean at (1 - PRUNE_LAG) of this point of the budget
 PRUNE_CHECKS = 3                # at this many consecutive steps
 
 
@@ -81,14 +84,21 @@ class Pruner:
                                                f"configuration between {PRUNE_FROM:.0%} and {PRUNE_UNTIL:.0%} of "
                                                f"the budget (model.json \"prune\": false turns it off)")
 
-    def bound(self, progress: float) -> tuple[float, float, float] | None:
-        """(threshold, the best's mean, their spread) at `progress`, or None where it cannot judge."""
+    def _mean_sd(self, progress: float) -> tuple[float, float] | None:
         values = [v for v in (at(c, progress) for c in self.curves) if v is not None]
         if len(values) < PRUNE_MIN_CURVES:
             return None
         mean = sum(values) / len(values)
-        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        return mean + max(PRUNE_Z * sd, PRUNE_MIN_GAP * abs(mean)), mean, sd
+        return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+    def bound(self, progress: float) -> tuple[float, float, float, float] | None:
+        """(threshold, the best's mean, their spread, their mean at (1 - PRUNE_LAG) of `progress`) at `progress`,
+        or None where it cannot judge."""
+        here, back = self._mean_sd(progress), self._mean_sd((1 - PRUNE_LAG) * progress)
+        if here is None or back is None:
+            return None
+        (mean, sd), earlier = here, back[0]
+        return max(mean + PRUNE_Z * sd, earlier), mean, sd, earlier
 
     def check(self, step: int, progress: float, loss: float) -> None:
         """After each step read: sets `stopped` once the loss has stayed above the bound PRUNE_CHECKS times."""
@@ -102,5 +112,6 @@ class Pruner:
         self._over += 1
         if self._over >= PRUNE_CHECKS:
             self.stopped = (f"stopped early at step {step} ({progress:.0%} of the budget): train loss {loss:.4f} "
-                            f"above {b[0]:.4f}, the best configuration's {len(self.curves)} runs at that point "
-                            f"{b[1]:.4f} (sd {b[2]:.4f}), for {PRUNE_CHECKS} steps; pruned, not judged")
+                            f"above {b[0]:.4f} for {PRUNE_CHECKS} steps; the best configuration's {len(self.curves)} "
+                            f"runs had {b[3]:.4f} at {(1 - PRUNE_LAG) * progress:.0%} and {b[1]:.4f} (sd {b[2]:.4f}) "
+                            f"at {progress:.0%}: more than {PRUNE_LAG:.0%} behind them; pruned, not judged")

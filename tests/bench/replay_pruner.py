@@ -297,23 +297,35 @@ def figures(runs: list[dict], classes: dict, n: int, base_runs: list[dict]) -> d
 
 SENSITIVITY = [            # (label, {constant: value}) set on harness.prune for one replay each
     ("harness constants", {}),
-    ("MIN_GAP 0.05", {"PRUNE_MIN_GAP": 0.05}),
-    ("MIN_GAP 0.03", {"PRUNE_MIN_GAP": 0.03}),
-    ("MIN_GAP 0.02", {"PRUNE_MIN_GAP": 0.02}),
-    ("MIN_GAP 0.01", {"PRUNE_MIN_GAP": 0.01}),
-    ("MIN_GAP 0", {"PRUNE_MIN_GAP": 0.0}),
-    ("Z 2", {"PRUNE_Z": 2.0}),
-    ("Z 3, MIN_GAP 0.03", {"PRUNE_Z": 3.0, "PRUNE_MIN_GAP": 0.03}),
-    ("Z 3, MIN_GAP 0.02", {"PRUNE_Z": 3.0, "PRUNE_MIN_GAP": 0.02}),
-    ("Z 2, MIN_GAP 0.03", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.03}),
-    ("Z 2, MIN_GAP 0.02", {"PRUNE_Z": 2.0, "PRUNE_MIN_GAP": 0.02}),
-    ("MIN_GAP 0.02, CHECKS 2", {"PRUNE_MIN_GAP": 0.02, "PRUNE_CHECKS": 2}),
-    ("MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
-    ("MIN_GAP 0.05, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.05, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
-    ("MIN_GAP 0.03, MIN_STEPS 15, FROM 0.3", {"PRUNE_MIN_GAP": 0.03, "PRUNE_MIN_STEPS": 15, "PRUNE_FROM": 0.3}),
-    ("MIN_GAP 0.03, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.03, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
-    ("MIN_GAP 0.02, MIN_STEPS 10, FROM 0.2", {"PRUNE_MIN_GAP": 0.02, "PRUNE_MIN_STEPS": 10, "PRUNE_FROM": 0.2}),
+    ("LAG 0.15", {"PRUNE_LAG": 0.15}),
+    ("LAG 0.25", {"PRUNE_LAG": 0.25}),
+    ("LAG 0.30", {"PRUNE_LAG": 0.30}),
+    ("LAG 0.20, FROM 0.4, MIN_STEPS 20", {"PRUNE_FROM": 0.4, "PRUNE_MIN_STEPS": 20}),
+    ("LAG 0.20, Z 4", {"PRUNE_Z": 4.0}),
+    ("LAG 0.20, Z 0 (the lag alone)", {"PRUNE_Z": 0.0}),
+    ("LAG 0.20, CHECKS 2", {"PRUNE_CHECKS": 2}),
+    ("LAG 0 (the Z bound alone)", {"PRUNE_LAG": 0.0}),
+    ("before: FROM 0.4, MIN_STEPS 20, a gap of 10% of the loss", {"PRUNE_FROM": 0.4, "PRUNE_MIN_STEPS": 20,
+                                                                  "PRUNE_LAG": "gap:0.10"}),
+    ("FROM 0.4, MIN_STEPS 20, a gap of 3% of the loss", {"PRUNE_FROM": 0.4, "PRUNE_MIN_STEPS": 20,
+                                                         "PRUNE_LAG": "gap:0.03"}),
 ]
+
+
+def set_constants(prune, consts: dict, lag_bound) -> None:
+    """Set harness.prune's constants; PRUNE_LAG "gap:X" replays the rule before the lag (the bound's floor X x
+    the best's mean instead of their mean at (1 - PRUNE_LAG) of the point), for comparison."""
+    prune.Pruner.bound = lag_bound
+    for k, v in consts.items():
+        if k == "PRUNE_LAG" and isinstance(v, str):
+            gap = float(v.split(":")[1])
+
+            def gap_bound(self, progress, _gap=gap):
+                b = lag_bound(self, progress)
+                return b and (max(b[1] + prune.PRUNE_Z * b[2], b[1] * (1 + _gap)),) + b[1:]
+            prune.PRUNE_LAG, prune.Pruner.bound = 0.0, gap_bound
+        else:
+            setattr(prune, k, v)
 
 
 def replay_phase(args) -> None:
@@ -329,14 +341,12 @@ def replay_phase(args) -> None:
     classes = true_classes(runs, names)
     base_mean = statistics.mean(r["val_bpb"] for r in base_runs)
     defaults = {k: getattr(prune, k) for k in ("PRUNE_FROM", "PRUNE_UNTIL", "PRUNE_MIN_STEPS", "PRUNE_MIN_CURVES",
-                                               "PRUNE_Z", "PRUNE_MIN_GAP", "PRUNE_CHECKS")}
-    sens = []
+                                               "PRUNE_Z", "PRUNE_LAG", "PRUNE_CHECKS")}
+    sens, lag_bound = [], prune.Pruner.bound
     for label, consts in SENSITIVITY:
-        for k, v in {**defaults, **consts}.items():
-            setattr(prune, k, v)
+        set_constants(prune, {**defaults, **consts}, lag_bound)
         sens.append((label, consts, figures(runs, classes, n, base_runs)))
-    for k, v in defaults.items():
-        setattr(prune, k, v)
+    set_constants(prune, defaults, lag_bound)
     main = sens[0][2]
     curves = baseline_curves(base_runs, n)
     bands = []                                   # the bound the default pruner compares with, across its window
@@ -348,7 +358,7 @@ def replay_phase(args) -> None:
     print(f"max_steps {n}, seeds {SEEDS}; baseline val_bpb {', '.join('%.6f' % r['val_bpb'] for r in base_runs)} "
           f"(mean {base_mean:.6f}); constants {defaults}")
     print(f"the pruner judges steps {', '.join(str(x['step']) for x in bands)}; its threshold there: the best's "
-          f"mean + max({defaults['PRUNE_Z']} sd, {defaults['PRUNE_MIN_GAP']} x mean): "
+          f"max(mean + {defaults['PRUNE_Z']} sd, mean at {1 - defaults['PRUNE_LAG']:.2f} x the point): "
           + ", ".join(f"{x['step']}: {x['mean']:.3f}+{x['threshold'] - x['mean']:.3f} (sd {x['sd']:.3f})"
                       for x in bands[:: max(1, len(bands) // 5)]))
     print("\n| edit | class | mean val_bpb | - baseline | judge (3 runs) / sequential | margin | stops (seed: step) "
