@@ -111,7 +111,8 @@ class Pruner:
             return
         self._over += 1
         if self._over >= PRUNE_CHECKS:
-            self.stopped = (f"stopped early at step {step} ({progress:.0%} of the budget): train loss {loss:.4f} "
-                            f"above {b[0]:.4f} for {PRUNE_CHECKS} steps; the best configuration's {len(self.curves)} "
-                            f"runs had {b[3]:.4f} at {(1 - PRUNE_LAG) * progress:.0%} and {b[1]:.4f} (sd {b[2]:.4f}) "
-                            f"at {progress:.0%}: more than {PRUNE_LAG:.0%} behind them; pruned, not judged")
+            self.stopped = (f"stopped early at step {step} ({progress:.0%} of the budget): more than {PRUNE_LAG:.0%} "
+                            f"behind the best configuration; train loss {loss:.4f} above {b[0]:.4f} for "
+                            f"{PRUNE_CHECKS} steps (its {len(self.curves)} runs: {b[3]:.4f} at "
+                            f"{(1 - PRUNE_LAG) * progress:.0%}, {b[1]:.4f} sd {b[2]:.4f} at {progress:.0%}); "
+                            f"pruned, not judged")

@@ -140,9 +140,9 @@ def test_a_run_further_behind_the_best_than_the_lag_is_stopped_inside_the_window
     p.check(42, 0.42, 4.0)
     assert p.stopped == ""                                                   # two checks above: not yet
     p.check(43, 0.43, 4.0)
-    assert p.stopped.startswith("stopped early at step 43 (43% of the budget): train loss 4.0000 above 3.6309 for 3 "
-                                "steps; the best configuration's 2 runs had 3.6309 at 34% and 3.2886 (sd 0.0122) at "
-                                "43%: more than 20% behind them")
+    assert p.stopped == ("stopped early at step 43 (43% of the budget): more than 20% behind the best configuration; "
+                         "train loss 4.0000 above 3.6309 for 3 steps (its 2 runs: 3.6309 at 34%, 3.2886 sd 0.0122 at "
+                         "43%); pruned, not judged")
     assert p.stopped.endswith("pruned, not judged")
 
 

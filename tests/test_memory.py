@@ -388,3 +388,32 @@ def test_the_noise_section_always_lists_the_best_first():
     noise = text.split("## Noise (configurations run under several seeds)\n")[1].split("\n\n")[0].splitlines()
     assert noise[0] == "- A (the best): 2 runs, mean 0.905000, val_bpb 0.900000..0.910000 (spread 0.010000)"
     assert len(noise) == 4 and all("(the best)" not in line for line in noise[1:])
+
+
+def test_a_pruned_run_is_recorded_with_its_reason_and_never_enters_a_mean(tmp_path):
+    """A run the early stop ended: `pruned` in results.tsv with no val_bpb, its reason (from a real Pruner) on the
+    memory's last-run line within the cut, the tried list saying why, and the best's mean and floor unchanged."""
+    from harness import prune
+    res, ses = tmp_path / "results.tsv", tmp_path / "sessions"
+    best = [[i / 10, 5.0 - 0.3 * i] for i in range(11)]                     # 5.0 -> 2.0, straight
+    for rid, v, seed in (("a", 1.00, 42), ("b", 1.02, 43)):
+        record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp="A", seed=seed, commit=rid, curve=best))
+    before = digest.digest(ledger.read_ledger(res), ledger.read_index(ses))
+    p = prune.Pruner([best, [[x, y + 0.01] for x, y in best]])
+    for step in range(20, 30):
+        p.check(step, step / 50, 4.5)                                      # the best had 4.5 at 17%: far behind
+    assert p.stopped.startswith("stopped early at step 22 (44% of the budget): more than 20% behind the best ")
+    record.append_run(res, ses, _row("c", None, commit="c", num_steps=23), _entry(fp="B", seed=42, commit="c",
+                                                                                 error=p.stopped), "pruned")
+    rows, index = ledger.read_ledger(res), ledger.read_index(ses)
+    assert [r["status"] for r in rows] == ["baseline", "repeat", "pruned"] and rows[-1]["val_bpb"] is None
+    d = digest.digest(rows, index)
+    assert d.best_cfg.fingerprint == "A" and d.best_cfg.mean == pytest.approx(before.best_cfg.mean) == 1.01
+    assert (d.st.sigma, d.st.dof) == (before.st.sigma, before.st.dof)
+    text = memory.render_memory(rows, index, "")
+    reason = next(line for line in text.splitlines() if line.startswith("- reason: "))
+    assert reason.startswith("- reason: stopped early at step 22 (44% of the budget): more than 20% behind the best "
+                             "configuration; train loss 4.5000 above")
+    assert "- comparability key: `k1` — 3 runs: 1 baseline, 1 repeat, 1 pruned" in text
+    assert "| c | pruned | — |  | 42 | 23 |  | desc c — stopped early at step 22 (44% of the budget): more than 20% " \
+           "behind the |" in text
