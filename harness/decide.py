@@ -12,19 +12,17 @@ of it. Within one comparability key:
   or, where the ledger shows that seeds move configurations together (the spread of paired differences on shared
   seeds under PAIRED_MAX_RATIO of the unpaired one, on PAIRED_MIN_DOF dof or more), the mean of the paired
   differences on the seeds both ran (common random numbers: next_seed runs the best's seeds first);
-- margin: t(dof) x the standard error, t the one-sided 97.5% Student-t quantile (12.7 at dof 1, 1.96 at many).
-  Before any floor exists the margin is infinite: no gain is kept.
+- margin: KEEP_Z/1.96 x t(dof) x the standard error (t: one-sided 97.5%); no floor yet: no gain is kept.
 - host speed: under a time budget (no max_steps) the runs' host-speed probes (harness/speed.py) are compared;
   a candidate whose runs saw a host faster than the best's by more than SPEED_TOLERANCE is compared only with
   the best's runs at comparable speed, and with none it is not kept: `next:` asks for a control run of the best.
 
 A new scored run, its configuration's scored runs (this one included) n with mean m:
-- the first of the key: baseline;
-- the same configuration and seed as an earlier scored run: rerun (flagged, not judged; out of every mean);
+- the first of the key: baseline; the same configuration and seed again: rerun (not judged; out of every mean);
+- a copy of the best (its val_bpb bit for bit under each seed it ran: the same model): discard at once;
 - a configuration already accepted: repeat (its mean and the floor are updated, nothing is decided);
 - gain beyond the margin and n >= MIN_RUNS_TO_KEEP, the host comparable: keep;
-- better than the best and n < MAX_RUNS_PER_CONFIG: confirm (re-run this commit with another seed);
-- otherwise: discard.
+- better than the best and n < MAX_RUNS_PER_CONFIG: confirm (re-run this commit with another seed); else discard.
 A `pruned` run (stopped early by harness/prune.py) is never scored: it is a discard that cost less.
 """
 
@@ -54,8 +52,7 @@ LEGACY_PREFIXES = {ErrorKind.KILLED: "killed: ", ErrorKind.RECOMPILED: "recompil
 
 
 def error_kind(entry: dict) -> ErrorKind | None:
-    """The kind of a run's crash: its index entry's `error_kind`, or for an entry written before the field, the
-    prefix its error text began with."""
+    """The kind of a run's crash: its entry's `error_kind`, or in an older entry, the prefix its error began with."""
     kind = entry.get("error_kind")
     if kind in ErrorKind._value2member_map_:
         return ErrorKind(kind)
@@ -69,8 +66,7 @@ def error_kind(entry: dict) -> ErrorKind | None:
 
 # Every keep rests on three seeds, and a configuration gets at most four: keeping on one run let a neutral edit
 # through after a lucky draw, and the lucky mean then stood as the bar for every later edit.
-MIN_RUNS_TO_KEEP = 3
-MAX_RUNS_PER_CONFIG = 4
+MIN_RUNS_TO_KEEP, MAX_RUNS_PER_CONFIG = 3, 4
 KEEP_Z = 2.3                    # the margin: KEEP_Z x t(dof)/1.96 x the standard error (one-sided ~99%): the
                                 # sequential looks of up to four seeds spend more than one test's error
 CONFIRM_Z = 0.5                 # another seed while the gain exceeds CONFIRM_Z x the standard error: a run only
@@ -284,14 +280,19 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
         return Decision("rerun", f"this configuration already ran under seed {seed}")
     if mine is not None and mine.accepted:
         return Decision("repeat", "another seed of an accepted configuration: its mean and the floor are updated")
-    values, seeds = (mine.values if mine else []) + [val_bpb], (mine.seeds if mine else []) + [seed]
-    speeds = (mine.speeds if mine else []) + [host_speed]
+    values, seeds, speeds = ((mine.values, mine.seeds, mine.speeds) if mine else ([], [], []))
+    values, seeds, speeds = values + [val_bpb], seeds + [seed], speeds + [host_speed]
     n, mean = len(values), sum(values) / len(values)
     new = {"run_id": _NEW, "comparability_key": key, "status": "discard", "val_bpb": val_bpb, "line": math.inf}
     floor = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed,
                                                     "host_speed": host_speed}}, key)
     floor.best = st.best
     out = Decision("discard", n=n, mean=mean, best_mean=st.best.mean, best_runs=len(st.best.values))
+    same = st.best.by_seed()
+    if all(s is not None and same.get(s) == v for s, v in zip(seeds, values)):   # it trains the best's model
+        out.diff, out.reason = 0.0, (f"a copy of the best: seed {seed} gave its val_bpb bit for bit (an edit that "
+                                     f"trains the same model, e.g. an unused key or a comment): no gain possible")
+        return out
     if floor.sigma is None:
         out.status = "confirm" if mean < st.best.mean and n < MAX_RUNS_PER_CONFIG else "discard"
         out.reason = "no noise floor yet: nothing is kept until a configuration has run under two seeds"
@@ -319,8 +320,7 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
 
 
 def decide(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_bpb: float | None) -> str:
-    """judge()'s status alone."""
-    return judge(rows, index, key, fingerprint, seed, val_bpb).status
+    return judge(rows, index, key, fingerprint, seed, val_bpb).status          # the status alone
 
 
 def decide_entry(rows: list[dict], index: dict, row: dict, entry: dict, status: str | None) -> str:

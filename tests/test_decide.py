@@ -201,6 +201,21 @@ def test_a_copy_of_a_configuration_narrows_neither_floor():
     assert decide.paired_floor(after) == (None, 0)
 
 
+def test_a_copy_of_the_best_is_discarded_at_its_first_run():
+    """An unused model.json key or a comment trains the best's model: on a deterministic host its first seed gives
+    the best's val_bpb bit for bit, and no later seed can differ (the CPU trial spent three runs on each)."""
+    rows, index = ledger(BASE)
+    d = decide.judge(rows, index, "k", "N", 42, 1.000)
+    assert d.status == "discard" and d.diff == 0.0 and d.n == 1
+    assert d.reason.startswith("a copy of the best: seed 42 gave its val_bpb bit for bit")
+    assert decide.judge(rows, index, "k", "N", 42, 0.990).status == "confirm"       # another value: another model
+    d = decide.judge(rows, index, "k", "N", 45, 1.000)                    # a seed the best never ran: judged
+    assert d.status == "discard" and d.reason == "no gain over the best (+0.000000)"
+    rows, index = ledger(BASE + [("n42", "N", 42, 0.990, "confirm")])               # one seed differed: a new model
+    d = decide.judge(rows, index, "k", "N", 43, 1.010)                               # a43's value, by chance
+    assert "copy" not in d.reason and d.n == 2 and d.diff == pytest.approx(0.0)     # judged on both seeds
+
+
 def test_a_paired_candidate_is_not_sent_to_a_seed_the_best_never_ran():
     """With seeds moving configurations together the comparison pairs on the best's seeds; after all of them a
     fourth seed cannot change it: the decision is made then (the CPU trial spent ~200 s on such runs)."""
