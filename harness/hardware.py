@@ -317,6 +317,23 @@ def platform_lines(p: dict) -> list[str]:
     return lines
 
 
+GRAD_SCALE_GROWTH = 200         # steps without inf/nan before the scale doubles (torch's 2000: more than a run has)
+
+
+def grad_scale_start(tokens_per_step: int) -> float:
+    """The loss scale an fp16 run starts at: the tokens a step's mean loss averages over (a power of two, at least
+    torch's 2^16), so that a token's gradients start near their own size, not 2^16/tokens of it."""
+    return float(max(2 ** 16, 1 << (max(tokens_per_step, 1) - 1).bit_length()))
+
+
+def make_grad_scaler(device_type: str, tokens_per_step: int) -> tuple:
+    """(the run's GradScaler, the line that says how it starts)."""
+    start = grad_scale_start(tokens_per_step)
+    line = (f"gradscaler: loss scale from 2^{int(start).bit_length() - 1} ({tokens_per_step:,} tokens a step), doubled "
+            f"after {GRAD_SCALE_GROWTH} steps without inf/nan, halved (the step skipped) on one")
+    return torch.amp.GradScaler(device_type, init_scale=start, growth_interval=GRAD_SCALE_GROWTH), line
+
+
 def setup_lines(s: Settings, model: ModelConfig, changes: dict, platform: dict, world: int) -> list[str]:
     """What the run's set-up decided, each with its reason: processes, mode, caps, PLATFORM (printed at start)."""
     lines = []

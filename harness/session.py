@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from harness import heldout, settings, warm_eval
+from harness import hardware, heldout, settings, warm_eval
 from harness.attention import attention, confirm_attention, prefer_cudnn_sdpa
 from harness.clock import StepClock
 from harness.config import ConfigError, fail, load_model
@@ -167,7 +167,9 @@ class Session:
     def grad_scaler(self):
         """A GradScaler where PLATFORM trains in fp16 (its skipped steps are counted), else None."""
         if self.platform["use_grad_scaler"] and self._scaler is None:
-            self._scaler = torch.amp.GradScaler(self.device.type)
+            self._scaler, line = hardware.make_grad_scaler(self.device.type, self.model_config.total_batch_size)
+            self._scale = self._scaler.get_scale()          # so that a skip at the first step is counted too
+            print(line)
         return self._scaler
 
     def train_loader(self, batch_size: int | None = None):
@@ -196,8 +198,7 @@ class Session:
         return self.clock.progress if self.clock is not None else 0.0
 
     def steps(self):
-        """Step numbers from 0 until the budget is spent, max_steps are done, or the run is stopped early. The loop's
-        body ends each step with run.lap(loss)."""
+        """Step numbers from 0 until the budget or max_steps are spent or an early stop; each step ends in lap()."""
         if self.graph_only:                     # the warm eval's copy never trains, whatever train.py's loop does
             os._exit(0)
         if self.model is None:
@@ -240,7 +241,7 @@ class Session:
         self._lapped = True
         if self._scaler is not None:            # a scale that went down: the step was skipped (inf/nan grads)
             scale = self._scaler.get_scale()
-            self.skipped += self._scale is not None and scale < self._scale
+            self.skipped += scale < self._scale
             self._scale = scale
         for lap in self.clock.lap(self.step, loss, progress=self.clock.progress, **info):
             self._show(lap)
@@ -339,8 +340,7 @@ class Session:
             error = sys.last_value if hasattr(sys, "last_value") else None
             self.run.crash(MISSING_FINISH if error is None else f"{type(error).__name__}: {error}")
         code = {"crash": 1, "interrupted": 130}.get(self.run.recorded.get("status"), 0)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.flush(), sys.stderr.flush()
         os._exit(self._exit_code if self._exit_code is not None else code)
 
 

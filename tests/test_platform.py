@@ -357,3 +357,15 @@ def test_fa4_loader_keeps_its_kernels_in_the_harness_cache(tmp_path):
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("flash-attn-4 4."), r.stderr[-500:]
     assert lines[1].startswith(str(tmp_path / "fa4")) and (tmp_path / "fa4").is_dir()
+
+
+def test_an_fp16_loss_scale_starts_at_the_tokens_a_step_averages_over():
+    """The loss is a mean over the step's tokens: torch's 2^16 leaves a token's gradient 2^16/tokens of its size
+    (1/8 at the default 524,288 tokens). The start is the next power of two of the tokens, never under 2^16."""
+    from harness import hardware
+    assert [hardware.grad_scale_start(t) for t in (8192, 65536, 65537, 524288, 600000)] == \
+        [2.0 ** 16, 2.0 ** 16, 2.0 ** 17, 2.0 ** 19, 2.0 ** 20]
+    scaler, line = hardware.make_grad_scaler("cpu", 524288)
+    assert scaler.get_scale() == 2.0 ** 19 and scaler.get_growth_interval() == hardware.GRAD_SCALE_GROWTH == 200
+    assert line == ("gradscaler: loss scale from 2^19 (524,288 tokens a step), doubled after 200 steps without "
+                    "inf/nan, halved (the step skipped) on one")

@@ -305,6 +305,8 @@ def test_fp16_says_how_many_steps_its_grad_scaler_skipped(run_dir):
     r = run_script("train.py", run_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "use_grad_scaler  True  (fp16 gradients underflow without loss scaling)" in r.stdout
+    assert re.search(r"^gradscaler: loss scale from 2\^16 \([\d,]+ tokens a step\), doubled after 200 steps without "
+                     r"inf/nan, halved \(the step skipped\) on one$", r.stdout, re.M)
     m = re.search(r"^gradscaler: (\d+) of (\d+) steps skipped \(inf/nan gradients at the loss scale; final scale "
                   r"([\d.e+]+)\)$", r.stdout, re.M)
     skipped, steps, scale = int(m.group(1)), int(m.group(2)), float(m.group(3))

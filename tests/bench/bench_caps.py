@@ -10,8 +10,8 @@ under $AUTORESEARCH_GPU_MEMORY_GB, which also calls torch.cuda.set_per_process_m
 must agree within the same-seed spread (`cap:none` twice measures it). `fp16` forces processor.dtype float16
 (GradScaler); `fp16eager` / `bf16eager` also turn compile off and attention to SDPA (the Volta/Turing path); `small:GB`
 runs ground.json's `small` profile for --small-budget seconds under that cap. A job may carry diagnostic patches
-(tests/bench/patched_train.py): `fp16+s24` starts the GradScaler at 2^24, `fp16+plain` runs the mlp, rope and loss
-as plain ops. Each run
+(tests/bench/patched_train.py): `fp16+s16` starts the GradScaler at 2^16 (torch's default, the harness's before
+hardware.grad_scale_start), `fp16+plain` runs the mlp, rope and loss as plain ops. Each run
 appends its `---` summary and its batch line to <out>/caps.jsonl; logs go to <out>/logs/. Wheels in .whl/
 (rustbpe, cudnn-frontend) are installed first where the machine has no network.
 """

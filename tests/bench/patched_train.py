@@ -2,12 +2,12 @@
 
     python3 tests/bench/patched_train.py [--init-scale K] [--plain] -- <train.py arguments>
 
---init-scale K: the GradScaler starts at 2^K instead of torch's 2^16. --plain: PLATFORM's mlp, rope and loss are
+--init-scale K: the GradScaler starts at 2^K instead of hardware.grad_scale_start's choice (torch's default
+was 2^16). --plain: PLATFORM's mlp, rope and loss are
 plain ops (attention and compile as PLATFORM chose them), to separate the Triton kernels from fp16 itself.
 """
 
 import argparse
-import functools
 import runpy
 import sys
 from pathlib import Path
@@ -21,10 +21,9 @@ if __name__ == "__main__":
     ap.add_argument("rest", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    import torch
     from harness import hardware
-    if args.init_scale is not None:
-        torch.amp.GradScaler = functools.partial(torch.amp.GradScaler, init_scale=2.0 ** args.init_scale)
+    if args.init_scale is not None:                 # the harness asks hardware.grad_scale_start at run time
+        hardware.grad_scale_start = lambda tokens: 2.0 ** args.init_scale
         print(f"patched_train: GradScaler init_scale 2^{args.init_scale}")
     if args.plain:
         resolve = hardware.resolve_platform
