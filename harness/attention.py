@@ -63,7 +63,7 @@ def _sdpa_local(q, k, v, window):
     first = band & (j >= C)                            # block 0: the front padding is not a key
     mask = torch.stack([first] + [band] * (nb - 1)) if nb > 1 else first[None]
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask.repeat(H, 1, 1)[None])
-    return out.view(B, H, nb * C, D)[:, :, :T]
+    return out.reshape(B, H, nb * C, D)[:, :, :T]          # CUDA fp32 SDPA may hand back a non-contiguous out
 
 
 def attention_sdpa(q, k, v, window):

@@ -99,8 +99,9 @@ def fit_batch(model, m, seq_len: int, world: int, vocab: int, device, autocast, 
     smallest choice of any is taken by all."""
     requested, total_batch = m.device_batch_size, m.total_batch_size
     limit, where = memory_limit(device)
-    code = hashlib.sha256(json.dumps(dataclasses.asdict(m), sort_keys=True, default=str).encode()
-                          + (REPO_DIR / "train.py").read_bytes()).hexdigest()[:16]     # what sets the activations
+    kernels = f"{getattr(getattr(model, '_orig_mod', model), 'config', None)!r}|{getattr(autocast, 'fast_dtype', '')}"
+    code = hashlib.sha256(json.dumps(dataclasses.asdict(m), sort_keys=True, default=str).encode()   # what sets the
+                          + (REPO_DIR / "train.py").read_bytes() + kernels.encode()).hexdigest()[:16]  # activations
     cache_key = f"{code}|{torch.cuda.get_device_name(device)}|{int(limit) >> 20}MB|T{seq_len}|world{world}"
     try:
         known = json.loads(open(cache).read())

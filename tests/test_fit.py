@@ -5,6 +5,7 @@ tests/test_gpu.py on a capped card).
 """
 
 import contextlib
+import dataclasses
 
 from harness import fit
 
@@ -60,6 +61,13 @@ def test_the_fit_runs_real_forward_backwards_and_caches(tmp_path, monkeypatch, c
     assert all(p.grad is None for p in model.parameters())           # the probe leaves no gradients behind
     assert fit.fit_batch(model, m, 32, 1, 256, cpu, contextlib.nullcontext(), tmp_path / "fit.json",
                          probe=False)[0] == 16                        # the warm eval's second process: the cache
+    # another attention backend (or dtype) holds other activations: not the cached choice (an H100 run forced to
+    # SDPA took the cuDNN run's 128 rows from the cache and ran out of memory)
+    other = train.build_model(dataclasses.replace(cfg, attention="sdpa" if cfg.attention != "sdpa" else "flex"), cpu)
+    assert fit.fit_batch(other, m, 32, 1, 256, cpu, contextlib.nullcontext(), tmp_path / "fit.json",
+                         probe=False)[0] == 128                       # not in the cache: the requested value
+    assert fit.fit_batch(model, m, 32, 1, 256, cpu, torch.autocast("cpu", torch.bfloat16), tmp_path / "fit.json",
+                         probe=False)[0] == 128
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (20 * 2**30, 80 * 2**30))
     b2, line2 = fit.fit_batch(model, m, 32, 1, 256, cpu, contextlib.nullcontext(), tmp_path / "busy.json")
     assert b2 == 16 and line2.endswith("(forward/backward probe; not cached: other processes hold memory on this "

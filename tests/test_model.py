@@ -256,6 +256,21 @@ def test_sdpa_window_has_no_dense_mask(monkeypatch):
     assert shapes == [((1, 16, 32, 8), (1, 16, 64, 8), (1, 16, 32, 64))]      # 2 heads x 8 blocks
 
 
+def test_sdpa_window_takes_a_non_contiguous_output(monkeypatch):
+    """CUDA's fp32 SDPA hands back its output in another memory layout (an H100 run in fp32 failed in .view): the
+    windowed path gives the same result when SDPA's output is not contiguous."""
+    q, k, v = _qkv(B=1, T=256, H=2, D=8)
+    want = attention.attention_sdpa(q, k, v, 32)
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def strided(*a, **kw):
+        out = real(*a, **kw)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)         # the same values, heads not outermost
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", strided)
+    got = attention.attention_sdpa(q, k, v, 32)
+    assert torch.equal(got, want) and got.shape == (1, 256, 2, 8)
+
+
 def _param(shape, dtype=torch.float32, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.nn.Parameter(torch.randn(*shape, generator=g).to(dtype))
