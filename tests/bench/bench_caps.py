@@ -11,7 +11,8 @@ must agree within the same-seed spread (`cap:none` twice measures it). `fp16` fo
 (GradScaler); `fp16eager` / `bf16eager` also turn compile off and attention to SDPA (the Volta/Turing path); `small:GB`
 runs ground.json's `small` profile for --small-budget seconds under that cap. A job may carry diagnostic patches
 (tests/bench/patched_train.py): `fp16+s16` starts the GradScaler at 2^16 (torch's default, the harness's before
-hardware.grad_scale_start), `fp16+plain` runs the mlp, rope and loss as plain ops. Each run
+hardware.grad_scale_start), `fp16+plain` runs the mlp, rope and loss as plain ops, `cap:none+fp32emb` keeps the
+embeddings in fp32. Each run
 appends its `---` summary and its batch line to <out>/caps.jsonl; logs go to <out>/logs/. Wheels in .whl/
 (rustbpe, cudnn-frontend) are installed first where the machine has no network.
 """
@@ -95,7 +96,8 @@ def job(name: str, args, env: dict) -> dict | None:
     env = dict(env, AUTORESEARCH_GROUND=str(path))
     if gb and gb != "none":
         env["AUTORESEARCH_GPU_MEMORY_GB"] = gb
-    patch = [a for p in patches for a in (["--plain"] if p == "plain" else ["--init-scale", p[1:]])]
+    patch = [a for p in patches for a in ({"plain": ["--plain"], "fp32emb": ["--fp32-embeddings"]}.get(p)
+                                          or ["--init-scale", p[1:]])]
     name = "+".join([name, *patches])
     stem = f"{kind}{''.join('+' + p for p in patches)}_{gb}"
     n = len(list(logs.glob(f"{stem}_*.log")))
