@@ -27,6 +27,8 @@ Runtime: what a run computes (configs, the machine, the data, the fixed metric)
 
 Bookkeeping: what a run means (the keep rule, the ledger, the digest)
   checked       every harness-written file read through one check: a damaged entry set aside, named in one line
+  stats         the quantiles the keep rule reads: Student's t, chi-square
+  errors        what kind of crash a run's error is (a field of its entry)
   decide        the keep rule: configurations' means over seeds, the noise floor, the margin, paired seeds
   lineage       which run each run built on, the commit to return to, the commands a run prints
   identity      what identifies a run: commit, configuration fingerprint, host, the comparability key

@@ -28,36 +28,16 @@ A `pruned` run (stopped early by harness/prune.py) is never scored: it is a disc
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
+
+from harness.stats import chi2_lower_05, chi2_upper_01, t_quantile
 
 ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
 UNSCORED = ("crash", "interrupted", "pruned")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
 FIRST_SEED = 42                 # train.py's default --seed
 
-
-class ErrorKind(str, enum.Enum):
-    """What kind of crash a run's `error` is, stored beside it in the index entry (`error_kind`): the readers that
-    act on it (memory.md's counts, `next:`) read this field, never the text."""
-    KILLED = "killed"                  # killed outright (OOM killer, SIGKILL); recorded afterwards from its log
-    RECOMPILED = "recompiled"          # a graph compiled in counted steps: budget seconds went to the compiler
-    STOPPED_SHORT = "stopped_short"    # under max_steps, the hard limit ended it before them
-
-
-# the text each kind's error began with before the field existed: how entries of older ledgers are read
-LEGACY_PREFIXES = {ErrorKind.KILLED: "killed: ", ErrorKind.RECOMPILED: "recompiled after the warm-up",
-                   ErrorKind.STOPPED_SHORT: "stopped at step"}
-
-
-def error_kind(entry: dict) -> ErrorKind | None:
-    """The kind of a run's crash: its entry's `error_kind`, or in an older entry, the prefix its error began with."""
-    kind = entry.get("error_kind")
-    if kind in ErrorKind._value2member_map_:
-        return ErrorKind(kind)
-    text = str(entry.get("error") or "")
-    return next((k for k, prefix in LEGACY_PREFIXES.items() if text.startswith(prefix)), None)
 
 # ---------------------------------------------------------------------------
 # The rule's parameters, in one place: chosen by tests/bench/bench_keep_rule.py on the measured noise model
@@ -76,11 +56,10 @@ PAIRED_MAX_RATIO = 0.6          # upper 95% bound of their variance is under thi
                                 # bound, not the estimate: choosing on a small estimate would choose its luck)
 PAIRED_ACCEPTED = 16            # the paired spread is pooled against the latest accepted configurations only: its
                                 # cost stays linear in the ledger (a campaign of 10,000 rows), its estimate recent
+UNSTABLE_MIN_DOF = 4            # dof the others' spread needs before any configuration's is called unstable
 SPEED_TOLERANCE = 0.10          # host-speed probes further apart than this share are not comparable (the probe
                                 # itself spreads 4.6% on an idle H100: docs/records/2026-12-07_noise-model-h100)
-# one-sided 97.5% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +92,7 @@ class Standing:
     dof: int
     best: Config | None
     copies: set = field(default_factory=set)      # copy_pairs(configs)
+    unstable: set = field(default_factory=set)    # unstable_configs(): left out of both floors
 
     def margin(self, n: int) -> float:
         """The gain a configuration of n runs must show over the best (unpaired): judge()'s margin."""
@@ -131,7 +111,7 @@ def run_fingerprint(row: dict, index: dict) -> str:
     return index.get(row["run_id"], {}).get("fingerprint") or f"run:{row['run_id']}"
 
 
-def standing(rows: list[dict], index: dict, key: str) -> Standing:
+def standing(rows: list[dict], index: dict, key: str, candidate: str | None = None) -> Standing:
     configs: dict = {}
     seen = set()
     for r in rows:
@@ -149,13 +129,32 @@ def standing(rows: list[dict], index: dict, key: str) -> Standing:
         c.accepted = c.accepted or r["status"] in ACCEPTED
     copies = copy_pairs(configs)
     later = {c for c, o in copies if configs[o].first_line < configs[c].first_line}
+    accepted = [c for c in configs.values() if c.accepted]
+    best = min(accepted, key=lambda c: (c.mean, c.first_line)) if accepted else None
     floor = [c for c in configs.values() if c.fingerprint not in later]
+    unstable = unstable_configs(floor, {c.fingerprint for c in accepted} | {candidate})
+    floor = [c for c in floor if c.fingerprint not in unstable]
     dof = sum(len(c.values) - 1 for c in floor)
     ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in floor)
     sigma = math.sqrt(ss / dof) if dof > 0 else None
-    accepted = [c for c in configs.values() if c.accepted]
-    best = min(accepted, key=lambda c: (c.mean, c.first_line)) if accepted else None
-    return Standing(configs, sigma, dof, best, copies)
+    return Standing(configs, sigma, dof, best, copies, unstable)
+
+
+def unstable_configs(floor: list, exempt: set) -> set:
+    """Configurations whose seeds spread beyond everyone else's at 99% (chi-square on their own dof against the
+    others' pooled variance, itself on UNSTABLE_MIN_DOF dof or more): an edit that made training erratic (the CPU
+    trial: one of 0.059 among spreads of 0.01 kept a 4-of-4-seeds gain out). That spread is its own, not the seed
+    noise all share: it leaves both floors. Accepted configurations and the one being judged always stay."""
+    ss = {c.fingerprint: sum((v - c.mean) ** 2 for v in c.values) for c in floor}
+    dof = {c.fingerprint: len(c.values) - 1 for c in floor}
+    total_ss, total_dof = sum(ss.values()), sum(dof.values())
+    out = set()
+    for fp, d in dof.items():
+        rest_ss, rest_dof = total_ss - ss[fp], total_dof - d
+        if d >= 1 and fp not in exempt and rest_dof >= UNSTABLE_MIN_DOF and rest_ss > 0 \
+                and ss[fp] > chi2_upper_01(d) * rest_ss / rest_dof:
+            out.add(fp)
+    return out
 
 
 def copy_pairs(configs: dict) -> set:
@@ -181,7 +180,8 @@ def paired_floor(st: Standing) -> tuple[float | None, int]:
     pair shares two seeds."""
     ss, dof = 0.0, 0
     seeded = {c.fingerprint: c.by_seed() for c in st.configs.values()}
-    multi = [c for c in st.configs.values() if len(seeded[c.fingerprint]) > 1]     # one seed pairs nothing
+    multi = [c for c in st.configs.values() if len(seeded[c.fingerprint]) > 1      # one seed pairs nothing
+             and c.fingerprint not in st.unstable]
     for a in sorted((c for c in multi if c.accepted), key=lambda c: c.first_line)[-PAIRED_ACCEPTED:]:
         va = seeded[a.fingerprint]
         for c in multi:
@@ -196,23 +196,12 @@ def paired_floor(st: Standing) -> tuple[float | None, int]:
     return (ss / dof if dof else None), dof
 
 
-def chi2_lower_05(dof: int) -> float:
-    """The 5% quantile of chi-square with dof degrees of freedom (Wilson-Hilferty; within 2% from dof 3 on)."""
-    k = max(dof, 1)
-    return k * max(1 - 2 / (9 * k) - 1.645 * math.sqrt(2 / (9 * k)), 0.01) ** 3
-
-
 def paired_is_tighter(var_d: float | None, dof_d: int, sigma: float) -> bool:
     """True when the paired differences' variance is, at 95% confidence, under PAIRED_MAX_RATIO of the unpaired
     one (2 sigma^2): the seeds move configurations together, measured, not hoped."""
     if var_d is None or dof_d < PAIRED_MIN_DOF:
         return False
     return var_d * dof_d / chi2_lower_05(dof_d) < PAIRED_MAX_RATIO * 2 * sigma ** 2
-
-
-def t_quantile(dof: int) -> float:
-    """One-sided 97.5% quantile of Student's t (the next smaller tabled dof: never narrower); 1.96 beyond 30."""
-    return math.inf if dof < 1 else 1.96 if dof > 30 else T_975[max(d for d in T_975 if d <= dof)]
 
 
 # ---------------------------------------------------------------------------
@@ -285,7 +274,7 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
     n, mean = len(values), sum(values) / len(values)
     new = {"run_id": _NEW, "comparability_key": key, "status": "discard", "val_bpb": val_bpb, "line": math.inf}
     floor = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed,
-                                                    "host_speed": host_speed}}, key)
+                                                    "host_speed": host_speed}}, key, candidate=fingerprint)
     floor.best = st.best
     out = Decision("discard", n=n, mean=mean, best_mean=st.best.mean, best_runs=len(st.best.values))
     same = st.best.by_seed()

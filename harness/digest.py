@@ -13,8 +13,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from harness.decide import (ACCEPTED, LEGACY_PREFIXES, ErrorKind, Standing, error_kind, is_scored,
-                            run_fingerprint, standing)
+from harness.decide import ACCEPTED, Standing, is_scored, run_fingerprint, standing
+from harness.errors import LEGACY_PREFIXES, ErrorKind, error_kind
 from harness.ledger import STATUSES, clean_text
 from harness.lineage import flatten, requested_model
 

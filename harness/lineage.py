@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from harness.decide import ACCEPTED, LEGACY_PREFIXES, ErrorKind, error_kind, is_scored, run_fingerprint, standing
+from harness.decide import ACCEPTED, is_scored, run_fingerprint, standing
+from harness.errors import LEGACY_PREFIXES, ErrorKind, error_kind
 
 KEY_HASHES = ("val", "tok", "corpus")     # key parts that are hashes: shown by their first 12 characters
 KEY_LABELS = {"val": "val file", "tok": "tokenizer", "T": "max_seq_len", "eval": "eval tokens",

@@ -69,11 +69,12 @@ def summary_section(d: "Digest") -> list[str]:
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
                    f"{clean_text(best['description'], 80)}")
     if st.sigma is not None:
-        groups = sum(len(c.values) > 1 for c in st.configs.values())
-        runs = sum(len(c.values) for c in st.configs.values() if len(c.values) > 1)
-        out.append(f"- noise floor: sigma {st.sigma:.6f} from {runs} runs of {groups} configuration(s) under several "
-                   f"seeds (dof {st.dof}); a new configuration is kept when the mean of its {MIN_RUNS_TO_KEEP} seeds "
-                   f"beats the best by more than {st.margin(MIN_RUNS_TO_KEEP):.6f}" + paired_note(st))
+        pooled = [c for c in st.configs.values() if len(c.values) > 1 and c.fingerprint not in st.unstable]
+        out.append(f"- noise floor: sigma {st.sigma:.6f} from {sum(len(c.values) for c in pooled)} runs of "
+                   f"{len(pooled)} configuration(s) under several seeds (dof {st.dof}); a new configuration is kept "
+                   f"when the mean of its {MIN_RUNS_TO_KEEP} seeds beats the best by more than "
+                   f"{st.margin(MIN_RUNS_TO_KEEP):.6f}" + paired_note(st) + (f"; {len(st.unstable)} configuration(s) "
+                   "left out as unstable (seeds spread beyond all others' at 99%)" if st.unstable else ""))
         if spread := floor_step_spread(rows, index, key, st):
             out.append(f"- !! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed varied, "
                        f"and that spread is in the floor; set `max_steps` (e.g. {spread[2]}, their lower quartile) in "

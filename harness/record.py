@@ -25,7 +25,8 @@ from harness.evaluate import eval_rows
 from harness.hardware import get_platform
 from harness.identity import (config_fingerprint, git_info, ground_commit_note, harness_env, host_name, keeping_ground,
                                key_of, key_parts, launch_info, library_versions, train_py_functions, trained_files)
-from harness.decide import ErrorKind, is_scored, run_fingerprint, standing
+from harness.decide import is_scored, run_fingerprint, standing
+from harness.errors import ErrorKind
 from harness.database import open_ledger
 from harness.ledger import LEGACY_KEY, FileLedger, claim_state, clean_text, process_claim
 from harness.liveclaim import LiveClaim

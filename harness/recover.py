@@ -18,7 +18,7 @@ from harness import settings
 from harness.checked import RUN_ID, read_record
 from harness.config import REPO_DIR, ConfigError
 from harness.database import open_ledger
-from harness.decide import ErrorKind
+from harness.errors import ErrorKind
 from harness.digest import KILLED
 from harness.identity import harness_env, host_name
 from harness.ledger import claim_state

@@ -417,3 +417,16 @@ def test_a_pruned_run_is_recorded_with_its_reason_and_never_enters_a_mean(tmp_pa
     assert "- comparability key: `k1` — 3 runs: 1 baseline, 1 repeat, 1 pruned" in text
     assert "| c | pruned | — |  | 42 | 23 |  | desc c — stopped early at step 22 (44% of the budget): more than 20% " \
            "behind the |" in text
+
+
+def test_memory_says_when_an_unstable_configuration_is_left_out_of_the_floor(tmp_path):
+    res, ses = tmp_path / "results.tsv", tmp_path / "sessions"
+    for rid, v, fp, seed, status in [("a42", 2.300452, "A", 42, None), ("a43", 2.303790, "A", 43, None),
+                                     ("a44", 2.315886, "A", 44, None), ("u42", 2.275893, "U", 42, "confirm"),
+                                     ("u43", 2.359479, "U", 43, "discard"), ("m42", 2.280279, "M", 42, "confirm"),
+                                     ("m43", 2.311239, "M", 43, "discard"), ("w42", 2.262299, "W", 42, "confirm"),
+                                     ("w43", 2.273505, "W", 43, "confirm")]:
+        record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
+    text = memory.render_memory(ledger.read_ledger(res), ledger.read_index(ses), "")
+    assert "- noise floor: sigma 0.012980 from 7 runs of 3 configuration(s) under several seeds (dof 4)" in text
+    assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99%)" in text
