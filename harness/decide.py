@@ -93,6 +93,7 @@ class Standing:
     best: Config | None
     copies: set = field(default_factory=set)      # copy_pairs(configs)
     unstable: set = field(default_factory=set)    # unstable_configs(): left out of both floors
+    pooled: set = field(default_factory=set)      # the configurations sigma pools (no later copy, none unstable)
 
     def margin(self, n: int) -> float:
         """The gain a configuration of n runs must show over the best (unpaired): judge()'s margin."""
@@ -137,7 +138,7 @@ def standing(rows: list[dict], index: dict, key: str, candidate: str | None = No
     dof = sum(len(c.values) - 1 for c in floor)
     ss = sum(sum((v - c.mean) ** 2 for v in c.values) for c in floor)
     sigma = math.sqrt(ss / dof) if dof > 0 else None
-    return Standing(configs, sigma, dof, best, copies, unstable)
+    return Standing(configs, sigma, dof, best, copies, unstable, {c.fingerprint for c in floor if len(c.values) > 1})
 
 
 def unstable_configs(floor: list, exempt: set) -> set:

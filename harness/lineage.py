@@ -174,12 +174,15 @@ def return_commit(rows: list[dict], index: dict, key: str, branch: str | None, h
     good = {run_fingerprint(r, index): entry(r) for r in accepted}
     kept_files = {entry(r).get("files_sha") for r in accepted} - {None}
     points, run_commits = [], {r["commit"] for r in here}
-    for r in (r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")):
+    mine = [r for r in here if entry(r).get("branch") == branch and not entry(r).get("dirty")]
+    own = {run_fingerprint(r, index) for r in mine if r["status"] in ACCEPTED}     # kept here: its own commit
+    for r in mine:
         parent = entry(r).get("parent")          # a commit never run here (--restore's): a run there speaks for it
         if parent and parent not in run_commits and entry(r).get("parent_files_sha") in kept_files:
             points.append(parent)                # before the run's own commit: a keep there is later
-        if r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and run_fingerprint(r, index) in good
-                                       and not capped_apart(good[run_fingerprint(r, index)], entry(r))):
+        fp = run_fingerprint(r, index)          # a re-run (a comment-only commit) speaks only for a kept elsewhere
+        if r["status"] in ACCEPTED or (r["status"] in ("repeat", "rerun") and fp in good and fp not in own
+                                       and not capped_apart(good[fp], entry(r))):
             points.append(r["commit"])
     pick = points or [r["commit"] for r in here if r["status"] in ACCEPTED]
     return pick[-1] if pick else None

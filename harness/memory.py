@@ -69,7 +69,7 @@ def summary_section(d: "Digest") -> list[str]:
         out.append(f"- best: val_bpb {best_cfg.mean:.6f} ({seeds}) — {best['run_id']} ({best['commit']}) — "
                    f"{clean_text(best['description'], 80)}")
     if st.sigma is not None:
-        pooled = [c for c in st.configs.values() if len(c.values) > 1 and c.fingerprint not in st.unstable]
+        pooled = [st.configs[fp] for fp in st.pooled]
         out.append(f"- noise floor: sigma {st.sigma:.6f} from {sum(len(c.values) for c in pooled)} runs of "
                    f"{len(pooled)} configuration(s) under several seeds (dof {st.dof}); a new configuration is kept "
                    f"when the mean of its {MIN_RUNS_TO_KEEP} seeds beats the best by more than "

@@ -198,6 +198,7 @@ def test_a_copy_of_a_configuration_narrows_neither_floor():
                                  ("n44", "N", 44, 0.990, "discard")])
     after = decide.standing(rows, index, "k")
     assert (after.sigma, after.dof) == (before.sigma, before.dof) == (pytest.approx(0.01), 2)
+    assert after.pooled == {"A"}          # memory.md's "from N runs of M configuration(s)" counts these only
     assert decide.paired_floor(after) == (None, 0)
 
 

@@ -116,6 +116,16 @@ def test_a_cap_cancelled_edit_under_a_new_seed_is_a_repeat_that_sends_the_agent_
     assert lineage.return_commit(rows, index, "k1", "main") == "c1"       # a clean repeat of the kept files: home
 
 
+def test_a_comment_only_commit_is_not_the_commit_to_return_to():
+    """The CPU trials: a comment-only edit of train.py trains the best's configuration (a `rerun`); memory.md then named
+    its commit "the last kept commit" and every later discard went back there. The kept run's own commit is home."""
+    rows = [_row("base", 1.00, commit="c0", status="baseline"), _row("note", 1.00, commit="c9", status="rerun"),
+            _row("edit", 1.05, commit="c10", status="discard")]
+    index = {"base": _entry(fp="A", commit="c0"), "note": _entry(fp="A", commit="c9", parent="c0"),
+             "edit": _entry(fp="B", commit="c10", parent="c9")}
+    assert lineage.return_commit(rows, index, "k1", "main") == "c0"
+
+
 def test_after_a_restore_a_discard_returns_to_the_restored_commit(monkeypatch):
     """Host b restores host a's kept run (`prepare.py --restore`), commits it (r1) and runs an edit on top without
     running r1 first: the discard must send b back to r1, whose files are the kept run's byte for byte, not to b's

@@ -20,7 +20,7 @@ def test_a_rerun_says_how_to_measure_it_under_another_seed(tmp_path):
     assert [r["status"] for r in rows] == ["baseline", "rerun"]
     said = nextstep.next_step(rows[-1], rows, index, "main")
     assert said.endswith("or measure it under another seed: uv run train.py --seed 43")
-    assert "go back first if you like: git reset --hard b;" in said   # its own commit holds the kept files
+    assert "go back first if you like: git reset --hard a;" in said   # the kept run's commit, not the re-run's
 
 
 def test_an_interrupted_run_is_run_again_under_its_own_seed(tmp_path):
