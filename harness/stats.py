@@ -21,8 +21,8 @@ def chi2_lower_05(dof: int) -> float:
     return k * max(1 - 2 / (9 * k) - 1.645 * math.sqrt(2 / (9 * k)), 0.01) ** 3
 
 
-def chi2_upper_01(dof: int) -> float:
-    """The 99% quantile of chi-square with dof degrees of freedom (exact for 1 and 2; Wilson-Hilferty after)."""
+def chi2_upper_001(dof: int) -> float:
+    """The 99.9% quantile of chi-square with dof degrees of freedom (exact for 1 and 2; Wilson-Hilferty after)."""
     if dof <= 2:
-        return {1: 6.635, 2: 9.210}[max(dof, 1)]
-    return dof * (1 - 2 / (9 * dof) + 2.326 * math.sqrt(2 / (9 * dof))) ** 3
+        return {1: 10.828, 2: 13.816}[max(dof, 1)]
+    return dof * (1 - 2 / (9 * dof) + 3.090 * math.sqrt(2 / (9 * dof))) ** 3

@@ -429,4 +429,4 @@ def test_memory_says_when_an_unstable_configuration_is_left_out_of_the_floor(tmp
         record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
     text = memory.render_memory(ledger.read_ledger(res), ledger.read_index(ses), "")
     assert "- noise floor: sigma 0.012980 from 7 runs of 3 configuration(s) under several seeds (dof 4)" in text
-    assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99%)" in text
+    assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99.9%)" in text
