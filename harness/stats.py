@@ -1,4 +1,5 @@
-"""The quantiles the keep rule (harness/decide.py) reads: Student's t from a table, chi-square by Wilson-Hilferty.
+"""The quantiles the keep rule (harness/decide.py) reads: Student's t from tables, chi-square by Wilson-Hilferty,
+Fisher's F.
 No scipy: a handful of quantiles at fixed levels, each tested against published values (tests/test_decide.py)."""
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ def chi2_lower_05(dof: int) -> float:
     return k * max(1 - 2 / (9 * k) - 1.645 * math.sqrt(2 / (9 * k)), 0.01) ** 3
 
 
-def chi2_upper_001(dof: int) -> float:
-    """The 99.9% quantile of chi-square with dof degrees of freedom (exact for 1 and 2; Wilson-Hilferty after)."""
-    if dof <= 2:
-        return {1: 10.828, 2: 13.816}[max(dof, 1)]
-    return dof * (1 - 2 / (9 * dof) + 3.090 * math.sqrt(2 / (9 * dof))) ** 3
+# one-sided 99.5% quantiles of Student's t by degrees of freedom (beyond 120: the normal's 2.576)
+T_995 = {1: 63.657, 2: 9.925, 3: 5.841, 4: 4.604, 5: 4.032, 6: 3.707, 7: 3.499, 8: 3.355, 9: 3.250, 10: 3.169,
+         12: 3.055, 15: 2.947, 20: 2.845, 25: 2.787, 30: 2.750, 40: 2.704, 60: 2.660, 120: 2.617}
+
+
+def f_upper_01(d1: int, d2: int) -> float:
+    """The 99% quantile of Fisher's F(d1, d2): t(d2)^2 at 99.5% for d1 = 1 (the next smaller tabled d2: never
+    narrower); for d1 >= 2 the exact F(2, d2), which F(d1 > 2, d2) never exceeds at this level (so never narrower)."""
+    if d1 <= 1:
+        return (2.576 if d2 > 120 else T_995[max(d for d in T_995 if d <= max(d2, 1))]) ** 2
+    return d2 / 2 * (0.01 ** (-2 / d2) - 1)
