@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from harness.stats import chi2_lower_05, f_upper_01, t_quantile
+from harness.stats import chi2_lower_05, f_upper_005, t_quantile
 
 ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
@@ -142,7 +142,7 @@ def standing(rows: list[dict], index: dict, key: str, candidate: str | None = No
 
 
 def unstable_configs(floor: list, exempt: set) -> set:
-    """Configurations whose seeds spread beyond everyone else's at 99% (an F test of their variance against the
+    """Configurations whose seeds spread beyond everyone else's at 99.5% (an F test of their variance against the
     others' pooled one, itself on UNSTABLE_MIN_DOF dof or more): an edit that made training erratic (the CPU
     trial: one of 0.059 among spreads of 0.01 kept a 4-of-4-seeds gain out). That spread is its own, not the seed
     noise all share: it leaves both floors. Accepted configurations and the one being judged always stay."""
@@ -153,7 +153,7 @@ def unstable_configs(floor: list, exempt: set) -> set:
     for fp, d in dof.items():
         rest_ss, rest_dof = total_ss - ss[fp], total_dof - d
         if d >= 1 and fp not in exempt and rest_dof >= UNSTABLE_MIN_DOF and rest_ss > 0 \
-                and ss[fp] / d > f_upper_01(d, rest_dof) * rest_ss / rest_dof:
+                and ss[fp] / d > f_upper_005(d, rest_dof) * rest_ss / rest_dof:
             out.add(fp)
     return out
 

@@ -74,7 +74,7 @@ def summary_section(d: "Digest") -> list[str]:
                    f"{len(pooled)} configuration(s) under several seeds (dof {st.dof}); a new configuration is kept "
                    f"when the mean of its {MIN_RUNS_TO_KEEP} seeds beats the best by more than "
                    f"{st.margin(MIN_RUNS_TO_KEEP):.6f}" + paired_note(st) + (f"; {len(st.unstable)} configuration(s) "
-                   "left out as unstable (seeds spread beyond all others' at 99%)" if st.unstable else ""))
+                   "left out as unstable (seeds spread beyond all others' at 99.5%)" if st.unstable else ""))
         if spread := floor_step_spread(rows, index, key, st):
             out.append(f"- !! the floor's runs trained {spread[0]}..{spread[1]} steps: the machine's speed varied, "
                        f"and that spread is in the floor; set `max_steps` (e.g. {spread[2]}, their lower quartile) in "

@@ -425,8 +425,9 @@ def test_memory_says_when_an_unstable_configuration_is_left_out_of_the_floor(tmp
                                      ("a44", 2.315886, "A", 44, None), ("u42", 2.275893, "U", 42, "confirm"),
                                      ("u43", 2.359479, "U", 43, "discard"), ("m42", 2.280279, "M", 42, "confirm"),
                                      ("m43", 2.311239, "M", 43, "discard"), ("w42", 2.262299, "W", 42, "confirm"),
-                                     ("w43", 2.273505, "W", 43, "confirm"), ("w44", 2.285694, "W", 44, "confirm")]:
+                                     ("w43", 2.273505, "W", 43, "confirm"), ("w44", 2.285694, "W", 44, "confirm"),
+                                     ("w45", 2.273211, "W", 45, "confirm")]:
         record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
     text = memory.render_memory(ledger.read_ledger(res), ledger.read_index(ses), "")
-    assert "- noise floor: sigma 0.013304 from 8 runs of 3 configuration(s) under several seeds (dof 5)" in text
-    assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99%)" in text
+    assert "- noise floor: sigma 0.012147 from 9 runs of 3 configuration(s) under several seeds (dof 6)" in text
+    assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99.5%)" in text
