@@ -279,7 +279,8 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
     floor.best = st.best
     out = Decision("discard", n=n, mean=mean, best_mean=st.best.mean, best_runs=len(st.best.values))
     same = st.best.by_seed()
-    if all(s is not None and same.get(s) == v for s, v in zip(seeds, values)):   # it trains the best's model
+    if all(s is not None and s in same and round(same[s], 6) == round(v, 6)      # at results.tsv's precision:
+           for s, v in zip(seeds, values)):                                       # it trains the best's model
         out.diff, out.reason = 0.0, (f"a copy of the best: seed {seed} gave its val_bpb bit for bit (an edit that "
                                      f"trains the same model, e.g. an unused key or a comment): no gain possible")
         return out

@@ -178,8 +178,9 @@ def digest(rows: list[dict], index: dict) -> Digest:
     others = Counter(r["comparability_key"] for r in rows if r["comparability_key"] != key)
     counts = {st: sum(r["status"] == st for r in cur) for st in STATUSES}
     killed = sum(r["status"] == "crash" and _killed(entry(r)) for r in cur)
-    st = standing(rows, index, key)
-    best_cfg, pending = st.best, run_fingerprint(last, index) if last["status"] == "confirm" else None
+    pending = run_fingerprint(last, index) if last["status"] == "confirm" else None
+    st = standing(rows, index, key, candidate=pending)     # the floor its next run is judged on
+    best_cfg = st.best
     best = next(r for r in cur if run_fingerprint(r, index) == best_cfg.fingerprint
                 and r["status"] in ACCEPTED) if best_cfg else None
     scored = [r for r in cur if is_scored(r)]

@@ -24,7 +24,7 @@ def next_step(row: dict, rows: list[dict], index: dict, branch: str | None, env:
     status, key, fp = row["status"], row["comparability_key"], run_fingerprint(row, index)
     again = lambda seed: train_command(index.get(row["run_id"], {}), seed, env)     # noqa: E731 - as this run started
     home = return_commit(rows, index, key, branch, host_name())
-    st = standing(rows, index, key)
+    st = standing(rows, index, key, candidate=fp if status == "confirm" else None)
     back = way_back(home, _best_run(rows, index, key, st.best) if st.best else None, env)
     if status in ACCEPTED and st.sigma is None:
         return (f"keep this commit; first measure the noise floor: re-run it unchanged under another seed: "

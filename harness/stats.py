@@ -22,14 +22,15 @@ def chi2_lower_05(dof: int) -> float:
     return k * max(1 - 2 / (9 * k) - 1.645 * math.sqrt(2 / (9 * k)), 0.01) ** 3
 
 
-# one-sided 99.75% quantiles of Student's t by degrees of freedom (beyond 120: the normal's 2.807)
+# one-sided 99.75% quantiles of Student's t by degrees of freedom
 T_9975 = {1: 127.32, 2: 14.089, 3: 7.453, 4: 5.598, 5: 4.773, 6: 4.317, 7: 4.029, 8: 3.833, 9: 3.690, 10: 3.581,
           12: 3.428, 15: 3.286, 20: 3.153, 25: 3.078, 30: 3.030, 40: 2.971, 60: 2.915, 120: 2.860}
 
 
 def f_upper_005(d1: int, d2: int) -> float:
     """The 99.5% quantile of Fisher's F(d1, d2): t(d2)^2 at 99.75% for d1 = 1 (the next smaller tabled d2: never
-    narrower); for d1 >= 2 the exact F(2, d2), which F(d1 > 2, d2) never exceeds at this level (so never narrower)."""
+    narrower); for d1 >= 2 the exact F(2, d2), which F(d1 > 2, d2) does not exceed at this level for d2 >= 3 (the
+    keep rule asks for 4 or more)."""
     if d1 <= 1:
-        return (2.807 if d2 > 120 else T_9975[max(d for d in T_9975 if d <= max(d2, 1))]) ** 2
+        return T_9975[max(d for d in T_9975 if d <= max(d2, 1))] ** 2     # beyond 120: 120's (never narrower)
     return d2 / 2 * (0.005 ** (-2 / d2) - 1)
