@@ -419,16 +419,25 @@ def test_a_pruned_run_is_recorded_with_its_reason_and_never_enters_a_mean(tmp_pa
            "behind the |" in text
 
 
+# the CPU trial of session 19 (test mode): the baseline A, an erratic edit U, a loser M, a steady gain W
+TRIAL = {"A": [(42, 2.300452, None), (43, 2.303790, None), (44, 2.315886, None)],
+         "U": [(42, 2.275893, "confirm"), (43, 2.359479, "discard")], "M": [(42, 2.280279, "confirm"),
+                                                                             (43, 2.311239, "discard")],
+         "W": [(42, 2.262299, "confirm"), (43, 2.273505, "confirm"), (44, 2.285694, "confirm"),
+               (45, 2.273211, "confirm")]}
+
+
+def _trial_ledger(res, ses, order: str, runs: dict = TRIAL) -> str:
+    """The trial's runs, configuration by configuration in `order`, recorded; memory.md as rendered then."""
+    for fp in order:
+        for seed, v, status in runs[fp]:
+            rid = f"{fp.lower()}{seed}"
+            record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
+    return memory.render_memory(ledger.read_ledger(res), ledger.read_index(ses), "")
+
+
 def test_memory_says_when_an_unstable_configuration_is_left_out_of_the_floor(tmp_path):
-    res, ses = tmp_path / "results.tsv", tmp_path / "sessions"
-    for rid, v, fp, seed, status in [("a42", 2.300452, "A", 42, None), ("a43", 2.303790, "A", 43, None),
-                                     ("a44", 2.315886, "A", 44, None), ("u42", 2.275893, "U", 42, "confirm"),
-                                     ("u43", 2.359479, "U", 43, "discard"), ("m42", 2.280279, "M", 42, "confirm"),
-                                     ("m43", 2.311239, "M", 43, "discard"), ("w42", 2.262299, "W", 42, "confirm"),
-                                     ("w43", 2.273505, "W", 43, "confirm"), ("w44", 2.285694, "W", 44, "confirm"),
-                                     ("w45", 2.273211, "W", 45, "confirm")]:
-        record.append_run(res, ses, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
-    text = memory.render_memory(ledger.read_ledger(res), ledger.read_index(ses), "")
+    text = _trial_ledger(tmp_path / "results.tsv", tmp_path / "sessions", "AUMW")
     assert "- noise floor: sigma 0.012147 from 9 runs of 3 configuration(s) under several seeds (dof 6)" in text
     assert "; 1 configuration(s) left out as unstable (seeds spread beyond all others' at 99.5%)" in text
 
@@ -444,14 +453,6 @@ def test_a_copy_is_found_at_the_ledgers_precision_and_a_pending_configuration_is
     row = record.append_run(res, ses, _row("n42", 1.0123456789123, commit="n42"), _entry(fp="N", seed=42, commit="n42"))
     index = ledger.read_index(ses)
     assert row["status"] == "discard" and index["n42"]["decision"]["reason"].startswith("a copy of the best: seed 42")
-    res2, ses2 = tmp_path / "r2.tsv", tmp_path / "s2"
-    for rid, v, fp, seed, status in [("a42", 2.300452, "A", 42, None), ("a43", 2.303790, "A", 43, None),
-                                     ("a44", 2.315886, "A", 44, None), ("m42", 2.280279, "M", 42, "confirm"),
-                                     ("m43", 2.311239, "M", 43, "discard"), ("w42", 2.262299, "W", 42, "confirm"),
-                                     ("w43", 2.273505, "W", 43, "confirm"), ("w44", 2.285694, "W", 44, "confirm"),
-                                     ("w45", 2.273211, "W", 45, "confirm"), ("u42", 2.275893, "U", 42, "confirm"),
-                                     ("u43", 2.359479, "U", 43, "confirm")]:
-        record.append_run(res2, ses2, _row(rid, v, commit=rid), _entry(fp=fp, seed=seed, commit=rid), status)
-    rows, index = ledger.read_ledger(res2), ledger.read_index(ses2)
-    text = memory.render_memory(rows, index, "")
+    pending = dict(TRIAL, U=[(42, 2.275893, "confirm"), (43, 2.359479, "confirm")])     # U waits for a third seed
+    text = _trial_ledger(tmp_path / "r2.tsv", tmp_path / "s2", "AMWU", pending)
     assert "left out as unstable" not in text and "from 11 runs of 4 configuration(s) under several seeds (dof 7)" in text
