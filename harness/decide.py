@@ -37,6 +37,7 @@ ACCEPTED = ("baseline", "keep")
 SCORED = ("baseline", "keep", "confirm", "discard", "repeat")     # runs whose val_bpb enters a configuration's mean
 UNSCORED = ("crash", "interrupted", "pruned")     # runs recorded without a val_bpb (upstream wrote 0.0): never a best
 FIRST_SEED = 42                 # train.py's default --seed
+VAL_DIGITS = 6                  # val_bpb's decimals in results.tsv: copies are compared at them
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +60,6 @@ PAIRED_ACCEPTED = 16            # the paired spread is pooled against the latest
 UNSTABLE_MIN_DOF = 4            # dof the others' spread needs before any configuration's is called unstable
 SPEED_TOLERANCE = 0.10          # host-speed probes further apart than this share are not comparable (the probe
                                 # itself spreads 4.6% on an idle H100: docs/records/2026-12-07_noise-model-h100)
-
 
 
 # ---------------------------------------------------------------------------
@@ -270,8 +270,8 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
         return Decision("rerun", f"this configuration already ran under seed {seed}")
     if mine is not None and mine.accepted:
         return Decision("repeat", "another seed of an accepted configuration: its mean and the floor are updated")
-    values, seeds, speeds = ((mine.values, mine.seeds, mine.speeds) if mine else ([], [], []))
-    values, seeds, speeds = values + [val_bpb], seeds + [seed], speeds + [host_speed]
+    values, seeds = (mine.values if mine else []) + [val_bpb], (mine.seeds if mine else []) + [seed]
+    speeds = (mine.speeds if mine else []) + [host_speed]
     n, mean = len(values), sum(values) / len(values)
     new = {"run_id": _NEW, "comparability_key": key, "status": "discard", "val_bpb": val_bpb, "line": math.inf}
     floor = standing(rows + [new], {**index, _NEW: {"fingerprint": fingerprint, "seed": seed,
@@ -279,7 +279,7 @@ def judge(rows: list[dict], index: dict, key: str, fingerprint: str, seed, val_b
     floor.best = st.best
     out = Decision("discard", n=n, mean=mean, best_mean=st.best.mean, best_runs=len(st.best.values))
     same = st.best.by_seed()
-    if all(s is not None and s in same and round(same[s], 6) == round(v, 6)      # at results.tsv's precision:
+    if all(s is not None and s in same and round(same[s], VAL_DIGITS) == round(v, VAL_DIGITS)
            for s, v in zip(seeds, values)):                                       # it trains the best's model
         out.diff, out.reason = 0.0, (f"a copy of the best: seed {seed} gave its val_bpb bit for bit (an edit that "
                                      f"trains the same model, e.g. an unused key or a comment): no gain possible")

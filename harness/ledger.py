@@ -21,7 +21,7 @@ from pathlib import Path
 from harness import settings
 from harness.checked import read_jsonl, read_record, verify_rows
 from harness.config import ConfigError
-from harness.decide import UNSCORED, decide_entry
+from harness.decide import UNSCORED, VAL_DIGITS, decide_entry
 from harness.settings import Settings
 from harness.util import atomic_write_text
 
@@ -114,7 +114,7 @@ def _fmt(v, digits=6) -> str:
 
 
 def ledger_line(row: dict) -> str:
-    digits = {"val_bpb": 6, "memory_gb": 1, "peak_vram_mb": 1, "mfu_percent": 2, "training_seconds": 1,
+    digits = {"val_bpb": VAL_DIGITS, "memory_gb": 1, "peak_vram_mb": 1, "mfu_percent": 2, "training_seconds": 1,
               "total_tokens_M": 1, "num_params_M": 1}
     return "\t".join(clean_text(_fmt(row.get(c), digits.get(c, 6)), 300) for c in LEDGER_COLUMNS) + "\n"
 
